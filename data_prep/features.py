@@ -1,0 +1,214 @@
+"""Sequences, item vocabulary, next-item targets, point-in-time intent features and labels.
+
+Leakage rule (shared/ARCHITECTURE.md): everything computed *for* a cutoff uses only events with
+``ts < cutoff``; labels and targets use only the window ``[cutoff, cutoff + horizon)``. Every function
+takes the cutoff explicitly, and the tests build events after a cutoff to prove they reach nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+import ibis
+import ibis.expr.types as ir
+
+from data_prep import schema as S
+from data_prep.events import UTC_TS
+
+SECONDS_PER_DAY = 86_400.0
+NO_PURCHASE_DAYS = 365.0  # days_since_purchase for a customer who never bought before the cutoff
+
+
+@dataclass(frozen=True)
+class TimeSplits:
+    """Global time cutoffs (UTC). Intent train cutoffs end their label window no later than ``val``."""
+
+    data_start: datetime
+    data_end: datetime  # exclusive: midnight after the last event
+    train_cutoffs: tuple[datetime, ...]
+    val: datetime
+    test: datetime
+    horizon_days: int
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, datetime):
+                d[k] = v.isoformat()
+        d["train_cutoffs"] = [c.isoformat() for c in self.train_cutoffs]
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TimeSplits:
+        d = json.loads(text)
+        ts = datetime.fromisoformat
+        return cls(
+            data_start=ts(d["data_start"]),
+            data_end=ts(d["data_end"]),
+            train_cutoffs=tuple(ts(c) for c in d["train_cutoffs"]),
+            val=ts(d["val"]),
+            test=ts(d["test"]),
+            horizon_days=int(d["horizon_days"]),
+        )
+
+
+def plan_splits(
+    first_ts: datetime,
+    last_ts: datetime,
+    horizon_days: int = 14,
+    n_train_cutoffs: int = 4,
+    stride_days: int = 7,
+    min_history_days: int = 14,
+) -> TimeSplits:
+    """Cutoffs at midnights: test = end − h, val = test − h, train = val − h − k·stride (k < n).
+
+    Train cutoffs with less than ``min_history_days`` of data before them are dropped; at least one must
+    remain, else the data is too short for the horizon.
+    """
+    start = datetime(first_ts.year, first_ts.month, first_ts.day, tzinfo=UTC)
+    end = datetime(last_ts.year, last_ts.month, last_ts.day, tzinfo=UTC) + timedelta(days=1)
+    h = timedelta(days=horizon_days)
+    test = end - h
+    val = test - h
+    train = tuple(
+        c
+        for k in range(n_train_cutoffs)
+        if (c := val - h - timedelta(days=k * stride_days)) >= start + timedelta(days=min_history_days)
+    )
+    if not train:
+        span = (end - start).days
+        raise ValueError(
+            f"data spans {span} days: too short for horizon {horizon_days} d (needs at least "
+            f"{3 * horizon_days + min_history_days} days)"
+        )
+    return TimeSplits(start, end, tuple(sorted(train)), val, test, horizon_days)
+
+
+def _at(t: datetime) -> ir.TimestampScalar:
+    return ibis.literal(t, type=UTC_TS)
+
+
+def _before(events: ir.Table, cutoff: datetime) -> ir.Table:
+    return events.filter(events[S.CUSTOMER_ID].notnull() & (events[S.TS] < _at(cutoff)))
+
+
+def _window(events: ir.Table, start: datetime, end: datetime) -> ir.Table:
+    known = events[S.CUSTOMER_ID].notnull()
+    return events.filter(known & (events[S.TS] >= _at(start)) & (events[S.TS] < _at(end)))
+
+
+def _item_events(events: ir.Table) -> ir.Table:
+    return events.filter(events[S.ITEM_ID].notnull() & events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES))
+
+
+def item_vocabulary(events: ir.Table, catalog_items: ir.Table, cutoff: datetime) -> ir.Table:
+    """Items seen in item events before ``cutoff``: item_id, item_idx (1-based, by popularity), category.
+
+    Index 0 is reserved for padding. Items first seen after the cutoff are unknown to the model.
+    """
+    seen = _item_events(events.filter(events[S.TS] < _at(cutoff)))
+    pop = seen.group_by(S.ITEM_ID).aggregate(**{S.POPULARITY: seen.count()})
+    ranked = pop.mutate(
+        **{S.ITEM_IDX: ibis.row_number().over(order_by=[ibis.desc(S.POPULARITY), S.ITEM_ID]) + 1}
+    )
+    cat = catalog_items.select(S.CAT_ITEM_ID, S.CAT_CATEGORY)
+    return (
+        ranked.left_join(cat, ranked[S.ITEM_ID] == cat[S.CAT_ITEM_ID])
+        .select(S.ITEM_ID, S.ITEM_IDX, S.CATEGORY, S.POPULARITY)
+        .order_by(S.ITEM_IDX)
+    )
+
+
+def customer_sequences(events: ir.Table, cutoff: datetime) -> ir.Table:
+    """customer_id, items, event_types: every item event before ``cutoff``, oldest first.
+
+    Ties in time are broken by ``event_id`` so the order is reproducible.
+    """
+    e = _item_events(_before(events, cutoff))
+    order = [e[S.TS], e[S.EVENT_ID]]
+    return e.group_by(S.CUSTOMER_ID).aggregate(
+        **{
+            S.ITEMS: e[S.ITEM_ID].collect(order_by=order),
+            S.EVENT_TYPES_COL: e[S.EVENT_TYPE].collect(order_by=order),
+        }
+    )
+
+
+def next_item_targets(events: ir.Table, start: datetime, end: datetime) -> ir.Table:
+    """customer_id, target_item: the first add-to-cart / order / store purchase in ``[start, end)``."""
+    e = _window(events, start, end)
+    e = e.filter(e[S.ITEM_ID].notnull() & e[S.EVENT_TYPE].isin(S.TARGET_EVENT_TYPES))
+    rank = ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=[S.TS, S.EVENT_ID])
+    first = e.mutate(_rank=rank).filter(ibis._["_rank"] == 0)
+    return first.select(S.CUSTOMER_ID, **{S.TARGET_ITEM: first[S.ITEM_ID]})
+
+
+def next_item_examples(events: ir.Table, cutoff: datetime, horizon_days: int) -> ir.Table:
+    """Protocol R2 examples: sequence before ``cutoff`` and first target item in the horizon after it.
+
+    Customers with no item history before the cutoff are left out (they are cold-start cases).
+    """
+    seqs = customer_sequences(events, cutoff)
+    targets = next_item_targets(events, cutoff, cutoff + timedelta(days=horizon_days))
+    return seqs.join(targets, S.CUSTOMER_ID).order_by(S.CUSTOMER_ID)
+
+
+def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
+    """One row per customer with any event before ``cutoff``: the :data:`schema.INTENT_FEATURES`."""
+    e = _before(events, cutoff)
+    age_days = (_at(cutoff).epoch_seconds() - e[S.TS].epoch_seconds()).cast("float64") / SECONDS_PER_DAY
+    e = e.mutate(_age=age_days)
+    is_purchase = e[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES)
+    purchase_order = ibis.ifelse(is_purchase, e[S.ORDER_ID], ibis.null("string"))
+    last7, last30 = e._age < 7, e._age < 30
+    agg = e.group_by(S.CUSTOMER_ID).aggregate(
+        **{
+            S.F_RECENCY_DAYS: e._age.min(),
+            S.F_TENURE_DAYS: e._age.max(),
+            S.F_N_EVENTS_7D: last7.sum().cast("float64"),
+            S.F_N_EVENTS_30D: last30.sum().cast("float64"),
+            S.F_N_VIEWS_7D: (last7 & (e[S.EVENT_TYPE] == S.EV_VIEW)).sum().cast("float64"),
+            S.F_N_CARTS_7D: (last7 & (e[S.EVENT_TYPE] == S.EV_ADD_TO_CART)).sum().cast("float64"),
+            S.F_N_PURCHASES_30D: purchase_order.nunique(where=last30).cast("float64"),
+            S.F_N_PURCHASES_ALL: purchase_order.nunique().cast("float64"),
+            S.F_MONETARY_ALL: e[S.AMOUNT].sum(where=is_purchase).fill_null(0.0),
+            S.F_N_ONLINE_ALL: (e[S.SOURCE] == "online").sum().cast("float64"),
+            S.F_N_STORE_ALL: e[S.ORDER_ID].nunique(where=e[S.SOURCE] == "pos").cast("float64"),
+            S.F_DAYS_SINCE_PURCHASE: e._age.min(where=is_purchase).fill_null(NO_PURCHASE_DAYS),
+        }
+    )
+    return agg.select(S.CUSTOMER_ID, *S.INTENT_FEATURES)
+
+
+def purchase_labels(events: ir.Table, cutoff: datetime, horizon_days: int) -> ir.Table:
+    """customer_id, label = 1 for customers who purchase (any channel) in ``[cutoff, cutoff + horizon)``."""
+    e = _window(events, cutoff, cutoff + timedelta(days=horizon_days))
+    e = e.filter(e[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES))
+    return e.select(S.CUSTOMER_ID).distinct().mutate(**{S.LABEL: ibis.literal(1, "int8")})
+
+
+def customer_snapshot(events: ir.Table, cutoff: datetime) -> ir.Table:
+    """Aggregates and item sequence of every customer active before ``cutoff`` (empty lists when none)."""
+    agg = intent_aggregates(events, cutoff)
+    seqs = customer_sequences(events, cutoff)
+    j = agg.left_join(seqs, S.CUSTOMER_ID)
+    empty = ibis.literal([], type="array<string>")
+    return j.select(
+        S.CUSTOMER_ID,
+        *S.INTENT_FEATURES,
+        **{
+            S.ITEMS: j[S.ITEMS].fill_null(empty),
+            S.EVENT_TYPES_COL: j[S.EVENT_TYPES_COL].fill_null(empty),
+            S.CUTOFF: _at(cutoff),
+        },
+    )
+
+
+def intent_examples(events: ir.Table, cutoff: datetime, horizon_days: int) -> ir.Table:
+    """Protocol I1 examples at one cutoff: the snapshot before it plus the purchase label after it."""
+    snap = customer_snapshot(events, cutoff)
+    labels = purchase_labels(events, cutoff, horizon_days)
+    j = snap.left_join(labels, S.CUSTOMER_ID)
+    return j.select(*snap.columns, **{S.LABEL: j[S.LABEL].fill_null(0).cast("int8")}).order_by(S.CUSTOMER_ID)

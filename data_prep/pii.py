@@ -1,0 +1,81 @@
+"""Pseudonymisation of personal identifiers: normalise, then keyed-hash (HMAC-SHA256).
+
+The key comes from the environment (``O2O_PII_KEY``). When it is unset, a random key is generated once into
+a local key file (``$O2O_HOME/pii.key``, default ``~/.o2o/pii.key``) and a notice is printed: the same key must
+be used by ``prep`` and by the serving layer, or identifiers will not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from data_prep import schema as S
+
+log = logging.getLogger(__name__)
+
+KEY_ENV = "O2O_PII_KEY"
+HOME_ENV = "O2O_HOME"
+KEY_HEX_CHARS = 32  # 128 bits of the HMAC digest: collisions are negligible below ~10^15 identifiers
+
+_NON_PHONE = re.compile(r"[^\d+]")
+
+
+def o2o_home() -> Path:
+    """Directory for local state that is not data (key file, erasure records)."""
+    return Path(os.environ.get(HOME_ENV, Path.home() / ".o2o"))
+
+
+def load_key() -> bytes:
+    """The pseudonymisation key: ``$O2O_PII_KEY``, else the local key file (created on first use)."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.encode()
+    path = o2o_home() / "pii.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+        log.warning("%s is unset: generated a local pseudonymisation key at %s", KEY_ENV, path)
+    return path.read_text().strip().encode()
+
+
+def normalise_identifier(identifier_type: str, value: str | None) -> str | None:
+    """Canonical text of an identifier, or None when nothing usable remains.
+
+    Emails are trimmed and lower-cased; phones keep digits and a leading ``+``; cards and accounts are
+    trimmed (cards upper-cased).
+    """
+    if value is None:
+        return None
+    v = value.strip()
+    if identifier_type == S.ID_EMAIL:
+        v = v.lower()
+        return v if "@" in v else None
+    if identifier_type == S.ID_PHONE:
+        v = _NON_PHONE.sub("", v)
+        digits = v.lstrip("+")
+        return ("+" + digits) if len(digits) >= 6 else None
+    if identifier_type == S.ID_CARD:
+        v = v.upper()
+    return v or None
+
+
+def pseudonymise(identifier_type: str, value: str | None, key: bytes) -> str | None:
+    """HMAC-SHA256 of ``"<type>:<normalised value>"``, hex, truncated to 32 characters."""
+    norm = normalise_identifier(identifier_type, value)
+    if norm is None:
+        return None
+    digest = hmac.new(key, f"{identifier_type}:{norm}".encode(), hashlib.sha256).hexdigest()
+    return digest[:KEY_HEX_CHARS]
+
+
+def pseudonymise_many(identifier_type: str, values: Iterable[str | None], key: bytes) -> list[str | None]:
+    """Vector form of :func:`pseudonymise` (one HMAC per value)."""
+    return [pseudonymise(identifier_type, v, key) for v in values]

@@ -1,0 +1,201 @@
+"""Column names, enumerations and file layout shared by every stage (and by the tests).
+
+Raw layouts (``01_raw``) mirror what the source systems export; every later layer uses the
+unified names below. Change a name here, never as a string literal elsewhere.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = "1.0"
+
+# ---------------------------------------------------------------- raw: online (JSONL)
+# 01_raw/online/events.jsonl — one JSON object per line, one line per web/app/mini-program event.
+RAW_ONLINE_DIR = "online"
+RAW_ONLINE_FILE = "events.jsonl"
+ON_EVENT_ID = "event_id"  # str, unique per emitted event
+ON_TS = "ts"  # str, ISO-8601 with zone, e.g. "2026-01-05T10:22:33.120Z"
+ON_CHANNEL = "channel"  # "web" | "app" | "miniprogram"
+ON_DEVICE_ID = "device_id"  # str, anonymous device / cookie id (always present)
+ON_ACCOUNT_ID = "account_id"  # str | null, set when the visitor is logged in
+ON_SESSION_ID = "session_id"  # str
+ON_EVENT_TYPE = "event_type"  # one of ONLINE_EVENT_TYPES
+ON_ITEM_ID = "item_id"  # str | null (null for search)
+ON_QUERY = "query"  # str | null (search only)
+ON_QUANTITY = "quantity"  # int | null (cart and order events)
+ON_PRICE = "price"  # float | null, unit price in the shop currency
+ON_ORDER_ID = "order_id"  # str | null (order events: one event per order line)
+ON_EMAIL = "email"  # str | null, the contact email typed at checkout (order events)
+
+# ---------------------------------------------------------------- raw: POS (CSV)
+# 01_raw/pos/pos_lines.csv — one row per till line.
+RAW_POS_DIR = "pos"
+RAW_POS_FILE = "pos_lines.csv"
+POS_TRANSACTION_ID = "transaction_id"
+POS_LINE_NO = "line_no"
+POS_TS = "ts"  # "YYYY-MM-DD HH:MM:SS", store-local time == UTC in the synthetic retailer
+POS_STORE_ID = "store_id"
+POS_LOYALTY_CARD = "loyalty_card"  # str | empty when the card was not scanned
+POS_PHONE = "phone"  # str | empty, phone typed at the till (e-receipt / points lookup)
+POS_ITEM_ID = "item_id"
+POS_QUANTITY = "quantity"
+POS_UNIT_PRICE = "unit_price"
+
+# ---------------------------------------------------------------- raw: CRM (CSV)
+# 01_raw/crm/members.csv — one row per loyalty member.
+RAW_CRM_DIR = "crm"
+RAW_CRM_FILE = "members.csv"
+CRM_LOYALTY_CARD = "loyalty_card"
+CRM_PHONE = "phone"
+CRM_EMAIL = "email"  # may be empty
+CRM_SIGNUP_TS = "signup_ts"  # "YYYY-MM-DD HH:MM:SS"
+CRM_SIGNUP_STORE_ID = "signup_store_id"
+
+# ---------------------------------------------------------------- raw: catalogue (CSV)
+RAW_CATALOG_DIR = "catalog"
+RAW_ITEMS_FILE = "items.csv"  # item_id, category, price
+RAW_STORES_FILE = "stores.csv"  # store_id, city
+CAT_ITEM_ID = "item_id"
+CAT_CATEGORY = "category"
+CAT_PRICE = "price"
+CAT_STORE_ID = "store_id"
+CAT_CITY = "city"
+
+# ---------------------------------------------------------------- ground truth (never read by prep)
+GROUND_TRUTH_DIR = "ground_truth"
+GT_IDENTIFIERS_FILE = "identifiers.csv"  # identifier_type, identifier (raw value), person_id
+GT_PERSONS_FILE = "persons.csv"  # person_id, kind, propensity
+GT_PERSON_ID = "person_id"
+GT_KIND = "kind"  # "online_only" | "offline_only" | "omni"
+GT_PROPENSITY = "propensity"
+
+# ---------------------------------------------------------------- identifier types
+ID_DEVICE = "device"
+ID_ACCOUNT = "account"
+ID_EMAIL = "email"
+ID_PHONE = "phone"
+ID_CARD = "card"
+IDENTIFIER_TYPES = (ID_DEVICE, ID_ACCOUNT, ID_EMAIL, ID_PHONE, ID_CARD)
+PII_IDENTIFIER_TYPES = (ID_EMAIL, ID_PHONE, ID_CARD, ID_ACCOUNT)
+
+# ---------------------------------------------------------------- enumerations
+CHANNEL_WEB = "web"
+CHANNEL_APP = "app"
+CHANNEL_MINIPROGRAM = "miniprogram"
+CHANNEL_STORE = "store"
+ONLINE_CHANNELS = (CHANNEL_WEB, CHANNEL_APP, CHANNEL_MINIPROGRAM)
+CHANNELS = (*ONLINE_CHANNELS, CHANNEL_STORE)
+
+EV_VIEW = "view"
+EV_SEARCH = "search"
+EV_ADD_TO_CART = "add_to_cart"
+EV_REMOVE_FROM_CART = "remove_from_cart"
+EV_ORDER = "order"  # online order line
+EV_PURCHASE = "purchase"  # store (POS) line
+ONLINE_EVENT_TYPES = (EV_VIEW, EV_SEARCH, EV_ADD_TO_CART, EV_REMOVE_FROM_CART, EV_ORDER)
+EVENT_TYPES = (*ONLINE_EVENT_TYPES, EV_PURCHASE)
+PURCHASE_EVENT_TYPES = (EV_ORDER, EV_PURCHASE)
+# Kinds of event whose item is a next-item target under protocol R2.
+TARGET_EVENT_TYPES = (EV_ADD_TO_CART, EV_ORDER, EV_PURCHASE)
+# Event types carried in item sequences (search has no item).
+ITEM_EVENT_TYPES = (EV_VIEW, EV_ADD_TO_CART, EV_REMOVE_FROM_CART, EV_ORDER, EV_PURCHASE)
+
+# ---------------------------------------------------------------- unified events (02_events)
+EVENTS_DIR = "02_events"
+EVENTS_FILE = "events.parquet"
+REJECTS_FILE = "rejects.parquet"
+LEDGER_FILE = "ledger.json"
+EVENT_ID = "event_id"  # str, "<source>:<source row key>"
+SOURCE = "source"  # "online" | "pos"
+TS = "ts"  # timestamp[us, UTC]
+CHANNEL = "channel"
+EVENT_TYPE = "event_type"
+ITEM_ID = "item_id"
+STORE_ID = "store_id"
+QUANTITY = "quantity"
+PRICE = "price"  # unit price
+AMOUNT = "amount"  # quantity * price for purchase lines, else null
+ORDER_ID = "order_id"  # online order id or POS transaction id
+SESSION_ID = "session_id"
+# pseudonymised identifiers carried by an event (null when absent)
+DEVICE_KEY = "device_key"
+ACCOUNT_KEY = "account_key"
+EMAIL_KEY = "email_key"
+PHONE_KEY = "phone_key"
+CARD_KEY = "card_key"
+IDENTIFIER_KEY_COLUMNS = {
+    ID_DEVICE: DEVICE_KEY,
+    ID_ACCOUNT: ACCOUNT_KEY,
+    ID_EMAIL: EMAIL_KEY,
+    ID_PHONE: PHONE_KEY,
+    ID_CARD: CARD_KEY,
+}
+REJECT_REASON = "reason"
+RAW_ROW = "raw_row"  # JSON text of the pseudonymised raw row, kept with a reject
+
+# ---------------------------------------------------------------- customers (03_customers)
+CUSTOMERS_DIR = "03_customers"
+IDENTITY_MAP_FILE = "identity_map.parquet"  # identifier_type, identifier_key, customer_id
+CUSTOMERS_FILE = "customers.parquet"
+IDENTITY_METRICS_FILE = "identity_metrics.json"
+IDENTIFIER_TYPE = "identifier_type"
+IDENTIFIER_KEY = "identifier_key"
+CUSTOMER_ID = "customer_id"  # str, stable pseudonymous id of a resolved customer
+N_IDENTIFIERS = "n_identifiers"
+FIRST_SEEN = "first_seen"
+LAST_SEEN = "last_seen"
+
+# ---------------------------------------------------------------- features (04_features)
+FEATURES_DIR = "04_features"
+ITEMS_FILE = "items.parquet"  # vocabulary fit on the training window
+SPLITS_FILE = "splits.json"
+SNAPSHOT_FILE = "snapshot.parquet"  # every customer as of the end of the data: scoring input
+ITEM_IDX = "item_idx"  # int, 1-based; 0 is padding
+CATEGORY = "category"
+POPULARITY = "popularity"
+ITEMS = "items"  # list<str> of item ids, oldest first
+EVENT_TYPES_COL = "event_types"  # list<str>, aligned with ITEMS
+TARGET_ITEM = "target_item"
+CUTOFF = "cutoff"
+LABEL = "label"
+
+# Point-in-time aggregates (intent features), all computed from events strictly before the cutoff.
+F_RECENCY_DAYS = "recency_days"
+F_TENURE_DAYS = "tenure_days"
+F_N_EVENTS_7D = "n_events_7d"
+F_N_EVENTS_30D = "n_events_30d"
+F_N_VIEWS_7D = "n_views_7d"
+F_N_CARTS_7D = "n_carts_7d"
+F_N_PURCHASES_30D = "n_purchases_30d"
+F_N_PURCHASES_ALL = "n_purchases_all"
+F_MONETARY_ALL = "monetary_all"
+F_N_ONLINE_ALL = "n_online_all"
+F_N_STORE_ALL = "n_store_all"
+F_DAYS_SINCE_PURCHASE = "days_since_purchase"
+INTENT_FEATURES = (
+    F_RECENCY_DAYS,
+    F_TENURE_DAYS,
+    F_N_EVENTS_7D,
+    F_N_EVENTS_30D,
+    F_N_VIEWS_7D,
+    F_N_CARTS_7D,
+    F_N_PURCHASES_30D,
+    F_N_PURCHASES_ALL,
+    F_MONETARY_ALL,
+    F_N_ONLINE_ALL,
+    F_N_STORE_ALL,
+    F_DAYS_SINCE_PURCHASE,
+)
+
+# Split names; files are "<task>_<split>.parquet" (e.g. rec_train.parquet, intent_test.parquet).
+SPLIT_TRAIN = "train"
+SPLIT_VAL = "val"
+SPLIT_TEST = "test"
+SPLITS = (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST)
+
+
+def split_file(task: str, split: str) -> str:
+    """File name of one task's split table inside ``04_features``."""
+    return f"{task}_{split}.parquet"
+
+
+MANIFEST_FILE = "manifest.json"

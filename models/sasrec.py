@@ -1,0 +1,154 @@
+"""SASRec-style causal transformer recommender: embeddings, pre-norm blocks, tied output head, top-k head.
+
+Attention is written with ``scaled_dot_product_attention`` and an additive float mask (no
+``nn.TransformerEncoder``: its fast path does not survive ``torch.export``). Every query may attend to
+itself, so a left-padding query never has a fully masked row and ONNX Runtime never produces NaN.
+
+Positions are counted from the newest item (position 0 = last item), which equals SASRec's absolute
+positions after left-padding to ``max_len`` and makes outputs independent of how much padding there is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_VALUE = -1e9  # finite, so a masked score is never -inf - -inf
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    n_items: int  # real items; embedding table has n_items + 1 rows (row 0 = padding)
+    max_len: int = 50  # longest input sequence (newest items kept)
+    d_model: int = 64  # embedding and hidden width
+    n_heads: int = 2  # attention heads (d_model must divide by it)
+    n_layers: int = 2  # transformer blocks
+    dropout: float = 0.2  # dropout on embeddings, attention output and MLP
+    n_event_types: int = 0  # > 0 adds an event-type embedding (row 0 = padding)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_items < 1 or self.max_len < 1:
+            raise ValueError("n_items and max_len must be positive")
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 × (B, T, D)
+        q = q.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
+        v = v.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, Dh)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.dropout(self.proj(y))  # (B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model),
+            nn.GELU(),
+            nn.Linear(4 * cfg.d_model, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)  # (B, T, D)
+        return x + self.mlp(self.ln2(x))  # (B, T, D)
+
+
+def attention_mask(item_idx: torch.Tensor) -> torch.Tensor:
+    """Additive float mask (B, 1, T, T): query i sees keys j ≤ i that are not padding, and always itself."""
+    T = item_idx.shape[1]
+    pos = torch.arange(T, device=item_idx.device)
+    causal = pos[None, :] <= pos[:, None]  # (T, T)
+    key_real = (item_idx != 0)[:, None, None, :]  # (B, 1, 1, T)
+    allowed = (causal[None, None] & key_real) | torch.eye(T, dtype=torch.bool, device=item_idx.device)
+    zero = torch.zeros((), dtype=torch.float32, device=item_idx.device)
+    return torch.where(allowed, zero, zero + MASK_VALUE)  # (B, 1, T, T)
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.type_emb = nn.Embedding(cfg.n_event_types + 1, cfg.d_model, padding_idx=0) if cfg.n_event_types else None
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                nn.init.zeros_(m.weight[m.padding_idx])
+
+    def encode(self, item_idx: torch.Tensor, type_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, D) for left-padded ``item_idx`` (B, T); position t sees items ≤ t only."""
+        T = item_idx.shape[1]
+        from_end = torch.arange(T - 1, -1, -1, device=item_idx.device).clamp(max=self.cfg.max_len - 1)  # (T,)
+        x = self.item_emb(item_idx) * math.sqrt(self.cfg.d_model)  # (B, T, D)
+        x = x + self.pos_emb(from_end)[None]  # (B, T, D)
+        if self.type_emb is not None and type_idx is not None:
+            x = x + self.type_emb(type_idx)  # (B, T, D)
+        x = self.emb_dropout(x)
+        mask = attention_mask(item_idx)  # (B, 1, T, T)
+        for block in self.blocks:
+            x = block(x, mask)  # (B, T, D)
+        return self.ln_f(x)  # (B, T, D)
+
+    def forward(self, item_idx: torch.Tensor, type_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-item logits (B, T, n_items + 1) at every position; output embeddings tied to the input."""
+        h = self.encode(item_idx, type_idx)  # (B, T, D)
+        return h @ self.item_emb.weight.T  # (B, T, V+1)
+
+
+class SASRecTopK(nn.Module):
+    """Serving head: top-k items after the newest position, padding and (optionally) seen items removed."""
+
+    def __init__(self, model: SASRec, k: int) -> None:
+        super().__init__()
+        self.model = model
+        self.k = min(k, model.cfg.n_items)
+        is_item = torch.ones(model.cfg.n_items + 1)
+        is_item[0] = 0.0
+        self.register_buffer("is_item", is_item)  # (V+1,) 0 for padding
+
+    def forward(
+        self, item_idx: torch.Tensor, type_idx: torch.Tensor, exclude_seen: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``item_idx``/``type_idx`` (B, T) int64, ``exclude_seen`` (B,) float 0/1 → scores, indices (B, k)."""
+        h = self.model.encode(item_idx, type_idx)[:, -1]  # (B, D)
+        logits = h @ self.model.item_emb.weight.T  # (B, V+1)
+        seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
+        remove = seen * exclude_seen[:, None] + (1.0 - self.is_item)  # (B, V+1): seen if asked, padding always
+        logits = logits + remove * MASK_VALUE  # (B, V+1)
+        scores, idx = torch.topk(logits, self.k, dim=1)  # (B, k), (B, k)
+        return scores, idx

@@ -1,0 +1,119 @@
+"""Typed run configs: the source of truth for every hyperparameter. Unknown keys are errors.
+
+A run config is loaded from one YAML file (``experiments/configs/<name>.yaml``) plus dotted overrides
+(``train.lr=3e-4``); the resolved config is saved with every run and artifact and the model is rebuilt
+from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    features_dir: Path = Field(Path("data/synthetic/04_features"), description="prep output layer 04_features")
+
+
+class SequenceModelConfig(_Strict):
+    max_len: int = Field(50, ge=1, le=1024, description="newest items kept per sequence")
+    d_model: int = Field(64, ge=8, description="embedding / hidden width")
+    n_heads: int = Field(2, ge=1, description="attention heads; d_model must divide by it")
+    n_layers: int = Field(2, ge=1, le=12, description="transformer blocks")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate")
+    use_event_types: bool = Field(False, description="add an event-type embedding to each input item")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> SequenceModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        return self
+
+
+class IntentModelConfig(SequenceModelConfig):
+    use_event_types: bool = Field(True, description="add an event-type embedding to each input item")
+    hidden: int = Field(64, ge=1, description="width of the classification head")
+
+
+class TrainConfig(_Strict):
+    max_epochs: int = Field(30, ge=1, description="upper bound on epochs (early stopping usually ends sooner)")
+    batch_size: int = Field(128, ge=1, description="sequences per optimiser step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    patience: int = Field(5, ge=1, description="epochs without validation improvement before stopping")
+    seed: int = Field(0, description="seed for torch, numpy and Python")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    deterministic: bool = Field(True, description="Lightning deterministic mode (same seed → same metrics)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+
+
+class EvalConfig(_Strict):
+    k: Annotated[int, Field(ge=1, le=1000)] = Field(10, description="cut-off of the ranking metrics")
+    exclude_seen: bool = Field(True, description="remove items already in the history before top-k")
+
+
+class RecommenderRunConfig(_Strict):
+    task: Literal["recommender"] = "recommender"
+    name: str = Field("recommender", description="run name; the run id is <name>-<timestamp>")
+    data: DataConfig = DataConfig()
+    model: SequenceModelConfig = SequenceModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class IntentRunConfig(_Strict):
+    task: Literal["intent"] = "intent"
+    name: str = Field("intent", description="run name; the run id is <name>-<timestamp>")
+    data: DataConfig = DataConfig()
+    model: IntentModelConfig = IntentModelConfig()
+    train: TrainConfig = TrainConfig()
+    horizon_days: int = Field(14, ge=1, description="label window after the cutoff (must match prep)")
+
+
+RunConfig = RecommenderRunConfig | IntentRunConfig
+
+
+def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = doc
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {p!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["train.lr=3e-4", "model.n_layers=1"]`` → [(key, YAML-parsed value)]."""
+    out = []
+    for o in overrides:
+        key, sep, raw = o.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {o!r} is not of the form section.key=value")
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def load_config(task: str, path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or defaults), apply dotted overrides, validate into a typed run config."""
+    if task not in ("recommender", "intent"):
+        raise ValueError(f"unknown task {task!r}: expected 'recommender' or 'intent'")
+    doc: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path else {}
+    doc.setdefault("task", task)
+    if doc["task"] != task:
+        raise ValueError(f"{path} is a {doc['task']!r} config, not {task!r}")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(doc, key, value)
+    cls = RecommenderRunConfig if task == "recommender" else IntentRunConfig
+    return cls.model_validate(doc)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

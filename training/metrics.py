@@ -1,0 +1,67 @@
+"""Metric definitions used by every model, baseline and peer, so every number means the same thing.
+
+Ranking (protocols R1/R2): one target per example; HR@k, NDCG@k = 1/log2(rank + 1), MRR@k = 1/rank, each
+0 when the target is not in the top k (including targets unknown to the vocabulary, index 0).
+Classification (I1/I2): ROC-AUC, PR-AUC, log-loss, Brier, ECE and top-decile lift, with the positive rate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+
+def ranking_metrics(topk: np.ndarray, target: np.ndarray, k: int = 10) -> dict[str, float]:
+    """``topk`` (N, ≥k) item indices best first, ``target`` (N,) item index (0 = unknown, never a hit)."""
+    top = np.asarray(topk)[:, :k]
+    tgt = np.asarray(target)[:, None]
+    hit = (top == tgt) & (tgt > 0)  # (N, k)
+    found = hit.any(axis=1)
+    rank = np.where(found, hit.argmax(axis=1) + 1, 0)  # 1-based, 0 = miss
+    safe = np.maximum(rank, 1)
+    return {
+        f"hr@{k}": float(found.mean()) if len(found) else 0.0,
+        f"ndcg@{k}": float(np.where(found, 1.0 / np.log2(safe + 1), 0.0).mean()) if len(found) else 0.0,
+        f"mrr@{k}": float(np.where(found, 1.0 / safe, 0.0).mean()) if len(found) else 0.0,
+        "n_examples": len(found),
+    }
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """Equal-width-bin ECE: Σ_b |bin| / N · |mean(y_b) − mean(p_b)|."""
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    err = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            err += sel.mean() * abs(y[sel].mean() - p[sel].mean())
+    return float(err)
+
+
+def top_fraction_lift(y: np.ndarray, p: np.ndarray, fraction: float = 0.1) -> tuple[float, float]:
+    """(lift, share of all positives captured) among the ``fraction`` highest scores."""
+    n_top = max(1, round(fraction * len(y)))
+    top = np.argsort(-p, kind="stable")[:n_top]
+    rate = y.mean()
+    lift = float(y[top].mean() / rate) if rate > 0 else 0.0
+    captured = float(y[top].sum() / y.sum()) if y.sum() > 0 else 0.0
+    return lift, captured
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """I1/I2 metrics of probabilities ``p`` for labels ``y`` (0/1); AUCs are NaN when one class is absent."""
+    y = np.asarray(y).astype(int)
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    both = 0 < y.sum() < len(y)
+    lift, captured = top_fraction_lift(y, p)
+    return {
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": expected_calibration_error(y, p),
+        "lift@10%": lift,
+        "captured@10%": captured,
+        "positive_rate": float(y.mean()) if len(y) else float("nan"),
+        "n_examples": len(y),
+    }
