@@ -31,10 +31,32 @@ GT_IDENTIFIER = "identifier"  # column of ground_truth/identifiers.csv: the raw 
 KIND_ONLINE_ONLY, KIND_OFFLINE_ONLY, KIND_OMNI = "online_only", "offline_only", "omni"
 KINDS = (KIND_ONLINE_ONLY, KIND_OFFLINE_ONLY, KIND_OMNI)
 
-ONLINE_COLUMNS = (S.ON_EVENT_ID, S.ON_TS, S.ON_CHANNEL, S.ON_DEVICE_ID, S.ON_ACCOUNT_ID, S.ON_SESSION_ID,
-                  S.ON_EVENT_TYPE, S.ON_ITEM_ID, S.ON_QUERY, S.ON_QUANTITY, S.ON_PRICE, S.ON_ORDER_ID, S.ON_EMAIL)
-POS_COLUMNS = (S.POS_TRANSACTION_ID, S.POS_LINE_NO, S.POS_TS, S.POS_STORE_ID, S.POS_LOYALTY_CARD, S.POS_PHONE,
-               S.POS_ITEM_ID, S.POS_QUANTITY, S.POS_UNIT_PRICE)
+ONLINE_COLUMNS = (
+    S.ON_EVENT_ID,
+    S.ON_TS,
+    S.ON_CHANNEL,
+    S.ON_DEVICE_ID,
+    S.ON_ACCOUNT_ID,
+    S.ON_SESSION_ID,
+    S.ON_EVENT_TYPE,
+    S.ON_ITEM_ID,
+    S.ON_QUERY,
+    S.ON_QUANTITY,
+    S.ON_PRICE,
+    S.ON_ORDER_ID,
+    S.ON_EMAIL,
+)
+POS_COLUMNS = (
+    S.POS_TRANSACTION_ID,
+    S.POS_LINE_NO,
+    S.POS_TS,
+    S.POS_STORE_ID,
+    S.POS_LOYALTY_CARD,
+    S.POS_PHONE,
+    S.POS_ITEM_ID,
+    S.POS_QUANTITY,
+    S.POS_UNIT_PRICE,
+)
 CRM_COLUMNS = (S.CRM_LOYALTY_CARD, S.CRM_PHONE, S.CRM_EMAIL, S.CRM_SIGNUP_TS, S.CRM_SIGNUP_STORE_ID)
 ITEM_COLUMNS = (S.CAT_ITEM_ID, S.CAT_CATEGORY, S.CAT_PRICE)
 STORE_COLUMNS = (S.CAT_STORE_ID, S.CAT_CITY)
@@ -45,33 +67,150 @@ _ONLINE, _OFFLINE, _OMNI = 0, 1, 2  # kind codes (index into KINDS)
 _MS_PER_DAY = 86_400_000
 # Working columns of in-memory tables; never written (writers select the schema columns).
 _PERSON, _SESSION, _STEP, _KEY, _TYPE, _ITEM, _QTY, _MS, _JUMPED = (
-    "_person", "_session", "_step", "_key", "_type", "_item", "_qty", "_ms", "_jumped")
+    "_person",
+    "_session",
+    "_step",
+    "_key",
+    "_type",
+    "_item",
+    "_qty",
+    "_ms",
+    "_jumped",
+)
 _REMOVE_KEY, _ORDER_KEY = 10_000, 20_000  # in-session sort keys: removals, then order lines, after all views
 _MAX_VIEWS = 40
 
-_CATEGORY_WORDS = ("coffee", "tea", "snacks", "skincare", "haircare", "makeup", "fragrance", "shoes", "bags",
-                   "jackets", "tshirts", "jeans", "dresses", "socks", "kitchen", "bedding", "lighting",
-                   "storage", "toys", "books", "stationery", "sports", "outdoor", "headphones", "phone cases",
-                   "pet food", "baby care", "wine", "cleaning", "vitamins")
+_CATEGORY_WORDS = (
+    "coffee",
+    "tea",
+    "snacks",
+    "skincare",
+    "haircare",
+    "makeup",
+    "fragrance",
+    "shoes",
+    "bags",
+    "jackets",
+    "tshirts",
+    "jeans",
+    "dresses",
+    "socks",
+    "kitchen",
+    "bedding",
+    "lighting",
+    "storage",
+    "toys",
+    "books",
+    "stationery",
+    "sports",
+    "outdoor",
+    "headphones",
+    "phone cases",
+    "pet food",
+    "baby care",
+    "wine",
+    "cleaning",
+    "vitamins",
+)
 _QUERY_MODIFIERS = ("", "", "", "", "sale", "new", "cheap", "best", "gift")
 _CITIES = ("Shanghai", "Beijing", "Hangzhou", "Shenzhen", "Guangzhou", "Chengdu", "Nanjing", "Wuhan")
-_FIRST_NAMES = ("alice", "bob", "chloe", "david", "emma", "frank", "grace", "henry", "iris", "jack", "kevin",
-                "lily", "mia", "nina", "oscar", "peter", "queenie", "rose", "sam", "tina", "vivian", "wei",
-                "xin", "yan", "zoe", "jun", "ming", "hui", "lei", "fang")
-_LAST_NAMES = ("wang", "li", "zhang", "liu", "chen", "yang", "huang", "zhao", "wu", "zhou", "xu", "sun", "ma",
-               "zhu", "hu", "guo", "he", "lin", "luo", "gao")
+_FIRST_NAMES = (
+    "alice",
+    "bob",
+    "chloe",
+    "david",
+    "emma",
+    "frank",
+    "grace",
+    "henry",
+    "iris",
+    "jack",
+    "kevin",
+    "lily",
+    "mia",
+    "nina",
+    "oscar",
+    "peter",
+    "queenie",
+    "rose",
+    "sam",
+    "tina",
+    "vivian",
+    "wei",
+    "xin",
+    "yan",
+    "zoe",
+    "jun",
+    "ming",
+    "hui",
+    "lei",
+    "fang",
+)
+_LAST_NAMES = (
+    "wang",
+    "li",
+    "zhang",
+    "liu",
+    "chen",
+    "yang",
+    "huang",
+    "zhao",
+    "wu",
+    "zhou",
+    "xu",
+    "sun",
+    "ma",
+    "zhu",
+    "hu",
+    "guo",
+    "he",
+    "lin",
+    "luo",
+    "gao",
+)
 _EMAIL_DOMAINS = ("mail.com", "qq.com", "163.com", "gmail.com", "outlook.com")
 _PHONE_PREFIXES = ("130", "131", "132", "135", "136", "137", "138", "139", "150", "151", "158", "186", "188")
 # Relative volume by weekday (Mon..Sun) and by hour of day, per channel: stores peak at weekends and
 # in the afternoon (open 10-22h), online peaks in the evening.
 _ONLINE_WEEKDAY = np.array([1.0, 0.95, 0.95, 1.0, 0.9, 1.1, 1.2])
 _STORE_WEEKDAY = np.array([0.8, 0.8, 0.85, 0.9, 1.15, 1.9, 1.7])
-_ONLINE_HOURS = np.array([1.0, 0.5, 0.3, 0.2, 0.2, 0.3, 0.8, 1.5, 2.0, 2.2, 2.3, 2.5,
-                          3.0, 2.6, 2.4, 2.4, 2.6, 3.0, 3.6, 4.5, 5.2, 5.5, 4.5, 2.5])
+_ONLINE_HOURS = np.array(
+    [
+        1.0,
+        0.5,
+        0.3,
+        0.2,
+        0.2,
+        0.3,
+        0.8,
+        1.5,
+        2.0,
+        2.2,
+        2.3,
+        2.5,
+        3.0,
+        2.6,
+        2.4,
+        2.4,
+        2.6,
+        3.0,
+        3.6,
+        4.5,
+        5.2,
+        5.5,
+        4.5,
+        2.5,
+    ]
+)
 _STORE_HOURS = np.array([0.0] * 10 + [1.5, 2.0, 2.5, 2.5, 2.4, 2.6, 3.0, 3.4, 3.6, 3.2, 2.5, 1.5] + [0.0] * 2)
 # Mean seconds since the previous event of the session, by event type.
-_GAP_SECONDS = {S.EV_SEARCH: 12.0, S.EV_VIEW: 35.0, S.EV_ADD_TO_CART: 10.0, S.EV_REMOVE_FROM_CART: 30.0,
-                S.EV_ORDER: 80.0}
+_GAP_SECONDS = {
+    S.EV_SEARCH: 12.0,
+    S.EV_VIEW: 35.0,
+    S.EV_ADD_TO_CART: 10.0,
+    S.EV_REMOVE_FROM_CART: 30.0,
+    S.EV_ORDER: 80.0,
+}
 
 
 @dataclass(frozen=True)
@@ -108,14 +247,30 @@ class RetailerSpec:
             raise ValueError("need 1 <= n_categories <= n_items")
         if len(self.kind_shares) != 3 or min(self.kind_shares) < 0 or abs(sum(self.kind_shares) - 1) > 1e-9:
             raise ValueError("kind_shares must be three non-negative shares summing to 1")
-        shares = (self.omni_rate, self.late_join_share, self.lapse_share, self.webrooming_share,
-                  self.member_share, self.crm_email_share, self.account_share)
+        shares = (
+            self.omni_rate,
+            self.late_join_share,
+            self.lapse_share,
+            self.webrooming_share,
+            self.member_share,
+            self.crm_email_share,
+            self.account_share,
+        )
         if not all(0.0 <= x <= 1.0 for x in shares):
             raise ValueError("shares and rates must lie in [0, 1]")
         if self.follow_share + self.repeat_share > 1 or self.complement_step + self.same_category_step > 1:
             raise ValueError("follow+repeat and complement_step+same_category_step must be <= 1")
-        if min(self.online_missions_per_day, self.store_missions_per_day, self.follow_share,
-               self.repeat_share, self.complement_step, self.same_category_step) < 0:
+        if (
+            min(
+                self.online_missions_per_day,
+                self.store_missions_per_day,
+                self.follow_share,
+                self.repeat_share,
+                self.complement_step,
+                self.same_category_step,
+            )
+            < 0
+        ):
             raise ValueError("rates and probabilities must be >= 0")
         pd.Timestamp(self.start)  # raises on a malformed date
 
@@ -216,18 +371,26 @@ def generate_retailer(
     say(f"pos lines: {len(pos):,}")
     members = _build_members(spec, persons, pos, catalog, rng)
     say(f"crm members: {len(members):,}")
-    online = _render_identifiers(online, {S.ON_DEVICE_ID: S.ID_DEVICE, S.ON_ACCOUNT_ID: S.ID_ACCOUNT,
-                                          S.ON_EMAIL: S.ID_EMAIL})
+    online = _render_identifiers(
+        online, {S.ON_DEVICE_ID: S.ID_DEVICE, S.ON_ACCOUNT_ID: S.ID_ACCOUNT, S.ON_EMAIL: S.ID_EMAIL}
+    )
     pos = _render_identifiers(pos, {S.POS_LOYALTY_CARD: S.ID_CARD, S.POS_PHONE: S.ID_PHONE})
-    members = _render_identifiers(members, {S.CRM_LOYALTY_CARD: S.ID_CARD, S.CRM_PHONE: S.ID_PHONE,
-                                            S.CRM_EMAIL: S.ID_EMAIL})
+    members = _render_identifiers(
+        members, {S.CRM_LOYALTY_CARD: S.ID_CARD, S.CRM_PHONE: S.ID_PHONE, S.CRM_EMAIL: S.ID_EMAIL}
+    )
     say("writing files")
     raw, truth = out / RAW_DIR, out / S.GROUND_TRUTH_DIR
     _write_raw(raw, online, pos, members, catalog)
     _write_csv(_identifier_truth(online, pos, members), truth / S.GT_IDENTIFIERS_FILE, GT_IDENTIFIER_COLUMNS)
     _write_csv(_person_truth(persons), truth / S.GT_PERSONS_FILE, GT_PERSON_COLUMNS, "%.4f")
-    return GeneratedRetailer(raw_dir=raw, ground_truth_dir=truth, n_persons=spec.n_customers,
-                             n_online_events=len(online), n_pos_lines=len(pos), n_members=len(members))
+    return GeneratedRetailer(
+        raw_dir=raw,
+        ground_truth_dir=truth,
+        n_persons=spec.n_customers,
+        n_online_events=len(online),
+        n_pos_lines=len(pos),
+        n_members=len(members),
+    )
 
 
 def render_identifier(id_type: str, canonical: str) -> str:
@@ -262,8 +425,11 @@ def _build_catalog(spec: RetailerSpec, rng: np.random.Generator) -> _Catalog:
     weight = pd.Series(rank**-1.1)  # Zipf popularity within the category, in random item order
     within = (weight.groupby(category).cumsum() / weight.groupby(category).transform("sum")).to_numpy()
     last_of_category = np.r_[category[1:] != category[:-1], True]
-    names = [_CATEGORY_WORDS[c % len(_CATEGORY_WORDS)] + (f" {c // len(_CATEGORY_WORDS)}" if
-             c >= len(_CATEGORY_WORDS) else "") for c in range(n_cat)]
+    names = [
+        _CATEGORY_WORDS[c % len(_CATEGORY_WORDS)]
+        + (f" {c // len(_CATEGORY_WORDS)}" if c >= len(_CATEGORY_WORDS) else "")
+        for c in range(n_cat)
+    ]
     return _Catalog(
         item_ids=np.array([f"SKU{v:05d}" for v in rng.permutation(n) + 1]),
         category=category,
@@ -292,8 +458,15 @@ def _draw_complements(category: np.ndarray, n_cat: int, n_slots: int, rng: np.ra
 
 def _draw_categories(pref_cum: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One category per row of a (n, C) cumulative preference matrix."""
-    u = rng.random(pref_cum.shape[0])
-    return np.minimum((u[:, None] >= pref_cum).sum(axis=1), pref_cum.shape[1] - 1)
+    u = rng.random((pref_cum.shape[0], 1))
+    return np.minimum((u >= pref_cum).sum(axis=1), pref_cum.shape[1] - 1)
+
+
+def _masked(keep: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Object array: ``values`` where ``keep``, None (a null / empty raw field) elsewhere."""
+    out = np.full(values.shape, None, dtype=object)
+    out[keep] = values[keep]
+    return out
 
 
 # ----------------------------------------------------------------------------------------- persons
@@ -350,12 +523,15 @@ def _draw_identities(spec: RetailerSpec, kind: np.ndarray, rng: np.random.Genera
         "devices": devices,
         "n_devices": 1 + (rng.random(n) < 0.4),
         "device_channel": np.stack([main_channel, rng.integers(0, 3, n)], axis=1),
-        "account": np.where(has_account, accounts, None),
+        "account": _masked(has_account, accounts),
         "login_prob": rng.beta(3.0, 2.0, n),
-        "email": np.array([f"{a}.{b}{k}@{d}" for a, b, k, d in zip(first, last, number, domain, strict=True)]),
-        "phone": np.array([f"{p}{v:08d}" for p, v in zip(prefix, _draw_unique_ints(rng, n, 0, 10**8),
-                                                           strict=True)]),
-        "card": np.where(member, cards, None),
+        "email": np.array(
+            [f"{a}.{b}{k}@{d}" for a, b, k, d in zip(first, last, number, domain, strict=True)]
+        ),
+        "phone": np.array(
+            [f"{p}{v:08d}" for p, v in zip(prefix, _draw_unique_ints(rng, n, 0, 10**8), strict=True)]
+        ),
+        "card": _masked(member, cards),
         "crm_email": member & (rng.random(n) < spec.crm_email_share),
     }
 
@@ -373,8 +549,9 @@ def _draw_unique_ints(rng: np.random.Generator, n: int, low: int, high: int) -> 
 
 
 # ----------------------------------------------------------------------------------------- missions
-def _draw_missions(spec: RetailerSpec, persons: _Persons, catalog: _Catalog,
-                   rng: np.random.Generator) -> _Missions:
+def _draw_missions(
+    spec: RetailerSpec, persons: _Persons, catalog: _Catalog, rng: np.random.Generator
+) -> _Missions:
     """Poisson missions per person and channel inside the active window; at least one per channel the
     person's kind uses, so every person appears in the data. An online mission buys with chance
     propensity / (propensity + 1)."""
@@ -392,14 +569,21 @@ def _draw_missions(spec: RetailerSpec, persons: _Persons, catalog: _Catalog,
     webroom = ~is_store & buys & (kind[person] == _OMNI) & (rng.random(person.size) < spec.webrooming_share)
     order = np.lexsort((time, person))
     person = person[order]
-    return _Missions(person=person, time=time[order], is_store=is_store[order], buys=buys[order],
-                     webroom=webroom[order], target=_chain_targets(spec, person, persons, catalog, rng))
+    return _Missions(
+        person=person,
+        time=time[order],
+        is_store=is_store[order],
+        buys=buys[order],
+        webroom=webroom[order],
+        target=_chain_targets(spec, person, persons, catalog, rng),
+    )
 
 
-def _draw_times(spec: RetailerSpec, lo: np.ndarray, hi: np.ndarray, is_store: np.ndarray,
-                rng: np.random.Generator) -> np.ndarray:
+def _draw_times(
+    spec: RetailerSpec, lo: np.ndarray, hi: np.ndarray, is_store: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Days since start: a day in [lo, hi) weighted by weekday (rejection sampling) plus a time of day."""
-    weekday0 = pd.Timestamp(spec.start).dayofweek
+    weekday0 = pd.Timestamp(spec.start).weekday()
     accept = np.stack([_ONLINE_WEEKDAY / _ONLINE_WEEKDAY.max(), _STORE_WEEKDAY / _STORE_WEEKDAY.max()])
     day = np.zeros(lo.size, dtype=np.int64)
     todo = np.arange(lo.size)
@@ -419,8 +603,9 @@ def _draw_hours(is_store: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum(np.where(is_store, store, online), 23) + rng.random(is_store.size)
 
 
-def _chain_targets(spec: RetailerSpec, person: np.ndarray, persons: _Persons, catalog: _Catalog,
-                   rng: np.random.Generator) -> np.ndarray:
+def _chain_targets(
+    spec: RetailerSpec, person: np.ndarray, persons: _Persons, catalog: _Catalog, rng: np.random.Generator
+) -> np.ndarray:
     """Target item of each mission (rows sorted by person, time): a complement of the previous mission's
     target, that target again, or a fresh popular item of a preferred category. Loops over the mission
     rank, vectorised over persons."""
@@ -434,14 +619,18 @@ def _chain_targets(spec: RetailerSpec, person: np.ndarray, persons: _Persons, ca
         idx = np.flatnonzero(rank == r)
         prev = target[idx - 1]
         follow = catalog.complements[prev, slot[idx]]
-        target[idx] = np.where(u[idx] < spec.follow_share, follow,
-                               np.where(u[idx] < spec.follow_share + spec.repeat_share, prev, fresh[idx]))
+        target[idx] = np.where(
+            u[idx] < spec.follow_share,
+            follow,
+            np.where(u[idx] < spec.follow_share + spec.repeat_share, prev, fresh[idx]),
+        )
     return target
 
 
 # ----------------------------------------------------------------------------------------- online
-def _draw_sessions(spec: RetailerSpec, missions: _Missions, persons: _Persons, catalog: _Catalog,
-                   rng: np.random.Generator) -> _Sessions:
+def _draw_sessions(
+    spec: RetailerSpec, missions: _Missions, persons: _Persons, catalog: _Catalog, rng: np.random.Generator
+) -> _Sessions:
     """Sessions of the online missions. The last one sits at the mission time; earlier ones follow
     exponential gaps (mean 1.3 days) backwards. Only the last session of a buying, non-webrooming mission
     orders. Sessions are logged in with the person's login chance (app: 0.9; ordering: at least 0.7)."""
@@ -463,16 +652,21 @@ def _draw_sessions(spec: RetailerSpec, missions: _Missions, persons: _Persons, c
     n_views = np.minimum(1 + rng.poisson(np.where(ordering, 6.0, 4.5)), _MAX_VIEWS)
     shown = ordering | (rng.random(person.size) < 0.8)
     return _Sessions(
-        person=person, start_ms=np.round(time * _MS_PER_DAY).astype(np.int64),
-        device=persons.devices[person, slot], channel=channel,
-        account=np.where(logged_in, persons.account[person], None), ordering=ordering,
-        target=missions.target[mission], target_pos=np.where(shown, rng.integers(0, n_views), -1),
+        person=person,
+        start_ms=np.round(time * _MS_PER_DAY).astype(np.int64),
+        device=persons.devices[person, slot],
+        channel=channel,
+        account=_masked(logged_in, persons.account[person]),
+        ordering=ordering,
+        target=missions.target[mission],
+        target_pos=np.where(shown, rng.integers(0, n_views), -1),
         n_views=n_views,
     )
 
 
-def _walk_views(spec: RetailerSpec, sessions: _Sessions, persons: _Persons, catalog: _Catalog,
-                rng: np.random.Generator) -> pd.DataFrame:
+def _walk_views(
+    spec: RetailerSpec, sessions: _Sessions, persons: _Persons, catalog: _Catalog, rng: np.random.Generator
+) -> pd.DataFrame:
     """Viewed items of every session (_SESSION, _STEP, _ITEM, _JUMPED), stepped by position and vectorised
     across sessions. Each step moves to a complement, another item of the category, or jumps to a preferred
     category; the mission target is put at ``target_pos``. The walk starts in the target's category."""
@@ -504,17 +698,26 @@ def _funnel_events(sessions: _Sessions, views: pd.DataFrame, rng: np.random.Gene
     s, step, item = (views[c].to_numpy() for c in (_SESSION, _STEP, _ITEM))
     ordering, is_target = sessions.ordering[s], item == sessions.target[s]
     first = ~views.duplicated([_SESSION, _ITEM]).to_numpy()
-    cart = first & (rng.random(s.size) < np.where(is_target, np.where(ordering, 1.0, 0.35),
-                                                  np.where(ordering, 0.1, 0.05)))
+    cart = first & (
+        rng.random(s.size) < np.where(is_target, np.where(ordering, 1.0, 0.35), np.where(ordering, 0.1, 0.05))
+    )
     remove = cart & (rng.random(s.size) < np.where(is_target, np.where(ordering, 0.0, 0.25), 0.3))
     search = rng.random(s.size) < np.where(step == 0, 0.3, np.where(views[_JUMPED].to_numpy(), 0.6, 0.0))
     quantity = 1 + (rng.random(s.size) < 0.15) * rng.integers(1, 3, s.size)
-    parts = ((search, 4 * step, S.EV_SEARCH), (np.ones(s.size, bool), 4 * step + 1, S.EV_VIEW),
-             (cart, 4 * step + 2, S.EV_ADD_TO_CART), (remove, _REMOVE_KEY + step, S.EV_REMOVE_FROM_CART),
-             (cart & ~remove & ordering, _ORDER_KEY + step, S.EV_ORDER))
-    frames = [pd.DataFrame({_SESSION: s[m], _KEY: key[m], _TYPE: etype, _ITEM: item[m], _QTY: quantity[m]})
-              for m, key, etype in parts]
-    return pd.concat(frames, ignore_index=True).sort_values([_SESSION, _KEY], kind="stable", ignore_index=True)
+    parts = (
+        (search, 4 * step, S.EV_SEARCH),
+        (np.ones(s.size, bool), 4 * step + 1, S.EV_VIEW),
+        (cart, 4 * step + 2, S.EV_ADD_TO_CART),
+        (remove, _REMOVE_KEY + step, S.EV_REMOVE_FROM_CART),
+        (cart & ~remove & ordering, _ORDER_KEY + step, S.EV_ORDER),
+    )
+    frames = [
+        pd.DataFrame({_SESSION: s[m], _KEY: key[m], _TYPE: etype, _ITEM: item[m], _QTY: quantity[m]})
+        for m, key, etype in parts
+    ]
+    return pd.concat(frames, ignore_index=True).sort_values(
+        [_SESSION, _KEY], kind="stable", ignore_index=True
+    )
 
 
 def _time_events(sessions: _Sessions, events: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
@@ -530,8 +733,9 @@ def _time_events(sessions: _Sessions, events: pd.DataFrame, rng: np.random.Gener
     return sessions.start_ms[s] + pd.Series(gap).groupby(s).cumsum().to_numpy()
 
 
-def _build_online_events(spec: RetailerSpec, sessions: _Sessions, persons: _Persons, catalog: _Catalog,
-                         rng: np.random.Generator) -> pd.DataFrame:
+def _build_online_events(
+    spec: RetailerSpec, sessions: _Sessions, persons: _Persons, catalog: _Catalog, rng: np.random.Generator
+) -> pd.DataFrame:
     """The rows of events.jsonl (canonical identifiers, plus _PERSON), sorted by time."""
     events = _funnel_events(sessions, _walk_views(spec, sessions, persons, catalog, rng), rng)
     ms = _time_events(sessions, events, rng)
@@ -548,23 +752,26 @@ def _build_online_events(spec: RetailerSpec, sessions: _Sessions, persons: _Pers
     modifier = rng.choice(np.array(_QUERY_MODIFIERS), words.size)
     query[is_search] = [f"{w} {m}".strip() for w, m in zip(words, modifier, strict=True)]
     person = sessions.person[s]
-    return pd.DataFrame({
-        S.ON_EVENT_ID: [f"ev-{v:014x}" for v in _draw_unique_ints(rng, s.size, 0, 16**14)],
-        S.ON_TS: _format_ts(spec, ms, iso=True),
-        S.ON_CHANNEL: np.array(S.ONLINE_CHANNELS)[sessions.channel[s]],
-        S.ON_DEVICE_ID: sessions.device[s],
-        S.ON_ACCOUNT_ID: sessions.account[s],
-        S.ON_SESSION_ID: np.array([f"s-{v:012x}" for v in _draw_unique_ints(rng, sessions.person.size, 0,
-                                                                           16**12)])[s],
-        S.ON_EVENT_TYPE: etype,
-        S.ON_ITEM_ID: np.where(is_search, None, catalog.item_ids[item].astype(object)),
-        S.ON_QUERY: query,
-        S.ON_QUANTITY: pd.arrays.IntegerArray(events[_QTY].to_numpy().astype(np.int64), mask=~priced),
-        S.ON_PRICE: np.where(priced, catalog.price[item], np.nan),
-        S.ON_ORDER_ID: np.where(is_order, order_ids[s].astype(object), None),
-        S.ON_EMAIL: np.where(is_order, persons.email[person].astype(object), None),
-        _PERSON: person,
-    })
+    return pd.DataFrame(
+        {
+            S.ON_EVENT_ID: [f"ev-{v:014x}" for v in _draw_unique_ints(rng, s.size, 0, 16**14)],
+            S.ON_TS: _format_ts(spec, ms, iso=True),
+            S.ON_CHANNEL: np.array(S.ONLINE_CHANNELS)[sessions.channel[s]],
+            S.ON_DEVICE_ID: sessions.device[s],
+            S.ON_ACCOUNT_ID: sessions.account[s],
+            S.ON_SESSION_ID: np.array(
+                [f"s-{v:012x}" for v in _draw_unique_ints(rng, sessions.person.size, 0, 16**12)]
+            )[s],
+            S.ON_EVENT_TYPE: etype,
+            S.ON_ITEM_ID: _masked(~is_search, catalog.item_ids[item]),
+            S.ON_QUERY: query,
+            S.ON_QUANTITY: pd.arrays.IntegerArray(events[_QTY].to_numpy().astype(np.int64), mask=~priced),
+            S.ON_PRICE: np.where(priced, catalog.price[item], np.nan),
+            S.ON_ORDER_ID: _masked(is_order, order_ids[s]),
+            S.ON_EMAIL: _masked(is_order, persons.email[person]),
+            _PERSON: person,
+        }
+    )
 
 
 def _format_ts(spec: RetailerSpec, ms: np.ndarray, iso: bool) -> np.ndarray:
@@ -576,52 +783,68 @@ def _format_ts(spec: RetailerSpec, ms: np.ndarray, iso: bool) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- stores
-def _build_pos_lines(spec: RetailerSpec, missions: _Missions, persons: _Persons, catalog: _Catalog,
-                     rng: np.random.Generator) -> pd.DataFrame:
+def _build_pos_lines(
+    spec: RetailerSpec, missions: _Missions, persons: _Persons, catalog: _Catalog, rng: np.random.Generator
+) -> pd.DataFrame:
     """The rows of pos_lines.csv (canonical identifiers, plus _PERSON and _MS), sorted by time. One basket per
     store mission and per webrooming mission (the day after). Members show the card 78% of the time, else
     type the phone 12%; non-members type a phone 6% of the time (e-receipt); the rest is anonymous."""
     visit = np.flatnonzero(missions.is_store | missions.webroom)
     next_day = np.floor(missions.time[visit]) + 1 + _draw_hours(np.ones(visit.size, bool), rng) / 24
-    sec = np.floor(np.where(missions.is_store[visit], missions.time[visit], next_day) * 86_400).astype(np.int64)
+    sec = np.floor(np.where(missions.is_store[visit], missions.time[visit], next_day) * 86_400).astype(
+        np.int64
+    )
     visit, sec = visit[sec < spec.n_days * 86_400], sec[sec < spec.n_days * 86_400]
     person = missions.person[visit]
-    store = np.where(rng.random(visit.size) < 0.85, persons.home_store[person],
-                     rng.integers(0, spec.n_stores, visit.size))
+    store = np.where(
+        rng.random(visit.size) < 0.85, persons.home_store[person], rng.integers(0, spec.n_stores, visit.size)
+    )
     u = rng.random(visit.size)
     member = pd.notna(persons.card[person])
-    card = np.where(member & (u < 0.78), persons.card[person], None)
-    phone = np.where(np.where(member, (u >= 0.78) & (u < 0.9), u < 0.06), persons.phone[person], None)
+    card = _masked(member & (u < 0.78), persons.card[person])
+    phone = _masked(np.where(member, (u >= 0.78) & (u < 0.9), u < 0.06), persons.phone[person])
     basket, item = _basket_items(spec, missions.target[visit], person, persons, catalog, rng)
-    lines = pd.DataFrame({
-        S.POS_TRANSACTION_ID: _transaction_ids(spec, catalog, sec, store)[basket],
-        S.POS_LINE_NO: pd.Series(basket).groupby(basket).cumcount().to_numpy() + 1,
-        S.POS_TS: _format_ts(spec, sec[basket] * 1000, iso=False),
-        S.POS_STORE_ID: catalog.store_ids[store[basket]],
-        S.POS_LOYALTY_CARD: card[basket],
-        S.POS_PHONE: phone[basket],
-        S.POS_ITEM_ID: catalog.item_ids[item],
-        S.POS_QUANTITY: 1 + (rng.random(item.size) < 0.25) * rng.integers(1, 3, item.size),
-        S.POS_UNIT_PRICE: catalog.price[item],
-        _PERSON: person[basket],
-        _MS: sec[basket] * 1000,
-    })
+    lines = pd.DataFrame(
+        {
+            S.POS_TRANSACTION_ID: _transaction_ids(spec, catalog, sec, store)[basket],
+            S.POS_LINE_NO: pd.Series(basket).groupby(basket).cumcount().to_numpy() + 1,
+            S.POS_TS: _format_ts(spec, sec[basket] * 1000, iso=False),
+            S.POS_STORE_ID: catalog.store_ids[store[basket]],
+            S.POS_LOYALTY_CARD: card[basket],
+            S.POS_PHONE: phone[basket],
+            S.POS_ITEM_ID: catalog.item_ids[item],
+            S.POS_QUANTITY: 1 + (rng.random(item.size) < 0.25) * rng.integers(1, 3, item.size),
+            S.POS_UNIT_PRICE: catalog.price[item],
+            _PERSON: person[basket],
+            _MS: sec[basket] * 1000,
+        }
+    )
     return lines.sort_values([_MS, S.POS_TRANSACTION_ID, S.POS_LINE_NO], kind="stable", ignore_index=True)
 
 
 def _transaction_ids(spec: RetailerSpec, catalog: _Catalog, sec: np.ndarray, store: np.ndarray) -> np.ndarray:
-    """"ST003-20260105-0007": store, date and the basket's sequence number in that store that day."""
+    """ "ST003-20260105-0007": store, date and the basket's sequence number in that store that day."""
     day = sec // 86_400
     order = np.lexsort((sec, day, store))
     seq = np.empty(sec.size, dtype=np.int64)
     seq[order] = pd.Series(np.zeros(sec.size)).groupby([store[order], day[order]]).cumcount().to_numpy() + 1
     dates = np.datetime_as_string(np.datetime64(spec.start, "D") + day.astype("timedelta64[D]"))
-    return np.array([f"{catalog.store_ids[s]}-{d.replace('-', '')}-{q:04d}"
-                     for s, d, q in zip(store, dates, seq, strict=True)])
+    return np.array(
+        [
+            f"{catalog.store_ids[s]}-{d.replace('-', '')}-{q:04d}"
+            for s, d, q in zip(store, dates, seq, strict=True)
+        ]
+    )
 
 
-def _basket_items(spec: RetailerSpec, target: np.ndarray, person: np.ndarray, persons: _Persons,
-                  catalog: _Catalog, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _basket_items(
+    spec: RetailerSpec,
+    target: np.ndarray,
+    person: np.ndarray,
+    persons: _Persons,
+    catalog: _Catalog,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """(basket index, item) per line: the target plus Poisson(1.6) extras, each a complement of the target
     (35%), a staple (35%) or a popular item of a preferred category; duplicates dropped, lines shuffled."""
     basket = np.repeat(np.arange(target.size), 1 + np.minimum(rng.poisson(1.6, target.size), 8))
@@ -637,8 +860,9 @@ def _basket_items(spec: RetailerSpec, target: np.ndarray, person: np.ndarray, pe
     return lines[_SESSION].to_numpy(), lines[_ITEM].to_numpy()
 
 
-def _build_members(spec: RetailerSpec, persons: _Persons, pos: pd.DataFrame, catalog: _Catalog,
-                   rng: np.random.Generator) -> pd.DataFrame:
+def _build_members(
+    spec: RetailerSpec, persons: _Persons, pos: pd.DataFrame, catalog: _Catalog, rng: np.random.Generator
+) -> pd.DataFrame:
     """The rows of members.csv (canonical identifiers, plus _PERSON), by signup time. Persons active from
     day 0 signed up at their home store in the three years before the window; late joiners sign up at the
     till minutes before their first basket (or at 09:00 on their first active day if they bought nothing)."""
@@ -646,21 +870,29 @@ def _build_members(spec: RetailerSpec, persons: _Persons, pos: pd.DataFrame, cat
     first = pos.drop_duplicates(_PERSON).set_index(_PERSON).reindex(member)  # pos is sorted by time
     at_till = (persons.active_from[member] > 0) & first[_MS].notna().to_numpy()
     days_before = np.floor(rng.uniform(1, 3 * 365, member.size)) - rng.uniform(10, 21, member.size) / 24
-    signup_ms = np.where(persons.active_from[member] > 0, (persons.active_from[member] * 24 + 9) * 3_600_000,
-                         -days_before * _MS_PER_DAY).astype(np.int64)
+    signup_ms = np.where(
+        persons.active_from[member] > 0,
+        (persons.active_from[member] * 24 + 9) * 3_600_000,
+        -days_before * _MS_PER_DAY,
+    ).astype(np.int64)
     till_ms = first[_MS].fillna(0).to_numpy().astype(np.int64) - rng.integers(60, 600, member.size) * 1000
     signup_ms = np.where(at_till, till_ms, signup_ms) // 1000 * 1000
-    store = np.where(at_till, first[S.POS_STORE_ID].to_numpy(dtype=object),
-                     catalog.store_ids[persons.home_store[member]].astype(object))
-    members = pd.DataFrame({
-        S.CRM_LOYALTY_CARD: persons.card[member],
-        S.CRM_PHONE: persons.phone[member],
-        S.CRM_EMAIL: np.where(persons.crm_email[member], persons.email[member].astype(object), None),
-        S.CRM_SIGNUP_TS: _format_ts(spec, signup_ms, iso=False),
-        S.CRM_SIGNUP_STORE_ID: store,
-        _PERSON: member,
-        _MS: signup_ms,
-    })
+    store = np.where(
+        at_till,
+        first[S.POS_STORE_ID].to_numpy(dtype=object),
+        catalog.store_ids[persons.home_store[member]].astype(object),
+    )
+    members = pd.DataFrame(
+        {
+            S.CRM_LOYALTY_CARD: persons.card[member],
+            S.CRM_PHONE: persons.phone[member],
+            S.CRM_EMAIL: _masked(persons.crm_email[member], persons.email[member]),
+            S.CRM_SIGNUP_TS: _format_ts(spec, signup_ms, iso=False),
+            S.CRM_SIGNUP_STORE_ID: store,
+            _PERSON: member,
+            _MS: signup_ms,
+        }
+    )
     return members.sort_values([_MS, S.CRM_LOYALTY_CARD], kind="stable", ignore_index=True)
 
 
@@ -668,12 +900,24 @@ def _build_members(spec: RetailerSpec, persons: _Persons, pos: pd.DataFrame, cat
 def _identifier_truth(online: pd.DataFrame, pos: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
     """Every (type, raw value) found in the rendered raw tables with its true person; fails if one raw
     value belonged to two persons (a generator bug: resolution would be ill-posed)."""
-    sources = ((online, S.ON_DEVICE_ID, S.ID_DEVICE), (online, S.ON_ACCOUNT_ID, S.ID_ACCOUNT),
-               (online, S.ON_EMAIL, S.ID_EMAIL), (pos, S.POS_LOYALTY_CARD, S.ID_CARD),
-               (pos, S.POS_PHONE, S.ID_PHONE), (members, S.CRM_LOYALTY_CARD, S.ID_CARD),
-               (members, S.CRM_PHONE, S.ID_PHONE), (members, S.CRM_EMAIL, S.ID_EMAIL))
-    truth = pd.concat([pd.DataFrame({S.IDENTIFIER_TYPE: id_type, GT_IDENTIFIER: frame[column],
-                                     _PERSON: frame[_PERSON]}).dropna() for frame, column, id_type in sources])
+    sources = (
+        (online, S.ON_DEVICE_ID, S.ID_DEVICE),
+        (online, S.ON_ACCOUNT_ID, S.ID_ACCOUNT),
+        (online, S.ON_EMAIL, S.ID_EMAIL),
+        (pos, S.POS_LOYALTY_CARD, S.ID_CARD),
+        (pos, S.POS_PHONE, S.ID_PHONE),
+        (members, S.CRM_LOYALTY_CARD, S.ID_CARD),
+        (members, S.CRM_PHONE, S.ID_PHONE),
+        (members, S.CRM_EMAIL, S.ID_EMAIL),
+    )
+    truth = pd.concat(
+        [
+            pd.DataFrame(
+                {S.IDENTIFIER_TYPE: id_type, GT_IDENTIFIER: frame[column], _PERSON: frame[_PERSON]}
+            ).dropna()
+            for frame, column, id_type in sources
+        ]
+    )
     truth = truth.drop_duplicates().sort_values([S.IDENTIFIER_TYPE, GT_IDENTIFIER], ignore_index=True)
     if truth.duplicated([S.IDENTIFIER_TYPE, GT_IDENTIFIER]).any():
         raise RuntimeError("a raw identifier value belongs to two persons")
@@ -682,29 +926,44 @@ def _identifier_truth(online: pd.DataFrame, pos: pd.DataFrame, members: pd.DataF
 
 
 def _person_truth(persons: _Persons) -> pd.DataFrame:
-    return pd.DataFrame({S.GT_PERSON_ID: _person_ids(np.arange(persons.kind.size)),
-                         S.GT_KIND: np.array(KINDS)[persons.kind], S.GT_PROPENSITY: persons.propensity})
+    return pd.DataFrame(
+        {
+            S.GT_PERSON_ID: _person_ids(np.arange(persons.kind.size)),
+            S.GT_KIND: np.array(KINDS)[persons.kind],
+            S.GT_PROPENSITY: persons.propensity,
+        }
+    )
 
 
 def _person_ids(index: np.ndarray) -> np.ndarray:
     return np.array([f"P{i + 1:06d}" for i in index], dtype=object)
 
 
-def _write_raw(raw: Path, online: pd.DataFrame, pos: pd.DataFrame, members: pd.DataFrame,
-               catalog: _Catalog) -> None:
+def _write_raw(
+    raw: Path, online: pd.DataFrame, pos: pd.DataFrame, members: pd.DataFrame, catalog: _Catalog
+) -> None:
     online_path = raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE
     online_path.parent.mkdir(parents=True, exist_ok=True)
-    online.loc[:, list(ONLINE_COLUMNS)].to_json(online_path, orient="records", lines=True, double_precision=10)
+    online.loc[:, list(ONLINE_COLUMNS)].to_json(
+        online_path, orient="records", lines=True, double_precision=10
+    )
     _write_csv(pos, raw / S.RAW_POS_DIR / S.RAW_POS_FILE, POS_COLUMNS, "%.2f")
     _write_csv(members, raw / S.RAW_CRM_DIR / S.RAW_CRM_FILE, CRM_COLUMNS)
-    items = pd.DataFrame({S.CAT_ITEM_ID: catalog.item_ids, S.CAT_CATEGORY: catalog.category_names[
-        catalog.category], S.CAT_PRICE: catalog.price}).sort_values(S.CAT_ITEM_ID)
+    items = pd.DataFrame(
+        {
+            S.CAT_ITEM_ID: catalog.item_ids,
+            S.CAT_CATEGORY: catalog.category_names[catalog.category],
+            S.CAT_PRICE: catalog.price,
+        }
+    ).sort_values(S.CAT_ITEM_ID)
     _write_csv(items, raw / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE, ITEM_COLUMNS, "%.2f")
     stores = pd.DataFrame({S.CAT_STORE_ID: catalog.store_ids, S.CAT_CITY: catalog.store_cities})
     _write_csv(stores, raw / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE, STORE_COLUMNS)
 
 
-def _write_csv(frame: pd.DataFrame, path: Path, columns: tuple[str, ...], float_format: str | None = None) -> None:
+def _write_csv(
+    frame: pd.DataFrame, path: Path, columns: tuple[str, ...], float_format: str | None = None
+) -> None:
     """Exactly ``columns``, in that order; missing values as empty fields."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.loc[:, list(columns)].to_csv(path, index=False, lineterminator="\n", float_format=float_format)

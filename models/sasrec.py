@@ -94,7 +94,9 @@ class SASRec(nn.Module):
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.type_emb = nn.Embedding(cfg.n_event_types + 1, cfg.d_model, padding_idx=0) if cfg.n_event_types else None
+        self.type_emb = (
+            nn.Embedding(cfg.n_event_types + 1, cfg.d_model, padding_idx=0) if cfg.n_event_types else None
+        )
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -148,7 +150,9 @@ class SASRecTopK(nn.Module):
         h = self.model.encode(item_idx, type_idx)[:, -1]  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
-        remove = seen * exclude_seen[:, None] + (1.0 - self.is_item)  # (B, V+1): seen if asked, padding always
+        remove = seen * exclude_seen[:, None] + (
+            1.0 - self.is_item
+        )  # (B, V+1): seen if asked, padding always
         logits = logits + remove * MASK_VALUE  # (B, V+1)
         scores, idx = torch.topk(logits, self.k, dim=1)  # (B, k), (B, k)
         return scores, idx

@@ -19,7 +19,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    features_dir: Path = Field(Path("data/synthetic/04_features"), description="prep output layer 04_features")
+    features_dir: Path = Field(
+        Path("data/synthetic/04_features"), description="prep output layer 04_features"
+    )
 
 
 class SequenceModelConfig(_Strict):
@@ -33,7 +35,9 @@ class SequenceModelConfig(_Strict):
     @model_validator(mode="after")
     def _heads_divide(self) -> SequenceModelConfig:
         if self.d_model % self.n_heads:
-            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+            raise ValueError(
+                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
+            )
         return self
 
 
@@ -43,7 +47,9 @@ class IntentModelConfig(SequenceModelConfig):
 
 
 class TrainConfig(_Strict):
-    max_epochs: int = Field(30, ge=1, description="upper bound on epochs (early stopping usually ends sooner)")
+    max_epochs: int = Field(
+        30, ge=1, description="upper bound on epochs (early stopping usually ends sooner)"
+    )
     batch_size: int = Field(128, ge=1, description="sequences per optimiser step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")

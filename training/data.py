@@ -34,7 +34,9 @@ def _encode(path: Path, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray
     return item_idx, type_idx, table
 
 
-def _loader(tensors: list[torch.Tensor], batch_size: int, shuffle: bool, workers: int, seed: int) -> DataLoader:
+def _loader(
+    tensors: list[torch.Tensor], batch_size: int, shuffle: bool, workers: int, seed: int
+) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
         TensorDataset(*tensors),
@@ -66,7 +68,9 @@ def load_next_item_split(path: Path, vocab: ItemVocabulary, max_len: int) -> Nex
 class RecommenderDataModule(L.LightningDataModule):
     """Train: every position of each sequence before T_val; val/test: R2 examples at T_val / T_test."""
 
-    def __init__(self, features_dir: Path, max_len: int, batch_size: int, num_workers: int = 0, seed: int = 0):
+    def __init__(
+        self, features_dir: Path, max_len: int, batch_size: int, num_workers: int = 0, seed: int = 0
+    ):
         super().__init__()
         self.features_dir, self.max_len = Path(features_dir), max_len
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -77,7 +81,9 @@ class RecommenderDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_tensors:
             return
-        items, types, _ = _encode(self.features_dir / S.split_file("rec", S.SPLIT_TRAIN), self.vocab, self.max_len + 1)
+        items, types, _ = _encode(
+            self.features_dir / S.split_file("rec", S.SPLIT_TRAIN), self.vocab, self.max_len + 1
+        )
         x, tx, y = items[:, :-1], types[:, :-1], items[:, 1:].copy()
         y[x == 0] = 0  # no loss where the input is padding
         self.train_tensors = [torch.from_numpy(a) for a in (x, tx, y)]
@@ -121,7 +127,9 @@ def load_intent_split(path: Path, vocab: ItemVocabulary, max_len: int) -> Intent
 class IntentDataModule(L.LightningDataModule):
     """I1 examples: train at the train cutoffs, val at T_val, test at T_test."""
 
-    def __init__(self, features_dir: Path, max_len: int, batch_size: int, num_workers: int = 0, seed: int = 0):
+    def __init__(
+        self, features_dir: Path, max_len: int, batch_size: int, num_workers: int = 0, seed: int = 0
+    ):
         super().__init__()
         self.features_dir, self.max_len = Path(features_dir), max_len
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed

@@ -1,0 +1,262 @@
+"""Export trained runs to an ONNX bundle, with a parity check against torch that fails the export.
+
+Bundle layout (``artifacts/o2o/<version>/``)::
+
+    bundle.json            version, models, source runs, data manifest
+    model_card.md          what each model is for, its metrics beside baselines, known limits
+    checksums.json         SHA-256 of every other file
+    recommender/model.onnx top-k head: (item_idx, type_idx, exclude_seen) → (scores, indices)
+    recommender/config.json, recommender/items.parquet
+    intent/model.onnx      (item_idx, type_idx, features) → probability
+    intent/config.json, intent/items.parquet
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import yaml
+
+from data_prep import schema as S
+from data_prep.manifest import file_sha256
+from models.intent import IntentConfig, IntentNet, IntentProbability
+from models.sasrec import SASRec, SASRecConfig, SASRecTopK
+from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE
+
+BUNDLE_FILE = "bundle.json"
+CHECKSUMS_FILE = "checksums.json"
+CARD_FILE = "model_card.md"
+ONNX_FILE = "model.onnx"
+MODEL_CONFIG_FILE = "config.json"
+OPSET = 18
+PARITY_ATOL = 1e-4
+MAX_K = 100  # top-k computed in the graph; requests ask for k ≤ MAX_K
+
+
+class ExportParityError(RuntimeError):
+    """ONNX Runtime and torch disagree beyond tolerance: the artifact is not written."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    task: str
+    module: torch.nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    max_len: int
+    n_items: int
+    n_types: int
+    n_features: int
+
+
+def _state_dict(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def rebuild(run_dir: Path) -> Exported:
+    """Rebuild the serving head of a run from its ``model.json`` and best checkpoint (eval mode)."""
+    doc = json.loads((run_dir / MODEL_FILE).read_text())
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    weights = _state_dict(run_dir, metrics["checkpoint"])
+    mc = doc["model_config"]
+    if doc["task"] == "recommender":
+        net = SASRec(SASRecConfig(**mc))
+        net.load_state_dict(weights)
+        head: torch.nn.Module = SASRecTopK(net, MAX_K)
+        names = (["item_idx", "type_idx", "exclude_seen"], ["scores", "indices"])
+        n_features = 0
+    else:
+        inet = IntentNet(IntentConfig(**mc))
+        inet.load_state_dict(weights)
+        head = IntentProbability(inet)
+        names = (["item_idx", "type_idx", "features"], ["probability"])
+        n_features = mc["n_features"]
+    n_types = len(doc["type_names"])
+    return Exported(doc["task"], head.eval(), *names, mc["max_len"], mc["n_items"], n_types, n_features)
+
+
+def example_inputs(e: Exported, batch: int, length: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Random valid inputs: left-padded histories (some rows padding only), types, and the third input."""
+    items = rng.integers(1, e.n_items + 1, size=(batch, length))
+    n_pad = rng.integers(0, length + 1, size=batch)
+    n_pad[0] = 0  # at least one full row
+    items[np.arange(length)[None, :] < n_pad[:, None]] = 0
+    types = np.where(items > 0, rng.integers(1, e.n_types + 1, size=(batch, length)), 0)
+    if e.task == "recommender":
+        third = rng.integers(0, 2, size=batch).astype(np.float32)
+    else:
+        third = rng.gamma(1.0, 5.0, size=(batch, e.n_features)).astype(np.float32)
+    return [items.astype(np.int64), types.astype(np.int64), third]
+
+
+def to_onnx(e: Exported, path: Path) -> None:
+    """Dynamo export with dynamic batch and sequence length."""
+    rng = np.random.default_rng(0)
+    args = tuple(torch.from_numpy(a) for a in example_inputs(e, 3, min(e.max_len, 5), rng))
+    batch = torch.export.Dim("batch", min=1)
+    seq = torch.export.Dim("seq", min=1, max=e.max_len)
+    dyn = {
+        e.input_names[0]: {0: batch, 1: seq},
+        e.input_names[1]: {0: batch, 1: seq},
+        e.input_names[2]: {0: batch},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(
+            e.module,
+            args,
+            str(path),
+            dynamo=True,
+            input_names=e.input_names,
+            output_names=e.output_names,
+            dynamic_shapes=dyn,
+            opset_version=OPSET,
+            external_data=False,
+        )
+
+
+def _tied(scores: np.ndarray) -> np.ndarray:
+    """(B, k) True where a score is within tolerance of its neighbour (its rank may legitimately swap)."""
+    gap = np.abs(np.diff(scores, axis=1)) <= PARITY_ATOL  # (B, k-1)
+    pad = np.zeros((len(scores), 1), dtype=bool)
+    return np.concatenate([gap, pad], axis=1) | np.concatenate([pad, gap], axis=1)
+
+
+def check_parity(e: Exported, path: Path, seed: int = 0) -> dict[str, float]:
+    """Compare ONNX Runtime with torch on random batches, batch 1 and length 1 included.
+
+    Scores/probabilities must agree within ``PARITY_ATOL``; top-k indices must agree except where two
+    scores tie within tolerance. Raises :class:`ExportParityError` otherwise.
+    """
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    shapes = [(1, 1), (1, e.max_len), (7, 1), (5, min(3, e.max_len)), (64, e.max_len)]
+    worst = 0.0
+    for b, t in shapes:
+        inputs = example_inputs(e, b, t, rng)
+        with torch.no_grad():
+            ref = e.module(*[torch.from_numpy(a) for a in inputs])
+        ref_out = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        got = sess.run(None, dict(zip(e.input_names, inputs, strict=True)))
+        if any(np.isnan(g).any() for g in got):
+            raise ExportParityError(f"ONNX output has NaN for batch={b}, length={t}")
+        diff = float(np.abs(got[0] - ref_out[0]).max())
+        worst = max(worst, diff)
+        if diff > PARITY_ATOL:
+            raise ExportParityError(
+                f"max |onnx - torch| = {diff:.2e} > {PARITY_ATOL} for batch={b}, length={t}"
+            )
+        if e.task == "recommender" and ((got[1] != ref_out[1]) & ~_tied(ref_out[0])).any():
+            raise ExportParityError(f"top-k indices differ for batch={b}, length={t}")
+    return {"max_abs_diff": worst, "n_shapes": len(shapes), "atol": PARITY_ATOL}
+
+
+def _model_card(version: str, models: dict[str, dict[str, Any]]) -> str:
+    lines = [f"# O2O Sequence Lab model bundle `{version}`", ""]
+    for task, info in models.items():
+        m = info["metrics"]
+        lines += [f"## {task}", "", f"- Source run: `{info['run_id']}`; protocol: {m['protocol']}"]
+        lines += [f"- Inputs: {', '.join(info['inputs'])}; outputs: {', '.join(info['outputs'])}"]
+        lines += [f"- Parity ONNX Runtime vs torch: max |diff| {info['parity']['max_abs_diff']:.2e}", ""]
+        lines += ["| model | split | " + " | ".join(_headline(task)) + " |"]
+        lines += ["|---|---|" + "---|" * len(_headline(task))]
+        rows = [("ours", m["model"]), *m["baselines"].items()]
+        for name, res in rows:
+            for split in ("val", "test"):
+                vals = " | ".join(f"{res[split][h]:.4f}" for h in _headline(task))
+                lines.append(f"| {name} | {split} | {vals} |")
+        lines.append("")
+    lines += [
+        "## Intended use and limits",
+        "",
+        "- Trained on pseudonymised data; the bundle holds no raw email, phone, card or account number.",
+        "- Items first seen after the training window are unknown to the models and are never recommended.",
+        "- Scores are valid for customers whose history looks like the training data; re-train when the "
+        "catalogue or the customer mix shifts.",
+        "- Intent probabilities are not yet calibrated (see calibration in a later version).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _headline(task: str) -> list[str]:
+    return (
+        ["ndcg@10", "hr@10", "mrr@10"]
+        if task == "recommender"
+        else ["roc_auc", "pr_auc", "log_loss", "positive_rate"]
+    )
+
+
+def write_checksums(bundle_dir: Path) -> dict[str, str]:
+    sums = {
+        str(p.relative_to(bundle_dir)): file_sha256(p)
+        for p in sorted(bundle_dir.rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS_FILE
+    }
+    (bundle_dir / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
+    return sums
+
+
+def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+    e = rebuild(run_dir)
+    model_dir = bundle_dir / e.task
+    model_dir.mkdir(parents=True)
+    to_onnx(e, model_dir / ONNX_FILE)
+    parity = check_parity(e, model_dir / ONNX_FILE)
+    shutil.copy(run_dir / S.ITEMS_FILE, model_dir / S.ITEMS_FILE)
+    doc = json.loads((run_dir / MODEL_FILE).read_text())
+    doc["max_k"] = MAX_K if e.task == "recommender" else None
+    doc["inputs"], doc["outputs"] = e.input_names, e.output_names
+    doc["run_config"] = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(doc, indent=2))
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    return {
+        "run_id": run_dir.name,
+        "inputs": e.input_names,
+        "outputs": e.output_names,
+        "parity": parity,
+        "metrics": metrics,
+    }
+
+
+def export_bundle(run_dirs: list[Path], out_root: Path, version: str | None = None) -> Path:
+    """Export one or more runs (at most one per task) into ``out_root/o2o/<version>/``."""
+    version = version or datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
+    bundle_dir = out_root / "o2o" / version
+    if bundle_dir.exists():
+        raise FileExistsError(f"{bundle_dir} exists: choose another version")
+    bundle_dir.mkdir(parents=True)
+    try:
+        models: dict[str, dict[str, Any]] = {}
+        for run_dir in run_dirs:
+            info = _export_one(run_dir, bundle_dir)
+            task = info["metrics"]["task"]
+            if task in models:
+                raise ValueError(f"two {task} runs given; a bundle holds one model per task")
+            models[task] = info
+    except Exception:
+        shutil.rmtree(bundle_dir)
+        raise
+    bundle = {
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "schema_version": S.SCHEMA_VERSION,
+        "models": {t: {k: v for k, v in i.items() if k != "metrics"} for t, i in models.items()},
+        "data_manifest": next(iter(models.values()))["metrics"].get("data_manifest", {}),
+    }
+    (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2))
+    (bundle_dir / CARD_FILE).write_text(_model_card(version, models))
+    write_checksums(bundle_dir)
+    return bundle_dir
