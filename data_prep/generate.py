@@ -26,8 +26,8 @@ import pandas as pd
 
 from data_prep import schema as S
 
-RAW_DIR = "01_raw"  # layer folder of the raw files (schema.py names only the folders inside it)
-GT_IDENTIFIER = "identifier"  # column of ground_truth/identifiers.csv: the raw value as written
+RAW_DIR = S.RAW_DIR
+GT_IDENTIFIER = S.GT_IDENTIFIER
 KIND_ONLINE_ONLY, KIND_OFFLINE_ONLY, KIND_OMNI = "online_only", "offline_only", "omni"
 KINDS = (KIND_ONLINE_ONLY, KIND_OFFLINE_ONLY, KIND_OMNI)
 
@@ -66,142 +66,32 @@ GT_PERSON_COLUMNS = (S.GT_PERSON_ID, S.GT_KIND, S.GT_PROPENSITY)
 _ONLINE, _OFFLINE, _OMNI = 0, 1, 2  # kind codes (index into KINDS)
 _MS_PER_DAY = 86_400_000
 # Working columns of in-memory tables; never written (writers select the schema columns).
-_PERSON, _SESSION, _STEP, _KEY, _TYPE, _ITEM, _QTY, _MS, _JUMPED = (
-    "_person",
-    "_session",
-    "_step",
-    "_key",
-    "_type",
-    "_item",
-    "_qty",
-    "_ms",
-    "_jumped",
-)
+_PERSON, _SESSION, _STEP, _KEY, _TYPE = "_person", "_session", "_step", "_key", "_type"
+_ITEM, _QTY, _MS, _JUMPED = "_item", "_qty", "_ms", "_jumped"
 _REMOVE_KEY, _ORDER_KEY = 10_000, 20_000  # in-session sort keys: removals, then order lines, after all views
 _MAX_VIEWS = 40
 
-_CATEGORY_WORDS = (
-    "coffee",
-    "tea",
-    "snacks",
-    "skincare",
-    "haircare",
-    "makeup",
-    "fragrance",
-    "shoes",
-    "bags",
-    "jackets",
-    "tshirts",
-    "jeans",
-    "dresses",
-    "socks",
-    "kitchen",
-    "bedding",
-    "lighting",
-    "storage",
-    "toys",
-    "books",
-    "stationery",
-    "sports",
-    "outdoor",
-    "headphones",
-    "phone cases",
-    "pet food",
-    "baby care",
-    "wine",
-    "cleaning",
-    "vitamins",
-)
+# fmt: off
+_CATEGORY_WORDS = ("coffee", "tea", "snacks", "skincare", "haircare", "makeup", "fragrance", "shoes", "bags",
+                   "jackets", "tshirts", "jeans", "dresses", "socks", "kitchen", "bedding", "lighting",
+                   "storage", "toys", "books", "stationery", "sports", "outdoor", "headphones", "phone cases",
+                   "pet food", "baby care", "wine", "cleaning", "vitamins")
 _QUERY_MODIFIERS = ("", "", "", "", "sale", "new", "cheap", "best", "gift")
 _CITIES = ("Shanghai", "Beijing", "Hangzhou", "Shenzhen", "Guangzhou", "Chengdu", "Nanjing", "Wuhan")
-_FIRST_NAMES = (
-    "alice",
-    "bob",
-    "chloe",
-    "david",
-    "emma",
-    "frank",
-    "grace",
-    "henry",
-    "iris",
-    "jack",
-    "kevin",
-    "lily",
-    "mia",
-    "nina",
-    "oscar",
-    "peter",
-    "queenie",
-    "rose",
-    "sam",
-    "tina",
-    "vivian",
-    "wei",
-    "xin",
-    "yan",
-    "zoe",
-    "jun",
-    "ming",
-    "hui",
-    "lei",
-    "fang",
-)
-_LAST_NAMES = (
-    "wang",
-    "li",
-    "zhang",
-    "liu",
-    "chen",
-    "yang",
-    "huang",
-    "zhao",
-    "wu",
-    "zhou",
-    "xu",
-    "sun",
-    "ma",
-    "zhu",
-    "hu",
-    "guo",
-    "he",
-    "lin",
-    "luo",
-    "gao",
-)
+_FIRST_NAMES = ("alice", "bob", "chloe", "david", "emma", "frank", "grace", "henry", "iris", "jack", "kevin",
+                "lily", "mia", "nina", "oscar", "peter", "queenie", "rose", "sam", "tina", "vivian", "wei",
+                "xin", "yan", "zoe", "jun", "ming", "hui", "lei", "fang")
+_LAST_NAMES = ("wang", "li", "zhang", "liu", "chen", "yang", "huang", "zhao", "wu", "zhou", "xu", "sun", "ma",
+               "zhu", "hu", "guo", "he", "lin", "luo", "gao")
 _EMAIL_DOMAINS = ("mail.com", "qq.com", "163.com", "gmail.com", "outlook.com")
 _PHONE_PREFIXES = ("130", "131", "132", "135", "136", "137", "138", "139", "150", "151", "158", "186", "188")
 # Relative volume by weekday (Mon..Sun) and by hour of day, per channel: stores peak at weekends and
 # in the afternoon (open 10-22h), online peaks in the evening.
 _ONLINE_WEEKDAY = np.array([1.0, 0.95, 0.95, 1.0, 0.9, 1.1, 1.2])
 _STORE_WEEKDAY = np.array([0.8, 0.8, 0.85, 0.9, 1.15, 1.9, 1.7])
-_ONLINE_HOURS = np.array(
-    [
-        1.0,
-        0.5,
-        0.3,
-        0.2,
-        0.2,
-        0.3,
-        0.8,
-        1.5,
-        2.0,
-        2.2,
-        2.3,
-        2.5,
-        3.0,
-        2.6,
-        2.4,
-        2.4,
-        2.6,
-        3.0,
-        3.6,
-        4.5,
-        5.2,
-        5.5,
-        4.5,
-        2.5,
-    ]
-)
+_ONLINE_HOURS = np.array([1.0, 0.5, 0.3, 0.2, 0.2, 0.3, 0.8, 1.5, 2.0, 2.2, 2.3, 2.5,
+                          3.0, 2.6, 2.4, 2.4, 2.6, 3.0, 3.6, 4.5, 5.2, 5.5, 4.5, 2.5])
+# fmt: on
 _STORE_HOURS = np.array([0.0] * 10 + [1.5, 2.0, 2.5, 2.5, 2.4, 2.6, 3.0, 3.4, 3.6, 3.2, 2.5, 1.5] + [0.0] * 2)
 # Mean seconds since the previous event of the session, by event type.
 _GAP_SECONDS = {
@@ -215,7 +105,8 @@ _GAP_SECONDS = {
 
 @dataclass(frozen=True)
 class RetailerSpec:
-    """Knobs of the synthetic retailer. Defaults: 5k persons over 120 days (~0.3M online events)."""
+    """Knobs of the synthetic retailer. Defaults: 5k persons over 120 days, ~0.38M online events, ~44k POS
+    lines, ~2.3k loyalty members (seed 0)."""
 
     n_customers: int = 5000  # persons simulated (all kinds)
     seed: int = 0  # seed of the single random generator; same spec -> byte-identical files
@@ -226,8 +117,9 @@ class RetailerSpec:
     n_stores: int = 12  # physical stores
     kind_shares: tuple[float, float, float] = (0.35, 0.30, 0.35)  # online_only, offline_only, omni
     online_missions_per_day: float = 0.09  # online missions a day at propensity 1 (omni: times omni_rate)
-    store_missions_per_day: float = 0.07  # store visits a day at propensity 1 (omni: times omni_rate)
+    store_missions_per_day: float = 0.06  # store visits a day at propensity 1 (omni: times omni_rate)
     omni_rate: float = 0.7  # omni persons split their shopping over both channels
+    buy_half_propensity: float = 1.5  # propensity at which an online mission ends in a purchase half the time
     late_join_share: float = 0.2  # persons whose activity starts inside the window
     lapse_share: float = 0.25  # persons who stop shopping for good partway through the window
     webrooming_share: float = 0.3  # buying online missions of omni persons that end in a store the next day
@@ -260,18 +152,16 @@ class RetailerSpec:
             raise ValueError("shares and rates must lie in [0, 1]")
         if self.follow_share + self.repeat_share > 1 or self.complement_step + self.same_category_step > 1:
             raise ValueError("follow+repeat and complement_step+same_category_step must be <= 1")
-        if (
-            min(
-                self.online_missions_per_day,
-                self.store_missions_per_day,
-                self.follow_share,
-                self.repeat_share,
-                self.complement_step,
-                self.same_category_step,
-            )
-            < 0
-        ):
-            raise ValueError("rates and probabilities must be >= 0")
+        rates = (
+            self.online_missions_per_day,
+            self.store_missions_per_day,
+            self.follow_share,
+            self.repeat_share,
+            self.complement_step,
+            self.same_category_step,
+        )
+        if min(rates) < 0 or self.buy_half_propensity <= 0:
+            raise ValueError("rates and probabilities must be >= 0, buy_half_propensity > 0")
         pd.Timestamp(self.start)  # raises on a malformed date
 
 
@@ -416,6 +306,7 @@ def _render_identifiers(frame: pd.DataFrame, columns: dict[str, str]) -> pd.Data
 
 # ----------------------------------------------------------------------------------------- catalogue
 def _build_catalog(spec: RetailerSpec, rng: np.random.Generator) -> _Catalog:
+    """Items (prices end in .90, log-normal around a per-category level), complements and stores."""
     n, n_cat = spec.n_items, spec.n_categories
     # every category holds at least one item
     category = np.sort(np.concatenate([np.arange(n_cat), rng.integers(0, n_cat, n - n_cat)]))
@@ -462,6 +353,11 @@ def _draw_categories(pref_cum: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return np.minimum((u >= pref_cum).sum(axis=1), pref_cum.shape[1] - 1)
 
 
+def _group_starts(groups: np.ndarray) -> np.ndarray:
+    """True at the first row of each run of equal values (works on empty arrays)."""
+    return np.diff(groups, prepend=groups[:1] - 1) != 0
+
+
 def _masked(keep: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Object array: ``values`` where ``keep``, None (a null / empty raw field) elsewhere."""
     out = np.full(values.shape, None, dtype=object)
@@ -471,6 +367,8 @@ def _masked(keep: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- persons
 def _draw_persons(spec: RetailerSpec, catalog: _Catalog, rng: np.random.Generator) -> _Persons:
+    """Kinds, Gamma(1.3) propensity (mean 1), preferences and identifiers. Late joiners start on a day in the
+    first 75% of the window; lapsers stop after 15-90% of what is left of it."""
     n = spec.n_customers
     kind = rng.choice(3, size=n, p=list(spec.kind_shares))
     late = rng.random(n) < spec.late_join_share
@@ -554,7 +452,7 @@ def _draw_missions(
 ) -> _Missions:
     """Poisson missions per person and channel inside the active window; at least one per channel the
     person's kind uses, so every person appears in the data. An online mission buys with chance
-    propensity / (propensity + 1)."""
+    propensity / (propensity + buy_half_propensity)."""
     kind = persons.kind
     scale = persons.propensity * (persons.active_to - persons.active_from)
     scale = scale * np.where(kind == _OMNI, spec.omni_rate, 1.0)
@@ -565,7 +463,7 @@ def _draw_missions(
     is_store = np.repeat([False, True], [n_online.sum(), n_store.sum()])
     time = _draw_times(spec, persons.active_from[person], persons.active_to[person], is_store, rng)
     propensity = persons.propensity[person]
-    buys = is_store | (rng.random(person.size) < propensity / (propensity + 1.0))
+    buys = is_store | (rng.random(person.size) < propensity / (propensity + spec.buy_half_propensity))
     webroom = ~is_store & buys & (kind[person] == _OMNI) & (rng.random(person.size) < spec.webrooming_share)
     order = np.lexsort((time, person))
     person = person[order]
@@ -728,8 +626,9 @@ def _time_events(sessions: _Sessions, events: pd.DataFrame, rng: np.random.Gener
     for name, seconds in _GAP_SECONDS.items():
         mean_ms[etype == name] = seconds * 1000
     gap = np.round(rng.exponential(1.0, s.size) * mean_ms).astype(np.int64)
-    first = np.r_[True, s[1:] != s[:-1]]
-    gap[first | np.r_[False, (etype[1:] == S.EV_ORDER) & (etype[:-1] == S.EV_ORDER)]] = 0
+    is_order = etype == S.EV_ORDER
+    gap[_group_starts(s)] = 0
+    gap[1:][is_order[1:] & is_order[:-1]] = 0
     return sessions.start_ms[s] + pd.Series(gap).groupby(s).cumsum().to_numpy()
 
 
@@ -779,7 +678,8 @@ def _format_ts(spec: RetailerSpec, ms: np.ndarray, iso: bool) -> np.ndarray:
     stamps = np.datetime64(spec.start, "ms") + ms.astype("timedelta64[ms]")
     if iso:
         return np.datetime_as_string(stamps, unit="ms", timezone="UTC")
-    return np.char.replace(np.datetime_as_string(stamps, unit="s"), "T", " ")
+    text = np.datetime_as_string(stamps, unit="s")
+    return np.char.replace(text, "T", " ") if text.size else text
 
 
 # ----------------------------------------------------------------------------------------- stores
@@ -823,7 +723,7 @@ def _build_pos_lines(
 
 
 def _transaction_ids(spec: RetailerSpec, catalog: _Catalog, sec: np.ndarray, store: np.ndarray) -> np.ndarray:
-    """ "ST003-20260105-0007": store, date and the basket's sequence number in that store that day."""
+    """Ids like "ST003-20260105-0007": store, date and the basket's sequence number in that store that day."""
     day = sec // 86_400
     order = np.lexsort((sec, day, store))
     seq = np.empty(sec.size, dtype=np.int64)
@@ -848,7 +748,7 @@ def _basket_items(
     """(basket index, item) per line: the target plus Poisson(1.6) extras, each a complement of the target
     (35%), a staple (35%) or a popular item of a preferred category; duplicates dropped, lines shuffled."""
     basket = np.repeat(np.arange(target.size), 1 + np.minimum(rng.poisson(1.6, target.size), 8))
-    first = np.r_[True, basket[1:] != basket[:-1]]
+    first = _group_starts(basket)
     owner = person[basket]
     u = rng.random(basket.size)
     comp = catalog.complements[target[basket], rng.integers(0, spec.n_complements, basket.size)]
@@ -942,11 +842,7 @@ def _person_ids(index: np.ndarray) -> np.ndarray:
 def _write_raw(
     raw: Path, online: pd.DataFrame, pos: pd.DataFrame, members: pd.DataFrame, catalog: _Catalog
 ) -> None:
-    online_path = raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE
-    online_path.parent.mkdir(parents=True, exist_ok=True)
-    online.loc[:, list(ONLINE_COLUMNS)].to_json(
-        online_path, orient="records", lines=True, double_precision=10
-    )
+    _write_jsonl(online, raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE, ONLINE_COLUMNS)
     _write_csv(pos, raw / S.RAW_POS_DIR / S.RAW_POS_FILE, POS_COLUMNS, "%.2f")
     _write_csv(members, raw / S.RAW_CRM_DIR / S.RAW_CRM_FILE, CRM_COLUMNS)
     items = pd.DataFrame(
@@ -959,6 +855,13 @@ def _write_raw(
     _write_csv(items, raw / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE, ITEM_COLUMNS, "%.2f")
     stores = pd.DataFrame({S.CAT_STORE_ID: catalog.store_ids, S.CAT_CITY: catalog.store_cities})
     _write_csv(stores, raw / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE, STORE_COLUMNS)
+
+
+def _write_jsonl(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+    """One JSON object per row with exactly ``columns`` as keys, in order; missing values as null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = frame.loc[:, list(columns)].to_json(orient="records", lines=True, double_precision=10)
+    path.write_text(text if len(frame) else "", encoding="utf-8", newline="")
 
 
 def _write_csv(

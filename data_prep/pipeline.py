@@ -153,7 +153,7 @@ def build_events_layer(
     con: ibis.BaseBackend, raw: Path, out: Path, key: bytes
 ) -> tuple[ir.Table, ir.Table, dict]:
     """Write ``02_events``: events.parquet, members.parquet, rejects.parquet, ledger.json, manifest."""
-    raw_dir, out_dir = raw / "01_raw", out / S.EVENTS_DIR
+    raw_dir, out_dir = raw / S.RAW_DIR, out / S.EVENTS_DIR
     m = Manifest(S.EVENTS_DIR)
     online_path = raw_dir / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE
     pos_path = raw_dir / S.RAW_POS_DIR / S.RAW_POS_FILE
@@ -221,7 +221,9 @@ def identity_metrics(raw: Path, id_map: pd.DataFrame, key: bytes) -> dict[str, A
     if not path.exists():
         return None
     gt = pd.read_csv(path, dtype=str, keep_default_na=False)
-    keys = [pii.pseudonymise(t, v, key) for t, v in zip(gt[S.IDENTIFIER_TYPE], gt["identifier"], strict=True)]
+    keys = [
+        pii.pseudonymise(t, v, key) for t, v in zip(gt[S.IDENTIFIER_TYPE], gt[S.GT_IDENTIFIER], strict=True)
+    ]
     truth = pd.DataFrame(
         {S.IDENTIFIER_TYPE: gt[S.IDENTIFIER_TYPE], S.IDENTIFIER_KEY: keys, S.GT_PERSON_ID: gt[S.GT_PERSON_ID]}
     ).dropna()

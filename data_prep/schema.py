@@ -8,6 +8,8 @@ from __future__ import annotations
 
 SCHEMA_VERSION = "1.0"
 
+RAW_DIR = "01_raw"  # layer folder of the raw files; the source folders below live inside it
+
 # ---------------------------------------------------------------- raw: online (JSONL)
 # 01_raw/online/events.jsonl — one JSON object per line, one line per web/app/mini-program event.
 RAW_ONLINE_DIR = "online"
@@ -64,6 +66,7 @@ CAT_CITY = "city"
 GROUND_TRUTH_DIR = "ground_truth"
 GT_IDENTIFIERS_FILE = "identifiers.csv"  # identifier_type, identifier (raw value), person_id
 GT_PERSONS_FILE = "persons.csv"  # person_id, kind, propensity
+GT_IDENTIFIER = "identifier"  # raw value exactly as written in the raw files
 GT_PERSON_ID = "person_id"
 GT_KIND = "kind"  # "online_only" | "offline_only" | "omni"
 GT_PROPENSITY = "propensity"

@@ -150,9 +150,8 @@ class SASRecTopK(nn.Module):
         h = self.model.encode(item_idx, type_idx)[:, -1]  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
-        remove = seen * exclude_seen[:, None] + (
-            1.0 - self.is_item
-        )  # (B, V+1): seen if asked, padding always
+        # seen items (if asked) sink by MASK_VALUE; padding sinks twice as far, so it ranks after them
+        remove = seen * exclude_seen[:, None] + 2.0 * (1.0 - self.is_item)  # (B, V+1)
         logits = logits + remove * MASK_VALUE  # (B, V+1)
         scores, idx = torch.topk(logits, self.k, dim=1)  # (B, k), (B, k)
         return scores, idx

@@ -1,0 +1,219 @@
+"""The ``o2o`` command line: generate → prep → train → export → score → serve → report, and ``demo``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from data_prep import schema as S
+
+app = typer.Typer(help="O2O Sequence Lab: unified online/offline customer data → served predictions.")
+console = Console()
+log = logging.getLogger("o2o")
+
+
+def _say(msg: str) -> None:
+    console.print(f"[cyan]•[/] {msg}")
+
+
+def _wrote(*paths: Path | str) -> None:
+    console.print("[bold green]wrote[/]")
+    for p in paths:
+        console.print(f"  {p}")
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="folder that receives 01_raw/ and ground_truth/")] = Path(
+        "data/synthetic"
+    ),
+    customers: Annotated[int, typer.Option(min=10, help="number of persons")] = 5000,
+    seed: Annotated[int, typer.Option(help="random seed; same seed → identical files")] = 0,
+    days: Annotated[int, typer.Option(min=60, help="days of history")] = 120,
+) -> None:
+    """Write a seeded synthetic O2O retailer (raw exports + ground truth)."""
+    from data_prep.generate import RetailerSpec, generate_retailer
+
+    spec = RetailerSpec(n_customers=customers, seed=seed, n_days=days)
+    with console.status("generating synthetic retailer"):
+        result = generate_retailer(out, spec, progress=_say)
+    console.print(
+        f"{result.n_persons} persons, {result.n_online_events:,} online events, "
+        f"{result.n_pos_lines:,} POS lines, {result.n_members:,} loyalty members"
+    )
+    _wrote(result.raw_dir, result.ground_truth_dir)
+
+
+@app.command()
+def prep(
+    raw: Annotated[Path, typer.Option(help="folder holding 01_raw/ (and ground_truth/ if synthetic)")] = Path(
+        "data/synthetic"
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="folder for 02_events..04_features (default: --raw)")
+    ] = None,
+    horizon_days: Annotated[int, typer.Option(min=1, help="label / target window after each cutoff")] = 14,
+) -> None:
+    """Unify, clean, pseudonymise, resolve identities and build features/labels/splits (Ibis on DuckDB)."""
+    from data_prep.pipeline import RawInputError, run_prep
+
+    out = out or raw
+    try:
+        result = run_prep(raw, out, horizon_days, progress=_say)
+    except RawInputError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
+    for source, entry in result.ledger["sources"].items():
+        console.print(
+            f"{source}: {entry['n_raw']:,} raw = {entry['n_accepted']:,} accepted + "
+            f"{entry['n_merged_duplicate']:,} duplicates + {entry['n_rejected']:,} rejected"
+        )
+    if result.identity_metrics:
+        m = result.identity_metrics
+        console.print(
+            f"identity: precision {m['pairwise_precision']:.4f}, recall {m['pairwise_recall']:.4f}, "
+            f"{m['n_resolved_customers']} customers for {m['n_true_persons']} true persons"
+        )
+    _wrote(result.events_dir, result.customers_dir, result.features_dir)
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Argument(help="recommender | intent")],
+    config: Annotated[Path | None, typer.Option(help="YAML run config (experiments/configs/...)")] = None,
+    features: Annotated[Path | None, typer.Option(help="override data.features_dir")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders are created")] = Path("runs"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, e.g. train.lr=3e-4")
+    ] = None,
+) -> None:
+    """Train a model with Lightning; writes runs/<id>/ with checkpoints, logs, metrics.json."""
+    from training.config import load_config
+    from training.train import train as run_training
+
+    overrides = list(set_ or [])
+    if features is not None:
+        overrides.append(f"data.features_dir={features}")
+    try:
+        cfg = load_config(task, config, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]config error:[/] {e}")
+        raise typer.Exit(2) from e
+    result = run_training(cfg, runs_dir)
+    _print_run(result.metrics)
+    _wrote(result.run_dir, result.run_dir / "metrics.json")
+
+
+def _print_run(metrics: dict) -> None:
+    from experiments.report import metrics_table
+
+    console.print(f"[bold]{metrics['task']}[/] — {metrics['protocol']}")
+    console.print(metrics_table(metrics))
+
+
+@app.command()
+def export(
+    run: Annotated[list[Path], typer.Option(help="run folder to export (repeat for recommender + intent)")],
+    out: Annotated[Path, typer.Option(help="artifact root")] = Path("artifacts"),
+    version: Annotated[str | None, typer.Option(help="bundle version (default: timestamp)")] = None,
+) -> None:
+    """Export runs to an ONNX bundle; a failed torch/ONNX Runtime parity check fails the export."""
+    from training.export import export_bundle
+
+    with console.status("exporting to ONNX and checking parity"):
+        bundle = export_bundle(run, out, version)
+    _wrote(bundle, *sorted(p for p in bundle.rglob("*") if p.is_file()))
+
+
+@app.command()
+def score(
+    artifact: Annotated[Path, typer.Option(help="bundle folder printed by `o2o export`")],
+    features: Annotated[
+        Path, typer.Option(help="04_features folder (its snapshot.parquet is scored)")
+    ] = Path("data/synthetic/04_features"),
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("data/synthetic/05_scores"),
+    k: Annotated[int, typer.Option(min=1, max=100, help="items per customer")] = 10,
+    chunk_size: Annotated[int, typer.Option(min=1, help="customers per Arrow batch")] = 20_000,
+) -> None:
+    """Score every customer: top-k items and intent probability, to Parquet."""
+    from serving.artifact import load_bundle
+    from serving.batch import score_snapshot
+
+    bundle = load_bundle(artifact)
+    cols = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*cols, console=console) as bar:
+        task_id = bar.add_task("score", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task_id, completed=done, total=total)
+
+        path = score_snapshot(
+            bundle, features / S.SNAPSHOT_FILE, out, k=k, chunk_size=chunk_size, progress=tick
+        )
+    _wrote(path, out / S.MANIFEST_FILE)
+
+
+@app.command()
+def serve(
+    artifact: Annotated[Path, typer.Option(help="bundle folder printed by `o2o export`")],
+    features: Annotated[Path, typer.Option(help="04_features folder with snapshot.parquet")] = Path(
+        "data/synthetic/04_features"
+    ),
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads")] = 1,
+) -> None:
+    """Run the BentoML HTTP service (/recommend, /intent, /livez, /readyz) until interrupted."""
+    env = {
+        **os.environ,
+        "O2O_BUNDLE": str(artifact.resolve()),
+        "O2O_SNAPSHOT": str((features / S.SNAPSHOT_FILE).resolve()),
+        "O2O_ORT_THREADS": str(threads),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:O2OService",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    console.print(f"serving {artifact} on http://{host}:{port}  (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1]))
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Option(help="run folder")]) -> None:
+    """Write runs/<id>/report.md with the metrics table and PNG plots."""
+    from experiments.report import write_report
+
+    path = write_report(run)
+    _wrote(path, *sorted(run.glob("*.png")))
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="root for data/, runs/, artifacts/")] = Path("."),
+    customers: Annotated[int, typer.Option(min=100, help="persons in the synthetic retailer")] = 5000,
+    seed: Annotated[int, typer.Option(help="seed for data and training")] = 0,
+    max_epochs: Annotated[int | None, typer.Option(help="cap epochs (quick runs)")] = None,
+) -> None:
+    """generate → prep → train both models → export → score → report, then a summary beside baselines."""
+    from experiments.demo import run_demo
+
+    run_demo(workdir, customers, seed, max_epochs, console)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,108 @@
+"""Load an exported bundle for ONNX Runtime: verify checksums, open sessions, fit vocabularies.
+
+Shared by the online service and the batch scorer, so both see exactly the same models. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow.parquet as pq
+
+from models.encoding import ItemVocabulary
+
+BUNDLE_FILE = "bundle.json"
+CHECKSUMS_FILE = "checksums.json"
+ITEMS_FILE = "items.parquet"
+THREADS_ENV = "O2O_ORT_THREADS"
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete or altered; the message says which file."""
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    task: str
+    session: ort.InferenceSession
+    config: dict[str, Any]
+    vocab: ItemVocabulary
+    popularity: np.ndarray  # (n_items + 1,) training-window counts by item index, padding = -inf
+
+    @property
+    def max_len(self) -> int:
+        return int(self.config["model_config"]["max_len"])
+
+    @property
+    def type_names(self) -> list[str]:
+        return list(self.config["type_names"])
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    version: str
+    recommender: OnnxModel | None
+    intent: OnnxModel | None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checksums(bundle_dir: Path) -> None:
+    """Refuse a bundle whose files are missing or differ from ``checksums.json``."""
+    sums_path = bundle_dir / CHECKSUMS_FILE
+    if not sums_path.exists():
+        raise BundleError(f"{bundle_dir}: no {CHECKSUMS_FILE}; not an exported bundle")
+    for rel, expected in json.loads(sums_path.read_text()).items():
+        path = bundle_dir / rel
+        if not path.exists():
+            raise BundleError(f"{path}: listed in {CHECKSUMS_FILE} but missing")
+        if _sha256(path) != expected:
+            raise BundleError(f"{path}: checksum mismatch (file altered or truncated); re-export the bundle")
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """ORT options with intra-op threads set explicitly (``$O2O_ORT_THREADS``, default: all cores)."""
+    opts = ort.SessionOptions()
+    n = threads or int(os.environ.get(THREADS_ENV, 0)) or os.cpu_count() or 1
+    opts.intra_op_num_threads = n
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return opts
+
+
+def _load_model(model_dir: Path, threads: int | None) -> OnnxModel:
+    config = json.loads((model_dir / "config.json").read_text())
+    items = pq.read_table(model_dir / ITEMS_FILE).sort_by("item_idx")
+    vocab = ItemVocabulary().fit(items.column("item_id").to_pylist())
+    pop = np.concatenate([[-np.inf], items.column("popularity").to_numpy().astype(np.float64)])
+    sess = ort.InferenceSession(
+        str(model_dir / "model.onnx"),
+        sess_options=session_options(threads),
+        providers=["CPUExecutionProvider"],
+    )
+    return OnnxModel(config["task"], sess, config, vocab, pop)
+
+
+def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
+    """Open a bundle folder (``artifacts/o2o/<version>``) after verifying every checksum."""
+    bundle_dir = Path(path)
+    if not (bundle_dir / BUNDLE_FILE).exists():
+        raise BundleError(f"{bundle_dir}: no {BUNDLE_FILE}; pass the folder that `o2o export` printed")
+    verify_checksums(bundle_dir)
+    meta = json.loads((bundle_dir / BUNDLE_FILE).read_text())
+    models = {t: _load_model(bundle_dir / t, threads) for t in meta["models"]}
+    return Bundle(bundle_dir, meta["version"], models.get("recommender"), models.get("intent"))

@@ -1,0 +1,42 @@
+"""Customer-history store behind the API: the embedded default loads the prep snapshot into memory.
+
+Keys are the pseudonymous ``customer_id`` values that prep resolved; no raw identifier is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from data_prep import schema as S
+
+
+@dataclass(frozen=True)
+class CustomerHistory:
+    items: list[str]  # oldest first
+    event_types: list[str]
+    features: np.ndarray  # (F,) raw aggregates in schema.INTENT_FEATURES order
+
+
+class InMemoryHistoryStore:
+    """customer_id → :class:`CustomerHistory`, read once from ``04_features/snapshot.parquet``."""
+
+    def __init__(self, snapshot: Path) -> None:
+        table = pq.read_table(snapshot)
+        feats = np.column_stack([table.column(c).to_numpy() for c in S.INTENT_FEATURES]).astype(np.float32)
+        ids = table.column(S.CUSTOMER_ID).to_pylist()
+        items = table.column(S.ITEMS).to_pylist()
+        types = table.column(S.EVENT_TYPES_COL).to_pylist()
+        self._rows = {
+            c: CustomerHistory(i or [], t or [], f)
+            for c, i, t, f in zip(ids, items, types, feats, strict=True)
+        }
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, customer_id: str) -> CustomerHistory | None:
+        return self._rows.get(customer_id)

@@ -1,0 +1,119 @@
+"""BentoML 1.4 HTTP service: ``/recommend`` and ``/intent`` on ONNX Runtime (plus BentoML's /livez, /readyz).
+
+Configured from the environment (set by ``o2o serve``):
+``O2O_BUNDLE`` — exported bundle folder; ``O2O_SNAPSHOT`` — ``04_features/snapshot.parquet`` holding each
+known customer's history and aggregates; ``O2O_ORT_THREADS`` — ONNX Runtime intra-op threads.
+
+Bad requests get a 4xx whose JSON body says what is wrong: pydantic validation (types, ranges, lengths)
+answers 400, a request that names no history answers 400, an unknown customer answers 404.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import InvalidArgument, NotFound
+from pydantic import BaseModel, Field
+
+from data_prep import schema as S
+from serving.artifact import Bundle, load_bundle
+from serving.history import InMemoryHistoryStore
+from serving.scoring import intent_probability, recommend
+
+BUNDLE_ENV = "O2O_BUNDLE"
+SNAPSHOT_ENV = "O2O_SNAPSHOT"
+MAX_K = 100
+MAX_SESSION_ITEMS = 200
+
+CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")]
+ItemId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    customer_id: str | None
+    items: list[ScoredItem]
+    source: str = Field(description="'history' (model on the history) or 'popular' (cold-start fallback)")
+    bundle_version: str
+
+
+class IntentResponse(BaseModel):
+    customer_id: str
+    probability: float = Field(
+        description="probability of a purchase in any channel within the label horizon"
+    )
+    bundle_version: str
+
+
+def _env_path(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"{name} is not set: start the service with `o2o serve`")
+    return value
+
+
+@bentoml.service(traffic={"timeout": 10}, workers=1)
+class O2OService:
+    def __init__(self) -> None:
+        self.bundle: Bundle = load_bundle(_env_path(BUNDLE_ENV))
+        self.history = InMemoryHistoryStore(_env_path(SNAPSHOT_ENV))
+
+    @bentoml.api(route="/recommend")
+    def recommend(
+        self,
+        customer_id: CustomerId | None = None,
+        items: Annotated[list[ItemId], Field(max_length=MAX_SESSION_ITEMS)] | None = None,
+        k: Annotated[int, Field(ge=1, le=MAX_K)] = 10,
+        exclude_seen: bool = True,
+    ) -> RecommendResponse:
+        """Top-k items for a known customer (``customer_id``) or an anonymous visitor (``items``, oldest first)."""
+        model = self.bundle.recommender
+        if model is None:
+            raise NotFound("this bundle has no recommender model")
+        if (customer_id is None) == (items is None):
+            raise InvalidArgument(
+                "give exactly one of 'customer_id' (known customer) or 'items' (anonymous session)"
+            )
+        if items is not None:
+            if not items:
+                raise InvalidArgument("'items' must hold at least one item id (the session's recent items)")
+            history, types = items, [S.EV_VIEW] * len(items)
+        else:
+            found = self.history.get(customer_id)  # type: ignore[arg-type]
+            if found is None:
+                raise NotFound(f"unknown customer_id {customer_id!r}")
+            history, types = found.items, found.event_types
+        recs = recommend(model, [history], [types], k, exclude_seen)
+        scored = [
+            ScoredItem(item_id=i, score=float(s))
+            for i, s in zip(recs.item_ids[0], recs.scores[0], strict=True)
+        ]
+        return RecommendResponse(
+            customer_id=customer_id,
+            items=scored,
+            source=str(recs.source[0]),
+            bundle_version=self.bundle.version,
+        )
+
+    @bentoml.api(route="/intent")
+    def intent(self, customer_id: CustomerId) -> IntentResponse:
+        """Probability that a known customer purchases (any channel) within the label horizon."""
+        model = self.bundle.intent
+        if model is None:
+            raise NotFound("this bundle has no intent model")
+        found = self.history.get(customer_id)
+        if found is None:
+            raise NotFound(f"unknown customer_id {customer_id!r}")
+        p = intent_probability(
+            model, [found.items], [found.event_types], found.features[None, :].astype(np.float32)
+        )
+        return IntentResponse(
+            customer_id=customer_id, probability=float(p[0]), bundle_version=self.bundle.version
+        )

@@ -1,0 +1,153 @@
+"""Unify/clean on hand-written rows: every reject reason, duplicates, and a ledger that balances."""
+
+from __future__ import annotations
+
+import ibis
+import pandas as pd
+import pytest
+
+from data_prep import events as ev
+from data_prep import schema as S
+from data_prep.pipeline import build_ledger
+
+CATALOG = pd.DataFrame({S.CAT_ITEM_ID: ["A", "B"], S.CAT_CATEGORY: ["c1", "c2"], S.CAT_PRICE: ["1.0", "2.0"]})
+STORES = pd.DataFrame({S.CAT_STORE_ID: ["ST1"], S.CAT_CITY: ["X"]})
+
+
+def online_row(**kw: str | None) -> dict[str, str | None]:
+    row: dict[str, str | None] = {
+        S.ON_EVENT_ID: "e1",
+        S.ON_TS: "2026-01-05T10:00:00.000Z",
+        S.ON_CHANNEL: "web",
+        S.DEVICE_KEY: "dk",
+        S.ACCOUNT_KEY: None,
+        S.ON_SESSION_ID: "s1",
+        S.ON_EVENT_TYPE: "view",
+        S.ON_ITEM_ID: "A",
+        S.ON_QUERY: None,
+        S.ON_QUANTITY: None,
+        S.ON_PRICE: None,
+        S.ON_ORDER_ID: None,
+        S.EMAIL_KEY: None,
+    }
+    row.update(kw)
+    return row
+
+
+def pos_row(**kw: str | None) -> dict[str, str | None]:
+    row: dict[str, str | None] = {
+        S.POS_TRANSACTION_ID: "T1",
+        S.POS_LINE_NO: "1",
+        S.POS_TS: "2026-01-05 12:00:00",
+        S.POS_STORE_ID: "ST1",
+        S.CARD_KEY: "ck",
+        S.PHONE_KEY: None,
+        S.POS_ITEM_ID: "B",
+        S.POS_QUANTITY: "2",
+        S.POS_UNIT_PRICE: "2.5",
+    }
+    row.update(kw)
+    return row
+
+
+def run_online(rows: list[dict]) -> pd.DataFrame:
+    raw = ibis.memtable(pd.DataFrame(rows).astype("string"))
+    out = ev.mark_duplicates(ev.unify_online_events(raw, ibis.memtable(CATALOG)))
+    return out.to_pandas().sort_values(S.EVENT_ID).reset_index(drop=True)
+
+
+def run_pos(rows: list[dict]) -> pd.DataFrame:
+    raw = ibis.memtable(pd.DataFrame(rows).astype("string"))
+    out = ev.mark_duplicates(ev.unify_pos_lines(raw, ibis.memtable(CATALOG), ibis.memtable(STORES)))
+    return out.to_pandas()
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (online_row(event_id=None), ev.R_MISSING_ID),
+        (online_row(ts="yesterday"), ev.R_BAD_TIMESTAMP),
+        (online_row(ts=None), ev.R_BAD_TIMESTAMP),
+        (online_row(event_type="teleport"), ev.R_UNKNOWN_EVENT_TYPE),
+        (online_row(channel="fax"), ev.R_UNKNOWN_CHANNEL),
+        (online_row(device_key=None), ev.R_MISSING_IDENTIFIER),
+        (online_row(item_id=None), ev.R_MISSING_ITEM),
+        (online_row(item_id="ZZZ"), ev.R_UNKNOWN_ITEM),
+        (online_row(event_type="add_to_cart", quantity="0"), ev.R_BAD_QUANTITY),
+        (online_row(event_type="add_to_cart", quantity="two"), ev.R_BAD_QUANTITY),
+        (online_row(event_type="order", quantity="1", price="-3", order_id="o1"), ev.R_BAD_PRICE),
+    ],
+)
+def test_online_reject_reasons(row: dict, reason: str) -> None:
+    out = run_online([row])
+    assert out[S.REJECT_REASON].tolist() == [reason]
+    assert not out[ev.IS_DUPLICATE].any()
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (pos_row(transaction_id=None), ev.R_MISSING_ID),
+        (pos_row(ts="31/02/2026"), ev.R_BAD_TIMESTAMP),
+        (pos_row(item_id=None), ev.R_MISSING_ITEM),
+        (pos_row(item_id="nope"), ev.R_UNKNOWN_ITEM),
+        (pos_row(store_id="ST9"), ev.R_UNKNOWN_STORE),
+        (pos_row(quantity="-1"), ev.R_BAD_QUANTITY),
+        (pos_row(unit_price="0"), ev.R_BAD_PRICE),
+    ],
+)
+def test_pos_reject_reasons(row: dict, reason: str) -> None:
+    assert run_pos([row])[S.REJECT_REASON].tolist() == [reason]
+
+
+def test_valid_rows_are_typed_exactly() -> None:
+    order = online_row(
+        event_id="o", event_type="ORDER", quantity="2", price="3.5", order_id="o1", email_key="ek"
+    )
+    out = run_online([online_row(), order])
+    assert out[S.REJECT_REASON].isna().all()
+    o = out.set_index(S.EVENT_ID).loc["online:o"]
+    assert o[S.EVENT_TYPE] == "order" and o[S.QUANTITY] == 2 and o[S.AMOUNT] == pytest.approx(7.0)
+    assert o[S.TS] == pd.Timestamp("2026-01-05T10:00:00", tz="UTC")
+    p = run_pos([pos_row()]).iloc[0]
+    assert (p[S.EVENT_ID], p[S.EVENT_TYPE], p[S.CHANNEL]) == ("pos:T1:1", "purchase", "store")
+    assert p[S.AMOUNT] == pytest.approx(5.0) and p[S.CARD_KEY] == "ck"
+
+
+def test_exact_duplicates_are_merged_once() -> None:
+    out = run_online([online_row(), online_row(), online_row(), online_row(event_id="e2")])
+    assert out[ev.IS_DUPLICATE].sum() == 2
+    accepted = ev.accepted_events(
+        ev.mark_duplicates(
+            ev.unify_online_events(
+                ibis.memtable(
+                    pd.DataFrame([online_row(), online_row(), online_row(event_id="e2")]).astype("string")
+                ),
+                ibis.memtable(CATALOG),
+            )
+        )
+    ).to_pandas()
+    assert sorted(accepted[S.EVENT_ID]) == ["online:e1", "online:e2"]
+
+
+def test_rejected_copy_is_not_a_duplicate() -> None:
+    out = run_online([online_row(), online_row(ts="bad")])
+    assert out[S.REJECT_REASON].tolist().count(ev.R_BAD_TIMESTAMP) == 1
+    assert out[ev.IS_DUPLICATE].sum() == 0
+
+
+def test_ledger_balances_and_counts_by_reason() -> None:
+    rows = [
+        online_row(),
+        online_row(),
+        online_row(event_id="x", ts="bad"),
+        online_row(event_id="y", item_id="ZZ"),
+    ]
+    marked = ev.mark_duplicates(
+        ev.unify_online_events(ibis.memtable(pd.DataFrame(rows).astype("string")), ibis.memtable(CATALOG))
+    )
+    ledger = build_ledger(ev.count_outcomes(marked).to_pandas())
+    src = ledger["sources"]["online"]
+    assert (src["n_raw"], src["n_accepted"], src["n_merged_duplicate"], src["n_rejected"]) == (4, 1, 1, 2)
+    assert src["rejected_by_reason"] == {ev.R_BAD_TIMESTAMP: 1, ev.R_UNKNOWN_ITEM: 1}
+    assert ledger["balanced"]

@@ -1,0 +1,121 @@
+"""Point-in-time features: exact values on a tiny table, and nothing at or after a cutoff leaks in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import ibis
+import pandas as pd
+import pytest
+
+from data_prep import features as fe
+from data_prep import schema as S
+
+CUTOFF = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def ev(
+    cust: str,
+    day: float,
+    etype: str,
+    item: str | None = "A",
+    amount: float | None = None,
+    order: str | None = None,
+) -> dict:
+    return {
+        S.EVENT_ID: f"{cust}-{day}-{etype}-{item}",
+        S.CUSTOMER_ID: cust,
+        S.TS: CUTOFF + timedelta(days=day),
+        S.EVENT_TYPE: etype,
+        S.ITEM_ID: item,
+        S.SOURCE: "pos" if etype == S.EV_PURCHASE else "online",
+        S.AMOUNT: amount,
+        S.ORDER_ID: order,
+    }
+
+
+def table(rows: list[dict]) -> ibis.Table:
+    df = pd.DataFrame(rows)
+    df[S.TS] = pd.to_datetime(df[S.TS], utc=True)
+    return ibis.memtable(
+        df,
+        schema={
+            S.EVENT_ID: "string",
+            S.CUSTOMER_ID: "string",
+            S.TS: "timestamp('UTC')",
+            S.EVENT_TYPE: "string",
+            S.ITEM_ID: "string",
+            S.SOURCE: "string",
+            S.AMOUNT: "float64",
+            S.ORDER_ID: "string",
+        },
+    )
+
+
+PAST = [
+    ev("c1", -40, S.EV_PURCHASE, "A", 10.0, "t1"),
+    ev("c1", -5, S.EV_VIEW, "B"),
+    ev("c1", -2, S.EV_ADD_TO_CART, "C"),
+    ev("c1", -1, S.EV_ORDER, "C", 4.0, "o1"),
+    ev("c2", -20, S.EV_SEARCH, None),
+]
+FUTURE = [
+    ev("c1", 0, S.EV_ORDER, "Z", 99.0, "o2"),  # exactly at the cutoff: future
+    ev("c2", 3, S.EV_PURCHASE, "Y", 5.0, "t2"),
+    ev("c3", 1, S.EV_VIEW, "X"),  # a customer who only exists after the cutoff
+]
+
+
+def test_aggregates_exact() -> None:
+    agg = fe.intent_aggregates(table(PAST), CUTOFF).to_pandas().set_index(S.CUSTOMER_ID)
+    c1 = agg.loc["c1"]
+    assert c1[S.F_RECENCY_DAYS] == pytest.approx(1.0)
+    assert c1[S.F_TENURE_DAYS] == pytest.approx(40.0)
+    assert (c1[S.F_N_EVENTS_7D], c1[S.F_N_EVENTS_30D], c1[S.F_N_VIEWS_7D], c1[S.F_N_CARTS_7D]) == (3, 3, 1, 1)
+    assert (c1[S.F_N_PURCHASES_30D], c1[S.F_N_PURCHASES_ALL], c1[S.F_MONETARY_ALL]) == (1, 2, 14.0)
+    assert (c1[S.F_N_ONLINE_ALL], c1[S.F_N_STORE_ALL], c1[S.F_DAYS_SINCE_PURCHASE]) == (
+        3,
+        1,
+        pytest.approx(1.0),
+    )
+    assert agg.loc["c2", S.F_DAYS_SINCE_PURCHASE] == fe.NO_PURCHASE_DAYS
+
+
+def test_future_events_reach_no_feature_or_sequence() -> None:
+    before = fe.intent_examples(table(PAST), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])
+    after = fe.intent_examples(table(PAST + FUTURE), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])
+    pd.testing.assert_frame_equal(before.reset_index(drop=True), after.reset_index(drop=True))
+    seq_before = fe.customer_sequences(table(PAST), CUTOFF).to_pandas().sort_values(S.CUSTOMER_ID)
+    seq_after = fe.customer_sequences(table(PAST + FUTURE), CUTOFF).to_pandas().sort_values(S.CUSTOMER_ID)
+    assert (
+        seq_before[S.ITEMS].map(list).tolist()
+        == seq_after[S.ITEMS].map(list).tolist()
+        == [["A", "B", "C", "C"]]
+    )
+    assert "c3" not in set(after[S.CUSTOMER_ID])
+
+
+def test_labels_and_targets_come_only_from_the_horizon() -> None:
+    ex = fe.intent_examples(table(PAST + FUTURE), CUTOFF, 14).to_pandas().set_index(S.CUSTOMER_ID)
+    assert ex[S.LABEL].to_dict() == {"c1": 1, "c2": 1}
+    short = fe.intent_examples(table(PAST + FUTURE), CUTOFF, 2).to_pandas().set_index(S.CUSTOMER_ID)
+    assert short[S.LABEL].to_dict() == {"c1": 1, "c2": 0}  # c2 buys on day 3, outside a 2-day horizon
+    t = fe.next_item_examples(table(PAST + FUTURE), CUTOFF, 14).to_pandas()
+    assert t[[S.CUSTOMER_ID, S.TARGET_ITEM]].values.tolist() == [["c1", "Z"]]  # c2 has no item history
+
+
+def test_vocabulary_ignores_items_first_seen_after_cutoff() -> None:
+    cat = ibis.memtable(pd.DataFrame({S.CAT_ITEM_ID: list("ABCXYZ"), S.CAT_CATEGORY: ["k"] * 6}))
+    vocab = fe.item_vocabulary(table(PAST + FUTURE), cat, CUTOFF).to_pandas()
+    assert vocab[S.ITEM_ID].tolist() == ["C", "A", "B"]  # by popularity, then id
+    assert vocab[S.ITEM_IDX].tolist() == [1, 2, 3]
+
+
+def test_plan_splits_windows_do_not_overlap() -> None:
+    s = fe.plan_splits(datetime(2026, 1, 5, 3, tzinfo=UTC), datetime(2026, 5, 4, 22, tzinfo=UTC), 14)
+    assert s.data_end == datetime(2026, 5, 5, tzinfo=UTC)
+    assert s.test == s.data_end - timedelta(days=14) and s.val == s.test - timedelta(days=14)
+    assert all(c + timedelta(days=14) <= s.val for c in s.train_cutoffs)
+    assert fe.TimeSplits.from_json(s.to_json()) == s
+    with pytest.raises(ValueError, match="too short"):
+        fe.plan_splits(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 20, tzinfo=UTC), 14)

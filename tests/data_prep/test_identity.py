@@ -1,0 +1,65 @@
+"""Identity resolution: cross-channel merges through shared identifiers, and the pairwise metrics."""
+
+from __future__ import annotations
+
+import ibis
+import pandas as pd
+import pytest
+
+from data_prep import identity as idn
+from data_prep import schema as S
+
+
+def records(rows: list[dict]) -> ibis.Table:
+    cols = [S.EVENT_ID, *S.IDENTIFIER_KEY_COLUMNS.values()]
+    return ibis.memtable(pd.DataFrame([{c: r.get(c) for c in cols} for r in rows]).astype("string"))
+
+
+def resolve(rows: list[dict]) -> dict[str, str]:
+    links = idn.identifier_links([records(rows)])
+    labels = idn.propagate_labels(links.select(idn.NODE).distinct(), idn.identifier_edges(links))
+    m = idn.identity_map(labels).to_pandas()
+    return {
+        f"{t}:{k}": c
+        for t, k, c in zip(m[S.IDENTIFIER_TYPE], m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True)
+    }
+
+
+def test_online_and_store_identities_merge_through_a_chain() -> None:
+    # device d1 logs into account a1; a1 orders with email e1; CRM member card c1 has phone p1 and email e1;
+    # a store basket with only phone p1. Device d2 never logs in: a separate (anonymous) customer.
+    rows = [
+        {S.EVENT_ID: "1", S.DEVICE_KEY: "d1", S.ACCOUNT_KEY: "a1"},
+        {S.EVENT_ID: "2", S.ACCOUNT_KEY: "a1", S.EMAIL_KEY: "e1", S.DEVICE_KEY: "d1"},
+        {S.EVENT_ID: "3", S.CARD_KEY: "c1", S.PHONE_KEY: "p1", S.EMAIL_KEY: "e1"},
+        {S.EVENT_ID: "4", S.PHONE_KEY: "p1"},
+        {S.EVENT_ID: "5", S.DEVICE_KEY: "d2"},
+    ]
+    m = resolve(rows)
+    person = {m["device:d1"], m["account:a1"], m["email:e1"], m["card:c1"], m["phone:p1"]}
+    assert len(person) == 1
+    assert m["device:d2"] not in person
+    assert all(c.startswith("c") and len(c) == 17 for c in m.values())
+
+
+def test_customer_ids_are_stable_across_runs_and_row_order() -> None:
+    rows = [{S.EVENT_ID: "1", S.DEVICE_KEY: "d1", S.ACCOUNT_KEY: "a1"}, {S.EVENT_ID: "2", S.DEVICE_KEY: "d9"}]
+    assert resolve(rows) == resolve(rows[::-1])
+
+
+def test_long_chain_converges() -> None:
+    rows = [{S.EVENT_ID: str(i), S.DEVICE_KEY: f"d{i}", S.ACCOUNT_KEY: f"a{i + 1}"} for i in range(12)]
+    rows += [{S.EVENT_ID: f"x{i}", S.DEVICE_KEY: f"d{i}", S.ACCOUNT_KEY: f"a{i}"} for i in range(12)]
+    assert len(set(resolve(rows).values())) == 1
+
+
+def test_pairwise_metrics_exact() -> None:
+    key = [S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY]
+    ids = pd.DataFrame({S.IDENTIFIER_TYPE: ["d"] * 4, S.IDENTIFIER_KEY: ["1", "2", "3", "4"]})
+    resolved = ids.assign(**{S.CUSTOMER_ID: ["A", "A", "A", "B"]})
+    truth = ids.assign(**{S.GT_PERSON_ID: ["p", "p", "q", "q"]})
+    m = idn.pairwise_metrics(resolved[[*key, S.CUSTOMER_ID]], truth[[*key, S.GT_PERSON_ID]])
+    # predicted pairs: (1,2),(1,3),(2,3) = 3; true pairs: (1,2),(3,4) = 2; both: (1,2) = 1
+    assert m["pairwise_precision"] == pytest.approx(1 / 3)
+    assert m["pairwise_recall"] == pytest.approx(1 / 2)
+    assert (m["n_true_persons"], m["n_resolved_customers"]) == (2, 2)

@@ -1,0 +1,63 @@
+"""Pseudonymisation: normalisation, keyed hashing, and no raw identifier in any output of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data_prep import pii
+from data_prep import schema as S
+
+
+def test_normalisation_makes_formats_agree() -> None:
+    assert pii.normalise_identifier(S.ID_EMAIL, "  Alice@Mail.com ") == "alice@mail.com"
+    assert pii.normalise_identifier(S.ID_PHONE, "+86 138-0013-8000") == "+8613800138000"
+    assert pii.normalise_identifier(S.ID_PHONE, "(86) 138 0013 8000") == "+8613800138000"
+    assert pii.normalise_identifier(S.ID_CARD, " lc123 ") == "LC123"
+    assert pii.normalise_identifier(S.ID_EMAIL, "not-an-email") is None
+    assert pii.normalise_identifier(S.ID_PHONE, "12") is None
+    assert pii.normalise_identifier(S.ID_ACCOUNT, "   ") is None
+
+
+def test_hash_is_keyed_typed_and_stable() -> None:
+    a = pii.pseudonymise(S.ID_EMAIL, "Alice@Mail.com", b"k1")
+    assert a == pii.pseudonymise(S.ID_EMAIL, " alice@mail.com", b"k1")
+    assert a != pii.pseudonymise(S.ID_EMAIL, "alice@mail.com", b"k2")
+    assert a != pii.pseudonymise(S.ID_ACCOUNT, "alice@mail.com", b"k1")
+    assert a is not None and len(a) == pii.KEY_HEX_CHARS and "alice" not in a
+
+
+def test_key_file_is_created_once_when_env_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(pii.KEY_ENV, raising=False)
+    monkeypatch.setenv(pii.HOME_ENV, str(tmp_path))
+    k1 = pii.load_key()
+    assert (tmp_path / "pii.key").exists() and pii.load_key() == k1
+    monkeypatch.setenv(pii.KEY_ENV, "from-env")
+    assert pii.load_key() == b"from-env"
+
+
+def _raw_identifiers(data: Path) -> set[str]:
+    gt = pd.read_csv(data / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE, dtype=str, keep_default_na=False)
+    pii_rows = gt[gt[S.IDENTIFIER_TYPE].isin(S.PII_IDENTIFIER_TYPES)]
+    return {v for v in pii_rows[S.GT_IDENTIFIER] if len(v) >= 6}
+
+
+def test_no_raw_identifier_outside_raw_layer(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    """Scan every file the run wrote after 01_raw (data layers, runs, artifacts) for raw PII values."""
+    raw_values = _raw_identifiers(tiny_pipeline.data)
+    assert len(raw_values) > 50
+    roots = [tiny_pipeline.features.parent, tiny_pipeline.rec_run.parent, tiny_pipeline.bundle.parent]
+    files = [
+        p
+        for root in roots
+        for p in root.rglob("*")
+        if p.is_file() and S.RAW_DIR not in p.parts and S.GROUND_TRUTH_DIR not in p.parts
+    ]
+    assert len(files) > 20
+    needles = [v.encode() for v in raw_values]
+    for path in files:
+        blob = path.read_bytes()
+        leaked = [n for n in needles if n in blob]
+        assert not leaked, f"{path} contains raw identifiers, e.g. {leaked[0][:4]!r}…"

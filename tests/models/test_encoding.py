@@ -1,0 +1,41 @@
+"""The shared numpy encoder: vocabulary lookups, dropping unknown items, truncation, left padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from models.encoding import ItemVocabulary, encode_sequences
+
+
+def vocab() -> ItemVocabulary:
+    return ItemVocabulary().fit(["a", "b", "c", "d"])
+
+
+def test_lookup_and_ids() -> None:
+    v = vocab()
+    assert v.lookup(["c", "zz", "a"]).tolist() == [3, 0, 1]
+    assert v.ids(np.array([[1, 4]])).tolist() == [["a", "d"]]
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ItemVocabulary().lookup(["a"])
+
+
+def test_encode_left_pads_truncates_and_drops_unknown() -> None:
+    seqs = [["a", "b", "zz", "c", "d"], ["d"], []]
+    types = [["view", "view", "view", "order", "view"], ["order"], []]
+    items, t = encode_sequences(seqs, vocab(), 3, types, ["view", "order"])
+    assert items.tolist() == [[2, 3, 4], [0, 0, 4], [0, 0, 0]]
+    assert t.tolist() == [[1, 2, 1], [0, 0, 2], [0, 0, 0]]
+
+
+def test_encode_accepts_arrow_and_python_lists_identically() -> None:
+    seqs = [["a", "b"], ["c"]]
+    a, _ = encode_sequences(seqs, vocab(), 5)
+    b, _ = encode_sequences(pa.chunked_array([pa.array(seqs)]), vocab(), 5)
+    assert a.tolist() == b.tolist() == [[1, 2], [0, 3]]
+
+
+def test_width_is_at_least_one() -> None:
+    items, _ = encode_sequences([[], ["zz"]], vocab(), 10)
+    assert items.shape == (2, 1) and not items.any()

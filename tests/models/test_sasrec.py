@@ -1,0 +1,68 @@
+"""Model invariants: shapes, causality, padding invariance, no NaN on padding-only rows."""
+
+from __future__ import annotations
+
+import torch
+
+from models.intent import IntentConfig, IntentNet
+from models.sasrec import SASRec, SASRecConfig, SASRecTopK
+
+
+def model(**kw: int) -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(SASRecConfig(n_items=50, max_len=12, d_model=16, n_heads=2, n_layers=2, **kw)).eval()
+
+
+def test_shapes() -> None:
+    m = model(n_event_types=3)
+    x = torch.randint(1, 51, (4, 7))
+    assert m(x, torch.randint(1, 4, (4, 7))).shape == (4, 7, 51)
+    scores, idx = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(4))
+    assert scores.shape == idx.shape == (4, 10)
+
+
+def test_causality_future_item_does_not_change_the_past() -> None:
+    m = model()
+    x = torch.randint(1, 51, (2, 8))
+    y = x.clone()
+    y[:, 5] = (y[:, 5] % 50) + 1  # change item t = 5
+    a, b = m.encode(x), m.encode(y)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_padding_invariance() -> None:
+    m = model()
+    x = torch.randint(1, 51, (1, 5))
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], dim=1)
+    assert torch.allclose(m.encode(x), m.encode(padded)[:, 4:], atol=1e-5)
+
+
+def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
+    m = model()
+    x = torch.zeros(2, 6, dtype=torch.long)
+    x[1, -2:] = torch.tensor([3, 4])
+    _, idx = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.ones(2))
+    assert torch.isfinite(m.encode(x)).all()
+    assert (idx != 0).all()
+    assert not set(idx[1, :48].tolist()) & {3, 4}  # seen items last, behind every unseen item
+
+
+def test_seen_items_kept_when_not_excluded() -> None:
+    m = model()
+    x = torch.randint(1, 51, (3, 6))
+    _, keep = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.zeros(3))
+    _, drop = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.ones(3))
+    for row in range(3):
+        seen = set(x[row].tolist())
+        assert seen <= set(keep[row].tolist())
+        assert not seen & set(drop[row, : 50 - len(seen)].tolist())
+
+
+def test_intent_net_ignores_sequence_of_empty_history() -> None:
+    torch.manual_seed(0)
+    net = IntentNet(IntentConfig(n_items=20, n_features=4, n_event_types=2, d_model=8, hidden=8)).eval()
+    f = torch.rand(2, 4)
+    empty_short, empty_long = torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 9, dtype=torch.long)
+    out = net(empty_short, empty_short, f)
+    assert out.shape == (2,) and torch.allclose(out, net(empty_long, empty_long, f), atol=1e-6)

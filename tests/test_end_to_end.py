@@ -1,0 +1,55 @@
+"""The whole chain on a tiny retailer: files handed from stage to stage, one score row per customer,
+and the batch scorer and the online scoring path agree for the same customer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from data_prep import schema as S
+from experiments.report import write_report
+from serving.artifact import load_bundle
+from serving.batch import INTENT_PROBABILITY, REC_ITEMS, REC_SCORES
+from serving.history import InMemoryHistoryStore
+from serving.scoring import intent_probability, recommend
+
+
+def test_every_layer_writes_a_manifest(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    for layer in (S.EVENTS_DIR, S.CUSTOMERS_DIR, S.FEATURES_DIR, "05_scores"):
+        doc = json.loads((tiny_pipeline.data / layer / S.MANIFEST_FILE).read_text())
+        assert doc.get("layer") == layer
+    ledger = json.loads((tiny_pipeline.data / S.EVENTS_DIR / S.LEDGER_FILE).read_text())
+    assert ledger["balanced"]
+
+
+def test_scores_have_one_row_per_customer(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    snap = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE)
+    scores = pq.read_table(tiny_pipeline.scores).to_pandas()
+    assert len(scores) == snap.num_rows > 100
+    assert scores[S.CUSTOMER_ID].is_unique
+    assert set(scores[S.CUSTOMER_ID]) == set(snap.column(S.CUSTOMER_ID).to_pylist())
+    assert scores[REC_ITEMS].map(len).eq(10).all()
+    assert scores[INTENT_PROBABILITY].between(0, 1).all()
+
+
+def test_batch_and_online_paths_agree(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    bundle = load_bundle(tiny_pipeline.bundle)
+    history = InMemoryHistoryStore(tiny_pipeline.features / S.SNAPSHOT_FILE)
+    scores = pq.read_table(tiny_pipeline.scores).to_pandas().sample(20, random_state=0)
+    for _, row in scores.iterrows():
+        h = history.get(row[S.CUSTOMER_ID])
+        assert h is not None
+        recs = recommend(bundle.recommender, [h.items], [h.event_types], 10)  # type: ignore[arg-type]
+        assert list(recs.item_ids[0]) == list(row[REC_ITEMS])
+        np.testing.assert_allclose(recs.scores[0], row[REC_SCORES], rtol=1e-6)
+        p = intent_probability(bundle.intent, [h.items], [h.event_types], h.features[None])  # type: ignore[arg-type]
+        np.testing.assert_allclose(p[0], row[INTENT_PROBABILITY], rtol=1e-6)
+
+
+def test_report_has_table_and_plot(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    for run in (tiny_pipeline.rec_run, tiny_pipeline.intent_run):
+        report = write_report(run).read_text()
+        assert "| ours | test |" in report and "training_curve.png" in report
+        assert (run / "training_curve.png").stat().st_size > 5_000

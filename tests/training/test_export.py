@@ -1,0 +1,79 @@
+"""Export: ONNX Runtime matches torch (batch 1 and length 1 included); a mismatch fails the export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from serving.artifact import BundleError, load_bundle
+from training import export as ex
+
+
+@pytest.mark.parametrize("task", ["recommender", "intent"])
+def test_onnx_parity_on_random_batches(tiny_pipeline, tmp_path: Path, task: str) -> None:  # type: ignore[no-untyped-def]
+    run = tiny_pipeline.rec_run if task == "recommender" else tiny_pipeline.intent_run
+    e = ex.rebuild(run)
+    path = tmp_path / "m.onnx"
+    ex.to_onnx(e, path)
+    report = ex.check_parity(e, path, seed=123)
+    assert report["max_abs_diff"] <= ex.PARITY_ATOL
+
+
+def test_parity_failure_fails_the_export(tiny_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Failure injection: perturb ONNX Runtime's output; the export must raise and leave no bundle."""
+    real_run = ex.ort.InferenceSession.run
+
+    def skewed(self, names, feeds):  # type: ignore[no-untyped-def]
+        out = real_run(self, names, feeds)
+        return [out[0] + 1e-2, *out[1:]]
+
+    with mock.patch.object(ex.ort.InferenceSession, "run", skewed), pytest.raises(ex.ExportParityError):
+        ex.export_bundle([tiny_pipeline.rec_run], tmp_path, version="bad")
+    assert not (tmp_path / "o2o" / "bad").exists()
+
+
+def test_bundle_layout_and_model_card(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    b = tiny_pipeline.bundle
+    for rel in [
+        "bundle.json",
+        "model_card.md",
+        "checksums.json",
+        "recommender/model.onnx",
+        "intent/model.onnx",
+        "recommender/config.json",
+        "recommender/items.parquet",
+    ]:
+        assert (b / rel).is_file(), rel
+    card = (b / "model_card.md").read_text()
+    assert "most_popular" in card and "logistic_regression" in card and "Parity" in card
+    meta = json.loads((b / "bundle.json").read_text())
+    assert set(meta["models"]) == {"recommender", "intent"}
+
+
+def test_tampered_bundle_is_refused(tiny_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_pipeline.bundle, copy)
+    load_bundle(copy)
+    onnx = copy / "intent" / "model.onnx"
+    original = onnx.read_bytes()
+    onnx.write_bytes(original[:-10])
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_bundle(copy)
+    onnx.write_bytes(original)
+    (copy / "recommender" / "items.parquet").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(copy)
+
+
+def test_trained_metrics_are_recorded_beside_baselines(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    rec = json.loads((tiny_pipeline.rec_run / "metrics.json").read_text())
+    assert {"val", "test"} <= set(rec["model"]) and "most_popular" in rec["baselines"]
+    assert 0.0 <= rec["model"]["test"]["ndcg@10"] <= rec["model"]["test"]["hr@10"] <= 1.0
+    intent = json.loads((tiny_pipeline.intent_run / "metrics.json").read_text())
+    assert 0.5 < intent["model"]["test"]["roc_auc"] <= 1.0
+    assert np.isfinite(intent["baselines"]["logistic_regression"]["test"]["log_loss"])
