@@ -136,14 +136,19 @@ def build_ledger(counts: pd.DataFrame) -> dict[str, Any]:
         rejected = g[g.outcome == "rejected"]
         reasons = {str(r): int(n) for r, n in zip(rejected[S.REJECT_REASON], rejected["n"], strict=True)}
         n_raw = int(g["n"].sum())
-        entry = {
+        entry: dict[str, Any] = {
             "n_raw": n_raw,
             "n_accepted": int(by_outcome.get("accepted", 0)),
             "n_merged_duplicate": int(by_outcome.get("merged_duplicate", 0)),
             "n_rejected": int(by_outcome.get("rejected", 0)),
             "rejected_by_reason": dict(sorted(reasons.items())),
         }
-        entry["balanced"] = n_raw == entry["n_accepted"] + entry["n_merged_duplicate"] + entry["n_rejected"]
+        n_out = int(
+            by_outcome.get("accepted", 0)
+            + by_outcome.get("merged_duplicate", 0)
+            + by_outcome.get("rejected", 0)
+        )
+        entry["balanced"] = n_raw == n_out
         ledger["sources"][str(source)] = entry
     ledger["balanced"] = all(s["balanced"] for s in ledger["sources"].values())
     return ledger

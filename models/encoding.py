@@ -8,13 +8,14 @@ Imports no torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ListInput = pa.Array | pa.ChunkedArray | Sequence[Sequence[str]]
+ListInput: TypeAlias = pa.Array | pa.ChunkedArray | Sequence[Sequence[str]]
 
 
 class ItemVocabulary:

@@ -43,6 +43,9 @@ class IntentConfig:
 
 
 class IntentNet(nn.Module):
+    feat_mean: torch.Tensor
+    feat_std: torch.Tensor
+
     def __init__(self, cfg: IntentConfig) -> None:
         super().__init__()
         self.cfg = cfg

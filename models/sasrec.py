@@ -135,6 +135,8 @@ class SASRec(nn.Module):
 class SASRecTopK(nn.Module):
     """Serving head: top-k items after the newest position, padding and (optionally) seen items removed."""
 
+    is_item: torch.Tensor
+
     def __init__(self, model: SASRec, k: int) -> None:
         super().__init__()
         self.model = model

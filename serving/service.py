@@ -11,6 +11,7 @@ answers 400, a request that names no history answers 400, an unknown customer an
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import bentoml
@@ -63,7 +64,7 @@ def _env_path(name: str) -> str:
 class O2OService:
     def __init__(self) -> None:
         self.bundle: Bundle = load_bundle(_env_path(BUNDLE_ENV))
-        self.history = InMemoryHistoryStore(_env_path(SNAPSHOT_ENV))
+        self.history = InMemoryHistoryStore(Path(_env_path(SNAPSHOT_ENV)))
 
     @bentoml.api(route="/recommend")
     def recommend(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,7 +27,7 @@ def load_vocabulary(features_dir: Path) -> ItemVocabulary:
     return ItemVocabulary().fit(items.column(S.ITEM_ID).to_pylist())
 
 
-def _encode(path: Path, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray, np.ndarray, object]:
+def _encode(path: Path, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     table = pq.read_table(path)
     item_idx, type_idx = encode_sequences(
         table.column(S.ITEMS), vocab, max_len, table.column(S.EVENT_TYPES_COL), TYPE_NAMES

@@ -16,6 +16,7 @@ class IntentModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = IntentNet(IntentConfig(**model_config))
+        self.lr, self.weight_decay = lr, weight_decay
         self.results: dict[str, dict[str, float]] = {}  # last metrics per prefix ("val", "test")
         self._eval: dict[str, list[np.ndarray]] = {"p": [], "y": []}
 
@@ -53,6 +54,4 @@ class IntentModule(L.LightningModule):
         self._finish("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

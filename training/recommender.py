@@ -28,6 +28,7 @@ class RecommenderModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = SASRec(SASRecConfig(**model_config))
         self.k, self.exclude_seen = k, exclude_seen
+        self.lr, self.weight_decay = lr, weight_decay
         self.results: dict[str, dict[str, float]] = {}  # last metrics per prefix ("val", "test")
         self._eval: dict[str, list[np.ndarray]] = {"topk": [], "target": []}
 
@@ -70,6 +71,4 @@ class RecommenderModule(L.LightningModule):
         self._finish("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -118,7 +118,11 @@ def train_recommender(cfg: RecommenderRunConfig, runs_dir: Path, progress_bar: b
         "epochs_trained": trainer.current_epoch,
         "checkpoint": str(Path(best).relative_to(run_dir)),
     }
-    doc = {"task": "recommender", "model_config": model_config, "type_names": list(TYPE_NAMES)}
+    doc: dict[str, Any] = {
+        "task": "recommender",
+        "model_config": model_config,
+        "type_names": list(TYPE_NAMES),
+    }
     doc["k"], doc["exclude_seen"] = cfg.eval.k, cfg.eval.exclude_seen
     return _finish(run_dir, cfg, doc, metrics, t0)
 

@@ -1,0 +1,145 @@
+"""The HTTP API through a real ``bentoml serve`` process on a free local port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep import schema as S
+from serving.batch import REC_ITEMS
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_pipeline) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    env = {
+        **os.environ,
+        "O2O_BUNDLE": str(tiny_pipeline.bundle),
+        "O2O_SNAPSHOT": str(tiny_pipeline.features / S.SNAPSHOT_FILE),
+        "O2O_ORT_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:O2OService",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    log = open(tiny_pipeline.data.parent / "serve.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}; see {log.name}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready in 90 s")
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def known_customer(tiny_pipeline) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
+    scores = pq.read_table(tiny_pipeline.scores).to_pandas()
+    row = scores.iloc[0]
+    return row[S.CUSTOMER_ID], list(row[REC_ITEMS])
+
+
+def test_health(server: httpx.Client) -> None:
+    assert server.get("/livez").status_code == 200
+    assert server.get("/readyz").status_code == 200
+
+
+def test_recommend_known_customer_matches_batch_scores(server: httpx.Client, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    customer, batch_items = known_customer(tiny_pipeline)
+    r = server.post("/recommend", json={"customer_id": customer, "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["customer_id"] == customer and body["bundle_version"] == "test"
+    assert [i["item_id"] for i in body["items"]] == batch_items
+
+
+def test_recommend_anonymous_session(server: httpx.Client, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    items = pq.read_table(tiny_pipeline.features / S.ITEMS_FILE).column(S.ITEM_ID).to_pylist()[:3]
+    r = server.post("/recommend", json={"items": items, "k": 5})
+    assert r.status_code == 200, r.text
+    got = [i["item_id"] for i in r.json()["items"]]
+    assert len(got) == 5 and not set(got) & set(items)
+
+
+def test_intent_known_customer(server: httpx.Client, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    customer, _ = known_customer(tiny_pipeline)
+    r = server.post("/intent", json={"customer_id": customer})
+    assert r.status_code == 200, r.text
+    assert 0.0 <= r.json()["probability"] <= 1.0
+
+
+def test_unknown_customer_is_404_with_message(server: httpx.Client) -> None:
+    for route in ("/recommend", "/intent"):
+        r = server.post(route, json={"customer_id": "c0000000000000000"})
+        assert r.status_code == 404
+        assert "unknown customer_id" in r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"customer_id": 12345}, "customer_id"),
+        ({"customer_id": "x", "k": 0}, "greater than or equal"),
+        ({"customer_id": "x", "k": 1000}, "less than or equal"),
+        ({"customer_id": "x", "k": "ten"}, "valid integer"),
+        ({"items": []}, "at least one item"),
+        ({"items": "SKU1"}, "valid array"),
+        ({}, "exactly one of"),
+        ({"customer_id": "x", "items": ["a"]}, "exactly one of"),
+        ({"customer_id": "bad id with spaces"}, "pattern"),
+        ([1, 2], "object"),
+    ],
+)
+def test_malformed_recommend_bodies_get_4xx_with_a_message(
+    server: httpx.Client, body: object, fragment: str
+) -> None:
+    r = server.post("/recommend", json=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert fragment in r.text
+    assert "Traceback" not in r.text
+
+
+def test_invalid_json_is_400(server: httpx.Client) -> None:
+    r = server.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "Invalid JSON" in r.text
