@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -16,8 +17,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from data_prep import schema as S
 
 app = typer.Typer(help="O2O Sequence Lab: unified online/offline customer data → served predictions.")
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Keep progress bars and our own messages; drop library banners (GPU/TPU lines, tips, exporter steps)."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "torch.onnx",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
 console = Console()
-log = logging.getLogger("o2o")
 
 
 def _say(msg: str) -> None:

@@ -124,6 +124,7 @@ def to_onnx(e: Exported, path: Path) -> None:
             dynamic_shapes=dyn,
             opset_version=OPSET,
             external_data=False,
+            verbose=False,
         )
 
 
