@@ -5,23 +5,27 @@ event carrying a device and a logged-in account, an order with its checkout emai
 card, phone and email). Customers are the connected components of that identifier graph, found by
 min-label propagation expressed in Ibis (so the same code runs on DuckDB and on Spark).
 
+Resolution is point-in-time: :func:`resolve_identities` with a cutoff uses only link records strictly
+before it, so a link that appears later (say the checkout email of a purchase inside a label window) cannot
+merge histories for features computed at that cutoff.
+
 A node is the text ``"<identifier type>:<identifier key>"``; the keys are already HMAC pseudonyms.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
 
 from data_prep import schema as S
+from data_prep.events import UTC_TS
 
 NODE = "node"
 RECORD = "record"
 LABEL = "label"
-# Priority of the identifier that names an event's customer when it carries several (all of them are in
-# the same component, so any choice gives the same customer; this one is just cheap to join on).
-ANCHOR_ORDER = (S.ID_CARD, S.ID_PHONE, S.ID_ACCOUNT, S.ID_EMAIL, S.ID_DEVICE)
 
 
 def _node(id_type: str, key: ir.StringValue) -> ir.StringValue:
@@ -29,14 +33,24 @@ def _node(id_type: str, key: ir.StringValue) -> ir.StringValue:
 
 
 def identifier_links(records: list[ir.Table]) -> ir.Table:
-    """(record, node) pairs for every identifier present on every record of every table given."""
+    """(record, node, ts) for every identifier present on every record of every table given.
+
+    Each table needs ``event_id``, ``ts`` (when the record, and so the link, came into being) and any of the
+    ``*_key`` identifier columns.
+    """
     parts = []
     for t in records:
         for id_type, col in S.IDENTIFIER_KEY_COLUMNS.items():
             if col in t.columns:
                 present = t.filter(t[col].notnull())
                 parts.append(
-                    present.select(**{RECORD: present[S.EVENT_ID], NODE: _node(id_type, present[col])})
+                    present.select(
+                        **{
+                            RECORD: present[S.EVENT_ID],
+                            NODE: _node(id_type, present[col]),
+                            S.TS: present[S.TS],
+                        }
+                    )
                 )
     return ibis.union(*parts, distinct=True)
 
@@ -71,6 +85,13 @@ def propagate_labels(nodes: ir.Table, edges: ir.Table, max_iter: int = 100) -> i
     raise RuntimeError(f"identity resolution did not converge in {max_iter} rounds")
 
 
+def resolve_identities(links: ir.Table, cutoff: datetime | None = None) -> ir.Table:
+    """(node, label) for every identifier on a record before ``cutoff`` (every record when None)."""
+    visible = links if cutoff is None else links.filter(links[S.TS] < ibis.literal(cutoff, type=UTC_TS))
+    visible = visible.select(RECORD, NODE).distinct()
+    return propagate_labels(visible.select(NODE).distinct(), identifier_edges(visible))
+
+
 def identity_map(labels: ir.Table) -> ir.Table:
     """identifier_type, identifier_key, customer_id (``c`` + 16 hex of SHA-256 of the component label)."""
     parts = labels[NODE].split(":")
@@ -83,18 +104,25 @@ def identity_map(labels: ir.Table) -> ir.Table:
     ).order_by([S.CUSTOMER_ID, S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY])
 
 
-def attach_customers(events: ir.Table, id_map: ir.Table) -> ir.Table:
-    """Events with ``customer_id`` (null for anonymous rows such as unidentified store baskets)."""
-    anchor = ibis.coalesce(*[_node(t, events[S.IDENTIFIER_KEY_COLUMNS[t]]) for t in ANCHOR_ORDER])
+def attach_customers(events: ir.Table, links: ir.Table, id_map: ir.Table) -> ir.Table:
+    """Events with the ``customer_id`` that ``id_map`` gives any of their identifiers.
+
+    With a point-in-time map, events after its cutoff belong to the customer known at the cutoff when one
+    of their identifiers was already known, and are anonymous (null) otherwise, as are rows with no
+    identifier at all (unidentified store baskets). Should a later record join two customers that were
+    separate at the cutoff, it goes to the smaller id.
+    """
     keyed = id_map.select(
         **{
             NODE: id_map[S.IDENTIFIER_TYPE] + ":" + id_map[S.IDENTIFIER_KEY],
             S.CUSTOMER_ID: id_map[S.CUSTOMER_ID],
         }
     )
-    with_anchor = events.mutate(_anchor=anchor)
-    joined = with_anchor.left_join(keyed, with_anchor["_anchor"] == keyed[NODE])
-    return joined.select(*events.columns, S.CUSTOMER_ID).order_by([S.TS, S.EVENT_ID])
+    pairs = links.select(RECORD, NODE).distinct()
+    known = pairs.join(keyed, NODE)
+    per_record = known.group_by(RECORD).aggregate(**{S.CUSTOMER_ID: known[S.CUSTOMER_ID].min()})
+    joined = events.left_join(per_record, events[S.EVENT_ID] == per_record[RECORD])
+    return joined.select(*events.columns, S.CUSTOMER_ID)
 
 
 def customer_table(events: ir.Table, id_map: ir.Table) -> ir.Table:

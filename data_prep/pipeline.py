@@ -8,15 +8,19 @@ Parquet and read back, so the next layer starts from files exactly as a later ru
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
+import pyarrow as pa
 
 from data_prep import events as ev
 from data_prep import features as fe
@@ -94,18 +98,48 @@ def _require(path: Path) -> Path:
     return path
 
 
+def safe_error_text(err: Exception) -> str:
+    """DuckDB's diagnosis without the echoed raw line (it may hold an email or phone) or SQL."""
+    kept = []
+    for line in str(err).splitlines():
+        if line.startswith(("Possible fixes", "LINE 1:")):
+            break
+        if line.strip() and not line.startswith("Original Line"):
+            kept.append(line.strip())
+    return "; ".join(kept)
+
+
 def _read_csv(con: ibis.BaseBackend, path: Path, required: tuple[str, ...]) -> ir.Table:
-    t = con.read_csv(_require(path), all_varchar=True, header=True)
-    missing = [c for c in required if c not in t.columns]
+    """Strict CSV read, every column as text; a missing column or malformed row raises RawInputError."""
+    with _require(path).open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    missing = [c for c in required if c not in header]
     if missing:
-        raise RawInputError(f"{path}: missing column(s) {missing}; found {list(t.columns)}")
-    return t
+        raise RawInputError(f"{path}: missing column(s) {missing}; header has {header}")
+    return con.read_csv(
+        path,
+        columns={c: "VARCHAR" for c in header},
+        header=True,
+        auto_detect=False,
+        delim=",",
+        quote='"',
+        escape='"',
+        strict_mode=True,
+    )
 
 
 def _read_online(con: ibis.BaseBackend, path: Path) -> ir.Table:
     return con.read_json(
         _require(path), format="newline_delimited", columns={c: "VARCHAR" for c in ONLINE_COLUMNS}
     )
+
+
+def count_raw_rows(t: ir.Table, path: Path) -> int:
+    """Parse the whole file now, so a malformed row stops the run here with the file and line named."""
+    try:
+        return int(t.count().execute())
+    except duckdb.Error as e:
+        raise RawInputError(f"{path}: cannot be parsed: {safe_error_text(e)}") from None
 
 
 def pseudonymise_columns(
@@ -115,7 +149,8 @@ def pseudonymise_columns(
     for raw_col, (id_type, key_col) in columns.items():
         distinct = t.select(raw_col).filter(t[raw_col].notnull()).distinct().to_pyarrow()
         values = distinct.column(0).to_pylist()
-        mapping = pd.DataFrame({"_raw": values, key_col: pii.pseudonymise_many(id_type, values, key)})
+        keys = pii.pseudonymise_many(id_type, values, key)
+        mapping = pa.table({"_raw": pa.array(values, pa.string()), key_col: pa.array(keys, pa.string())})
         m = con.create_table(f"_map_{key_col}", mapping, overwrite=True)
         t = t.left_join(m, t[raw_col] == m["_raw"]).drop(raw_col, "_raw")
     return t
@@ -128,50 +163,66 @@ def _write(con: ibis.BaseBackend, expr: ir.Table, path: Path, manifest: Manifest
     return con.read_parquet(path)
 
 
-def build_ledger(counts: pd.DataFrame) -> dict[str, Any]:
-    """Ledger document from (source, outcome, reason, n) counts; ``balanced`` checks in = out per source."""
+def build_ledger(counts: pd.DataFrame, raw_rows: dict[str, int]) -> dict[str, Any]:
+    """Ledger from outcome counts (source, outcome, reason, n) and the raw row count of every source.
+
+    ``balanced`` holds when each source's raw rows equal accepted + merged duplicates + rejected.
+    """
     ledger: dict[str, Any] = {"sources": {}}
-    for source, g in counts.groupby(S.SOURCE):
-        by_outcome = g.groupby("outcome")["n"].sum().to_dict()
+    for source, n_raw in raw_rows.items():
+        g = counts[counts[S.SOURCE] == source]
+        by_outcome = {k: int(v) for k, v in g.groupby("outcome")["n"].sum().items()}
         rejected = g[g.outcome == "rejected"]
         reasons = {str(r): int(n) for r, n in zip(rejected[S.REJECT_REASON], rejected["n"], strict=True)}
-        n_raw = int(g["n"].sum())
         entry: dict[str, Any] = {
-            "n_raw": n_raw,
-            "n_accepted": int(by_outcome.get("accepted", 0)),
-            "n_merged_duplicate": int(by_outcome.get("merged_duplicate", 0)),
-            "n_rejected": int(by_outcome.get("rejected", 0)),
+            "n_raw": int(n_raw),
+            "n_accepted": by_outcome.get("accepted", 0),
+            "n_merged_duplicate": by_outcome.get("merged_duplicate", 0),
+            "n_rejected": by_outcome.get("rejected", 0),
             "rejected_by_reason": dict(sorted(reasons.items())),
         }
-        n_out = int(
-            by_outcome.get("accepted", 0)
-            + by_outcome.get("merged_duplicate", 0)
-            + by_outcome.get("rejected", 0)
-        )
-        entry["balanced"] = n_raw == n_out
+        entry["balanced"] = entry["n_raw"] == sum(by_outcome.values())
         ledger["sources"][str(source)] = entry
     ledger["balanced"] = all(s["balanced"] for s in ledger["sources"].values())
     return ledger
 
 
+def _read_sources(
+    con: ibis.BaseBackend, raw: Path, m: Manifest
+) -> tuple[dict[str, ir.Table], dict[str, int]]:
+    """Raw tables (all text) by source name, and each source's raw row count (parsed eagerly)."""
+    raw_dir = raw / S.RAW_DIR
+    paths = {
+        "online": raw_dir / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE,
+        "pos": raw_dir / S.RAW_POS_DIR / S.RAW_POS_FILE,
+        "crm": raw_dir / S.RAW_CRM_DIR / S.RAW_CRM_FILE,
+        "items": raw_dir / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE,
+        "stores": raw_dir / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE,
+    }
+    for p in paths.values():
+        m.add_input(_require(p))
+    tables = {
+        "online": _read_online(con, paths["online"]),
+        "pos": _read_csv(con, paths["pos"], POS_COLUMNS),
+        "crm": _read_csv(con, paths["crm"], CRM_COLUMNS),
+        "items": _read_csv(con, paths["items"], (S.CAT_ITEM_ID, S.CAT_CATEGORY, S.CAT_PRICE)),
+        "stores": _read_csv(con, paths["stores"], (S.CAT_STORE_ID, S.CAT_CITY)),
+    }
+    counts = {name: count_raw_rows(t, paths[name]) for name, t in tables.items()}
+    return tables, {k: counts[k] for k in ("online", "pos", "crm")}
+
+
 def build_events_layer(
     con: ibis.BaseBackend, raw: Path, out: Path, key: bytes
-) -> tuple[ir.Table, ir.Table, dict]:
-    """Write ``02_events``: events.parquet, members.parquet, rejects.parquet, ledger.json, manifest."""
-    raw_dir, out_dir = raw / S.RAW_DIR, out / S.EVENTS_DIR
+) -> tuple[ir.Table, ir.Table, dict[str, Any]]:
+    """Write ``02_events``: events, members, catalog, rejects (Parquet), ledger.json and the manifest."""
+    out_dir = out / S.EVENTS_DIR
     m = Manifest(S.EVENTS_DIR)
-    online_path = raw_dir / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE
-    pos_path = raw_dir / S.RAW_POS_DIR / S.RAW_POS_FILE
-    crm_path = raw_dir / S.RAW_CRM_DIR / S.RAW_CRM_FILE
-    items_path = raw_dir / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE
-    stores_path = raw_dir / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE
-    for p in (online_path, pos_path, crm_path, items_path, stores_path):
-        m.add_input(_require(p))
-    items = _read_csv(con, items_path, (S.CAT_ITEM_ID, S.CAT_CATEGORY, S.CAT_PRICE))
-    stores = _read_csv(con, stores_path, (S.CAT_STORE_ID, S.CAT_CITY))
-    online = pseudonymise_columns(con, _read_online(con, online_path), ONLINE_IDENTIFIERS, key)
-    pos = pseudonymise_columns(con, _read_csv(con, pos_path, POS_COLUMNS), POS_IDENTIFIERS, key)
-    crm = pseudonymise_columns(con, _read_csv(con, crm_path, CRM_COLUMNS), CRM_IDENTIFIERS, key)
+    raw_tables, raw_rows = _read_sources(con, raw, m)
+    items, stores = raw_tables["items"], raw_tables["stores"]
+    online = pseudonymise_columns(con, raw_tables["online"], ONLINE_IDENTIFIERS, key)
+    pos = pseudonymise_columns(con, raw_tables["pos"], POS_IDENTIFIERS, key)
+    crm = pseudonymise_columns(con, raw_tables["crm"], CRM_IDENTIFIERS, key)
 
     unified = ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))
     marked = ev.mark_duplicates(unified).cache()
@@ -179,45 +230,45 @@ def build_events_layer(
     events = _write(con, ev.accepted_events(marked), out_dir / S.EVENTS_FILE, m)
     keep_members = members.filter(members[S.REJECT_REASON].isnull() & ~members[ev.IS_DUPLICATE])
     members_out = _write(
-        con, keep_members.drop(S.REJECT_REASON, ev.IS_DUPLICATE), out_dir / "members.parquet", m
+        con, keep_members.drop(S.REJECT_REASON, ev.IS_DUPLICATE), out_dir / S.MEMBERS_FILE, m
     )
     rejects = ibis.union(
         ev.rejected_rows(marked).select(S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON),
         ev.rejected_rows(members).select(S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON),
     )
     _write(con, rejects, out_dir / S.REJECTS_FILE, m)
+    price = items[S.CAT_PRICE].try_cast("float64")
+    _write(
+        con, items.select(S.CAT_ITEM_ID, S.CAT_CATEGORY, **{S.CAT_PRICE: price}), out_dir / S.CATALOG_FILE, m
+    )
     counts = pd.concat([ev.count_outcomes(marked).to_pandas(), ev.count_outcomes(members).to_pandas()])
-    ledger = build_ledger(counts)
+    ledger = build_ledger(counts, raw_rows)
     (out_dir / S.LEDGER_FILE).write_text(json.dumps(ledger, indent=2))
     m.extra["ledger"] = ledger
     m.write(out_dir)
-    _write_catalog(con, items, out_dir)
+    if not ledger["balanced"]:
+        raise RuntimeError(f"ledger does not balance: {json.dumps(ledger['sources'])}")
     return events, members_out, ledger
-
-
-def _write_catalog(con: ibis.BaseBackend, items: ir.Table, out_dir: Path) -> None:
-    cat = items.select(S.CAT_ITEM_ID, S.CAT_CATEGORY, **{S.CAT_PRICE: items[S.CAT_PRICE].try_cast("float64")})
-    con.to_parquet(cat, out_dir / "catalog.parquet")
 
 
 def build_customers_layer(
     con: ibis.BaseBackend, events: ir.Table, members: ir.Table, raw: Path, out: Path, key: bytes
-) -> tuple[ir.Table, dict[str, Any] | None]:
-    """Write ``03_customers``: identity map, customer table, events with customer_id, identity metrics."""
+) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
+    """Write ``03_customers``: timed identifier links, identity map (all records), events with customer_id,
+    customer table and identity metrics. Returns (events with customer_id, links, metrics)."""
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
-    links = idn.identifier_links([events, members]).cache()
-    nodes = links.select(idn.NODE).distinct()
-    labels = idn.propagate_labels(nodes, idn.identifier_edges(links))
-    id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
-    resolved = _write(con, idn.attach_customers(events, id_map), out_dir / "events.parquet", m)
+    links = _write(con, idn.identifier_links([events, members]), out_dir / S.LINKS_FILE, m)
+    id_map = _write(con, idn.identity_map(idn.resolve_identities(links)), out_dir / S.IDENTITY_MAP_FILE, m)
+    resolved = idn.attach_customers(events, links, id_map).order_by([S.TS, S.EVENT_ID])
+    resolved = _write(con, resolved, out_dir / S.EVENTS_FILE, m)
     _write(con, idn.customer_table(resolved, id_map), out_dir / S.CUSTOMERS_FILE, m)
     metrics = identity_metrics(raw, id_map.to_pandas(), key)
     if metrics is not None:
         (out_dir / S.IDENTITY_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         m.extra["identity_metrics"] = metrics
     m.write(out_dir)
-    return resolved, metrics
+    return resolved, links, metrics
 
 
 def identity_metrics(raw: Path, id_map: pd.DataFrame, key: bytes) -> dict[str, Any] | None:
@@ -235,32 +286,43 @@ def identity_metrics(raw: Path, id_map: pd.DataFrame, key: bytes) -> dict[str, A
     return idn.pairwise_metrics(id_map, truth)
 
 
+def events_as_of(events: ir.Table, links: ir.Table, cutoff: datetime) -> ir.Table:
+    """Events attributed to the customers that the links before ``cutoff`` resolve (cached)."""
+    id_map = idn.identity_map(idn.resolve_identities(links, cutoff))
+    return idn.attach_customers(events.drop(S.CUSTOMER_ID), links, id_map).cache()
+
+
 def build_features_layer(
-    con: ibis.BaseBackend, events: ir.Table, out: Path, horizon_days: int, progress: Progress
+    con: ibis.BaseBackend, events: ir.Table, links: ir.Table, out: Path, horizon_days: int, progress: Progress
 ) -> fe.TimeSplits:
-    """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, I1 intent_{train,val,test}, snapshot."""
+    """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, I1 intent_{train,val,test}, snapshot.
+
+    Examples for a cutoff use identities resolved from links before that cutoff (:func:`events_as_of`);
+    the scoring snapshot uses every link, like the customer table.
+    """
     out_dir = out / S.FEATURES_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
     m = Manifest(S.FEATURES_DIR)
     span = events.aggregate(lo=events[S.TS].min(), hi=events[S.TS].max()).to_pandas().iloc[0]
     splits = fe.plan_splits(span.lo.to_pydatetime(), span.hi.to_pydatetime(), horizon_days)
-    (out_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / S.SPLITS_FILE).write_text(splits.to_json())
-    catalog = con.read_parquet(out / S.EVENTS_DIR / "catalog.parquet")
+    catalog = con.read_parquet(out / S.EVENTS_DIR / S.CATALOG_FILE)
     _write(con, fe.item_vocabulary(events, catalog, splits.val), out_dir / S.ITEMS_FILE, m)
+    progress("identities as of each cutoff")
+    as_of = {c: events_as_of(events, links, c) for c in (*splits.train_cutoffs, splits.val, splits.test)}
     progress("next-item examples (R2)")
-    train_seq = fe.customer_sequences(events, splits.val)
-    _write(con, train_seq.filter(train_seq[S.ITEMS].length() >= 2), out_dir / S.split_file("rec", "train"), m)
-    for split, cutoff in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
-        _write(
-            con, fe.next_item_examples(events, cutoff, horizon_days), out_dir / S.split_file("rec", split), m
-        )
+    train_seq = fe.customer_sequences(as_of[splits.val], splits.val)
+    train_seq = train_seq.filter(train_seq[S.ITEMS].length() >= 2)
+    _write(con, train_seq, out_dir / S.split_file("rec", S.SPLIT_TRAIN), m)
+    for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
+        examples = fe.next_item_examples(as_of[c], c, horizon_days)
+        _write(con, examples, out_dir / S.split_file("rec", split), m)
     progress("intent examples (I1)")
-    train = ibis.union(*[fe.intent_examples(events, c, horizon_days) for c in splits.train_cutoffs])
+    train = ibis.union(*[fe.intent_examples(as_of[c], c, horizon_days) for c in splits.train_cutoffs])
     _write(con, train, out_dir / S.split_file("intent", S.SPLIT_TRAIN), m)
-    for split, cutoff in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
-        _write(
-            con, fe.intent_examples(events, cutoff, horizon_days), out_dir / S.split_file("intent", split), m
-        )
+    for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
+        examples = fe.intent_examples(as_of[c], c, horizon_days)
+        _write(con, examples, out_dir / S.split_file("intent", split), m)
     progress("scoring snapshot")
     _write(con, fe.customer_snapshot(events, splits.data_end), out_dir / S.SNAPSHOT_FILE, m)
     m.extra["splits"] = json.loads(splits.to_json())
@@ -276,9 +338,9 @@ def run_prep(raw: Path, out: Path, horizon_days: int = 14, progress: Progress | 
     say("unify + clean + pseudonymise (02_events)")
     events, members, ledger = build_events_layer(con, raw, out, key)
     say("resolve identities (03_customers)")
-    resolved, metrics = build_customers_layer(con, events, members, raw, out, key)
+    resolved, links, metrics = build_customers_layer(con, events, members, raw, out, key)
     say("features, labels and splits (04_features)")
-    splits = build_features_layer(con, resolved, out, horizon_days, say)
+    splits = build_features_layer(con, resolved, links, out, horizon_days, say)
     return PrepResult(
         out / S.EVENTS_DIR, out / S.CUSTOMERS_DIR, out / S.FEATURES_DIR, ledger, metrics, splits
     )

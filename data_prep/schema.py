@@ -138,6 +138,9 @@ RAW_ROW = "raw_row"  # JSON text of the pseudonymised raw row, kept with a rejec
 # ---------------------------------------------------------------- customers (03_customers)
 CUSTOMERS_DIR = "03_customers"
 IDENTITY_MAP_FILE = "identity_map.parquet"  # identifier_type, identifier_key, customer_id
+LINKS_FILE = "links.parquet"  # record, node ("<type>:<key>"), ts: when each identifier link appeared
+CATALOG_FILE = "catalog.parquet"  # 02_events: item_id, category, price (typed copy of the raw catalogue)
+MEMBERS_FILE = "members.parquet"  # 02_events: accepted loyalty members (pseudonymised)
 CUSTOMERS_FILE = "customers.parquet"
 IDENTITY_METRICS_FILE = "identity_metrics.json"
 IDENTIFIER_TYPE = "identifier_type"

@@ -116,7 +116,7 @@ def train_recommender(cfg: RecommenderRunConfig, runs_dir: Path, progress_bar: b
         "baselines": {"most_popular": _most_popular(dm, cfg)},
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
-        "checkpoint": str(Path(best).relative_to(run_dir)),
+        "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
     }
     doc: dict[str, Any] = {
         "task": "recommender",
@@ -169,7 +169,7 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
         "baselines": {"logistic_regression": _logistic_regression(dm, tc.seed)},
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
-        "checkpoint": str(Path(best).relative_to(run_dir)),
+        "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
     }
     doc = {
         "task": "intent",

@@ -146,8 +146,12 @@ def test_ledger_balances_and_counts_by_reason() -> None:
     marked = ev.mark_duplicates(
         ev.unify_online_events(ibis.memtable(pd.DataFrame(rows).astype("string")), ibis.memtable(CATALOG))
     )
-    ledger = build_ledger(ev.count_outcomes(marked).to_pandas())
+    counts = ev.count_outcomes(marked).to_pandas()
+    ledger = build_ledger(counts, {"online": 4})
     src = ledger["sources"]["online"]
     assert (src["n_raw"], src["n_accepted"], src["n_merged_duplicate"], src["n_rejected"]) == (4, 1, 1, 2)
     assert src["rejected_by_reason"] == {ev.R_BAD_TIMESTAMP: 1, ev.R_UNKNOWN_ITEM: 1}
     assert ledger["balanced"]
+    assert not build_ledger(counts, {"online": 5})["balanced"]  # a row lost on the way is caught
+    empty = build_ledger(counts.iloc[0:0], {"online": 0})
+    assert empty["balanced"] and empty["sources"]["online"]["n_accepted"] == 0

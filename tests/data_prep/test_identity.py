@@ -12,13 +12,14 @@ from data_prep import schema as S
 
 def records(rows: list[dict]) -> ibis.Table:
     cols = [S.EVENT_ID, *S.IDENTIFIER_KEY_COLUMNS.values()]
-    return ibis.memtable(pd.DataFrame([{c: r.get(c) for c in cols} for r in rows]).astype("string"))
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows]).astype("string")
+    df[S.TS] = pd.Timestamp("2026-01-05", tz="UTC")
+    return ibis.memtable(df)
 
 
 def resolve(rows: list[dict]) -> dict[str, str]:
     links = idn.identifier_links([records(rows)])
-    labels = idn.propagate_labels(links.select(idn.NODE).distinct(), idn.identifier_edges(links))
-    m = idn.identity_map(labels).to_pandas()
+    m = idn.identity_map(idn.resolve_identities(links)).to_pandas()
     return {
         f"{t}:{k}": c
         for t, k, c in zip(m[S.IDENTIFIER_TYPE], m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True)
@@ -63,3 +64,30 @@ def test_pairwise_metrics_exact() -> None:
     assert m["pairwise_precision"] == pytest.approx(1 / 3)
     assert m["pairwise_recall"] == pytest.approx(1 / 2)
     assert (m["n_true_persons"], m["n_resolved_customers"]) == (2, 2)
+
+
+def test_resolution_as_of_a_cutoff_ignores_later_links() -> None:
+    """A link that appears after the cutoff (an order's email) must not merge histories before it."""
+    from datetime import UTC, datetime
+
+    cutoff = datetime(2026, 3, 1, tzinfo=UTC)
+    before, after = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC)
+    rows = [
+        {S.EVENT_ID: "1", S.TS: before, S.DEVICE_KEY: "d1", S.ACCOUNT_KEY: "a1"},  # online history
+        {S.EVENT_ID: "2", S.TS: before, S.CARD_KEY: "c1", S.EMAIL_KEY: "e1"},  # store history
+        {S.EVENT_ID: "3", S.TS: after, S.ACCOUNT_KEY: "a1", S.EMAIL_KEY: "e1"},  # links them, later
+        {S.EVENT_ID: "4", S.TS: after, S.DEVICE_KEY: "d9"},  # a device first seen after the cutoff
+    ]
+    cols = [S.EVENT_ID, S.TS, *S.IDENTIFIER_KEY_COLUMNS.values()]
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows])
+    schema = {c: "string" for c in cols} | {S.TS: "timestamp('UTC')"}
+    events = ibis.memtable(df, schema=schema)
+    links = idn.identifier_links([events])
+    as_of = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links, cutoff)))
+    full = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links)))
+    at_cutoff = as_of.to_pandas().set_index(S.EVENT_ID)[S.CUSTOMER_ID]
+    assert at_cutoff["1"] != at_cutoff["2"]  # still two customers at the cutoff
+    assert at_cutoff["3"] in {at_cutoff["1"], at_cutoff["2"]}  # the later order goes to a known customer
+    assert pd.isna(at_cutoff["4"])  # unknown at the cutoff: anonymous for that cutoff
+    everything = full.to_pandas().set_index(S.EVENT_ID)[S.CUSTOMER_ID]
+    assert everything["1"] == everything["2"] == everything["3"] != everything["4"]
