@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -36,6 +40,21 @@ def _quiet_libraries() -> None:
 console = Console()
 
 
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Known failures (bad input, missing files, a refused bundle, failed parity) → one line, exit 2.
+
+    Set ``O2O_DEBUG=1`` to see the traceback instead.
+    """
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError, yaml.YAMLError) as e:
+        if os.environ.get("O2O_DEBUG"):
+            raise
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
 def _say(msg: str) -> None:
     console.print(f"[cyan]•[/] {msg}")
 
@@ -58,8 +77,9 @@ def generate(
     """Write a seeded synthetic O2O retailer (raw exports + ground truth)."""
     from data_prep.generate import RetailerSpec, generate_retailer
 
-    spec = RetailerSpec(n_customers=customers, seed=seed, n_days=days)
-    with console.status("generating synthetic retailer"):
+    with user_errors():
+        spec = RetailerSpec(n_customers=customers, seed=seed, n_days=days)
+    with user_errors(), console.status("generating synthetic retailer"):
         result = generate_retailer(out, spec, progress=_say)
     console.print(
         f"{result.n_persons} persons, {result.n_online_events:,} online events, "
@@ -79,14 +99,10 @@ def prep(
     horizon_days: Annotated[int, typer.Option(min=1, help="label / target window after each cutoff")] = 14,
 ) -> None:
     """Unify, clean, pseudonymise, resolve identities and build features/labels/splits (Ibis on DuckDB)."""
-    from data_prep.pipeline import RawInputError, run_prep
+    from data_prep.pipeline import run_prep
 
-    out = out or raw
-    try:
-        result = run_prep(raw, out, horizon_days, progress=_say)
-    except RawInputError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from e
+    with user_errors():
+        result = run_prep(raw, out or raw, horizon_days, progress=_say)
     for source, entry in result.ledger["sources"].items():
         console.print(
             f"{source}: {entry['n_raw']:,} raw = {entry['n_accepted']:,} accepted + "
@@ -117,13 +133,10 @@ def train(
 
     overrides = list(set_ or [])
     if features is not None:
-        overrides.append(f"data.features_dir={features}")
-    try:
+        overrides.append(f"data.features_dir={json.dumps(str(features))}")  # quoted: a path is not YAML
+    with user_errors():
         cfg = load_config(task, config, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]config error:[/] {e}")
-        raise typer.Exit(2) from e
-    result = run_training(cfg, runs_dir)
+        result = run_training(cfg, runs_dir)
     _print_run(result.metrics)
     _wrote(result.run_dir, result.run_dir / "metrics.json")
 
@@ -144,9 +157,16 @@ def export(
     """Export runs to an ONNX bundle; a failed torch/ONNX Runtime parity check fails the export."""
     from training.export import export_bundle
 
-    with console.status("exporting to ONNX and checking parity"):
+    with user_errors(), console.status("exporting to ONNX and checking parity"):
         bundle = export_bundle(run, out, version)
     _wrote(bundle, *sorted(p for p in bundle.rglob("*") if p.is_file()))
+
+
+def _snapshot(features: Path) -> Path:
+    path = features / S.SNAPSHOT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `o2o prep` first or pass --features")
+    return path
 
 
 @app.command()
@@ -156,24 +176,24 @@ def score(
         Path, typer.Option(help="04_features folder (its snapshot.parquet is scored)")
     ] = Path("data/synthetic/04_features"),
     out: Annotated[Path, typer.Option(help="output folder")] = Path("data/synthetic/05_scores"),
-    k: Annotated[int, typer.Option(min=1, max=100, help="items per customer")] = 10,
+    k: Annotated[int, typer.Option(min=1, help="items per customer (at most the bundle's max_k)")] = 10,
     chunk_size: Annotated[int, typer.Option(min=1, help="customers per Arrow batch")] = 20_000,
 ) -> None:
     """Score every customer: top-k items and intent probability, to Parquet."""
     from serving.artifact import load_bundle
     from serving.batch import score_snapshot
 
-    bundle = load_bundle(artifact)
+    with user_errors():
+        bundle = load_bundle(artifact)
+        snapshot = _snapshot(features)
     cols = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*cols, console=console) as bar:
+    with user_errors(), Progress(*cols, console=console) as bar:
         task_id = bar.add_task("score", total=None)
 
         def tick(done: int, total: int) -> None:
             bar.update(task_id, completed=done, total=total)
 
-        path = score_snapshot(
-            bundle, features / S.SNAPSHOT_FILE, out, k=k, chunk_size=chunk_size, progress=tick
-        )
+        path = score_snapshot(bundle, snapshot, out, k=k, chunk_size=chunk_size, progress=tick)
     _wrote(path, out / S.MANIFEST_FILE)
 
 
@@ -188,10 +208,15 @@ def serve(
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads")] = 1,
 ) -> None:
     """Run the BentoML HTTP service (/recommend, /intent, /livez, /readyz) until interrupted."""
+    from serving.artifact import verify_checksums
+
+    with user_errors():
+        verify_checksums(artifact)
+        snapshot = _snapshot(features)
     env = {
         **os.environ,
         "O2O_BUNDLE": str(artifact.resolve()),
-        "O2O_SNAPSHOT": str((features / S.SNAPSHOT_FILE).resolve()),
+        "O2O_SNAPSHOT": str(snapshot.resolve()),
         "O2O_ORT_THREADS": str(threads),
     }
     cmd = [
@@ -214,7 +239,8 @@ def report(run: Annotated[Path, typer.Option(help="run folder")]) -> None:
     """Write runs/<id>/report.md with the metrics table and PNG plots."""
     from experiments.report import write_report
 
-    path = write_report(run)
+    with user_errors():
+        path = write_report(run)
     _wrote(path, *sorted(run.glob("*.png")))
 
 
@@ -228,7 +254,8 @@ def demo(
     """generate → prep → train both models → export → score → report, then a summary beside baselines."""
     from experiments.demo import run_demo
 
-    run_demo(workdir, customers, seed, max_epochs, console)
+    with user_errors():
+        run_demo(workdir, customers, seed, max_epochs, console)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from rich.table import Table
 from data_prep import schema as S
 from data_prep.generate import RetailerSpec, generate_retailer
 from data_prep.pipeline import run_prep
-from experiments.report import write_report
+from experiments.report import headline, write_report
 from serving.artifact import load_bundle
 from serving.batch import score_snapshot
 from training.config import load_config
@@ -79,13 +79,15 @@ def run_demo(
 
 def summarise(rec: dict, intent: dict, identity: dict | None, seconds: float) -> dict[str, Any]:
     r_model, r_pop = rec["model"]["test"], rec["baselines"]["most_popular"]["test"]
+    names = headline(rec)
     i_model, i_lr = intent["model"]["test"], intent["baselines"]["logistic_regression"]["test"]
     return {
         "seconds": round(seconds, 1),
         "recommender": {
             "protocol": rec["protocol"],
-            "sasrec": {k: r_model[k] for k in ("ndcg@10", "hr@10", "mrr@10", "n_examples")},
-            "most_popular": {k: r_pop[k] for k in ("ndcg@10", "hr@10", "mrr@10")},
+            "metrics": names,
+            "sasrec": {k: r_model[k] for k in (*names, "n_examples")},
+            "most_popular": {k: r_pop[k] for k in names},
         },
         "intent": {
             "protocol": intent["protocol"],
@@ -102,7 +104,7 @@ def print_summary(console: Console, s: dict[str, Any], paths: list[Path]) -> Non
     for col in ("model", "metric", "ours", "baseline", "baseline name"):
         table.add_column(col)
     rec, intent = s["recommender"], s["intent"]
-    for m in ("ndcg@10", "hr@10"):
+    for m in rec["metrics"][:2]:
         table.add_row(
             "recommender (R2)", m, f"{rec['sasrec'][m]:.4f}", f"{rec['most_popular'][m]:.4f}", "most popular"
         )

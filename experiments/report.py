@@ -16,11 +16,19 @@ import pandas as pd
 REPORT_FILE = "report.md"
 CURVE_FILE = "training_curve.png"
 COMPARISON_FILE = "comparison.png"
-HEADLINE = {
-    "recommender": ["ndcg@10", "hr@10", "mrr@10"],
-    "intent": ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift@10%", "positive_rate"],
-}
-MONITOR = {"recommender": "val_ndcg10", "intent": "val_roc_auc"}
+
+
+def headline(metrics: dict[str, Any]) -> list[str]:
+    """Columns of the metrics table: ranking metrics at the run's k, or the intent metrics."""
+    if metrics["task"] == "recommender":
+        k = int(metrics.get("k", 10))
+        return [f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"]
+    return ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift@10%", "positive_rate"]
+
+
+def monitored(metrics: dict[str, Any]) -> str:
+    """The validation column of Lightning's log that early stopping watched."""
+    return f"val_{headline(metrics)[0].replace('@', '')}"
 
 
 def epoch_log(run_dir: Path) -> pd.DataFrame:
@@ -34,13 +42,14 @@ def epoch_log(run_dir: Path) -> pd.DataFrame:
     return log[log["train_loss"].notna()] if "train_loss" in log else log
 
 
-def plot_training_curve(log: pd.DataFrame, task: str, path: Path) -> None:
+def plot_training_curve(log: pd.DataFrame, metrics: dict[str, Any], path: Path) -> None:
+    task = metrics["task"]
     fig, ax1 = plt.subplots(figsize=(7, 4))
     if "train_loss" in log:
         ax1.plot(log["epoch"], log["train_loss"], "o-", color="tab:blue", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss", color="tab:blue")
-    monitor = MONITOR[task]
+    monitor = monitored(metrics)
     if monitor in log:
         ax2 = ax1.twinx()
         ax2.plot(log["epoch"], log[monitor], "s-", color="tab:orange", label=monitor)
@@ -54,7 +63,7 @@ def plot_training_curve(log: pd.DataFrame, task: str, path: Path) -> None:
 def plot_comparison(metrics: dict[str, Any], path: Path) -> None:
     """Bar chart of the headline metric on the test split: ours vs every baseline."""
     task = metrics["task"]
-    name = HEADLINE[task][0]
+    name = headline(metrics)[0]
     rows = [("ours", metrics["model"]), *metrics["baselines"].items()]
     labels = [r[0] for r in rows]
     values = [r[1]["test"][name] for r in rows]
@@ -75,7 +84,7 @@ def _fmt(v: Any) -> str:
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    names = HEADLINE[metrics["task"]]
+    names = headline(metrics)
     lines = ["| model | split | " + " | ".join(names) + " | n |", "|---|---|" + "---|" * (len(names) + 1)]
     for model, res in [("ours", metrics["model"]), *metrics["baselines"].items()]:
         for split in ("val", "test"):
@@ -89,14 +98,14 @@ def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` + PNG plots into the run directory; returns the report path."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     task = metrics["task"]
-    plot_training_curve(epoch_log(run_dir), task, run_dir / CURVE_FILE)
+    plot_training_curve(epoch_log(run_dir), metrics, run_dir / CURVE_FILE)
     plot_comparison(metrics, run_dir / COMPARISON_FILE)
     config = (run_dir / "config.yaml").read_text()
     text = f"""# Run `{metrics["run_id"]}` — {task}
 
 Protocol: {metrics["protocol"]}
 
-Best epoch {metrics["best_epoch"]} of {metrics["epochs_trained"] + 1}; training took {metrics["train_seconds"]:.1f} s.
+Best epoch {metrics["best_epoch"] + 1} of {metrics["epochs_trained"]} (counting from 1); training took {metrics["train_seconds"]:.1f} s.
 
 ## Metrics beside the baselines
 

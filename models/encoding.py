@@ -48,11 +48,16 @@ class ItemVocabulary:
         return self._check()[1].get_indexer(pd.Index(np.asarray(item_ids, dtype=object))).astype(np.int64) + 1
 
     def ids(self, idx: np.ndarray) -> np.ndarray:
-        """Item ids for 1-based indices (any shape)."""
-        return self._check()[0][np.asarray(idx) - 1]
+        """Item ids for 1-based indices (any shape); padding (0) or out-of-range indices raise."""
+        ids = self._check()[0]
+        idx = np.asarray(idx)
+        if idx.size and (idx.min() < 1 or idx.max() > len(ids)):
+            raise ValueError(f"item indices must be in 1..{len(ids)}; got {idx.min()}..{idx.max()}")
+        return ids[idx - 1]
 
 
-def _as_list_array(values: ListInput) -> pa.ListArray:
+def as_list_array(values: ListInput) -> pa.ListArray:
+    """One Arrow list<string> array from Arrow (chunked) arrays or Python lists of lists."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if isinstance(values, pa.Array):
@@ -74,14 +79,16 @@ def encode_sequences(
     event type. ``type_idx`` is 1 + position in ``type_names`` (0 for padding or unknown types) and all
     zeros when ``event_types`` is None.
     """
-    arr = _as_list_array(items)
+    arr = as_list_array(items)
     n = len(arr)
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = vocab.lookup(pc.list_flatten(arr).to_numpy(zero_copy_only=False))
     if event_types is not None:
-        tflat = pc.list_flatten(_as_list_array(event_types)).to_numpy(zero_copy_only=False)
-        if len(tflat) != len(flat):
-            raise ValueError("event_types must align with items (same length per sequence)")
+        tarr = as_list_array(event_types)
+        tlengths = pc.fill_null(pc.list_value_length(tarr), 0).to_numpy(zero_copy_only=False)
+        if len(tarr) != n or not np.array_equal(lengths, tlengths):
+            raise ValueError("event_types must align with items (same number of entries in every sequence)")
+        tflat = pc.list_flatten(tarr).to_numpy(zero_copy_only=False)
         tidx = pd.Index(list(type_names)).get_indexer(pd.Index(tflat)).astype(np.int64) + 1
     else:
         tidx = np.zeros_like(flat)

@@ -10,13 +10,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep import schema as S
 from serving.artifact import Bundle
-from serving.scoring import intent_probability, recommend
+from serving.scoring import check_k, feature_matrix, intent_probability, recommend
 
 SCORES_FILE = "scores.parquet"
 REC_ITEMS = "recommended_items"
@@ -25,16 +24,19 @@ REC_SOURCE = "recommendation_source"
 INTENT_PROBABILITY = "intent_probability"
 
 
-def _score_batch(bundle: Bundle, batch: pa.RecordBatch, k: int, exclude_seen: bool) -> pa.Table:
+def _score_batch(bundle: Bundle, batch: pa.RecordBatch, k: int, exclude_seen: bool | None) -> pa.Table:
     items, types = batch.column(S.ITEMS), batch.column(S.EVENT_TYPES_COL)
     cols: dict[str, pa.Array] = {S.CUSTOMER_ID: batch.column(S.CUSTOMER_ID)}
     if bundle.recommender is not None:
         recs = recommend(bundle.recommender, items, types, k, exclude_seen)
-        cols[REC_ITEMS] = pa.array(recs.item_ids.tolist(), type=pa.list_(pa.string()))
-        cols[REC_SCORES] = pa.array(recs.scores.tolist(), type=pa.list_(pa.float32()))
-        cols[REC_SOURCE] = pa.array(recs.source.tolist(), type=pa.string())
+        cols[REC_ITEMS] = pa.array(recs.item_ids, type=pa.list_(pa.string()))
+        cols[REC_SCORES] = pa.array(recs.scores, type=pa.list_(pa.float32()))
+        cols[REC_SOURCE] = pa.array(recs.source, type=pa.string())
     if bundle.intent is not None:
-        feats = np.column_stack([batch.column(c).to_numpy() for c in S.INTENT_FEATURES])
+        names = bundle.intent.config["feature_names"]
+        feats = feature_matrix(
+            bundle.intent, {n: batch.column(n).to_numpy(zero_copy_only=False) for n in names}
+        )
         cols[INTENT_PROBABILITY] = pa.array(intent_probability(bundle.intent, items, types, feats))
     return pa.table(cols)
 
@@ -44,11 +46,16 @@ def score_snapshot(
     snapshot: Path,
     out_dir: Path,
     k: int = 10,
-    exclude_seen: bool = True,
+    exclude_seen: bool | None = None,
     chunk_size: int = 20_000,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Score every customer in ``snapshot`` into ``out_dir/scores.parquet`` (one row per customer)."""
+    """Score every customer in ``snapshot`` into ``out_dir/scores.parquet`` (one row per customer).
+
+    ``exclude_seen`` defaults to the setting the recommender was evaluated with.
+    """
+    if bundle.recommender is not None:
+        check_k(bundle.recommender, k)
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SCORES_FILE

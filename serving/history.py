@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from data_prep import schema as S
@@ -18,7 +17,7 @@ from data_prep import schema as S
 class CustomerHistory:
     items: list[str]  # oldest first
     event_types: list[str]
-    features: np.ndarray  # (F,) raw aggregates in schema.INTENT_FEATURES order
+    features: dict[str, float]  # raw point-in-time aggregates by name (schema.INTENT_FEATURES)
 
 
 class InMemoryHistoryStore:
@@ -26,7 +25,7 @@ class InMemoryHistoryStore:
 
     def __init__(self, snapshot: Path) -> None:
         table = pq.read_table(snapshot)
-        feats = np.column_stack([table.column(c).to_numpy() for c in S.INTENT_FEATURES]).astype(np.float32)
+        feats = table.select(list(S.INTENT_FEATURES)).to_pylist()
         ids = table.column(S.CUSTOMER_ID).to_pylist()
         items = table.column(S.ITEMS).to_pylist()
         types = table.column(S.EVENT_TYPES_COL).to_pylist()

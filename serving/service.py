@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
-import numpy as np
 from bentoml.exceptions import InvalidArgument, NotFound
 from pydantic import BaseModel, Field
 
 from data_prep import schema as S
 from serving.artifact import Bundle, load_bundle
 from serving.history import InMemoryHistoryStore
-from serving.scoring import intent_probability, recommend
+from serving.scoring import check_k, feature_matrix, intent_probability, recommend
 
 BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
@@ -72,9 +71,12 @@ class O2OService:
         customer_id: CustomerId | None = None,
         items: Annotated[list[ItemId], Field(max_length=MAX_SESSION_ITEMS)] | None = None,
         k: Annotated[int, Field(ge=1, le=MAX_K)] = 10,
-        exclude_seen: bool = True,
+        exclude_seen: bool | None = None,
     ) -> RecommendResponse:
-        """Top-k items for a known customer (``customer_id``) or an anonymous visitor (``items``, oldest first)."""
+        """Top-k items for a known customer (``customer_id``) or an anonymous visitor (``items``, oldest first).
+
+        ``exclude_seen`` defaults to the setting the model was evaluated with (see the model card).
+        """
         model = self.bundle.recommender
         if model is None:
             raise NotFound("this bundle has no recommender model")
@@ -91,6 +93,10 @@ class O2OService:
             if found is None:
                 raise NotFound(f"unknown customer_id {customer_id!r}")
             history, types = found.items, found.event_types
+        try:
+            check_k(model, k)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
         recs = recommend(model, [history], [types], k, exclude_seen)
         scored = [
             ScoredItem(item_id=i, score=float(s))
@@ -112,9 +118,8 @@ class O2OService:
         found = self.history.get(customer_id)
         if found is None:
             raise NotFound(f"unknown customer_id {customer_id!r}")
-        p = intent_probability(
-            model, [found.items], [found.event_types], found.features[None, :].astype(np.float32)
-        )
+        features = feature_matrix(model, {n: [v] for n, v in found.features.items()})
+        p = intent_probability(model, [found.items], [found.event_types], features)
         return IntentResponse(
             customer_id=customer_id, probability=float(p[0]), bundle_version=self.bundle.version
         )

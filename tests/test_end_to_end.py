@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from data_prep import schema as S
 from experiments.report import write_report
 from serving.artifact import load_bundle
 from serving.batch import INTENT_PROBABILITY, REC_ITEMS, REC_SCORES
 from serving.history import InMemoryHistoryStore
-from serving.scoring import intent_probability, recommend
+from serving.scoring import feature_matrix, intent_probability, recommend
 
 
 def test_every_layer_writes_a_manifest(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
@@ -44,8 +45,26 @@ def test_batch_and_online_paths_agree(tiny_pipeline) -> None:  # type: ignore[no
         recs = recommend(bundle.recommender, [h.items], [h.event_types], 10)  # type: ignore[arg-type]
         assert list(recs.item_ids[0]) == list(row[REC_ITEMS])
         np.testing.assert_allclose(recs.scores[0], row[REC_SCORES], rtol=1e-6)
-        p = intent_probability(bundle.intent, [h.items], [h.event_types], h.features[None])  # type: ignore[arg-type]
+        feats = feature_matrix(bundle.intent, {n: [v] for n, v in h.features.items()})  # type: ignore[arg-type]
+        p = intent_probability(bundle.intent, [h.items], [h.event_types], feats)  # type: ignore[arg-type]
         np.testing.assert_allclose(p[0], row[INTENT_PROBABILITY], rtol=1e-6)
+
+
+def test_k_is_bounded_by_the_model_and_seen_items_never_return(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    model = load_bundle(tiny_pipeline.bundle).recommender
+    assert model is not None
+    max_k = model.config["max_k"]
+    with pytest.raises(ValueError, match=f"between 1 and {max_k}"):
+        recommend(model, [["x"]], None, max_k + 1)
+    history = InMemoryHistoryStore(tiny_pipeline.features / S.SNAPSHOT_FILE)
+    longest = max(
+        (history.get(c) for c in pq.read_table(tiny_pipeline.scores).column(S.CUSTOMER_ID).to_pylist()),
+        key=lambda h: len(h.items),
+    )  # type: ignore[arg-type, union-attr]
+    assert longest is not None and len(longest.items) > model.max_len  # older items than the graph sees
+    recs = recommend(model, [longest.items], [longest.event_types], max_k, exclude_seen=True)
+    assert not set(recs.item_ids[0]) & set(longest.items)
+    assert recs.source == ["history"]
 
 
 def test_report_has_table_and_plot(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]

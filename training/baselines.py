@@ -9,17 +9,19 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 
 class MostPopular:
-    """Recommends the most frequent items of the training sequences, minus seen items if asked."""
+    """Recommends the most frequent items of the training window, minus seen items if asked.
+
+    Fit on the vocabulary's popularity (every item event before the validation cutoff), the same counts the
+    serving layer's cold-start fallback uses.
+    """
 
     def __init__(self, k: int = 10, exclude_seen: bool = True) -> None:
         self.k, self.exclude_seen = k, exclude_seen
         self.scores_: np.ndarray | None = None
 
-    def fit(self, train_item_idx: np.ndarray, n_items: int) -> MostPopular:
-        """``train_item_idx`` (N, T) left-padded indices; counts every non-padding occurrence."""
-        counts = np.bincount(train_item_idx.ravel(), minlength=n_items + 1).astype(np.float64)
-        counts[0] = -np.inf  # padding is never recommended
-        self.scores_ = counts
+    def fit(self, popularity: np.ndarray) -> MostPopular:
+        """``popularity`` (n_items,) event counts by 1-based item index order (index 1 first)."""
+        self.scores_ = np.concatenate([[-np.inf], np.asarray(popularity, dtype=np.float64)])  # padding never
         return self
 
     def recommend(self, item_idx: np.ndarray) -> np.ndarray:

@@ -58,6 +58,9 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
     deterministic: bool = Field(True, description="Lightning deterministic mode (same seed → same metrics)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+    accelerator: Literal["cpu", "gpu", "auto"] = Field(
+        "cpu", description="Lightning accelerator (one device)"
+    )
 
 
 class EvalConfig(_Strict):

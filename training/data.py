@@ -22,6 +22,12 @@ from models.encoding import ItemVocabulary, encode_sequences
 TYPE_NAMES = S.ITEM_EVENT_TYPES
 
 
+def load_popularity(features_dir: Path) -> np.ndarray:
+    """(n_items,) training-window event counts in item-index order."""
+    items = pq.read_table(features_dir / S.ITEMS_FILE, columns=[S.ITEM_IDX, S.POPULARITY]).sort_by(S.ITEM_IDX)
+    return items.column(S.POPULARITY).to_numpy().astype(np.float64)
+
+
 def load_vocabulary(features_dir: Path) -> ItemVocabulary:
     items = pq.read_table(features_dir / S.ITEMS_FILE, columns=[S.ITEM_ID, S.ITEM_IDX]).sort_by(S.ITEM_IDX)
     return ItemVocabulary().fit(items.column(S.ITEM_ID).to_pylist())

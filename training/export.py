@@ -30,7 +30,7 @@ import yaml
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from models.intent import IntentConfig, IntentNet, IntentProbability
-from models.sasrec import SASRec, SASRecConfig, SASRecTopK
+from models.sasrec import MASK_VALUE, SASRec, SASRecConfig, SASRecTopK
 from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 BUNDLE_FILE = "bundle.json"
@@ -164,40 +164,41 @@ def check_parity(e: Exported, path: Path, seed: int = 0) -> dict[str, float]:
     return {"max_abs_diff": worst, "n_shapes": len(shapes), "atol": PARITY_ATOL}
 
 
+def headline_metrics(task: str, k: int) -> list[str]:
+    """The metric columns every table shows for a task (ranking metrics at the run's cut-off k)."""
+    if task == "recommender":
+        return [f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"]
+    return ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "positive_rate"]
+
+
 def _model_card(version: str, models: dict[str, dict[str, Any]]) -> str:
     lines = [f"# O2O Sequence Lab model bundle `{version}`", ""]
     for task, info in models.items():
         m = info["metrics"]
+        names = headline_metrics(task, int(m.get("k", 10)))
         lines += [f"## {task}", "", f"- Source run: `{info['run_id']}`; protocol: {m['protocol']}"]
         lines += [f"- Inputs: {', '.join(info['inputs'])}; outputs: {', '.join(info['outputs'])}"]
         lines += [f"- Parity ONNX Runtime vs torch: max |diff| {info['parity']['max_abs_diff']:.2e}", ""]
-        lines += ["| model | split | " + " | ".join(_headline(task)) + " |"]
-        lines += ["|---|---|" + "---|" * len(_headline(task))]
-        rows = [("ours", m["model"]), *m["baselines"].items()]
-        for name, res in rows:
+        lines += ["| model | split | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for name, res in [("ours", m["model"]), *m["baselines"].items()]:
             for split in ("val", "test"):
-                vals = " | ".join(f"{res[split][h]:.4f}" for h in _headline(task))
-                lines.append(f"| {name} | {split} | {vals} |")
+                lines.append(
+                    f"| {name} | {split} | " + " | ".join(f"{res[split][h]:.4f}" for h in names) + " |"
+                )
         lines.append("")
     lines += [
         "## Intended use and limits",
         "",
         "- Trained on pseudonymised data; the bundle holds no raw email, phone, card or account number.",
         "- Items first seen after the training window are unknown to the models and are never recommended.",
+        "- Models are fit on data before the validation cutoff and not refit on later data: at the end of the "
+        "data they are about two label horizons old.",
         "- Scores are valid for customers whose history looks like the training data; re-train when the "
         "catalogue or the customer mix shifts.",
-        "- Intent probabilities are not yet calibrated (see calibration in a later version).",
+        "- Intent probabilities are not yet calibrated.",
         "",
     ]
     return "\n".join(lines)
-
-
-def _headline(task: str) -> list[str]:
-    return (
-        ["ndcg@10", "hr@10", "mrr@10"]
-        if task == "recommender"
-        else ["roc_auc", "pr_auc", "log_loss", "positive_rate"]
-    )
 
 
 def write_checksums(bundle_dir: Path) -> dict[str, str]:
@@ -218,7 +219,9 @@ def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     parity = check_parity(e, model_dir / ONNX_FILE)
     shutil.copy(run_dir / S.ITEMS_FILE, model_dir / S.ITEMS_FILE)
     doc = json.loads((run_dir / MODEL_FILE).read_text())
-    doc["max_k"] = MAX_K if e.task == "recommender" else None
+    if e.task == "recommender":
+        doc["max_k"] = min(MAX_K, e.n_items)  # the graph's top-k; requests may ask for 1..max_k
+        doc["masked_below"] = MASK_VALUE / 2  # scores under this are removed items (seen or padding)
     doc["inputs"], doc["outputs"] = e.input_names, e.output_names
     doc["run_config"] = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(doc, indent=2))
@@ -232,32 +235,43 @@ def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     }
 
 
+def _check_runs(run_dirs: list[Path]) -> None:
+    """Before any work: every run is finished and no task appears twice."""
+    tasks: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        for name in (MODEL_FILE, METRICS_FILE, CONFIG_FILE, S.ITEMS_FILE):
+            if not (run_dir / name).is_file():
+                raise FileNotFoundError(f"{run_dir / name} is missing: is {run_dir} a finished training run?")
+        task = json.loads((run_dir / MODEL_FILE).read_text())["task"]
+        if task in tasks:
+            raise ValueError(f"{tasks[task]} and {run_dir} are both {task} runs; a bundle holds one per task")
+        tasks[task] = run_dir
+
+
 def export_bundle(run_dirs: list[Path], out_root: Path, version: str | None = None) -> Path:
-    """Export one or more runs (at most one per task) into ``out_root/o2o/<version>/``."""
+    """Export one or more runs (at most one per task) into ``out_root/o2o/<version>/``.
+
+    Nothing is left behind when any step fails (parity included).
+    """
+    _check_runs(run_dirs)
     version = version or datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
     bundle_dir = out_root / "o2o" / version
     if bundle_dir.exists():
         raise FileExistsError(f"{bundle_dir} exists: choose another version")
     bundle_dir.mkdir(parents=True)
     try:
-        models: dict[str, dict[str, Any]] = {}
-        for run_dir in run_dirs:
-            info = _export_one(run_dir, bundle_dir)
-            task = info["metrics"]["task"]
-            if task in models:
-                raise ValueError(f"two {task} runs given; a bundle holds one model per task")
-            models[task] = info
-    except Exception:
+        models = {info["metrics"]["task"]: info for info in (_export_one(r, bundle_dir) for r in run_dirs)}
+        bundle = {
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "schema_version": S.SCHEMA_VERSION,
+            "models": {t: {k: v for k, v in i.items() if k != "metrics"} for t, i in models.items()},
+            "data_manifest": next(iter(models.values()))["metrics"].get("data_manifest", {}),
+        }
+        (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2))
+        (bundle_dir / CARD_FILE).write_text(_model_card(version, models))
+        write_checksums(bundle_dir)
+    except BaseException:
         shutil.rmtree(bundle_dir)
         raise
-    bundle = {
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "schema_version": S.SCHEMA_VERSION,
-        "models": {t: {k: v for k, v in i.items() if k != "metrics"} for t, i in models.items()},
-        "data_manifest": next(iter(models.values()))["metrics"].get("data_manifest", {}),
-    }
-    (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2))
-    (bundle_dir / CARD_FILE).write_text(_model_card(version, models))
-    write_checksums(bundle_dir)
     return bundle_dir

@@ -27,6 +27,7 @@ class RecommenderModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = SASRec(SASRecConfig(**model_config))
+        self.head = SASRecTopK(self.model, k)  # shares the model's weights; moves with it between devices
         self.k, self.exclude_seen = k, exclude_seen
         self.lr, self.weight_decay = lr, weight_decay
         self.results: dict[str, dict[str, float]] = {}  # last metrics per prefix ("val", "test")
@@ -41,9 +42,8 @@ class RecommenderModule(L.LightningModule):
 
     def _rank_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         x, tx, target = batch
-        head = SASRecTopK(self.model, self.k)
         flag = torch.full((x.shape[0],), float(self.exclude_seen), device=x.device)
-        _, idx = head(x, tx, flag)  # (B, k)
+        _, idx = self.head(x, tx, flag)  # (B, k)
         self._eval["topk"].append(idx.cpu().numpy())
         self._eval["target"].append(target.cpu().numpy())
 

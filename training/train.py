@@ -21,10 +21,11 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from data_prep import schema as S
+from data_prep.features import TimeSplits
 from data_prep.manifest import read_manifest
 from training.baselines import MostPopular, logistic_regression_baseline
 from training.config import IntentRunConfig, RecommenderRunConfig, RunConfig, TrainConfig, dump_config
-from training.data import TYPE_NAMES, IntentDataModule, RecommenderDataModule
+from training.data import TYPE_NAMES, IntentDataModule, RecommenderDataModule, load_popularity
 from training.intent import IntentModule
 from training.metrics import binary_metrics, ranking_metrics
 from training.recommender import RecommenderModule
@@ -55,7 +56,7 @@ def _trainer(tc: TrainConfig, run_dir: Path, monitor: str, progress_bar: bool) -
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor=monitor, mode="max", save_last=True)
     return L.Trainer(
         max_epochs=tc.max_epochs,
-        accelerator="cpu",
+        accelerator=tc.accelerator,
         devices=1,
         deterministic=tc.deterministic,
         callbacks=[ckpt, EarlyStopping(monitor=monitor, mode="max", patience=tc.patience)],
@@ -68,6 +69,10 @@ def _trainer(tc: TrainConfig, run_dir: Path, monitor: str, progress_bar: bool) -
 
 
 def _prepare(cfg: RunConfig, runs_dir: Path) -> Path:
+    needed = [cfg.data.features_dir / f for f in (S.ITEMS_FILE, S.SPLITS_FILE, S.MANIFEST_FILE)]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing} not found: run `o2o prep` first or fix data.features_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -110,6 +115,7 @@ def train_recommender(cfg: RecommenderRunConfig, runs_dir: Path, progress_bar: b
     trainer.test(module, datamodule=dm, verbose=False)
     metrics: dict[str, Any] = {
         "task": "recommender",
+        "k": cfg.eval.k,
         "protocol": f"R2 (global time split, first add-to-cart/order/store purchase in horizon; "
         f"seen items {'removed' if cfg.eval.exclude_seen else 'allowed'})",
         "model": {"val": module.results["val"], "test": module.results["test"]},
@@ -128,7 +134,7 @@ def train_recommender(cfg: RecommenderRunConfig, runs_dir: Path, progress_bar: b
 
 
 def _most_popular(dm: RecommenderDataModule, cfg: RecommenderRunConfig) -> dict[str, dict[str, float]]:
-    pop = MostPopular(cfg.eval.k, cfg.eval.exclude_seen).fit(dm.train_tensors[0].numpy(), dm.vocab.n_items)
+    pop = MostPopular(cfg.eval.k, cfg.eval.exclude_seen).fit(load_popularity(cfg.data.features_dir))
     out = {}
     for split in (S.SPLIT_VAL, S.SPLIT_TEST):
         s = dm.splits[split]
@@ -139,6 +145,12 @@ def _most_popular(dm: RecommenderDataModule, cfg: RecommenderRunConfig) -> dict[
 def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True) -> RunResult:
     """Fit the intent net on train cutoffs; early-stop on val ROC-AUC; report val/test (I1) + logistic regression."""
     t0 = time.perf_counter()
+    splits = TimeSplits.from_json((cfg.data.features_dir / S.SPLITS_FILE).read_text())
+    if splits.horizon_days != cfg.horizon_days:
+        raise ValueError(
+            f"config horizon_days={cfg.horizon_days} but {cfg.data.features_dir} was prepared with "
+            f"{splits.horizon_days}; re-run prep with --horizon-days or fix the config"
+        )
     run_dir = _prepare(cfg, runs_dir)
     tc, m = cfg.train, cfg.model
     dm = IntentDataModule(cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed)

@@ -119,3 +119,17 @@ def test_plan_splits_windows_do_not_overlap() -> None:
     assert fe.TimeSplits.from_json(s.to_json()) == s
     with pytest.raises(ValueError, match="too short"):
         fe.plan_splits(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 20, tzinfo=UTC), 14)
+
+
+def test_label_window_end_is_exclusive() -> None:
+    at_end = [*PAST, ev("c2", 14, S.EV_PURCHASE, "Y", 5.0, "t9")]  # exactly cutoff + horizon: outside
+    ex = fe.intent_examples(table(at_end), CUTOFF, 14).to_pandas().set_index(S.CUSTOMER_ID)
+    assert ex.loc["c2", S.LABEL] == 0
+    just_inside = [*PAST, ev("c2", 13.999, S.EV_PURCHASE, "Y", 5.0, "t9")]
+    assert (
+        fe.intent_examples(table(just_inside), CUTOFF, 14)
+        .to_pandas()
+        .set_index(S.CUSTOMER_ID)
+        .loc["c2", S.LABEL]
+        == 1
+    )

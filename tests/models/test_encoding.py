@@ -17,6 +17,8 @@ def test_lookup_and_ids() -> None:
     v = vocab()
     assert v.lookup(["c", "zz", "a"]).tolist() == [3, 0, 1]
     assert v.ids(np.array([[1, 4]])).tolist() == [["a", "d"]]
+    with pytest.raises(ValueError, match=r"1\.\.4"):
+        v.ids(np.array([0, 1]))  # padding is not an item
     with pytest.raises(RuntimeError, match="not fitted"):
         ItemVocabulary().lookup(["a"])
 
@@ -39,3 +41,8 @@ def test_encode_accepts_arrow_and_python_lists_identically() -> None:
 def test_width_is_at_least_one() -> None:
     items, _ = encode_sequences([[], ["zz"]], vocab(), 10)
     assert items.shape == (2, 1) and not items.any()
+
+
+def test_event_types_must_align_per_sequence() -> None:
+    with pytest.raises(ValueError, match="align"):
+        encode_sequences([["a", "b"], ["c"]], vocab(), 5, [["view"], ["order", "view"]], ["view", "order"])

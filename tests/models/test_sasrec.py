@@ -51,12 +51,16 @@ def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
 def test_seen_items_kept_when_not_excluded() -> None:
     m = model()
     x = torch.randint(1, 51, (3, 6))
-    _, keep = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.zeros(3))
-    _, drop = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.ones(3))
+    keep_scores, keep = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.zeros(3))
+    _, drop = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(3))
+    logits = m(x)[:, -1]  # (B, V+1)
     for row in range(3):
         seen = set(x[row].tolist())
-        assert seen <= set(keep[row].tolist())
-        assert not seen & set(drop[row, : 50 - len(seen)].tolist())
+        assert not seen & set(drop[row].tolist())
+        # without the filter, the top 10 are exactly the 10 best real items, seen or not
+        best = torch.topk(logits[row, 1:], 10).indices + 1
+        assert keep[row].tolist() == best.tolist()
+        assert torch.allclose(keep_scores[row], logits[row, best], atol=1e-5)
 
 
 def test_intent_net_ignores_sequence_of_empty_history() -> None:

@@ -30,8 +30,9 @@ def test_binary_metrics_and_ece() -> None:
 
 
 def test_most_popular_excludes_seen_and_padding() -> None:
-    train = np.array([[0, 1, 1, 1], [0, 0, 2, 2], [3, 1, 2, 1]])  # counts: 1→5, 2→3, 3→1
-    pop = MostPopular(k=2, exclude_seen=True).fit(train, n_items=4)
+    pop = MostPopular(k=2, exclude_seen=True).fit(np.array([5.0, 3.0, 1.0, 0.0]))  # items 1..4
     assert pop.recommend(np.array([[0, 0, 0, 1], [0, 0, 0, 0]])).tolist() == [[2, 3], [1, 2]]
+    keep_seen = MostPopular(k=2, exclude_seen=False).fit(np.array([5.0, 3.0, 1.0, 0.0]))
+    assert keep_seen.recommend(np.array([[0, 1]])).tolist() == [[1, 2]]
     with pytest.raises(RuntimeError):
-        MostPopular().recommend(train)
+        MostPopular().recommend(np.zeros((1, 2), dtype=int))
