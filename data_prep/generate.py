@@ -31,35 +31,6 @@ GT_IDENTIFIER = S.GT_IDENTIFIER
 KIND_ONLINE_ONLY, KIND_OFFLINE_ONLY, KIND_OMNI = "online_only", "offline_only", "omni"
 KINDS = (KIND_ONLINE_ONLY, KIND_OFFLINE_ONLY, KIND_OMNI)
 
-ONLINE_COLUMNS = (
-    S.ON_EVENT_ID,
-    S.ON_TS,
-    S.ON_CHANNEL,
-    S.ON_DEVICE_ID,
-    S.ON_ACCOUNT_ID,
-    S.ON_SESSION_ID,
-    S.ON_EVENT_TYPE,
-    S.ON_ITEM_ID,
-    S.ON_QUERY,
-    S.ON_QUANTITY,
-    S.ON_PRICE,
-    S.ON_ORDER_ID,
-    S.ON_EMAIL,
-)
-POS_COLUMNS = (
-    S.POS_TRANSACTION_ID,
-    S.POS_LINE_NO,
-    S.POS_TS,
-    S.POS_STORE_ID,
-    S.POS_LOYALTY_CARD,
-    S.POS_PHONE,
-    S.POS_ITEM_ID,
-    S.POS_QUANTITY,
-    S.POS_UNIT_PRICE,
-)
-CRM_COLUMNS = (S.CRM_LOYALTY_CARD, S.CRM_PHONE, S.CRM_EMAIL, S.CRM_SIGNUP_TS, S.CRM_SIGNUP_STORE_ID)
-ITEM_COLUMNS = (S.CAT_ITEM_ID, S.CAT_CATEGORY, S.CAT_PRICE)
-STORE_COLUMNS = (S.CAT_STORE_ID, S.CAT_CITY)
 GT_IDENTIFIER_COLUMNS = (S.IDENTIFIER_TYPE, GT_IDENTIFIER, S.GT_PERSON_ID)
 GT_PERSON_COLUMNS = (S.GT_PERSON_ID, S.GT_KIND, S.GT_PROPENSITY)
 
@@ -842,9 +813,9 @@ def _person_ids(index: np.ndarray) -> np.ndarray:
 def _write_raw(
     raw: Path, online: pd.DataFrame, pos: pd.DataFrame, members: pd.DataFrame, catalog: _Catalog
 ) -> None:
-    _write_jsonl(online, raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE, ONLINE_COLUMNS)
-    _write_csv(pos, raw / S.RAW_POS_DIR / S.RAW_POS_FILE, POS_COLUMNS, "%.2f")
-    _write_csv(members, raw / S.RAW_CRM_DIR / S.RAW_CRM_FILE, CRM_COLUMNS)
+    _write_jsonl(online, raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE, S.RAW_ONLINE_COLUMNS)
+    _write_csv(pos, raw / S.RAW_POS_DIR / S.RAW_POS_FILE, S.RAW_POS_COLUMNS, "%.2f")
+    _write_csv(members, raw / S.RAW_CRM_DIR / S.RAW_CRM_FILE, S.RAW_CRM_COLUMNS)
     items = pd.DataFrame(
         {
             S.CAT_ITEM_ID: catalog.item_ids,
@@ -852,9 +823,9 @@ def _write_raw(
             S.CAT_PRICE: catalog.price,
         }
     ).sort_values(S.CAT_ITEM_ID)
-    _write_csv(items, raw / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE, ITEM_COLUMNS, "%.2f")
+    _write_csv(items, raw / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE, S.RAW_ITEM_COLUMNS, "%.2f")
     stores = pd.DataFrame({S.CAT_STORE_ID: catalog.store_ids, S.CAT_CITY: catalog.store_cities})
-    _write_csv(stores, raw / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE, STORE_COLUMNS)
+    _write_csv(stores, raw / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE, S.RAW_STORE_COLUMNS)
 
 
 def _write_jsonl(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:

@@ -31,33 +31,6 @@ from data_prep.manifest import Manifest
 
 Progress = Callable[[str], None]
 
-ONLINE_COLUMNS = (
-    S.ON_EVENT_ID,
-    S.ON_TS,
-    S.ON_CHANNEL,
-    S.ON_DEVICE_ID,
-    S.ON_ACCOUNT_ID,
-    S.ON_SESSION_ID,
-    S.ON_EVENT_TYPE,
-    S.ON_ITEM_ID,
-    S.ON_QUERY,
-    S.ON_QUANTITY,
-    S.ON_PRICE,
-    S.ON_ORDER_ID,
-    S.ON_EMAIL,
-)
-POS_COLUMNS = (
-    S.POS_TRANSACTION_ID,
-    S.POS_LINE_NO,
-    S.POS_TS,
-    S.POS_STORE_ID,
-    S.POS_LOYALTY_CARD,
-    S.POS_PHONE,
-    S.POS_ITEM_ID,
-    S.POS_QUANTITY,
-    S.POS_UNIT_PRICE,
-)
-CRM_COLUMNS = (S.CRM_LOYALTY_CARD, S.CRM_PHONE, S.CRM_EMAIL, S.CRM_SIGNUP_TS, S.CRM_SIGNUP_STORE_ID)
 # raw column → (identifier type, pseudonymised column), per source
 ONLINE_IDENTIFIERS = {
     S.ON_DEVICE_ID: (S.ID_DEVICE, S.DEVICE_KEY),
@@ -130,7 +103,7 @@ def _read_csv(con: ibis.BaseBackend, path: Path, required: tuple[str, ...]) -> i
 
 def _read_online(con: ibis.BaseBackend, path: Path) -> ir.Table:
     return con.read_json(
-        _require(path), format="newline_delimited", columns={c: "VARCHAR" for c in ONLINE_COLUMNS}
+        _require(path), format="newline_delimited", columns={c: "VARCHAR" for c in S.RAW_ONLINE_COLUMNS}
     )
 
 
@@ -203,10 +176,10 @@ def _read_sources(
         m.add_input(_require(p))
     tables = {
         "online": _read_online(con, paths["online"]),
-        "pos": _read_csv(con, paths["pos"], POS_COLUMNS),
-        "crm": _read_csv(con, paths["crm"], CRM_COLUMNS),
-        "items": _read_csv(con, paths["items"], (S.CAT_ITEM_ID, S.CAT_CATEGORY, S.CAT_PRICE)),
-        "stores": _read_csv(con, paths["stores"], (S.CAT_STORE_ID, S.CAT_CITY)),
+        "pos": _read_csv(con, paths["pos"], S.RAW_POS_COLUMNS),
+        "crm": _read_csv(con, paths["crm"], S.RAW_CRM_COLUMNS),
+        "items": _read_csv(con, paths["items"], S.RAW_ITEM_COLUMNS),
+        "stores": _read_csv(con, paths["stores"], S.RAW_STORE_COLUMNS),
     }
     counts = {name: count_raw_rows(t, paths[name]) for name, t in tables.items()}
     return tables, {k: counts[k] for k in ("online", "pos", "crm")}

@@ -62,6 +62,37 @@ CAT_PRICE = "price"
 CAT_STORE_ID = "store_id"
 CAT_CITY = "city"
 
+# Column order of each raw export (what the generator writes and what prep requires).
+RAW_ONLINE_COLUMNS = (
+    ON_EVENT_ID,
+    ON_TS,
+    ON_CHANNEL,
+    ON_DEVICE_ID,
+    ON_ACCOUNT_ID,
+    ON_SESSION_ID,
+    ON_EVENT_TYPE,
+    ON_ITEM_ID,
+    ON_QUERY,
+    ON_QUANTITY,
+    ON_PRICE,
+    ON_ORDER_ID,
+    ON_EMAIL,
+)
+RAW_POS_COLUMNS = (
+    POS_TRANSACTION_ID,
+    POS_LINE_NO,
+    POS_TS,
+    POS_STORE_ID,
+    POS_LOYALTY_CARD,
+    POS_PHONE,
+    POS_ITEM_ID,
+    POS_QUANTITY,
+    POS_UNIT_PRICE,
+)
+RAW_CRM_COLUMNS = (CRM_LOYALTY_CARD, CRM_PHONE, CRM_EMAIL, CRM_SIGNUP_TS, CRM_SIGNUP_STORE_ID)
+RAW_ITEM_COLUMNS = (CAT_ITEM_ID, CAT_CATEGORY, CAT_PRICE)
+RAW_STORE_COLUMNS = (CAT_STORE_ID, CAT_CITY)
+
 # ---------------------------------------------------------------- ground truth (never read by prep)
 GROUND_TRUTH_DIR = "ground_truth"
 GT_IDENTIFIERS_FILE = "identifiers.csv"  # identifier_type, identifier (raw value), person_id

@@ -197,6 +197,23 @@ def score(
     _wrote(path, out / S.MANIFEST_FILE)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def serve_command(
+    bundle: Path, snapshot: Path, host: str, port: int, threads: int = 1
+) -> tuple[list[str], dict[str, str]]:
+    """The ``bentoml serve`` command line and environment that run the service (run it in REPO_ROOT)."""
+    env = {
+        **os.environ,
+        "O2O_BUNDLE": str(bundle.resolve()),
+        "O2O_SNAPSHOT": str(snapshot.resolve()),
+        "O2O_ORT_THREADS": str(threads),
+    }
+    app_ref = "serving.service:O2OService"
+    return [sys.executable, "-m", "bentoml", "serve", app_ref, "--host", host, "--port", str(port)], env
+
+
 @app.command()
 def serve(
     artifact: Annotated[Path, typer.Option(help="bundle folder printed by `o2o export`")],
@@ -213,25 +230,9 @@ def serve(
     with user_errors():
         verify_checksums(artifact)
         snapshot = _snapshot(features)
-    env = {
-        **os.environ,
-        "O2O_BUNDLE": str(artifact.resolve()),
-        "O2O_SNAPSHOT": str(snapshot.resolve()),
-        "O2O_ORT_THREADS": str(threads),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:O2OService",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+    cmd, env = serve_command(artifact, snapshot, host, port, threads)
     console.print(f"serving {artifact} on http://{host}:{port}  (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=Path(__file__).resolve().parents[1]))
+    raise typer.Exit(subprocess.call(cmd, env=env, cwd=REPO_ROOT))
 
 
 @app.command()

@@ -16,33 +16,9 @@ SPEC = RetailerSpec(n_customers=200, seed=7, n_days=30, n_items=120, n_categorie
 START = pd.Timestamp(SPEC.start, tz="UTC")
 END = START + pd.Timedelta(days=SPEC.n_days)
 
-ONLINE_COLUMNS = [
-    S.ON_EVENT_ID,
-    S.ON_TS,
-    S.ON_CHANNEL,
-    S.ON_DEVICE_ID,
-    S.ON_ACCOUNT_ID,
-    S.ON_SESSION_ID,
-    S.ON_EVENT_TYPE,
-    S.ON_ITEM_ID,
-    S.ON_QUERY,
-    S.ON_QUANTITY,
-    S.ON_PRICE,
-    S.ON_ORDER_ID,
-    S.ON_EMAIL,
-]
-POS_COLUMNS = [
-    S.POS_TRANSACTION_ID,
-    S.POS_LINE_NO,
-    S.POS_TS,
-    S.POS_STORE_ID,
-    S.POS_LOYALTY_CARD,
-    S.POS_PHONE,
-    S.POS_ITEM_ID,
-    S.POS_QUANTITY,
-    S.POS_UNIT_PRICE,
-]
-CRM_COLUMNS = [S.CRM_LOYALTY_CARD, S.CRM_PHONE, S.CRM_EMAIL, S.CRM_SIGNUP_TS, S.CRM_SIGNUP_STORE_ID]
+ONLINE_COLUMNS = list(S.RAW_ONLINE_COLUMNS)
+POS_COLUMNS = list(S.RAW_POS_COLUMNS)
+CRM_COLUMNS = list(S.RAW_CRM_COLUMNS)
 GT_ID = "identifier"  # the raw value column of ground_truth/identifiers.csv
 ONLINE_IDS = {S.ON_DEVICE_ID: S.ID_DEVICE, S.ON_ACCOUNT_ID: S.ID_ACCOUNT, S.ON_EMAIL: S.ID_EMAIL}
 POS_IDS = {S.POS_LOYALTY_CARD: S.ID_CARD, S.POS_PHONE: S.ID_PHONE}

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from data_prep import schema as S
+from experiments.cli import REPO_ROOT, serve_command
 from serving.batch import REC_ITEMS
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -30,25 +27,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_pipeline) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
     port = free_port()
-    env = {
-        **os.environ,
-        "O2O_BUNDLE": str(tiny_pipeline.bundle),
-        "O2O_SNAPSHOT": str(tiny_pipeline.features / S.SNAPSHOT_FILE),
-        "O2O_ORT_THREADS": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:O2OService",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    snapshot = tiny_pipeline.features / S.SNAPSHOT_FILE
+    cmd, env = serve_command(tiny_pipeline.bundle, snapshot, "127.0.0.1", port, threads=1)
     log = open(tiny_pipeline.data.parent / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
         deadline = time.monotonic() + 90
