@@ -1,8 +1,8 @@
 """Pseudonymisation of personal identifiers: normalise, then keyed-hash (HMAC-SHA256).
 
 The key comes from the environment (``O2O_PII_KEY``). When it is unset, a random key is generated once into
-a local key file (``$O2O_HOME/pii.key``, default ``~/.o2o/pii.key``) and a notice is printed: the same key must
-be used by ``prep`` and by the serving layer, or identifiers will not match.
+a local key file (``$O2O_HOME/pii.key``, default ``~/.o2o/pii.key``) and a notice is printed. Every prep run
+over the same customers must use the same key, or their identifiers (and so customer ids) will not match.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def load_key() -> bytes:
     path = o2o_home() / "pii.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private from the first byte
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
         log.warning("%s is unset: generated a local pseudonymisation key at %s", KEY_ENV, path)
     return path.read_text().strip().encode()
 

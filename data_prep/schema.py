@@ -164,7 +164,6 @@ IDENTIFIER_KEY_COLUMNS = {
     ID_CARD: CARD_KEY,
 }
 REJECT_REASON = "reason"
-RAW_ROW = "raw_row"  # JSON text of the pseudonymised raw row, kept with a reject
 
 # ---------------------------------------------------------------- customers (03_customers)
 CUSTOMERS_DIR = "03_customers"
@@ -236,3 +235,10 @@ def split_file(task: str, split: str) -> str:
 
 
 MANIFEST_FILE = "manifest.json"
+
+# ---------------------------------------------------------------- model bundles (artifacts/o2o/<version>/)
+BUNDLE_FILE = "bundle.json"  # version, models, source runs, data manifest
+CHECKSUMS_FILE = "checksums.json"  # SHA-256 of every other file of the bundle
+MODEL_CARD_FILE = "model_card.md"
+ONNX_FILE = "model.onnx"  # in each model's folder (recommender/, intent/)
+MODEL_CONFIG_FILE = "config.json"  # in each model's folder: how to encode inputs and read outputs

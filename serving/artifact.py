@@ -5,7 +5,6 @@ Shared by the online service and the batch scorer, so both see exactly the same 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow.parquet as pq
 
+from data_prep import schema as S
+from data_prep.manifest import file_sha256
 from models.encoding import ItemVocabulary
 
-BUNDLE_FILE = "bundle.json"
-CHECKSUMS_FILE = "checksums.json"
-ITEMS_FILE = "items.parquet"
 THREADS_ENV = "O2O_ORT_THREADS"
 
 
@@ -53,24 +51,16 @@ class Bundle:
     intent: OnnxModel | None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_checksums(bundle_dir: Path) -> None:
     """Refuse a bundle whose files are missing or differ from ``checksums.json``."""
-    sums_path = bundle_dir / CHECKSUMS_FILE
+    sums_path = bundle_dir / S.CHECKSUMS_FILE
     if not sums_path.exists():
-        raise BundleError(f"{bundle_dir}: no {CHECKSUMS_FILE}; not an exported bundle")
+        raise BundleError(f"{bundle_dir}: no {S.CHECKSUMS_FILE}; not an exported bundle")
     for rel, expected in json.loads(sums_path.read_text()).items():
         path = bundle_dir / rel
         if not path.exists():
-            raise BundleError(f"{path}: listed in {CHECKSUMS_FILE} but missing")
-        if _sha256(path) != expected:
+            raise BundleError(f"{path}: listed in {S.CHECKSUMS_FILE} but missing")
+        if file_sha256(path) != expected:
             raise BundleError(f"{path}: checksum mismatch (file altered or truncated); re-export the bundle")
 
 
@@ -85,12 +75,12 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 def _load_model(model_dir: Path, threads: int | None) -> OnnxModel:
-    config = json.loads((model_dir / "config.json").read_text())
-    items = pq.read_table(model_dir / ITEMS_FILE).sort_by("item_idx")
-    vocab = ItemVocabulary().fit(items.column("item_id").to_pylist())
-    pop = np.concatenate([[-np.inf], items.column("popularity").to_numpy().astype(np.float64)])
+    config = json.loads((model_dir / S.MODEL_CONFIG_FILE).read_text())
+    items = pq.read_table(model_dir / S.ITEMS_FILE).sort_by(S.ITEM_IDX)
+    vocab = ItemVocabulary().fit(items.column(S.ITEM_ID).to_pylist())
+    pop = np.concatenate([[-np.inf], items.column(S.POPULARITY).to_numpy().astype(np.float64)])
     sess = ort.InferenceSession(
-        str(model_dir / "model.onnx"),
+        str(model_dir / S.ONNX_FILE),
         sess_options=session_options(threads),
         providers=["CPUExecutionProvider"],
     )
@@ -100,9 +90,9 @@ def _load_model(model_dir: Path, threads: int | None) -> OnnxModel:
 def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
     """Open a bundle folder (``artifacts/o2o/<version>``) after verifying every checksum."""
     bundle_dir = Path(path)
-    if not (bundle_dir / BUNDLE_FILE).exists():
-        raise BundleError(f"{bundle_dir}: no {BUNDLE_FILE}; pass the folder that `o2o export` printed")
+    if not (bundle_dir / S.BUNDLE_FILE).exists():
+        raise BundleError(f"{bundle_dir}: no {S.BUNDLE_FILE}; pass the folder that `o2o export` printed")
     verify_checksums(bundle_dir)
-    meta = json.loads((bundle_dir / BUNDLE_FILE).read_text())
+    meta = json.loads((bundle_dir / S.BUNDLE_FILE).read_text())
     models = {t: _load_model(bundle_dir / t, threads) for t in meta["models"]}
     return Bundle(bundle_dir, meta["version"], models.get("recommender"), models.get("intent"))

@@ -33,11 +33,11 @@ from models.intent import IntentConfig, IntentNet, IntentProbability
 from models.sasrec import MASK_VALUE, SASRec, SASRecConfig, SASRecTopK
 from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
-BUNDLE_FILE = "bundle.json"
-CHECKSUMS_FILE = "checksums.json"
-CARD_FILE = "model_card.md"
-ONNX_FILE = "model.onnx"
-MODEL_CONFIG_FILE = "config.json"
+BUNDLE_FILE = S.BUNDLE_FILE
+CHECKSUMS_FILE = S.CHECKSUMS_FILE
+CARD_FILE = S.MODEL_CARD_FILE
+ONNX_FILE = S.ONNX_FILE
+MODEL_CONFIG_FILE = S.MODEL_CONFIG_FILE
 OPSET = 18
 PARITY_ATOL = 1e-4
 MAX_K = 100  # top-k computed in the graph; requests ask for k ≤ MAX_K
