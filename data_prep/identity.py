@@ -5,6 +5,11 @@ event carrying a device and a logged-in account, an order with its checkout emai
 card, phone and email). Customers are the connected components of that identifier graph, found by
 min-label propagation expressed in Ibis (so the same code runs on DuckDB and on Spark).
 
+Merge protection: an account or a loyalty card stands for one person's relationship with the retailer (an
+*anchor*). A device, phone or email seen with more than ``max_anchors`` distinct accounts, or more than that
+many cards, is *shared* — a store kiosk, a family phone, a recycled number — and links nobody: it is left out
+of the graph, and records that carry only shared identifiers stay anonymous.
+
 Resolution is point-in-time: :func:`resolve_identities` with a cutoff uses only link records strictly
 before it, so a link that appears later (say the checkout email of a purchase inside a label window) cannot
 merge histories for features computed at that cutoff.
@@ -23,6 +28,8 @@ import pandas as pd
 from data_prep import schema as S
 from data_prep.events import UTC_TS
 
+ANCHOR_TYPES = (S.ID_ACCOUNT, S.ID_CARD)
+DEFAULT_MAX_ANCHORS = 1
 NODE = "node"
 RECORD = "record"
 LABEL = "label"
@@ -85,11 +92,38 @@ def propagate_labels(nodes: ir.Table, edges: ir.Table, max_iter: int = 100) -> i
     raise RuntimeError(f"identity resolution did not converge in {max_iter} rounds")
 
 
-def resolve_identities(links: ir.Table, cutoff: datetime | None = None) -> ir.Table:
-    """(node, label) for every identifier on a record before ``cutoff`` (every record when None)."""
+def _node_type(node: ir.StringValue) -> ir.StringValue:
+    return node.split(":")[0]
+
+
+def shared_identifiers(pairs: ir.Table, max_anchors: int = DEFAULT_MAX_ANCHORS) -> ir.Table:
+    """(node, anchor_type, n_anchors): non-anchor identifiers seen on records with more than ``max_anchors``
+    distinct anchors of one type (accounts or cards)."""
+    typed = pairs.select(RECORD, NODE, _t=_node_type(pairs[NODE]))
+    anchors = typed.filter(typed._t.isin(ANCHOR_TYPES))
+    others = typed.filter(~typed._t.isin(ANCHOR_TYPES))
+    co = others.join(anchors, RECORD).select(
+        **{NODE: others[NODE], "anchor": anchors[NODE], "anchor_type": anchors._t}
+    )
+    per = co.distinct().group_by([NODE, "anchor_type"]).aggregate(n_anchors=ibis._.count())
+    return per.filter(per.n_anchors > max_anchors)
+
+
+def resolve_identities(
+    links: ir.Table, cutoff: datetime | None = None, max_anchors: int | None = DEFAULT_MAX_ANCHORS
+) -> tuple[ir.Table, ir.Table]:
+    """Component labels (node, label) from the records before ``cutoff`` (all when None), and the shared
+    identifiers left out of the graph (none when ``max_anchors`` is None: no merge protection)."""
     visible = links if cutoff is None else links.filter(links[S.TS] < ibis.literal(cutoff, type=UTC_TS))
-    visible = visible.select(RECORD, NODE).distinct()
-    return propagate_labels(visible.select(NODE).distinct(), identifier_edges(visible))
+    visible = visible.select(RECORD, NODE).distinct().cache()
+    if max_anchors is None:
+        shared = visible.select(
+            NODE, anchor_type=ibis.literal("", "string"), n_anchors=ibis.literal(0)
+        ).limit(0)
+    else:
+        shared = shared_identifiers(visible, max_anchors).cache()
+    kept = visible.anti_join(shared, NODE)
+    return propagate_labels(kept.select(NODE).distinct(), identifier_edges(kept)), shared
 
 
 def identity_map(labels: ir.Table) -> ir.Table:
@@ -142,10 +176,16 @@ def pairwise_metrics(resolved: pd.DataFrame, truth: pd.DataFrame) -> dict[str, f
     """Pairwise precision / recall / F1 of a clustering of identifiers against the true persons.
 
     ``resolved`` has (identifier_type, identifier_key, customer_id); ``truth`` has (identifier_type,
-    identifier_key, person_id). Only identifiers present in both are scored. A pair of identifiers is a
-    true positive when both the resolution and the truth put them together.
+    identifier_key, person_id). Only identifiers present in both are scored; an identifier that truly belongs
+    to several persons (a recycled number, a shared phone) cannot be right in any partition and is counted
+    apart (``n_identifiers_ambiguous``). A pair of identifiers is a true positive when both the resolution and
+    the truth put them together.
     """
-    both = resolved.merge(truth, on=[S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY], how="inner")
+    key = [S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY]
+    truth = truth.drop_duplicates()
+    n_persons = truth.groupby(key)[S.GT_PERSON_ID].transform("nunique")
+    ambiguous = truth[n_persons > 1].drop_duplicates(key)
+    both = resolved.merge(truth[n_persons == 1], on=key, how="inner")
 
     def n_pairs(sizes: pd.Series) -> int:
         return int((sizes * (sizes - 1) // 2).sum())
@@ -161,6 +201,7 @@ def pairwise_metrics(resolved: pd.DataFrame, truth: pd.DataFrame) -> dict[str, f
         "pairwise_recall": recall,
         "pairwise_f1": f1,
         "n_identifiers_scored": len(both),
+        "n_identifiers_ambiguous": len(ambiguous),
         "n_true_persons": int(both[S.GT_PERSON_ID].nunique()),
         "n_resolved_customers": int(both[S.CUSTOMER_ID].nunique()),
     }

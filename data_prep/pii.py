@@ -11,10 +11,11 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+
+import phonenumbers
 
 from data_prep import schema as S
 
@@ -22,9 +23,9 @@ log = logging.getLogger(__name__)
 
 KEY_ENV = "O2O_PII_KEY"
 HOME_ENV = "O2O_HOME"
+REGION_ENV = "O2O_PHONE_REGION"
+DEFAULT_PHONE_REGION = "CN"
 KEY_HEX_CHARS = 32  # 128 bits of the HMAC digest: collisions are negligible below ~10^15 identifiers
-
-_NON_PHONE = re.compile(r"[^\d+]")
 
 
 def o2o_home() -> Path:
@@ -47,11 +48,28 @@ def load_key() -> bytes:
     return path.read_text().strip().encode()
 
 
-def normalise_identifier(identifier_type: str, value: str | None) -> str | None:
+def phone_region() -> str:
+    """Region assumed for phone numbers written without a country code (``$O2O_PHONE_REGION``, default CN)."""
+    return os.environ.get(REGION_ENV, DEFAULT_PHONE_REGION).upper()
+
+
+def normalise_phone(value: str, region: str) -> str | None:
+    """E.164 (``+8613800138000``) for any common way of typing a number; None when it cannot be a phone."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def normalise_identifier(identifier_type: str, value: str | None, region: str | None = None) -> str | None:
     """Canonical text of an identifier, or None when nothing usable remains.
 
-    Emails are trimmed and lower-cased; phones keep digits and a leading ``+``; cards and accounts are
-    trimmed (cards upper-cased).
+    Emails are trimmed and lower-cased; phones become E.164 (numbers without a country code are read in
+    ``region``, default :func:`phone_region`); cards are trimmed, upper-cased and lose inner spaces;
+    other identifiers are trimmed.
     """
     if value is None:
         return None
@@ -60,17 +78,17 @@ def normalise_identifier(identifier_type: str, value: str | None) -> str | None:
         v = v.lower()
         return v if "@" in v else None
     if identifier_type == S.ID_PHONE:
-        v = _NON_PHONE.sub("", v)
-        digits = v.lstrip("+")
-        return ("+" + digits) if len(digits) >= 6 else None
+        return normalise_phone(v, region or phone_region()) if v else None
     if identifier_type == S.ID_CARD:
-        v = v.upper()
+        v = "".join(v.split()).upper()
     return v or None
 
 
-def pseudonymise(identifier_type: str, value: str | None, key: bytes) -> str | None:
+def pseudonymise(
+    identifier_type: str, value: str | None, key: bytes, region: str | None = None
+) -> str | None:
     """HMAC-SHA256 of ``"<type>:<normalised value>"``, hex, truncated to 32 characters."""
-    norm = normalise_identifier(identifier_type, value)
+    norm = normalise_identifier(identifier_type, value, region)
     if norm is None:
         return None
     digest = hmac.new(key, f"{identifier_type}:{norm}".encode(), hashlib.sha256).hexdigest()
@@ -78,5 +96,6 @@ def pseudonymise(identifier_type: str, value: str | None, key: bytes) -> str | N
 
 
 def pseudonymise_many(identifier_type: str, values: Iterable[str | None], key: bytes) -> list[str | None]:
-    """Vector form of :func:`pseudonymise` (one HMAC per value)."""
-    return [pseudonymise(identifier_type, v, key) for v in values]
+    """Vector form of :func:`pseudonymise` (one HMAC per value; the phone region is read once)."""
+    region = phone_region()
+    return [pseudonymise(identifier_type, v, key, region) for v in values]

@@ -227,41 +227,63 @@ def build_events_layer(
 def build_customers_layer(
     con: ibis.BaseBackend, events: ir.Table, members: ir.Table, raw: Path, out: Path, key: bytes
 ) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
-    """Write ``03_customers``: timed identifier links, identity map (all records), events with customer_id,
-    customer table and identity metrics. Returns (events with customer_id, links, metrics)."""
+    """Write ``03_customers``: timed identifier links, identity map (all records), shared identifiers,
+    events with customer_id, customer table and identity metrics. Returns (events, links, metrics)."""
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
     links = _write(con, idn.identifier_links([events, members]), out_dir / S.LINKS_FILE, m)
-    id_map = _write(con, idn.identity_map(idn.resolve_identities(links)), out_dir / S.IDENTITY_MAP_FILE, m)
+    labels, shared = idn.resolve_identities(links)
+    id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
+    shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
     resolved = idn.attach_customers(events, links, id_map).order_by([S.TS, S.EVENT_ID])
     resolved = _write(con, resolved, out_dir / S.EVENTS_FILE, m)
     _write(con, idn.customer_table(resolved, id_map), out_dir / S.CUSTOMERS_FILE, m)
-    metrics = identity_metrics(raw, id_map.to_pandas(), key)
-    if metrics is not None:
+    metrics = None
+    if (raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE).exists():
+        unprotected = idn.identity_map(idn.resolve_identities(links, max_anchors=None)[0]).to_pandas()
+        steps = {
+            "deterministic links": unprotected,
+            "+ merge protection": with_singletons(id_map.to_pandas(), shared.to_pandas()),
+        }
+        metrics = identity_metrics(raw, steps, key)
         (out_dir / S.IDENTITY_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         m.extra["identity_metrics"] = metrics
     m.write(out_dir)
     return resolved, links, metrics
 
 
-def identity_metrics(raw: Path, id_map: pd.DataFrame, key: bytes) -> dict[str, Any] | None:
-    """Score the resolution against ``ground_truth/`` when it exists (its raw values are hashed first)."""
-    path = raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE
-    if not path.exists():
-        return None
-    gt = pd.read_csv(path, dtype=str, keep_default_na=False)
+def with_singletons(id_map: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
+    """The identity map plus each shared identifier as a customer of its own (how it is scored)."""
+    parts = shared[idn.NODE].drop_duplicates().str.split(":", n=1, expand=True)
+    if parts.empty:
+        return id_map
+    alone = pd.DataFrame(
+        {S.IDENTIFIER_TYPE: parts[0], S.IDENTIFIER_KEY: parts[1], S.CUSTOMER_ID: "shared:" + parts[1]}
+    )
+    return pd.concat([id_map, alone], ignore_index=True)
+
+
+def identity_metrics(raw: Path, steps: dict[str, pd.DataFrame], key: bytes) -> dict[str, Any]:
+    """Pairwise metrics of each resolution step against ``ground_truth/`` (raw values hashed first).
+
+    The last step is the one prep uses; its figures are also at the top level of the result.
+    """
+    gt = pd.read_csv(raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE, dtype=str, keep_default_na=False)
+    region = pii.phone_region()
     keys = [
-        pii.pseudonymise(t, v, key) for t, v in zip(gt[S.IDENTIFIER_TYPE], gt[S.GT_IDENTIFIER], strict=True)
+        pii.pseudonymise(t, v, key, region)
+        for t, v in zip(gt[S.IDENTIFIER_TYPE], gt[S.GT_IDENTIFIER], strict=True)
     ]
     truth = pd.DataFrame(
         {S.IDENTIFIER_TYPE: gt[S.IDENTIFIER_TYPE], S.IDENTIFIER_KEY: keys, S.GT_PERSON_ID: gt[S.GT_PERSON_ID]}
     ).dropna()
-    return idn.pairwise_metrics(id_map, truth)
+    by_step = {name: idn.pairwise_metrics(resolved, truth) for name, resolved in steps.items()}
+    return {**list(by_step.values())[-1], "steps": by_step}
 
 
 def events_as_of(events: ir.Table, links: ir.Table, cutoff: datetime) -> ir.Table:
     """Events attributed to the customers that the links before ``cutoff`` resolve (cached)."""
-    id_map = idn.identity_map(idn.resolve_identities(links, cutoff))
+    id_map = idn.identity_map(idn.resolve_identities(links, cutoff)[0])
     return idn.attach_customers(events.drop(S.CUSTOMER_ID), links, id_map).cache()
 
 

@@ -17,9 +17,9 @@ def records(rows: list[dict]) -> ibis.Table:
     return ibis.memtable(df)
 
 
-def resolve(rows: list[dict]) -> dict[str, str]:
+def resolve(rows: list[dict], max_anchors: int | None = idn.DEFAULT_MAX_ANCHORS) -> dict[str, str]:
     links = idn.identifier_links([records(rows)])
-    m = idn.identity_map(idn.resolve_identities(links)).to_pandas()
+    m = idn.identity_map(idn.resolve_identities(links, max_anchors=max_anchors)[0]).to_pandas()
     return {
         f"{t}:{k}": c
         for t, k, c in zip(m[S.IDENTIFIER_TYPE], m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True)
@@ -51,7 +51,7 @@ def test_customer_ids_are_stable_across_runs_and_row_order() -> None:
 def test_long_chain_converges() -> None:
     rows = [{S.EVENT_ID: str(i), S.DEVICE_KEY: f"d{i}", S.ACCOUNT_KEY: f"a{i + 1}"} for i in range(12)]
     rows += [{S.EVENT_ID: f"x{i}", S.DEVICE_KEY: f"d{i}", S.ACCOUNT_KEY: f"a{i}"} for i in range(12)]
-    assert len(set(resolve(rows).values())) == 1
+    assert len(set(resolve(rows, max_anchors=None).values())) == 1  # propagation alone, no merge protection
 
 
 def test_pairwise_metrics_exact() -> None:
@@ -83,11 +83,64 @@ def test_resolution_as_of_a_cutoff_ignores_later_links() -> None:
     schema = {c: "string" for c in cols} | {S.TS: "timestamp('UTC')"}
     events = ibis.memtable(df, schema=schema)
     links = idn.identifier_links([events])
-    as_of = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links, cutoff)))
-    full = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links)))
+    as_of = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links, cutoff)[0]))
+    full = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links)[0]))
     at_cutoff = as_of.to_pandas().set_index(S.EVENT_ID)[S.CUSTOMER_ID]
     assert at_cutoff["1"] != at_cutoff["2"]  # still two customers at the cutoff
     assert at_cutoff["3"] in {at_cutoff["1"], at_cutoff["2"]}  # the later order goes to a known customer
     assert pd.isna(at_cutoff["4"])  # unknown at the cutoff: anonymous for that cutoff
     everything = full.to_pandas().set_index(S.EVENT_ID)[S.CUSTOMER_ID]
     assert everything["1"] == everything["2"] == everything["3"] != everything["4"]
+
+
+def test_merge_protection_keeps_people_apart_but_merges_one_omni_person() -> None:
+    rows = [
+        # a store kiosk device on which three people log into their own accounts
+        {S.EVENT_ID: "k1", S.DEVICE_KEY: "kiosk", S.ACCOUNT_KEY: "a1"},
+        {S.EVENT_ID: "k2", S.DEVICE_KEY: "kiosk", S.ACCOUNT_KEY: "a2"},
+        {S.EVENT_ID: "k3", S.DEVICE_KEY: "kiosk", S.ACCOUNT_KEY: "a3"},
+        {S.EVENT_ID: "k4", S.DEVICE_KEY: "kiosk"},  # anonymous browsing on the kiosk
+        # a family phone registered with two loyalty cards (or a recycled number)
+        {S.EVENT_ID: "f1", S.CARD_KEY: "c1", S.PHONE_KEY: "family"},
+        {S.EVENT_ID: "f2", S.CARD_KEY: "c2", S.PHONE_KEY: "family"},
+        # one omni person: device + account online, the same email at checkout and in the CRM with a card
+        {S.EVENT_ID: "o1", S.DEVICE_KEY: "d9", S.ACCOUNT_KEY: "a9"},
+        {S.EVENT_ID: "o2", S.ACCOUNT_KEY: "a9", S.EMAIL_KEY: "e9"},
+        {S.EVENT_ID: "o3", S.CARD_KEY: "c9", S.EMAIL_KEY: "e9", S.PHONE_KEY: "p9"},
+    ]
+    links = idn.identifier_links([records(rows)])
+    labels, shared = idn.resolve_identities(links)
+    m = idn.identity_map(labels).to_pandas()
+    cust = {
+        f"{t}:{k}": c
+        for t, k, c in zip(m[S.IDENTIFIER_TYPE], m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True)
+    }
+    assert len({cust["account:a1"], cust["account:a2"], cust["account:a3"]}) == 3
+    assert cust["card:c1"] != cust["card:c2"]
+    assert len({cust[n] for n in ("device:d9", "account:a9", "email:e9", "card:c9", "phone:p9")}) == 1
+    assert set(shared.to_pandas()[idn.NODE]) == {"device:kiosk", "phone:family"}
+    assert "device:kiosk" not in cust  # shared identifiers name no customer
+    unprotected, _ = idn.resolve_identities(links, max_anchors=None)
+    merged = idn.identity_map(unprotected).to_pandas()
+    assert merged[S.CUSTOMER_ID].nunique() < m[S.CUSTOMER_ID].nunique()  # without protection people merge
+
+
+def test_pairwise_metrics_sets_ambiguous_identifiers_apart() -> None:
+    key = [S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY]
+    resolved = pd.DataFrame(
+        {
+            S.IDENTIFIER_TYPE: ["p", "c", "c"],
+            S.IDENTIFIER_KEY: ["x", "1", "2"],
+            S.CUSTOMER_ID: ["A", "A", "B"],
+        }
+    )
+    truth = pd.DataFrame(
+        {
+            S.IDENTIFIER_TYPE: ["p", "p", "c", "c"],
+            S.IDENTIFIER_KEY: ["x", "x", "1", "2"],
+            S.GT_PERSON_ID: ["u", "v", "u", "v"],
+        }
+    )  # phone x is used by two people
+    m = idn.pairwise_metrics(resolved[[*key, S.CUSTOMER_ID]], truth)
+    assert m["n_identifiers_ambiguous"] == 1 and m["n_identifiers_scored"] == 2
+    assert m["pairwise_precision"] == 1.0 and m["pairwise_recall"] == 1.0

@@ -15,9 +15,18 @@ from data_prep import schema as S
 
 def test_normalisation_makes_formats_agree() -> None:
     assert pii.normalise_identifier(S.ID_EMAIL, "  Alice@Mail.com ") == "alice@mail.com"
-    assert pii.normalise_identifier(S.ID_PHONE, "+86 138-0013-8000") == "+8613800138000"
-    assert pii.normalise_identifier(S.ID_PHONE, "(86) 138 0013 8000") == "+8613800138000"
-    assert pii.normalise_identifier(S.ID_CARD, " lc123 ") == "LC123"
+    for typed in (
+        "+86 138-0013-8000",
+        "13800138000",
+        "(+86) 138 0013 8000",
+        "0086 13800138000",
+        "138 0013 8000",
+    ):
+        assert pii.normalise_identifier(S.ID_PHONE, typed, "CN") == "+8613800138000", typed
+    assert pii.normalise_identifier(S.ID_PHONE, "+1 650 253 0000", "CN") == "+16502530000"
+    assert pii.normalise_identifier(S.ID_PHONE, "650 253 0000", "US") == "+16502530000"
+    assert pii.normalise_identifier(S.ID_PHONE, "call me") is None
+    assert pii.normalise_identifier(S.ID_CARD, " lc 123 ") == "LC123"
     assert pii.normalise_identifier(S.ID_EMAIL, "not-an-email") is None
     assert pii.normalise_identifier(S.ID_PHONE, "12") is None
     assert pii.normalise_identifier(S.ID_ACCOUNT, "   ") is None
