@@ -168,6 +168,7 @@ REJECT_REASON = "reason"
 # ---------------------------------------------------------------- customers (03_customers)
 CUSTOMERS_DIR = "03_customers"
 IDENTITY_MAP_FILE = "identity_map.parquet"  # identifier_type, identifier_key, customer_id
+SHARED_IDENTIFIERS_FILE = "shared_identifiers.parquet"  # node, anchor_type, n_anchors: left out of linking
 LINKS_FILE = "links.parquet"  # record, node ("<type>:<key>"), ts: when each identifier link appeared
 CATALOG_FILE = "catalog.parquet"  # 02_events: item_id, category, price (typed copy of the raw catalogue)
 MEMBERS_FILE = "members.parquet"  # 02_events: accepted loyalty members (pseudonymised)
