@@ -12,7 +12,7 @@ import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,15 @@ import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
+from data_prep import clusters, pii, segments, sessions
 from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
-from data_prep import pii
 from data_prep import schema as S
 from data_prep.manifest import Manifest
 
 Progress = Callable[[str], None]
+CHURN_HORIZON_DAYS = 60
 
 # raw column → (identifier type, pseudonymised column), per source
 ONLINE_IDENTIFIERS = {
@@ -318,11 +319,44 @@ def build_features_layer(
     for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
         examples = fe.intent_examples(as_of[c], c, horizon_days)
         _write(con, examples, out_dir / S.split_file("intent", split), m)
-    progress("scoring snapshot")
+    progress("session intent examples (I2)")
+    session_windows = {
+        S.SPLIT_TRAIN: (splits.data_start, splits.val),
+        S.SPLIT_VAL: (splits.val, splits.test),
+        S.SPLIT_TEST: (splits.test, splits.data_end),
+    }
+    for split, (lo, hi) in session_windows.items():
+        _write(
+            con, sessions.session_intent_examples(events, lo, hi), out_dir / S.split_file("session", split), m
+        )
+    progress("scoring snapshot, RFM segments, churn labels, clusters")
     _write(con, fe.customer_snapshot(events, splits.data_end), out_dir / S.SNAPSHOT_FILE, m)
+    _write(con, segments.rfm_segments(events, splits.data_end), out_dir / S.RFM_FILE, m)
+    churn_cutoff = splits.data_end - timedelta(days=CHURN_HORIZON_DAYS)
+    if churn_cutoff > splits.data_start:
+        _write(
+            con, segments.churn_labels(events, churn_cutoff, CHURN_HORIZON_DAYS), out_dir / S.CHURN_FILE, m
+        )
+        m.extra["churn"] = {"cutoff": churn_cutoff.isoformat(), "horizon_days": CHURN_HORIZON_DAYS}
+    m.extra["clusters"] = write_clusters(out_dir, m)
     m.extra["splits"] = json.loads(splits.to_json())
     m.write(out_dir)
     return splits
+
+
+def write_clusters(out_dir: Path, m: Manifest) -> dict[str, Any]:
+    """Fit KMeans on the intent training rows, assign every snapshot customer, save profiles."""
+    train = pd.read_parquet(
+        out_dir / S.split_file("intent", S.SPLIT_TRAIN), columns=[S.CUSTOMER_ID, *S.INTENT_FEATURES]
+    )
+    snapshot = pd.read_parquet(out_dir / S.SNAPSHOT_FILE, columns=[S.CUSTOMER_ID, *S.INTENT_FEATURES])
+    model = clusters.fit_clusters(train)
+    assigned = clusters.assign_clusters(model, snapshot)
+    assigned.to_parquet(out_dir / S.CLUSTERS_FILE, index=False)
+    m.add_output(out_dir / S.CLUSTERS_FILE)
+    profiles = clusters.cluster_profiles(snapshot, assigned)
+    (out_dir / S.CLUSTER_PROFILES_FILE).write_text(json.dumps(profiles, indent=2))
+    return {"n_clusters": len(profiles), "fit_on": S.split_file("intent", S.SPLIT_TRAIN)}
 
 
 def run_prep(raw: Path, out: Path, horizon_days: int = 14, progress: Progress | None = None) -> PrepResult:

@@ -223,6 +223,30 @@ INTENT_FEATURES = (
     F_DAYS_SINCE_PURCHASE,
 )
 
+# RFM and segments (04_features/rfm.parquet, as of the end of the data), churn, behavioural clusters.
+RFM_FILE = "rfm.parquet"
+CHURN_FILE = "churn.parquet"  # churn labels at the latest cutoff whose 60-day window fits in the data
+CLUSTERS_FILE = "clusters.parquet"
+CLUSTER_PROFILES_FILE = "cluster_profiles.json"
+RFM_RECENCY = "rfm_recency_days"  # days since the last purchase
+RFM_FREQUENCY = "rfm_frequency"  # distinct orders / baskets
+RFM_MONETARY = "rfm_monetary"  # net spend
+RFM_R = "r_score"  # 1..5, 5 = most recent fifth
+RFM_F = "f_score"
+RFM_M = "m_score"
+RFM_CODE = "rfm_score"  # "545"
+SEGMENT = "segment"  # named RFM segment
+CHURN = "churn"  # 1 = no purchase in the churn horizon after the cutoff
+CLUSTER = "cluster"  # behavioural cluster id (KMeans on the intent aggregates)
+
+# Session intent (I2) inputs, computed from the session's events up to its first add-to-cart.
+SI_N_EVENTS = "session_n_events"
+SI_N_VIEWS = "session_n_views"
+SI_N_ITEMS = "session_n_items"
+SI_SECONDS = "session_seconds"  # from the session's first event to the add-to-cart
+SI_CART_PRICE = "cart_price"  # unit price of the item added to the cart
+SESSION_FEATURES = (SI_N_EVENTS, SI_N_VIEWS, SI_N_ITEMS, SI_SECONDS, SI_CART_PRICE)
+
 # Split names; files are "<task>_<split>.parquet" (e.g. rec_train.parquet, intent_test.parquet).
 SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
