@@ -28,6 +28,7 @@ from data_prep import features as fe
 from data_prep import identity as idn
 from data_prep import schema as S
 from data_prep.manifest import Manifest
+from data_prep.report import write_data_report
 
 Progress = Callable[[str], None]
 CHURN_HORIZON_DAYS = 60
@@ -54,6 +55,7 @@ class PrepResult:
     ledger: dict[str, Any]
     identity_metrics: dict[str, Any] | None
     splits: fe.TimeSplits
+    report: Path
 
 
 class RawInputError(ValueError):
@@ -370,6 +372,8 @@ def run_prep(raw: Path, out: Path, horizon_days: int = 14, progress: Progress | 
     resolved, links, metrics = build_customers_layer(con, events, members, raw, out, key)
     say("features, labels and splits (04_features)")
     splits = build_features_layer(con, resolved, links, out, horizon_days, say)
+    say("data report")
+    report = write_data_report(out)
     return PrepResult(
-        out / S.EVENTS_DIR, out / S.CUSTOMERS_DIR, out / S.FEATURES_DIR, ledger, metrics, splits
+        out / S.EVENTS_DIR, out / S.CUSTOMERS_DIR, out / S.FEATURES_DIR, ledger, metrics, splits, report
     )

@@ -114,7 +114,7 @@ def prep(
             f"identity: precision {m['pairwise_precision']:.4f}, recall {m['pairwise_recall']:.4f}, "
             f"{m['n_resolved_customers']} customers for {m['n_true_persons']} true persons"
         )
-    _wrote(result.events_dir, result.customers_dir, result.features_dir)
+    _wrote(result.events_dir, result.customers_dir, result.features_dir, result.report)
 
 
 @app.command()

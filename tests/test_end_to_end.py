@@ -25,6 +25,20 @@ def test_every_layer_writes_a_manifest(tiny_pipeline) -> None:  # type: ignore[n
     assert ledger["balanced"]
 
 
+def test_prep_writes_a_data_report_with_plots(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    text = (tiny_pipeline.data / "data_report.md").read_text()
+    for section in (
+        "## Cleaning ledger",
+        "## Identity resolution",
+        "## Customers: RFM segments",
+        "## Sequences",
+    ):
+        assert section in text
+    pngs = sorted((tiny_pipeline.data / "data_report_files").glob("*.png"))
+    assert {p.name for p in pngs} >= {"events_per_day.png", "ledger.png", "identity.png", "segments.png"}
+    assert all(p.stat().st_size > 5_000 for p in pngs)
+
+
 def test_scores_have_one_row_per_customer(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
     snap = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE)
     scores = pq.read_table(tiny_pipeline.scores).to_pandas()
