@@ -40,6 +40,7 @@ REJECT_REASONS = (
     R_BAD_QUANTITY,
     R_BAD_PRICE,
 )
+R_ERASED = "erased"  # not a reject: the person was erased; counted in the ledger, stored nowhere
 IS_DUPLICATE = "is_duplicate"
 
 EVENT_COLUMNS = (
@@ -190,13 +191,33 @@ def accepted_events(marked: ir.Table) -> ir.Table:
 
 
 def rejected_rows(marked: ir.Table) -> ir.Table:
-    """Rejected rows with their reason (identifiers already pseudonymised)."""
-    return marked.filter(marked[S.REJECT_REASON].notnull()).drop(IS_DUPLICATE)
+    """Rejected rows with their reason (identifiers already pseudonymised); erased rows are not kept."""
+    reason = marked[S.REJECT_REASON]
+    return marked.filter(reason.notnull() & (reason != R_ERASED)).drop(IS_DUPLICATE)
+
+
+def mark_erased(t: ir.Table, erased: ir.Table) -> ir.Table:
+    """Set ``reason`` to ``erased`` on rows carrying an identifier key of an erased person.
+
+    ``erased`` has (identifier_type, identifier_key); it takes precedence over every other reason.
+    """
+    hits = [
+        t[col].isin(erased.filter(erased[S.IDENTIFIER_TYPE] == id_type)[S.IDENTIFIER_KEY]).fill_null(False)
+        for id_type, col in S.IDENTIFIER_KEY_COLUMNS.items()
+        if col in t.columns
+    ]
+    if not hits:
+        return t
+    is_erased = hits[0]
+    for h in hits[1:]:
+        is_erased = is_erased | h
+    return t.mutate(**{S.REJECT_REASON: ibis.ifelse(is_erased, R_ERASED, t[S.REJECT_REASON])})
 
 
 def count_outcomes(marked: ir.Table) -> ir.Table:
     """Row counts per (source, outcome, reason) — the body of the ledger."""
     outcome = ibis.cases(
+        (marked[S.REJECT_REASON] == R_ERASED, "erased"),
         (marked[S.REJECT_REASON].notnull(), "rejected"),
         (marked[IS_DUPLICATE], "merged_duplicate"),
         else_="accepted",

@@ -22,7 +22,7 @@ import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
-from data_prep import clusters, pii, segments, sessions
+from data_prep import clusters, erasure, pii, segments, sessions
 from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
@@ -155,6 +155,7 @@ def build_ledger(counts: pd.DataFrame, raw_rows: dict[str, int]) -> dict[str, An
             "n_accepted": by_outcome.get("accepted", 0),
             "n_merged_duplicate": by_outcome.get("merged_duplicate", 0),
             "n_rejected": by_outcome.get("rejected", 0),
+            "n_erased": by_outcome.get("erased", 0),
             "rejected_by_reason": dict(sorted(reasons.items())),
         }
         entry["balanced"] = entry["n_raw"] == sum(by_outcome.values())
@@ -200,9 +201,10 @@ def build_events_layer(
     pos = pseudonymise_columns(con, raw_tables["pos"], POS_IDENTIFIERS, key)
     crm = pseudonymise_columns(con, raw_tables["crm"], CRM_IDENTIFIERS, key)
 
+    erased = con.create_table("_erased", erasure.erased_keys(), overwrite=True)
     unified = ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))
-    marked = ev.mark_duplicates(unified).cache()
-    members = ev.mark_duplicates(ev.clean_members(crm)).cache()
+    marked = ev.mark_duplicates(ev.mark_erased(unified, erased)).cache()
+    members = ev.mark_duplicates(ev.mark_erased(ev.clean_members(crm), erased)).cache()
     events = _write(con, ev.accepted_events(marked), out_dir / S.EVENTS_FILE, m)
     keep_members = members.filter(members[S.REJECT_REASON].isnull() & ~members[ev.IS_DUPLICATE])
     members_out = _write(

@@ -120,11 +120,14 @@ def plot_sequence_lengths(snapshot: Path, path: Path) -> None:
 
 
 def _ledger_table(ledger: dict[str, Any]) -> str:
-    rows = ["| source | raw | accepted | duplicates | rejected | balanced |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| source | raw | accepted | duplicates | rejected | erased | balanced |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s, e in ledger["sources"].items():
         rows.append(
             f"| {s} | {e['n_raw']:,} | {e['n_accepted']:,} | {e['n_merged_duplicate']:,} | "
-            f"{e['n_rejected']:,} | {'yes' if e['balanced'] else '**NO**'} |"
+            f"{e['n_rejected']:,} | {e.get('n_erased', 0):,} | {'yes' if e['balanced'] else '**NO**'} |"
         )
     return "\n".join(rows)
 

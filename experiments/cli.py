@@ -246,6 +246,33 @@ def report(run: Annotated[Path, typer.Option(help="run folder")]) -> None:
 
 
 @app.command()
+def erase(
+    identifier: Annotated[
+        str, typer.Option(help="TYPE:VALUE, e.g. email:alice@mail.com or phone:13800138000")
+    ],
+    data: Annotated[Path, typer.Option(help="prepared data folder (01_raw … 05_scores)")] = Path(
+        "data/synthetic"
+    ),
+    runs_dir: Annotated[Path, typer.Option(help="runs to check for retraining")] = Path("runs"),
+    artifacts: Annotated[Path, typer.Option(help="bundles to check for retraining")] = Path("artifacts"),
+) -> None:
+    """Erase a person from every layer, keep them out of later runs, and flag models built on them."""
+    from data_prep.erasure import erase_person
+
+    id_type, sep, value = identifier.partition(":")
+    with user_errors():
+        if not sep or not value:
+            raise ValueError(f"--identifier must be TYPE:VALUE, got {identifier!r}")
+        result = erase_person(data, id_type, value, [runs_dir, artifacts])
+    console.print(
+        f"erased {len(result.customer_ids)} customer(s), {result.n_identifiers} identifier key(s); "
+        f"{sum(result.rows_removed.values()):,} rows removed from {len(result.rows_removed)} file(s)"
+    )
+    for path in result.marked_for_retraining:
+        console.print(f"  [yellow]retrain required:[/] {path}")
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="root for data/, runs/, artifacts/")] = Path("."),
     customers: Annotated[int, typer.Option(min=100, help="persons in the synthetic retailer")] = 5000,

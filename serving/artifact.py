@@ -6,6 +6,7 @@ Shared by the online service and the batch scorer, so both see exactly the same 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from data_prep.manifest import file_sha256
 from models.encoding import ItemVocabulary
 
 THREADS_ENV = "O2O_ORT_THREADS"
+RETRAIN_MARKER = "RETRAIN_REQUIRED.json"  # written by `o2o erase` (data_prep.erasure)
+log = logging.getLogger(__name__)
 
 
 class BundleError(RuntimeError):
@@ -93,6 +96,10 @@ def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
     if not (bundle_dir / S.BUNDLE_FILE).exists():
         raise BundleError(f"{bundle_dir}: no {S.BUNDLE_FILE}; pass the folder that `o2o export` printed")
     verify_checksums(bundle_dir)
+    if (bundle_dir / RETRAIN_MARKER).exists():
+        log.warning(
+            "%s was built from data that has since had people erased: retrain and re-export", bundle_dir
+        )
     meta = json.loads((bundle_dir / S.BUNDLE_FILE).read_text())
     models = {t: _load_model(bundle_dir / t, threads) for t in meta["models"]}
     return Bundle(bundle_dir, meta["version"], models.get("recommender"), models.get("intent"))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("O2O_PII_KEY", "test-key-not-secret")
+# A private home per test session: the erasure registry of a developer's machine must not leak into tests.
+os.environ["O2O_HOME"] = tempfile.mkdtemp(prefix="o2o-test-home-")
 
 TINY_CUSTOMERS = 300
 
