@@ -121,19 +121,34 @@ def item_vocabulary(events: ir.Table, catalog_items: ir.Table, cutoff: datetime)
     )
 
 
+SEQUENCE = "_sequence"
+
+
+def ordered_collect(t: ir.Table, where: ir.BooleanValue | None = None) -> ir.ArrayValue:
+    """Aggregate: the rows' (ts, event_id, item_id, event_type) as an array of structs, for :func:`unpack`.
+
+    Ordered aggregation (``collect(order_by=...)``) is not available on every engine (Spark); sorting an
+    array of structs is, and sorts by ts, then event_id, the same way everywhere.
+    """
+    fields = {"ts": t[S.TS], "event_id": t[S.EVENT_ID], "item": t[S.ITEM_ID], "type": t[S.EVENT_TYPE]}
+    return ibis.struct(fields).collect(where=where)
+
+
+def unpack(t: ir.Table, column: str = SEQUENCE) -> ir.Table:
+    """Replace a :func:`ordered_collect` column by ``items`` and ``event_types`` lists, oldest first."""
+    ordered = t[column].sort()
+    return t.mutate(
+        **{S.ITEMS: ordered.map(lambda v: v["item"]), S.EVENT_TYPES_COL: ordered.map(lambda v: v["type"])}
+    ).drop(column)
+
+
 def customer_sequences(events: ir.Table, cutoff: datetime) -> ir.Table:
     """customer_id, items, event_types: every item event before ``cutoff``, oldest first.
 
     Ties in time are broken by ``event_id`` so the order is reproducible.
     """
     e = _item_events(_before(events, cutoff))
-    order = [e[S.TS], e[S.EVENT_ID]]
-    return e.group_by(S.CUSTOMER_ID).aggregate(
-        **{
-            S.ITEMS: e[S.ITEM_ID].collect(order_by=order),
-            S.EVENT_TYPES_COL: e[S.EVENT_TYPE].collect(order_by=order),
-        }
-    )
+    return unpack(e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: ordered_collect(e)}))
 
 
 def next_item_targets(events: ir.Table, start: datetime, end: datetime) -> ir.Table:

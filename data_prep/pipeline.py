@@ -119,15 +119,19 @@ def count_raw_rows(t: ir.Table, path: Path) -> int:
 
 
 def pseudonymise_columns(
-    con: ibis.BaseBackend, t: ir.Table, columns: dict[str, tuple[str, str]], key: bytes
+    con: ibis.BaseBackend, source: str, t: ir.Table, columns: dict[str, tuple[str, str]], key: bytes
 ) -> ir.Table:
-    """Replace each raw identifier column by its HMAC key column (one HMAC per distinct raw value)."""
+    """Replace each raw identifier column by its HMAC key column (one HMAC per distinct raw value).
+
+    The lookup tables are named per source and column: Ibis resolves a table by name when the query runs,
+    so a shared name would make one source's expression read another source's lookup.
+    """
     for raw_col, (id_type, key_col) in columns.items():
         distinct = t.select(raw_col).filter(t[raw_col].notnull()).distinct().to_pyarrow()
         values = distinct.column(0).to_pylist()
         keys = pii.pseudonymise_many(id_type, values, key)
         mapping = pa.table({"_raw": pa.array(values, pa.string()), key_col: pa.array(keys, pa.string())})
-        m = con.create_table(f"_map_{key_col}", mapping, overwrite=True)
+        m = con.create_table(f"_map_{source}_{raw_col}", mapping, overwrite=True)
         t = t.left_join(m, t[raw_col] == m["_raw"]).drop(raw_col, "_raw")
     return t
 
@@ -197,9 +201,9 @@ def build_events_layer(
     m = Manifest(S.EVENTS_DIR)
     raw_tables, raw_rows = _read_sources(con, raw, m)
     items, stores = raw_tables["items"], raw_tables["stores"]
-    online = pseudonymise_columns(con, raw_tables["online"], ONLINE_IDENTIFIERS, key)
-    pos = pseudonymise_columns(con, raw_tables["pos"], POS_IDENTIFIERS, key)
-    crm = pseudonymise_columns(con, raw_tables["crm"], CRM_IDENTIFIERS, key)
+    online = pseudonymise_columns(con, "online", raw_tables["online"], ONLINE_IDENTIFIERS, key)
+    pos = pseudonymise_columns(con, "pos", raw_tables["pos"], POS_IDENTIFIERS, key)
+    crm = pseudonymise_columns(con, "crm", raw_tables["crm"], CRM_IDENTIFIERS, key)
 
     erased = con.create_table("_erased", erasure.erased_keys(), overwrite=True)
     unified = ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))

@@ -12,6 +12,7 @@ from datetime import datetime
 import ibis
 import ibis.expr.types as ir
 
+from data_prep import features as fe
 from data_prep import schema as S
 from data_prep.events import UTC_TS
 
@@ -53,12 +54,9 @@ def session_intent_examples(events: ir.Table, start: datetime, end: datetime) ->
     )
     upto = (j[S.TS] < j[ATC_TS]) | ((j[S.TS] == j[ATC_TS]) & (j[S.EVENT_ID] <= j[ATC_EVENT]))
     before, after = j.filter(upto), j.filter(~upto)
-    order = [before[S.TS], before[S.EVENT_ID]]
-    with_item = before[S.ITEM_ID].notnull()
     inputs = before.group_by(S.SESSION_ID).aggregate(
         **{
-            S.ITEMS: before[S.ITEM_ID].collect(order_by=order, where=with_item),
-            S.EVENT_TYPES_COL: before[S.EVENT_TYPE].collect(order_by=order, where=with_item),
+            fe.SEQUENCE: fe.ordered_collect(before, where=before[S.ITEM_ID].notnull()),
             S.SI_N_EVENTS: before.count().cast("float64"),
             S.SI_N_VIEWS: (before[S.EVENT_TYPE] == S.EV_VIEW).sum().cast("float64"),
             S.SI_N_ITEMS: before[S.ITEM_ID].nunique().cast("float64"),
@@ -67,6 +65,7 @@ def session_intent_examples(events: ir.Table, start: datetime, end: datetime) ->
             ),
         }
     )
+    inputs = fe.unpack(inputs)
     bought = after.filter(after[S.EVENT_TYPE] == S.EV_ORDER).select(S.SESSION_ID).distinct()
     bought = bought.mutate(_bought=ibis.literal(1, "int8"))
     out = first.join(inputs, S.SESSION_ID).left_join(bought, S.SESSION_ID)

@@ -86,3 +86,43 @@ def test_report_has_table_and_plot(tiny_pipeline) -> None:  # type: ignore[no-un
         report = write_report(run).read_text()
         assert "| ours | test |" in report and "training_curve.png" in report
         assert (run / "training_curve.png").stat().st_size > 5_000
+
+
+def test_every_raw_identifier_gets_its_key_in_every_source(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    """Regression: lookup tables shared by name across sources once left most online emails unhashed."""
+    import duckdb
+
+    raw = tiny_pipeline.data / S.RAW_DIR
+    events = tiny_pipeline.data / S.EVENTS_DIR / S.EVENTS_FILE
+    pairs = [
+        (
+            "online",
+            f"read_json_auto('{raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE}')",
+            S.ON_EMAIL,
+            S.EMAIL_KEY,
+        ),
+        (
+            "online",
+            f"read_json_auto('{raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE}')",
+            S.ON_ACCOUNT_ID,
+            S.ACCOUNT_KEY,
+        ),
+        (
+            "pos",
+            f"read_csv('{raw / S.RAW_POS_DIR / S.RAW_POS_FILE}', all_varchar=true)",
+            S.POS_PHONE,
+            S.PHONE_KEY,
+        ),
+        (
+            "pos",
+            f"read_csv('{raw / S.RAW_POS_DIR / S.RAW_POS_FILE}', all_varchar=true)",
+            S.POS_LOYALTY_CARD,
+            S.CARD_KEY,
+        ),
+    ]
+    for source, reader, raw_col, key_col in pairs:
+        n_raw = duckdb.sql(f"SELECT count({raw_col}) FROM {reader}").fetchone()[0]  # type: ignore[index]
+        n_key = duckdb.sql(
+            f"SELECT count({key_col}) FROM read_parquet('{events}') WHERE {S.SOURCE} = '{source}'"
+        ).fetchone()[0]  # type: ignore[index]
+        assert n_raw > 0 and n_key == n_raw, (source, raw_col, n_raw, n_key)
