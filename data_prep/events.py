@@ -67,8 +67,19 @@ def _first_reason(checks: list[tuple[ir.BooleanValue, str]]) -> ir.StringValue:
     )
 
 
+def trim(v: ir.StringValue) -> ir.StringValue:
+    """Without leading and trailing whitespace. A regex on purpose: Ibis compiles ``strip()`` for Spark to
+    ``trim(x, ' \\t\\n\\r\\v\\f')``, which Spark reads as literal characters (``view`` became ``iew``)."""
+    return v.re_replace(r"^\s+|\s+$", "")
+
+
+def epoch_seconds(ts: ir.TimestampValue) -> ir.FloatingValue:
+    """Whole seconds since 1970 (floored: engines disagree on fractional seconds), as float64."""
+    return ts.epoch_seconds().floor().cast("float64")
+
+
 def _empty_to_null(v: ir.StringValue) -> ir.StringValue:
-    return v.strip().nullif("")
+    return trim(v).nullif("")
 
 
 def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
@@ -100,7 +111,7 @@ def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
     is_order = etype == S.EV_ORDER
     return raw.select(
         **{
-            S.EVENT_ID: ibis.literal("online:") + raw[S.ON_EVENT_ID].strip(),
+            S.EVENT_ID: ibis.literal("online:") + trim(raw[S.ON_EVENT_ID]),
             S.SOURCE: ibis.literal("online"),
             S.TS: ts,
             S.CHANNEL: raw[S.ON_CHANNEL].lower(),

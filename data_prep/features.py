@@ -15,7 +15,7 @@ import ibis
 import ibis.expr.types as ir
 
 from data_prep import schema as S
-from data_prep.events import UTC_TS
+from data_prep.events import UTC_TS, epoch_seconds
 
 SECONDS_PER_DAY = 86_400.0
 NO_PURCHASE_DAYS = 365.0  # days_since_purchase for a customer who never bought before the cutoff
@@ -173,7 +173,7 @@ def next_item_examples(events: ir.Table, cutoff: datetime, horizon_days: int) ->
 def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
     """One row per customer with any event before ``cutoff``: the :data:`schema.INTENT_FEATURES`."""
     e = _before(events, cutoff)
-    age_days = (_at(cutoff).epoch_seconds() - e[S.TS].epoch_seconds()).cast("float64") / SECONDS_PER_DAY
+    age_days = (epoch_seconds(_at(cutoff)) - epoch_seconds(e[S.TS])) / SECONDS_PER_DAY
     e = e.mutate(_age=age_days)
     is_purchase = e[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES)
     purchase_order = ibis.ifelse(is_purchase, e[S.ORDER_ID], ibis.null("string"))

@@ -19,6 +19,7 @@ A node is the text ``"<identifier type>:<identifier key>"``; the keys are alread
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import ibis
@@ -71,19 +72,28 @@ def identifier_edges(links: ir.Table) -> ir.Table:
     return ibis.union(star, back, distinct=True)
 
 
-def propagate_labels(nodes: ir.Table, edges: ir.Table, max_iter: int = 100) -> ir.Table:
+Materialize = Callable[[ir.Table], ir.Table]
+
+
+def _cache(t: ir.Table) -> ir.Table:
+    return t.cache()
+
+
+def propagate_labels(
+    nodes: ir.Table, edges: ir.Table, max_iter: int = 100, materialize: Materialize = _cache
+) -> ir.Table:
     """Connected components: every node gets the smallest node of its component as ``label``.
 
     Each round gives a node the minimum label among itself and its neighbours, materialised with
     ``cache()``; it stops when a round changes nothing (rounds ≈ component diameter, a handful here).
     """
-    labels = nodes.select(NODE, **{LABEL: nodes[NODE]}).cache()
+    labels = materialize(nodes.select(NODE, **{LABEL: nodes[NODE]}))
     for _ in range(max_iter):
         offered = edges.join(labels, edges.dst == labels[NODE]).select(
             **{NODE: edges.src, LABEL: labels[LABEL]}
         )
         both = ibis.union(labels, offered)
-        new = both.group_by(NODE).aggregate(**{LABEL: both[LABEL].min()}).cache()
+        new = materialize(both.group_by(NODE).aggregate(**{LABEL: both[LABEL].min()}))
         joined = new.join(labels, NODE)
         n_changed = joined.filter(joined[LABEL] != joined[f"{LABEL}_right"]).count().execute()
         labels = new
@@ -110,20 +120,24 @@ def shared_identifiers(pairs: ir.Table, max_anchors: int = DEFAULT_MAX_ANCHORS) 
 
 
 def resolve_identities(
-    links: ir.Table, cutoff: datetime | None = None, max_anchors: int | None = DEFAULT_MAX_ANCHORS
+    links: ir.Table,
+    cutoff: datetime | None = None,
+    max_anchors: int | None = DEFAULT_MAX_ANCHORS,
+    materialize: Materialize = _cache,
 ) -> tuple[ir.Table, ir.Table]:
     """Component labels (node, label) from the records before ``cutoff`` (all when None), and the shared
     identifiers left out of the graph (none when ``max_anchors`` is None: no merge protection)."""
     visible = links if cutoff is None else links.filter(links[S.TS] < ibis.literal(cutoff, type=UTC_TS))
-    visible = visible.select(RECORD, NODE).distinct().cache()
+    visible = materialize(visible.select(RECORD, NODE).distinct())
     if max_anchors is None:
         shared = visible.select(
             NODE, anchor_type=ibis.literal("", "string"), n_anchors=ibis.literal(0)
         ).limit(0)
     else:
-        shared = shared_identifiers(visible, max_anchors).cache()
+        shared = materialize(shared_identifiers(visible, max_anchors))
     kept = visible.anti_join(shared, NODE)
-    return propagate_labels(kept.select(NODE).distinct(), identifier_edges(kept)), shared
+    labels = propagate_labels(kept.select(NODE).distinct(), identifier_edges(kept), materialize=materialize)
+    return labels, shared
 
 
 def identity_map(labels: ir.Table) -> ir.Table:

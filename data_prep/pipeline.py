@@ -16,13 +16,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
-from data_prep import clusters, erasure, pii, segments, sessions
+from data_prep import clusters, engine, erasure, pii, segments, sessions
 from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
@@ -62,12 +61,6 @@ class RawInputError(ValueError):
     """A raw file is missing or lacks a required column; the message names the file and column."""
 
 
-def connect() -> ibis.BaseBackend:
-    con = ibis.duckdb.connect()
-    con.raw_sql("SET TimeZone = 'UTC'")
-    return con
-
-
 def _require(path: Path) -> Path:
     if not path.exists():
         raise RawInputError(f"missing raw file: {path}")
@@ -92,29 +85,18 @@ def _read_csv(con: ibis.BaseBackend, path: Path, required: tuple[str, ...]) -> i
     missing = [c for c in required if c not in header]
     if missing:
         raise RawInputError(f"{path}: missing column(s) {missing}; header has {header}")
-    return con.read_csv(
-        path,
-        columns={c: "VARCHAR" for c in header},
-        header=True,
-        auto_detect=False,
-        delim=",",
-        quote='"',
-        escape='"',
-        strict_mode=True,
-    )
+    return engine.read_csv_text(con, path, header)
 
 
 def _read_online(con: ibis.BaseBackend, path: Path) -> ir.Table:
-    return con.read_json(
-        _require(path), format="newline_delimited", columns={c: "VARCHAR" for c in S.RAW_ONLINE_COLUMNS}
-    )
+    return engine.read_jsonl_text(con, _require(path), list(S.RAW_ONLINE_COLUMNS))
 
 
 def count_raw_rows(t: ir.Table, path: Path) -> int:
     """Parse the whole file now, so a malformed row stops the run here with the file and line named."""
     try:
         return int(t.count().execute())
-    except duckdb.Error as e:
+    except Exception as e:  # the engine's parse error (DuckDB or Spark)
         raise RawInputError(f"{path}: cannot be parsed: {safe_error_text(e)}") from None
 
 
@@ -123,24 +105,23 @@ def pseudonymise_columns(
 ) -> ir.Table:
     """Replace each raw identifier column by its HMAC key column (one HMAC per distinct raw value).
 
-    The lookup tables are named per source and column: Ibis resolves a table by name when the query runs,
-    so a shared name would make one source's expression read another source's lookup.
+    Each lookup is a session table with a name of its own: the engine resolves tables by name when the query
+    runs, so a shared name would let one source's expression read another source's lookup.
     """
     for raw_col, (id_type, key_col) in columns.items():
         distinct = t.select(raw_col).filter(t[raw_col].notnull()).distinct().to_pyarrow()
         values = distinct.column(0).to_pylist()
         keys = pii.pseudonymise_many(id_type, values, key)
         mapping = pa.table({"_raw": pa.array(values, pa.string()), key_col: pa.array(keys, pa.string())})
-        m = con.create_table(f"_map_{source}_{raw_col}", mapping, overwrite=True)
+        m = engine.temp_table(con, mapping)
         t = t.left_join(m, t[raw_col] == m["_raw"]).drop(raw_col, "_raw")
     return t
 
 
 def _write(con: ibis.BaseBackend, expr: ir.Table, path: Path, manifest: Manifest) -> ir.Table:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con.to_parquet(expr, path)
+    engine.write_parquet(con, expr, path)
     manifest.add_output(path)
-    return con.read_parquet(path)
+    return engine.read_parquet(con, path)
 
 
 def build_ledger(counts: pd.DataFrame, raw_rows: dict[str, int]) -> dict[str, Any]:
@@ -205,10 +186,10 @@ def build_events_layer(
     pos = pseudonymise_columns(con, "pos", raw_tables["pos"], POS_IDENTIFIERS, key)
     crm = pseudonymise_columns(con, "crm", raw_tables["crm"], CRM_IDENTIFIERS, key)
 
-    erased = con.create_table("_erased", erasure.erased_keys(), overwrite=True)
+    erased = engine.temp_table(con, erasure.erased_keys())
     unified = ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))
-    marked = ev.mark_duplicates(ev.mark_erased(unified, erased)).cache()
-    members = ev.mark_duplicates(ev.mark_erased(ev.clean_members(crm), erased)).cache()
+    marked = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(unified, erased)))
+    members = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(ev.clean_members(crm), erased)))
     events = _write(con, ev.accepted_events(marked), out_dir / S.EVENTS_FILE, m)
     keep_members = members.filter(members[S.REJECT_REASON].isnull() & ~members[ev.IS_DUPLICATE])
     members_out = _write(
@@ -233,6 +214,10 @@ def build_events_layer(
     return events, members_out, ledger
 
 
+def _materializer(con: ibis.BaseBackend) -> idn.Materialize:
+    return lambda t: engine.materialize(con, t)
+
+
 def build_customers_layer(
     con: ibis.BaseBackend, events: ir.Table, members: ir.Table, raw: Path, out: Path, key: bytes
 ) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
@@ -241,7 +226,7 @@ def build_customers_layer(
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
     links = _write(con, idn.identifier_links([events, members]), out_dir / S.LINKS_FILE, m)
-    labels, shared = idn.resolve_identities(links)
+    labels, shared = idn.resolve_identities(links, materialize=_materializer(con))
     id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
     shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
     resolved = idn.attach_customers(events, links, id_map).order_by([S.TS, S.EVENT_ID])
@@ -249,7 +234,10 @@ def build_customers_layer(
     _write(con, idn.customer_table(resolved, id_map), out_dir / S.CUSTOMERS_FILE, m)
     metrics = None
     if (raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE).exists():
-        unprotected = idn.identity_map(idn.resolve_identities(links, max_anchors=None)[0]).to_pandas()
+        unprotected_labels, _ = idn.resolve_identities(
+            links, max_anchors=None, materialize=_materializer(con)
+        )
+        unprotected = idn.identity_map(unprotected_labels).to_pandas()
         steps = {
             "deterministic links": unprotected,
             "+ merge protection": with_singletons(id_map.to_pandas(), shared.to_pandas()),
@@ -290,10 +278,10 @@ def identity_metrics(raw: Path, steps: dict[str, pd.DataFrame], key: bytes) -> d
     return {**list(by_step.values())[-1], "steps": by_step}
 
 
-def events_as_of(events: ir.Table, links: ir.Table, cutoff: datetime) -> ir.Table:
-    """Events attributed to the customers that the links before ``cutoff`` resolve (cached)."""
-    id_map = idn.identity_map(idn.resolve_identities(links, cutoff)[0])
-    return idn.attach_customers(events.drop(S.CUSTOMER_ID), links, id_map).cache()
+def events_as_of(con: ibis.BaseBackend, events: ir.Table, links: ir.Table, cutoff: datetime) -> ir.Table:
+    """Events attributed to the customers that the links before ``cutoff`` resolve (materialized)."""
+    id_map = idn.identity_map(idn.resolve_identities(links, cutoff, materialize=_materializer(con))[0])
+    return engine.materialize(con, idn.attach_customers(events.drop(S.CUSTOMER_ID), links, id_map))
 
 
 def build_features_layer(
@@ -310,10 +298,10 @@ def build_features_layer(
     span = events.aggregate(lo=events[S.TS].min(), hi=events[S.TS].max()).to_pandas().iloc[0]
     splits = fe.plan_splits(span.lo.to_pydatetime(), span.hi.to_pydatetime(), horizon_days)
     (out_dir / S.SPLITS_FILE).write_text(splits.to_json())
-    catalog = con.read_parquet(out / S.EVENTS_DIR / S.CATALOG_FILE)
+    catalog = engine.read_parquet(con, out / S.EVENTS_DIR / S.CATALOG_FILE)
     _write(con, fe.item_vocabulary(events, catalog, splits.val), out_dir / S.ITEMS_FILE, m)
     progress("identities as of each cutoff")
-    as_of = {c: events_as_of(events, links, c) for c in (*splits.train_cutoffs, splits.val, splits.test)}
+    as_of = {c: events_as_of(con, events, links, c) for c in (*splits.train_cutoffs, splits.val, splits.test)}
     progress("next-item examples (R2)")
     train_seq = fe.customer_sequences(as_of[splits.val], splits.val)
     train_seq = train_seq.filter(train_seq[S.ITEMS].length() >= 2)
@@ -367,11 +355,17 @@ def write_clusters(out_dir: Path, m: Manifest) -> dict[str, Any]:
     return {"n_clusters": len(profiles), "fit_on": S.split_file("intent", S.SPLIT_TRAIN)}
 
 
-def run_prep(raw: Path, out: Path, horizon_days: int = 14, progress: Progress | None = None) -> PrepResult:
-    """Run every prep layer from ``raw/01_raw`` into ``out``; returns the ledger, metrics and splits."""
+def run_prep(
+    raw: Path,
+    out: Path,
+    horizon_days: int = 14,
+    progress: Progress | None = None,
+    engine_name: str = engine.DUCKDB,
+) -> PrepResult:
+    """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark)."""
     say = progress or (lambda _msg: None)
     key = pii.load_key()
-    con = connect()
+    con = engine.connect(engine_name)
     say("unify + clean + pseudonymise (02_events)")
     events, members, ledger = build_events_layer(con, raw, out, key)
     say("resolve identities (03_customers)")

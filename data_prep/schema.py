@@ -27,6 +27,19 @@ ON_QUANTITY = "quantity"  # int | null (cart and order events)
 ON_PRICE = "price"  # float | null, unit price in the shop currency
 ON_ORDER_ID = "order_id"  # str | null (order events: one event per order line)
 ON_EMAIL = "email"  # str | null, the contact email typed at checkout (order events)
+ON_IP = "ip"  # str | null, client IPv4 address (personal data: prep hashes it)
+ON_USER_AGENT = "user_agent"  # str | null, short client description, e.g. "O2OApp/5.2.1 (iOS 18.1)"
+
+# 01_raw/online/accounts.csv — one row per online account (export of the account system; covers every
+# account_id that appears in events.jsonl).
+RAW_ACCOUNTS_FILE = "accounts.csv"
+ACC_ACCOUNT_ID = "account_id"
+ACC_EMAIL = "email"  # email given at registration (format as typed)
+ACC_CREATED_TS = "created_ts"  # "YYYY-MM-DDTHH:MM:SSZ"
+ACC_CONSENT_ANALYTICS = "consent_analytics"  # CONSENT_YES | CONSENT_NO, as recorded at creation
+ACC_CONSENT_MARKETING = "consent_marketing"  # CONSENT_YES | CONSENT_NO
+CONSENT_YES = "y"
+CONSENT_NO = "n"
 
 # ---------------------------------------------------------------- raw: POS (CSV)
 # 01_raw/pos/pos_lines.csv — one row per till line.
@@ -51,6 +64,8 @@ CRM_PHONE = "phone"
 CRM_EMAIL = "email"  # may be empty
 CRM_SIGNUP_TS = "signup_ts"  # "YYYY-MM-DD HH:MM:SS"
 CRM_SIGNUP_STORE_ID = "signup_store_id"
+CRM_CONSENT_ANALYTICS = "consent_analytics"  # CONSENT_YES | CONSENT_NO, as recorded at sign-up
+CRM_CONSENT_MARKETING = "consent_marketing"  # CONSENT_YES | CONSENT_NO
 
 # ---------------------------------------------------------------- raw: catalogue (CSV)
 RAW_CATALOG_DIR = "catalog"
@@ -77,6 +92,8 @@ RAW_ONLINE_COLUMNS = (
     ON_PRICE,
     ON_ORDER_ID,
     ON_EMAIL,
+    ON_IP,
+    ON_USER_AGENT,
 )
 RAW_POS_COLUMNS = (
     POS_TRANSACTION_ID,
@@ -89,18 +106,99 @@ RAW_POS_COLUMNS = (
     POS_QUANTITY,
     POS_UNIT_PRICE,
 )
-RAW_CRM_COLUMNS = (CRM_LOYALTY_CARD, CRM_PHONE, CRM_EMAIL, CRM_SIGNUP_TS, CRM_SIGNUP_STORE_ID)
+RAW_CRM_COLUMNS = (
+    CRM_LOYALTY_CARD,
+    CRM_PHONE,
+    CRM_EMAIL,
+    CRM_SIGNUP_TS,
+    CRM_SIGNUP_STORE_ID,
+    CRM_CONSENT_ANALYTICS,
+    CRM_CONSENT_MARKETING,
+)
+RAW_ACCOUNT_COLUMNS = (
+    ACC_ACCOUNT_ID,
+    ACC_EMAIL,
+    ACC_CREATED_TS,
+    ACC_CONSENT_ANALYTICS,
+    ACC_CONSENT_MARKETING,
+)
 RAW_ITEM_COLUMNS = (CAT_ITEM_ID, CAT_CATEGORY, CAT_PRICE)
 RAW_STORE_COLUMNS = (CAT_STORE_ID, CAT_CITY)
 
 # ---------------------------------------------------------------- ground truth (never read by prep)
 GROUND_TRUTH_DIR = "ground_truth"
-GT_IDENTIFIERS_FILE = "identifiers.csv"  # identifier_type, identifier (raw value), person_id
-GT_PERSONS_FILE = "persons.csv"  # person_id, kind, propensity
+GT_IDENTIFIERS_FILE = "identifiers.csv"  # GT_IDENTIFIER_COLUMNS: one row per (raw value, person using it)
+GT_PERSONS_FILE = "persons.csv"  # GT_PERSON_COLUMNS
 GT_IDENTIFIER = "identifier"  # raw value exactly as written in the raw files
 GT_PERSON_ID = "person_id"
 GT_KIND = "kind"  # "online_only" | "offline_only" | "omni"
 GT_PROPENSITY = "propensity"
+# identifiers.csv: a raw value names one person unless ``sharing`` says otherwise.
+GT_VALID_FROM = "valid_from"  # ISO date from which the value is this person's (inclusive); empty = open
+GT_VALID_TO = "valid_to"  # ISO date until which it is (exclusive); empty = open; set for recycled numbers
+GT_SHARING = "sharing"  # one of SHARING_KINDS
+SHARING_PERSONAL = "personal"  # one person's own identifier
+SHARING_HOUSEHOLD = "household"  # a phone a household types at the till: listed once per member using it
+SHARING_KIOSK = "kiosk"  # an in-store device used by many persons: listed once per person using it
+SHARING_RECYCLED = "recycled"  # a phone number reassigned from one person to another on a date
+SHARING_KINDS = (SHARING_PERSONAL, SHARING_HOUSEHOLD, SHARING_KIOSK, SHARING_RECYCLED)
+GT_IDENTIFIER_TYPE = "identifier_type"  # one of IDENTIFIER_TYPES (same name as IDENTIFIER_TYPE below)
+GT_IDENTIFIER_COLUMNS = (
+    GT_IDENTIFIER_TYPE,
+    GT_IDENTIFIER,
+    GT_PERSON_ID,
+    GT_VALID_FROM,
+    GT_VALID_TO,
+    GT_SHARING,
+)
+# persons.csv: the person's kind, any change of channel mix, household and latest consent choice.
+GT_LATER_KIND = "later_kind"  # kind from shift_date on (== kind when the mix never changes)
+GT_SHIFT_DATE = "shift_date"  # ISO date the channel mix changed; empty = never
+GT_HOUSEHOLD_ID = "household_id"  # "H000123" for members of a household sharing a phone; empty = none
+GT_CONSENT_ANALYTICS = "consent_analytics"  # latest choice over CRM + account records; empty = never asked
+GT_CONSENT_MARKETING = "consent_marketing"
+GT_PERSON_COLUMNS = (
+    GT_PERSON_ID,
+    GT_KIND,
+    GT_PROPENSITY,
+    GT_LATER_KIND,
+    GT_SHIFT_DATE,
+    GT_HOUSEHOLD_ID,
+    GT_CONSENT_ANALYTICS,
+    GT_CONSENT_MARKETING,
+)
+# faults.csv: one row per data-quality fault injected into the raw files (prep may read it only to score
+# its cleaning).
+GT_FAULTS_FILE = "faults.csv"
+GT_FAULT_SOURCE = "source"  # "online" | "pos" | "crm"
+GT_FAULT_ROW_KEY = "row_key"  # online: event_id; pos: "<transaction_id>:<line_no>"; crm: loyalty_card
+GT_FAULT = "fault"  # one of FAULTS
+GT_FAULT_ORIGINAL_KEY = "original_key"  # resent: the original event_id; return: the purchase line returned
+GT_FAULT_COLUMNS = (GT_FAULT_SOURCE, GT_FAULT_ROW_KEY, GT_FAULT, GT_FAULT_ORIGINAL_KEY)
+FAULT_EXACT_DUPLICATE = "exact_duplicate"  # a byte-identical second copy of a row (row_key repeats)
+FAULT_RESENT = "resent"  # an online event sent again: new event_id, every other field identical
+FAULT_MISSING_TIMESTAMP = "missing_timestamp"  # ts (signup_ts) null / empty
+FAULT_MISSING_ITEM = "missing_item_id"  # item_id null / empty on an item event or POS line
+FAULT_MALFORMED_TIMESTAMP = "malformed_timestamp"  # garbage or another format, e.g. "05/01/2026 10:22"
+FAULT_NEGATIVE_QUANTITY = "negative_quantity"  # POS quantity sign flipped on a purchase line
+FAULT_RETURN = "return"  # a POS return: later line, same item and identifiers, quantity < 0
+FAULT_ZERO_PRICE = "zero_price"  # price / unit_price 0
+FAULT_INFLATED_PRICE = "inflated_price"  # price / unit_price 1000x the true one
+FAULT_UNKNOWN_ITEM = "unknown_item"  # item_id not in items.csv
+FAULT_UNKNOWN_STORE = "unknown_store"  # store_id not in stores.csv (every line of the transaction)
+FAULTS = (
+    FAULT_EXACT_DUPLICATE,
+    FAULT_RESENT,
+    FAULT_MISSING_TIMESTAMP,
+    FAULT_MISSING_ITEM,
+    FAULT_MALFORMED_TIMESTAMP,
+    FAULT_NEGATIVE_QUANTITY,
+    FAULT_RETURN,
+    FAULT_ZERO_PRICE,
+    FAULT_INFLATED_PRICE,
+    FAULT_UNKNOWN_ITEM,
+    FAULT_UNKNOWN_STORE,
+)
 
 # ---------------------------------------------------------------- identifier types
 ID_DEVICE = "device"

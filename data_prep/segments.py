@@ -14,7 +14,7 @@ import ibis
 import ibis.expr.types as ir
 
 from data_prep import schema as S
-from data_prep.events import UTC_TS
+from data_prep.events import UTC_TS, epoch_seconds
 
 SECONDS_PER_DAY = 86_400.0
 NO_PURCHASE_SEGMENT = "no purchase yet"
@@ -47,7 +47,7 @@ def _purchases_before(events: ir.Table, cutoff: datetime) -> ir.Table:
 def rfm_values(events: ir.Table, cutoff: datetime) -> ir.Table:
     """customer_id, recency_days (since the last purchase), frequency (distinct orders), monetary (spend)."""
     e = _purchases_before(events, cutoff)
-    age = (ibis.literal(cutoff, type=UTC_TS).epoch_seconds() - e[S.TS].epoch_seconds()).cast("float64")
+    age = epoch_seconds(ibis.literal(cutoff, type=UTC_TS)) - epoch_seconds(e[S.TS])
     return e.group_by(S.CUSTOMER_ID).aggregate(
         **{
             S.RFM_RECENCY: age.min() / SECONDS_PER_DAY,

@@ -14,7 +14,7 @@ import ibis.expr.types as ir
 
 from data_prep import features as fe
 from data_prep import schema as S
-from data_prep.events import UTC_TS
+from data_prep.events import UTC_TS, epoch_seconds
 
 ATC_TS = "atc_ts"
 ATC_EVENT = "_atc_event"
@@ -60,9 +60,7 @@ def session_intent_examples(events: ir.Table, start: datetime, end: datetime) ->
             S.SI_N_EVENTS: before.count().cast("float64"),
             S.SI_N_VIEWS: (before[S.EVENT_TYPE] == S.EV_VIEW).sum().cast("float64"),
             S.SI_N_ITEMS: before[S.ITEM_ID].nunique().cast("float64"),
-            S.SI_SECONDS: (before[ATC_TS].max().epoch_seconds() - before[S.TS].min().epoch_seconds()).cast(
-                "float64"
-            ),
+            S.SI_SECONDS: epoch_seconds(before[ATC_TS].max()) - epoch_seconds(before[S.TS].min()),
         }
     )
     inputs = fe.unpack(inputs)

@@ -77,12 +77,17 @@ def generate(
     customers: Annotated[int, typer.Option(min=10, help="number of persons")] = 5000,
     seed: Annotated[int, typer.Option(help="random seed; same seed → identical files")] = 0,
     days: Annotated[int, typer.Option(min=60, help="days of history")] = 120,
+    faults: Annotated[
+        bool, typer.Option(help="inject data-quality faults at realistic rates (ground_truth/faults.csv)")
+    ] = True,
 ) -> None:
     """Write a seeded synthetic O2O retailer (raw exports + ground truth)."""
-    from data_prep.generate import RetailerSpec, generate_retailer
+    from data_prep.generate import NO_FAULTS, FaultRates, RetailerSpec, generate_retailer
 
     with user_errors():
-        spec = RetailerSpec(n_customers=customers, seed=seed, n_days=days)
+        spec = RetailerSpec(
+            n_customers=customers, seed=seed, n_days=days, faults=FaultRates() if faults else NO_FAULTS
+        )
     with user_errors(), console.status("generating synthetic retailer"):
         result = generate_retailer(out, spec, progress=_say)
     console.print(
@@ -137,12 +142,13 @@ def prep(
         Path | None, typer.Option(help="folder for 02_events..04_features (default: --raw)")
     ] = None,
     horizon_days: Annotated[int, typer.Option(min=1, help="label / target window after each cutoff")] = 14,
+    engine: Annotated[str, typer.Option(help="duckdb (embedded) | spark (needs the spark extra)")] = "duckdb",
 ) -> None:
     """Unify, clean, pseudonymise, resolve identities and build features/labels/splits (Ibis on DuckDB)."""
     from data_prep.pipeline import run_prep
 
     with user_errors():
-        result = run_prep(raw, out or raw, horizon_days, progress=_say)
+        result = run_prep(raw, out or raw, horizon_days, progress=_say, engine_name=engine)
     for source, entry in result.ledger["sources"].items():
         console.print(
             f"{source}: {entry['n_raw']:,} raw = {entry['n_accepted']:,} accepted + "

@@ -1,29 +1,35 @@
-"""Tests of the synthetic O2O retailer: file layout, determinism, ground truth and the simulated behaviour."""
+"""Tests of the synthetic O2O retailer: file layout, determinism and chunking, ground truth, and the simulated
+behaviour (on a fault-free retailer). Identity fragmentation, consent and faults: test_synthetic_realism.py."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from data_prep import schema as S
-from data_prep.generate import GeneratedRetailer, RetailerSpec, generate_retailer, render_identifier
+from data_prep.generate import (
+    NO_FAULTS,
+    FaultRates,
+    GeneratedRetailer,
+    RetailerSpec,
+    generate_retailer,
+    render_identifier,
+)
 
 SPEC = RetailerSpec(n_customers=200, seed=7, n_days=30, n_items=120, n_categories=8, n_stores=4)
+CLEAN = replace(SPEC, n_customers=1500, n_days=60, faults=NO_FAULTS)
 START = pd.Timestamp(SPEC.start, tz="UTC")
-END = START + pd.Timedelta(days=SPEC.n_days)
 
-ONLINE_COLUMNS = list(S.RAW_ONLINE_COLUMNS)
-POS_COLUMNS = list(S.RAW_POS_COLUMNS)
-CRM_COLUMNS = list(S.RAW_CRM_COLUMNS)
-GT_ID = "identifier"  # the raw value column of ground_truth/identifiers.csv
 ONLINE_IDS = {S.ON_DEVICE_ID: S.ID_DEVICE, S.ON_ACCOUNT_ID: S.ID_ACCOUNT, S.ON_EMAIL: S.ID_EMAIL}
+ACCOUNT_IDS = {S.ACC_ACCOUNT_ID: S.ID_ACCOUNT, S.ACC_EMAIL: S.ID_EMAIL}
 POS_IDS = {S.POS_LOYALTY_CARD: S.ID_CARD, S.POS_PHONE: S.ID_PHONE}
 CRM_IDS = {S.CRM_LOYALTY_CARD: S.ID_CARD, S.CRM_PHONE: S.ID_PHONE, S.CRM_EMAIL: S.ID_EMAIL}
-FORMATS = {
+CANONICAL = {
     S.ID_DEVICE: r"d-[0-9a-f]{12}",
     S.ID_ACCOUNT: r"acct-\d+",
     S.ID_EMAIL: r"[a-z]+\.[a-z]+\d+@[a-z0-9]+\.com",
@@ -32,139 +38,202 @@ FORMATS = {
 }
 
 
+def online(r: GeneratedRetailer) -> pd.DataFrame:
+    return _online(r.raw_dir / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE).copy()
+
+
+@cache
+def _online(path: Path) -> pd.DataFrame:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return pd.DataFrame(rows, columns=list(S.RAW_ONLINE_COLUMNS)).astype(object)
+
+
+def csv(path: Path) -> pd.DataFrame:
+    """Every field as text; empty fields stay empty strings."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def pos(r: GeneratedRetailer) -> pd.DataFrame:
+    return csv(r.raw_dir / S.RAW_POS_DIR / S.RAW_POS_FILE)
+
+
+def crm(r: GeneratedRetailer) -> pd.DataFrame:
+    return csv(r.raw_dir / S.RAW_CRM_DIR / S.RAW_CRM_FILE)
+
+
+def accounts(r: GeneratedRetailer) -> pd.DataFrame:
+    return csv(r.raw_dir / S.RAW_ONLINE_DIR / S.RAW_ACCOUNTS_FILE)
+
+
+def truth(r: GeneratedRetailer, name: str = S.GT_IDENTIFIERS_FILE) -> pd.DataFrame:
+    return csv(r.ground_truth_dir / name)
+
+
+def raw_identifiers(r: GeneratedRetailer) -> pd.DataFrame:
+    """(identifier_type, identifier, source) for every identifier value written in a raw file; source is
+    "online" (events and accounts), "pos" or "crm"."""
+    parts = []
+    for frame, columns, source in (
+        (online(r), ONLINE_IDS, "online"),
+        (accounts(r), ACCOUNT_IDS, "online"),
+        (pos(r), POS_IDS, "pos"),
+        (crm(r), CRM_IDS, "crm"),
+    ):
+        for column, id_type in columns.items():
+            values = frame[column][frame[column].notna() & (frame[column] != "")]
+            parts.append(
+                pd.DataFrame({S.IDENTIFIER_TYPE: id_type, S.GT_IDENTIFIER: values, "source": source})
+            )
+    return pd.concat(parts, ignore_index=True).drop_duplicates()
+
+
 @pytest.fixture(scope="module")
 def retailer(tmp_path_factory: pytest.TempPathFactory) -> GeneratedRetailer:
     return generate_retailer(tmp_path_factory.mktemp("retailer"), SPEC)
 
 
-def _online(r: GeneratedRetailer) -> pd.DataFrame:
-    lines = (r.raw_dir / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE).read_text().splitlines()
-    return pd.DataFrame([json.loads(line) for line in lines], columns=ONLINE_COLUMNS).astype(object)
-
-
-def _csv(path: Path) -> pd.DataFrame:
-    """Every field as text; empty fields stay empty strings."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def _pos(r: GeneratedRetailer) -> pd.DataFrame:
-    return _csv(r.raw_dir / S.RAW_POS_DIR / S.RAW_POS_FILE)
-
-
-def _crm(r: GeneratedRetailer) -> pd.DataFrame:
-    return _csv(r.raw_dir / S.RAW_CRM_DIR / S.RAW_CRM_FILE)
-
-
-def _raw_identifiers(r: GeneratedRetailer) -> pd.DataFrame:
-    """(identifier_type, identifier, source) for every identifier value written in a raw file; source is
-    "online", "pos" or "crm"."""
-    parts = []
-    for frame, columns, source in (
-        (_online(r), ONLINE_IDS, "online"),
-        (_pos(r), POS_IDS, "pos"),
-        (_crm(r), CRM_IDS, "crm"),
-    ):
-        for column, id_type in columns.items():
-            values = frame[column][frame[column].notna() & (frame[column] != "")]
-            parts.append(pd.DataFrame({S.IDENTIFIER_TYPE: id_type, GT_ID: values, "source": source}))
-    return pd.concat(parts, ignore_index=True).drop_duplicates()
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> GeneratedRetailer:
+    return generate_retailer(tmp_path_factory.mktemp("clean"), CLEAN)
 
 
 def test_writes_every_file_with_exactly_the_schema_columns(retailer: GeneratedRetailer) -> None:
-    raw, truth = retailer.raw_dir, retailer.ground_truth_dir
+    raw, gt = retailer.raw_dir, retailer.ground_truth_dir
     assert raw == retailer.raw_dir.parent / "01_raw"
     expected = {
-        raw / S.RAW_POS_DIR / S.RAW_POS_FILE: POS_COLUMNS,
-        raw / S.RAW_CRM_DIR / S.RAW_CRM_FILE: CRM_COLUMNS,
-        raw / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE: [S.CAT_ITEM_ID, S.CAT_CATEGORY, S.CAT_PRICE],
-        raw / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE: [S.CAT_STORE_ID, S.CAT_CITY],
-        truth / S.GT_IDENTIFIERS_FILE: [S.IDENTIFIER_TYPE, GT_ID, S.GT_PERSON_ID],
-        truth / S.GT_PERSONS_FILE: [S.GT_PERSON_ID, S.GT_KIND, S.GT_PROPENSITY],
+        raw / S.RAW_ONLINE_DIR / S.RAW_ACCOUNTS_FILE: S.RAW_ACCOUNT_COLUMNS,
+        raw / S.RAW_POS_DIR / S.RAW_POS_FILE: S.RAW_POS_COLUMNS,
+        raw / S.RAW_CRM_DIR / S.RAW_CRM_FILE: S.RAW_CRM_COLUMNS,
+        raw / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE: S.RAW_ITEM_COLUMNS,
+        raw / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE: S.RAW_STORE_COLUMNS,
+        gt / S.GT_IDENTIFIERS_FILE: S.GT_IDENTIFIER_COLUMNS,
+        gt / S.GT_PERSONS_FILE: S.GT_PERSON_COLUMNS,
+        gt / S.GT_FAULTS_FILE: S.GT_FAULT_COLUMNS,
     }
     for path, columns in expected.items():
-        assert list(_csv(path).columns) == columns, path
+        assert tuple(csv(path).columns) == columns, path
     lines = (raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE).read_text().splitlines()
     assert lines
-    assert all(list(json.loads(line)) == ONLINE_COLUMNS for line in lines)
+    assert all(tuple(json.loads(line)) == S.RAW_ONLINE_COLUMNS for line in lines)
+    assert {S.ON_IP, S.ON_USER_AGENT} <= set(S.RAW_ONLINE_COLUMNS)
+    assert {S.CRM_CONSENT_ANALYTICS, S.CRM_CONSENT_MARKETING} <= set(S.RAW_CRM_COLUMNS)
 
 
 def test_counts_match_the_files(retailer: GeneratedRetailer) -> None:
-    assert retailer.n_online_events == len(_online(retailer)) > 0
-    assert retailer.n_pos_lines == len(_pos(retailer)) > 0
-    assert retailer.n_members == len(_crm(retailer)) > 0
-    assert retailer.n_persons == SPEC.n_customers == len(_csv(retailer.ground_truth_dir / S.GT_PERSONS_FILE))
+    assert retailer.n_online_events == len(online(retailer)) > 0
+    assert retailer.n_pos_lines == len(pos(retailer)) > 0
+    assert retailer.n_members == len(crm(retailer)) > 0
+    assert retailer.n_accounts == len(accounts(retailer)) > 0
+    assert retailer.n_faults == len(truth(retailer, S.GT_FAULTS_FILE)) > 0
+    assert retailer.n_persons == SPEC.n_customers == len(truth(retailer, S.GT_PERSONS_FILE))
+
+
+def _files(r: GeneratedRetailer) -> dict[Path, bytes]:
+    root = r.raw_dir.parent
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_same_spec_gives_identical_bytes_and_another_seed_does_not(
     retailer: GeneratedRetailer, tmp_path: Path
 ) -> None:
-    again = generate_retailer(tmp_path / "again", SPEC)
-    other = generate_retailer(tmp_path / "other", replace(SPEC, seed=SPEC.seed + 1))
-    files = sorted(
-        p.relative_to(retailer.raw_dir.parent) for p in retailer.raw_dir.parent.rglob("*") if p.is_file()
-    )
-    assert len(files) == 7
-    for rel in files:
-        assert (retailer.raw_dir.parent / rel).read_bytes() == (again.raw_dir.parent / rel).read_bytes(), rel
-    online = Path(S.RAW_ONLINE_DIR) / S.RAW_ONLINE_FILE
-    assert (retailer.raw_dir / online).read_bytes() != (other.raw_dir / online).read_bytes()
+    first, again = _files(retailer), _files(generate_retailer(tmp_path / "again", SPEC))
+    assert len(first) == 9 and first == again
+    other = _files(generate_retailer(tmp_path / "other", replace(SPEC, seed=SPEC.seed + 1)))
+    online_file = Path(S.RAW_DIR) / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE
+    assert first[online_file] != other[online_file]
 
 
-def test_ground_truth_lists_exactly_the_raw_identifiers_each_with_one_person(
-    retailer: GeneratedRetailer,
-) -> None:
-    truth = _csv(retailer.ground_truth_dir / S.GT_IDENTIFIERS_FILE)
-    assert not truth.duplicated([S.IDENTIFIER_TYPE, GT_ID]).any()
-    listed = set(zip(truth[S.IDENTIFIER_TYPE], truth[GT_ID], strict=True))
-    raw = _raw_identifiers(retailer)
-    assert set(zip(raw[S.IDENTIFIER_TYPE], raw[GT_ID], strict=True)) == listed
-    assert set(truth[S.IDENTIFIER_TYPE]) == set(S.IDENTIFIER_TYPES)
-    persons = set(_csv(retailer.ground_truth_dir / S.GT_PERSONS_FILE)[S.GT_PERSON_ID])
-    assert set(truth[S.GT_PERSON_ID]) <= persons
+def test_chunked_generation_is_deterministic_and_ids_stay_unique_across_chunks(tmp_path: Path) -> None:
+    spec = replace(SPEC, n_customers=300, chunk_size=120, faults=NO_FAULTS)
+    a = generate_retailer(tmp_path / "a", spec)
+    assert _files(a) == _files(generate_retailer(tmp_path / "b", spec))
+    persons = truth(a, S.GT_PERSONS_FILE)[S.GT_PERSON_ID]
+    assert list(persons) == [f"P{i:06d}" for i in range(1, 301)]
+    events = online(a)
+    assert events[S.ON_EVENT_ID].is_unique and len(events) == a.n_online_events
+    sessions = events.groupby(S.ON_SESSION_ID)[S.ON_DEVICE_ID].nunique()
+    assert (sessions == 1).all()  # a session id never spans two chunks' sessions
+    lines = pos(a)
+    assert not lines.duplicated([S.POS_TRANSACTION_ID, S.POS_LINE_NO]).any()
+    baskets = lines.groupby(S.POS_TRANSACTION_ID)[[S.POS_TS, S.POS_STORE_ID]].nunique()
+    assert (baskets == 1).all().all()
+    ids = truth(a)
+    personal = ids[ids[S.GT_SHARING] == S.SHARING_PERSONAL]
+    assert not personal.duplicated([S.IDENTIFIER_TYPE, S.GT_IDENTIFIER]).any()
+    assert ids[S.GT_PERSON_ID].isin(set(persons)).all()
+    kiosk_persons = ids[ids[S.GT_SHARING] == S.SHARING_KIOSK][S.GT_PERSON_ID]
+    assert kiosk_persons.str[1:].astype(int).max() > 120  # kiosk users from more than the first chunk
 
 
-def test_identifiers_have_their_canonical_format(retailer: GeneratedRetailer) -> None:
-    raw = _raw_identifiers(retailer)
-    for id_type, pattern in FORMATS.items():
-        values = raw.loc[raw[S.IDENTIFIER_TYPE] == id_type, GT_ID]
+def test_ground_truth_lists_exactly_the_raw_identifiers(retailer: GeneratedRetailer) -> None:
+    ids = truth(retailer)
+    assert not ids.duplicated([S.IDENTIFIER_TYPE, S.GT_IDENTIFIER, S.GT_PERSON_ID]).any()
+    listed = set(zip(ids[S.IDENTIFIER_TYPE], ids[S.GT_IDENTIFIER], strict=True))
+    raw = raw_identifiers(retailer)
+    assert set(zip(raw[S.IDENTIFIER_TYPE], raw[S.GT_IDENTIFIER], strict=True)) == listed
+    assert set(ids[S.IDENTIFIER_TYPE]) == set(S.IDENTIFIER_TYPES)
+    assert set(ids[S.GT_SHARING]) <= set(S.SHARING_KINDS)
+    owners = ids.groupby([S.IDENTIFIER_TYPE, S.GT_IDENTIFIER])[S.GT_PERSON_ID].nunique()
+    shared = ids.groupby([S.IDENTIFIER_TYPE, S.GT_IDENTIFIER])[S.GT_SHARING].agg(set)
+    assert all(shared[k] != {S.SHARING_PERSONAL} for k in owners[owners > 1].index)
+    persons = set(truth(retailer, S.GT_PERSONS_FILE)[S.GT_PERSON_ID])
+    assert set(ids[S.GT_PERSON_ID]) <= persons
+
+
+def test_without_format_noise_identifiers_have_their_canonical_format(tmp_path: Path) -> None:
+    r = generate_retailer(tmp_path, replace(SPEC, format_noise=0.0))
+    raw = raw_identifiers(r)
+    for id_type, pattern in CANONICAL.items():
+        values = raw.loc[raw[S.IDENTIFIER_TYPE] == id_type, S.GT_IDENTIFIER]
         assert len(values) and values.str.fullmatch(pattern).all(), id_type
+
+
+def test_render_identifier_writes_each_format() -> None:
+    phones = [render_identifier(S.ID_PHONE, "13800138000", v) for v in range(6)]
+    assert phones[:4] == ["+86 138-0013-8000", "13800138000", "(+86) 138 0013 8000", "0086 13800138000"]
     assert render_identifier(S.ID_PHONE, "13800138000") == "+86 138-0013-8000"
-    assert render_identifier(S.ID_EMAIL, "alice.wang42@mail.com") == "alice.wang42@mail.com"
+    emails = [render_identifier(S.ID_EMAIL, "alice.wang42@mail.com", v) for v in range(5)]
+    assert emails[0] == "alice.wang42@mail.com" and " Alice.Wang42@Mail.com " in emails
+    cards = [render_identifier(S.ID_CARD, "LC0123456789", v) for v in range(3)]
+    assert cards == ["LC0123456789", "lc0123456789", "LC 0123 4567 89"]
+    assert render_identifier(S.ID_DEVICE, "d-0123456789ab") == "d-0123456789ab"
 
 
-def test_online_fields_follow_the_event_type(retailer: GeneratedRetailer) -> None:
-    online = _online(retailer)
-    etype = online[S.ON_EVENT_TYPE]
+def test_online_fields_follow_the_event_type(clean: GeneratedRetailer) -> None:
+    events = online(clean)
+    etype = events[S.ON_EVENT_TYPE]
     assert set(etype) == set(S.ONLINE_EVENT_TYPES)
-    assert set(online[S.ON_CHANNEL]) <= set(S.ONLINE_CHANNELS)
-    assert online[S.ON_EVENT_ID].is_unique
-    assert online[S.ON_DEVICE_ID].notna().all()
+    assert set(events[S.ON_CHANNEL]) <= set(S.ONLINE_CHANNELS)
+    assert events[S.ON_EVENT_ID].is_unique
+    assert events[S.ON_DEVICE_ID].notna().all()
     search = etype == S.EV_SEARCH
-    assert (online[S.ON_ITEM_ID].isna() == search).all()
-    assert (online[S.ON_QUERY].notna() == search).all()
+    assert (events[S.ON_ITEM_ID].isna() == search).all()
+    assert (events[S.ON_QUERY].notna() == search).all()
     priced = etype.isin([S.EV_ADD_TO_CART, S.EV_REMOVE_FROM_CART, S.EV_ORDER])
-    assert (online[S.ON_QUANTITY].notna() == priced).all() and (online[S.ON_PRICE].notna() == priced).all()
-    assert (online.loc[priced, S.ON_QUANTITY] >= 1).all() and (online.loc[priced, S.ON_PRICE] > 0).all()
+    assert (events[S.ON_QUANTITY].notna() == priced).all() and (events[S.ON_PRICE].notna() == priced).all()
+    assert (events.loc[priced, S.ON_QUANTITY] >= 1).all() and (events.loc[priced, S.ON_PRICE] > 0).all()
+    assert events[S.ON_IP].str.fullmatch(r"\d{1,3}(\.\d{1,3}){3}").all()
+    assert events[S.ON_USER_AGENT].str.len().between(10, 80).all()
 
 
-def test_order_lines_carry_order_id_and_checkout_email(retailer: GeneratedRetailer) -> None:
-    online = _online(retailer)
-    is_order = online[S.ON_EVENT_TYPE] == S.EV_ORDER
-    orders = online[is_order]
+def test_order_lines_carry_order_id_and_checkout_email(clean: GeneratedRetailer) -> None:
+    events = online(clean)
+    is_order = events[S.ON_EVENT_TYPE] == S.EV_ORDER
+    orders = events[is_order]
     assert len(orders) and orders[S.ON_ORDER_ID].notna().all() and orders[S.ON_EMAIL].notna().all()
-    assert online.loc[~is_order, [S.ON_ORDER_ID, S.ON_EMAIL]].isna().all().all()
+    assert events.loc[~is_order, [S.ON_ORDER_ID, S.ON_EMAIL]].isna().all().all()
     per_order = orders.groupby(S.ON_ORDER_ID)[[S.ON_TS, S.ON_SESSION_ID, S.ON_EMAIL]].nunique()
     assert (per_order == 1).all().all()
     assert orders.groupby(S.ON_ORDER_ID).size().max() > 1  # some orders have several lines
 
 
-def test_sessions_follow_the_funnel(retailer: GeneratedRetailer) -> None:
+def test_sessions_follow_the_funnel(clean: GeneratedRetailer) -> None:
     """Carts, removals and orders only touch items viewed earlier in the session; a removal follows a cart."""
-    online = _online(retailer)
+    events = online(clean)
     seen: dict[str, set[str]] = {}
     carted: dict[str, set[str]] = {}
     for session, etype, item in zip(
-        online[S.ON_SESSION_ID], online[S.ON_EVENT_TYPE], online[S.ON_ITEM_ID], strict=True
+        events[S.ON_SESSION_ID], events[S.ON_EVENT_TYPE], events[S.ON_ITEM_ID], strict=True
     ):
         if etype == S.EV_VIEW:
             seen.setdefault(session, set()).add(item)
@@ -173,81 +242,95 @@ def test_sessions_follow_the_funnel(retailer: GeneratedRetailer) -> None:
             carted.setdefault(session, set()).add(item)
         elif etype == S.EV_REMOVE_FROM_CART:
             assert item in carted.get(session, set()), (session, item)
-    assert len(carted) > len(set(online.loc[online[S.ON_EVENT_TYPE] == S.EV_ORDER, S.ON_SESSION_ID]))
+    assert len(carted) > len(set(events.loc[events[S.ON_EVENT_TYPE] == S.EV_ORDER, S.ON_SESSION_ID]))
 
 
-def test_timestamps_parse_and_lie_in_the_window(retailer: GeneratedRetailer) -> None:
-    online_ts = _online(retailer)[S.ON_TS]
+def test_timestamps_parse_and_lie_in_the_window(clean: GeneratedRetailer) -> None:
+    end = START + pd.Timedelta(days=CLEAN.n_days)
+    online_ts = online(clean)[S.ON_TS]
     assert online_ts.str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z").all()
-    online = pd.to_datetime(online_ts, format="%Y-%m-%dT%H:%M:%S.%fZ", utc=True)
-    pos = pd.to_datetime(_pos(retailer)[S.POS_TS], format="%Y-%m-%d %H:%M:%S", utc=True)
-    for ts in (online, pos):
-        assert ts.min() >= START and ts.max() < END
-    assert online.is_monotonic_increasing
-    signup = pd.to_datetime(_crm(retailer)[S.CRM_SIGNUP_TS], format="%Y-%m-%d %H:%M:%S", utc=True)
-    assert signup.max() < END
+    events = pd.to_datetime(online_ts, format="%Y-%m-%dT%H:%M:%S.%fZ", utc=True)
+    lines = pd.to_datetime(pos(clean)[S.POS_TS], format="%Y-%m-%d %H:%M:%S", utc=True)
+    for ts in (events, lines):
+        assert ts.min() >= START and ts.max() < end
+    assert events.is_monotonic_increasing  # one chunk: rows in time order
+    signup = pd.to_datetime(crm(clean)[S.CRM_SIGNUP_TS], format="%Y-%m-%d %H:%M:%S", utc=True)
+    created = pd.to_datetime(accounts(clean)[S.ACC_CREATED_TS], format="%Y-%m-%dT%H:%M:%SZ", utc=True)
+    assert signup.max() < end and created.max() < end and created.is_monotonic_increasing
 
 
 def test_every_kind_appears(retailer: GeneratedRetailer) -> None:
-    persons = _csv(retailer.ground_truth_dir / S.GT_PERSONS_FILE)
-    assert set(persons[S.GT_KIND]) == {"online_only", "offline_only", "omni"}
+    persons = truth(retailer, S.GT_PERSONS_FILE)
+    kinds = {"online_only", "offline_only", "omni"}
+    assert set(persons[S.GT_KIND]) == kinds and set(persons[S.GT_LATER_KIND]) <= kinds
     assert persons[S.GT_PERSON_ID].is_unique
     assert (persons[S.GT_PROPENSITY].astype(float) > 0).all()
 
 
-def test_identifiers_appear_where_the_persons_kind_shops(retailer: GeneratedRetailer) -> None:
-    truth = _csv(retailer.ground_truth_dir / S.GT_IDENTIFIERS_FILE)
-    raw = _raw_identifiers(retailer).merge(truth, on=[S.IDENTIFIER_TYPE, GT_ID])
+def test_identifiers_appear_where_the_persons_kind_shops(clean: GeneratedRetailer) -> None:
+    ids = truth(clean)
+    raw = raw_identifiers(clean).merge(ids, on=[S.IDENTIFIER_TYPE, S.GT_IDENTIFIER])
     sources = raw.groupby(S.GT_PERSON_ID)["source"].agg(set)
-    kind = _csv(retailer.ground_truth_dir / S.GT_PERSONS_FILE).set_index(S.GT_PERSON_ID)[S.GT_KIND]
-    seen_in = sources.reindex(kind.index).apply(lambda s: s if isinstance(s, set) else set())
-    assert all(s == {"online"} for s in seen_in[kind == "online_only"])
-    assert not any("online" in s for s in seen_in[kind == "offline_only"])
-    omni = seen_in[kind == "omni"]
+    persons = truth(clean, S.GT_PERSONS_FILE).set_index(S.GT_PERSON_ID)
+    seen_in = sources.reindex(persons.index).apply(lambda s: s if isinstance(s, set) else set())
+    steady = persons[S.GT_SHIFT_DATE] == ""
+    kind = persons[S.GT_KIND]
+    # household phones and kiosk devices name several persons: only a person's own identifiers count here
+    own = raw[raw[S.GT_SHARING] == S.SHARING_PERSONAL].groupby(S.GT_PERSON_ID)["source"].agg(set)
+    own = own.reindex(persons.index).apply(lambda s: s if isinstance(s, set) else set())
+    assert all(s <= {"online"} for s in own[steady & (kind == "online_only")])
+    assert not any("online" in s for s in seen_in[steady & (kind == "offline_only")])
+    omni = seen_in[steady & (kind == "omni")]
     assert sum({"online", "pos"} <= s for s in omni) >= 0.4 * len(omni)  # seen shopping in both
     assert sum({"online", "crm"} <= s for s in omni) >= 0.5 * len(omni)  # members: linkable offline
+    shifted = persons[~steady & (persons[S.GT_KIND] == "online_only") & (persons[S.GT_LATER_KIND] == "omni")]
+    assert len(shifted) and sum("pos" in s or "crm" in s for s in seen_in[shifted.index]) >= 0.5 * len(
+        shifted
+    )
 
 
-def test_omni_persons_link_through_email_and_phone(retailer: GeneratedRetailer) -> None:
-    truth = _csv(retailer.ground_truth_dir / S.GT_IDENTIFIERS_FILE).set_index([S.IDENTIFIER_TYPE, GT_ID])
-    online, pos, crm = _online(retailer), _pos(retailer), _crm(retailer)
-    shared_emails = set(online[S.ON_EMAIL].dropna()) & set(crm[S.CRM_EMAIL])
-    assert shared_emails
-    phone_only = pos[(pos[S.POS_LOYALTY_CARD] == "") & (pos[S.POS_PHONE] != "")]
-    assert len(phone_only) and set(phone_only[S.POS_PHONE]) & set(crm[S.CRM_PHONE])
-    assert (crm[S.CRM_PHONE] != "").all()
-    assert 0.4 < (crm[S.CRM_EMAIL] != "").mean() < 0.95
-    for _, row in crm.iterrows():  # one member = one person across card, phone and email
-        owners = {
-            truth.loc[(S.ID_CARD, row[S.CRM_LOYALTY_CARD]), S.GT_PERSON_ID],
-            truth.loc[(S.ID_PHONE, row[S.CRM_PHONE]), S.GT_PERSON_ID],
-        }
-        if row[S.CRM_EMAIL]:
-            owners.add(truth.loc[(S.ID_EMAIL, row[S.CRM_EMAIL]), S.GT_PERSON_ID])
-        assert len(owners) == 1
-
-
-def test_stores_are_busier_at_weekends(retailer: GeneratedRetailer) -> None:
-    pos = _pos(retailer).drop_duplicates(S.POS_TRANSACTION_ID)
-    days = pd.to_datetime(pos[S.POS_TS]).dt.normalize()
-    per_day = days.value_counts().reindex(pd.date_range(SPEC.start, periods=SPEC.n_days), fill_value=0)
+def test_stores_are_busier_at_weekends(clean: GeneratedRetailer) -> None:
+    baskets = pos(clean).drop_duplicates(S.POS_TRANSACTION_ID)
+    days = pd.to_datetime(baskets[S.POS_TS]).dt.normalize()
+    per_day = days.value_counts().reindex(pd.date_range(CLEAN.start, periods=CLEAN.n_days), fill_value=0)
     weekend = per_day.index.weekday >= 5
     assert per_day[weekend].mean() > 1.3 * per_day[~weekend].mean()
 
 
+def test_promotion_weeks_are_busier_and_cheaper(tmp_path: Path) -> None:
+    spec = replace(CLEAN, n_customers=1000, promo_lift=2.0)
+    events = online(generate_retailer(tmp_path, spec))
+    items = csv(tmp_path / S.RAW_DIR / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE).set_index(S.CAT_ITEM_ID)
+    orders = events[events[S.ON_EVENT_TYPE] == S.EV_ORDER]
+    list_price = items.loc[orders[S.ON_ITEM_ID], S.CAT_PRICE].astype(float).to_numpy()
+    discounted = orders[S.ON_PRICE].astype(float).to_numpy() < list_price - 0.005
+    day = pd.to_datetime(events[S.ON_TS]).dt.normalize()
+    promo_days = set(pd.to_datetime(orders[S.ON_TS]).dt.normalize()[discounted])
+    assert 7 <= len(promo_days) <= 14  # spec.n_days = 60, a week every 45 days: one or two weeks
+    is_promo = day.isin(promo_days)
+    per_day = day.value_counts()
+    assert (
+        per_day[per_day.index.isin(promo_days)].mean() > 1.4 * per_day[~per_day.index.isin(promo_days)].mean()
+    )
+    assert is_promo.any() and not discounted.all()
+
+
 def test_single_kind_retailers_leave_the_other_channel_empty(tmp_path: Path) -> None:
-    offline = generate_retailer(tmp_path / "off", RetailerSpec(n_customers=20, kind_shares=(0.0, 1.0, 0.0)))
-    assert offline.n_online_events == 0 and offline.n_pos_lines > 0
+    spec = RetailerSpec(n_customers=20, kind_shares=(0.0, 1.0, 0.0), channel_shift_share=0.0)
+    offline = generate_retailer(tmp_path / "off", spec)
+    assert offline.n_online_events == 0 and offline.n_pos_lines > 0 and offline.n_accounts == 0
     assert (offline.raw_dir / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE).read_bytes() == b""
-    online = generate_retailer(tmp_path / "on", RetailerSpec(n_customers=20, kind_shares=(1.0, 0.0, 0.0)))
-    assert online.n_pos_lines == 0 and online.n_members == 0 and online.n_online_events > 0
-    assert list(_pos(online).columns) == POS_COLUMNS
+    assert tuple(accounts(offline).columns) == S.RAW_ACCOUNT_COLUMNS
+    only_online = generate_retailer(tmp_path / "on", replace(spec, kind_shares=(1.0, 0.0, 0.0)))
+    assert only_online.n_pos_lines == 0 and only_online.n_members == 0 and only_online.n_online_events > 0
+    assert tuple(pos(only_online).columns) == S.RAW_POS_COLUMNS
 
 
-def test_progress_reports_each_phase(tmp_path: Path) -> None:
+def test_progress_reports_the_world_and_each_chunk(tmp_path: Path) -> None:
     messages: list[str] = []
-    generate_retailer(tmp_path, RetailerSpec(n_customers=10, n_days=7), progress=messages.append)
-    assert len(messages) >= 5 and all(isinstance(m, str) and m for m in messages)
+    spec = RetailerSpec(n_customers=25, n_days=7, chunk_size=10)
+    generate_retailer(tmp_path, spec, progress=messages.append)
+    assert len(messages) == 1 + spec.n_chunks == 4 and all(isinstance(m, str) and m for m in messages)
 
 
 @pytest.mark.parametrize(
@@ -259,8 +342,26 @@ def test_progress_reports_each_phase(tmp_path: Path) -> None:
         {"member_share": 1.5},
         {"follow_share": 0.9, "repeat_share": 0.2},
         {"start": "not a date"},
+        {"chunk_size": 0},
+        {"chunk_size": 1_000_000},
+        {"n_customers": 10_000, "chunk_size": 5},
+        {"n_kiosks": 13},
+        {"household_share": 0.9, "recycled_phone_share": 0.1},
+        {"promo_interval_days": 3},
+        {"promo_lift": 0.5},
+        {"format_noise": -0.1},
+        {"faults": "none"},
     ],
 )
 def test_spec_rejects_inconsistent_values(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RetailerSpec(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"exact_duplicate": 1.5}, {"resent": -0.1}, {"missing_field": 0.6, "unknown_item": 0.6}]
+)
+def test_fault_rates_reject_inconsistent_values(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        FaultRates(**bad)
+    assert not FaultRates.none().any and FaultRates().any

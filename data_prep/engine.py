@@ -1,0 +1,144 @@
+"""Execution engines for the prep pipeline: the same Ibis expressions on DuckDB (default) or PySpark.
+
+Only reading raw files, writing Parquet and opening a session differ by engine; every transformation is
+engine-neutral Ibis. Parquet outputs are single files on both engines, so later stages (and people) read
+the same layout whichever engine wrote it.
+
+Spark is an optional extra (``pip install -e .[spark]``, needs Java 17+). Differences worth knowing: Spark's
+CSV reader pads a row with too few fields with nulls instead of failing (the row is then rejected by
+validation, so nothing is lost), and it runs in local mode here (``local[*]``) unless
+``O2O_SPARK_MASTER`` names a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DUCKDB = "duckdb"
+SPARK = "spark"
+ENGINES = (DUCKDB, SPARK)
+DUCKDB_MEMORY_ENV = "O2O_DUCKDB_MEMORY"  # e.g. "2GB": DuckDB spills to disk beyond it
+SPARK_MASTER_ENV = "O2O_SPARK_MASTER"
+
+
+def engine_name(con: ibis.BaseBackend) -> str:
+    return SPARK if con.name == "pyspark" else DUCKDB
+
+
+def connect(engine: str = DUCKDB) -> ibis.BaseBackend:
+    """A session for ``engine`` with UTC as the session time zone."""
+    if engine == DUCKDB:
+        con = ibis.duckdb.connect()
+        con.raw_sql("SET TimeZone = 'UTC'")
+        if memory := os.environ.get(DUCKDB_MEMORY_ENV):
+            con.raw_sql(f"SET memory_limit = '{memory}'")
+        return con
+    if engine == SPARK:
+        return _spark()
+    raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
+
+
+def _spark() -> ibis.BaseBackend:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as e:
+        raise RuntimeError(
+            "the spark engine needs the spark extra: pip install -e '.[spark]' (and Java 17+)"
+        ) from e
+    session = (
+        SparkSession.builder.master(os.environ.get(SPARK_MASTER_ENV, "local[*]"))
+        .appName("o2o-prep")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="o2o-spark-"))
+        .config("spark.driver.memory", os.environ.get("O2O_SPARK_DRIVER_MEMORY", "2g"))
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    return ibis.pyspark.connect(session)
+
+
+def temp_table(con: ibis.BaseBackend, data: pa.Table | pd.DataFrame) -> ir.Table:
+    """Register in-memory data as a session table with a name of its own (a lookup, a key list).
+
+    Explicit registration rather than ``ibis.memtable``: Spark does not see a memtable that is first used
+    inside a cached expression, and engines resolve tables by name when a query runs.
+    """
+    name = f"_o2o_{uuid.uuid4().hex}"
+    if engine_name(con) == SPARK:
+        frame = data.to_pandas() if isinstance(data, pa.Table) else data
+        session = con._session  # type: ignore[attr-defined]
+        schema = _string_schema(list(frame.columns))  # lookups and key lists are text
+        session.createDataFrame(
+            frame.astype(object).where(frame.notna(), None), schema=schema
+        ).createOrReplaceTempView(name)
+        return con.table(name)
+    return con.create_table(name, data, temp=True)
+
+
+def materialize(con: ibis.BaseBackend, expr: ir.Table) -> ir.Table:
+    """Compute ``expr`` once and reuse the result in later queries.
+
+    DuckDB caches it as a temporary table. Spark checkpoints it locally, cutting the lineage, because iterative
+    steps such as label propagation otherwise build ever deeper query plans.
+    """
+    if engine_name(con) == SPARK:
+        name = f"_o2o_{uuid.uuid4().hex}"
+        con._session.sql(ibis.to_sql(expr, dialect="pyspark")).localCheckpoint().createOrReplaceTempView(name)  # type: ignore[attr-defined]
+        return con.table(name)
+    return expr.cache()
+
+
+def read_csv_text(con: ibis.BaseBackend, path: Path, columns: list[str]) -> ir.Table:
+    """A CSV with a header, every column read as text (strict RFC-4180 quoting)."""
+    if engine_name(con) == SPARK:
+        return con.read_csv(str(path), schema=_string_schema(columns), header=True, quote='"', escape='"')
+    return con.read_csv(
+        path,
+        columns={c: "VARCHAR" for c in columns},
+        header=True,
+        auto_detect=False,
+        delim=",",
+        quote='"',
+        escape='"',
+        strict_mode=True,
+    )
+
+
+def read_jsonl_text(con: ibis.BaseBackend, path: Path, columns: list[str]) -> ir.Table:
+    """Newline-delimited JSON, the given keys as text columns (absent keys are null)."""
+    if engine_name(con) == SPARK:
+        return con.read_json(str(path), schema=_string_schema(columns), mode="FAILFAST")
+    return con.read_json(path, format="newline_delimited", columns={c: "VARCHAR" for c in columns})
+
+
+def _string_schema(columns: list[str]):  # type: ignore[no-untyped-def]
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    return StructType([StructField(c, StringType()) for c in columns])
+
+
+def write_parquet(con: ibis.BaseBackend, expr: ir.Table, path: Path) -> None:
+    """One Parquet file at ``path`` (Spark would write a folder of parts; we stream its rows instead)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if engine_name(con) == DUCKDB:
+        con.to_parquet(expr, path)
+        return
+    reader = con.to_pyarrow_batches(expr)
+    with pq.ParquetWriter(path, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+
+
+def read_parquet(con: ibis.BaseBackend, path: Path) -> ir.Table:
+    return con.read_parquet(str(path) if engine_name(con) == SPARK else path)

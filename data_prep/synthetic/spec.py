@@ -1,0 +1,179 @@
+"""Knobs of the synthetic retailer (:class:`RetailerSpec`, :class:`FaultRates`) and what a run reports.
+
+Defaults are the realistic retailer every command uses; each knob says what it controls in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+
+MAX_CHUNK_SIZE = 200_000  # ids of online orders leave room for 10^7 per chunk
+MAX_CHUNKS = 1000  # ... and for 1000 chunks
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Data-quality faults injected into the raw files, each a chance per *eligible* raw row (a price fault
+    only hits priced rows, ...). A row gets at most one fault; every fault is listed in
+    ``ground_truth/faults.csv``. :meth:`none` (all zero) gives a fault-free retailer."""
+
+    exact_duplicate: float = 0.01  # online, POS and CRM rows written twice, byte-identical
+    resent: float = 0.005  # online events sent again: a new event_id, every other field identical
+    missing_field: float = 0.003  # online / POS / CRM rows missing the timestamp, or (half) the item id
+    malformed_timestamp: float = 0.002  # online / POS / CRM timestamps that are garbage or in another format
+    negative_quantity: float = 0.001  # POS purchase lines whose quantity sign is flipped
+    returns: float = 0.02  # POS lines returned later: a new line, same item, store and card, quantity < 0
+    absurd_price: float = 0.001  # priced online events / POS lines at price 0 (half) or 1000x (half)
+    unknown_item: float = 0.002  # online item events / POS lines naming an item missing from items.csv
+    unknown_store: float = 0.002  # POS transactions naming a store missing from stores.csv
+
+    def __post_init__(self) -> None:
+        rates = [getattr(self, f.name) for f in fields(self)]
+        if not all(0.0 <= r <= 1.0 for r in rates):
+            raise ValueError("fault rates must lie in [0, 1]")
+        if sum(rates) - self.unknown_store - self.returns > 1.0:
+            raise ValueError("row fault rates (all but returns and unknown_store) must sum to <= 1")
+
+    @classmethod
+    def none(cls) -> FaultRates:
+        """Every rate zero: the raw files hold no injected fault."""
+        return cls(**{f.name: 0.0 for f in fields(cls)})
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) > 0 for f in fields(self))
+
+
+NO_FAULTS = FaultRates.none()
+
+
+@dataclass(frozen=True)
+class RetailerSpec:
+    """Knobs of the synthetic retailer. Defaults: 5k persons over 120 days, ~0.43M online events, ~46k POS
+    lines, ~2.4k loyalty members, ~3.6k online accounts, ~11k injected faults (seed 0; ~2 s, ~0.4 GB).
+    The same spec always gives byte-identical files; chunk_size is part of the spec."""
+
+    n_customers: int = 5000  # persons simulated (all kinds)
+    seed: int = 0  # seed of the world and of every chunk's generator
+    start: str = "2026-01-05"  # first day of the export window, UTC
+    n_days: int = 120  # length of the export window in days
+    n_items: int = 600  # catalogue size
+    n_categories: int = 24  # item categories (named after retail words)
+    n_stores: int = 12  # physical stores
+    kind_shares: tuple[float, float, float] = (0.35, 0.30, 0.35)  # online_only, offline_only, omni
+    online_missions_per_day: float = 0.09  # online missions a day at propensity 1 (omni: times omni_rate)
+    store_missions_per_day: float = 0.06  # store visits a day at propensity 1 (omni: times omni_rate)
+    omni_rate: float = 0.7  # omni persons split their shopping over both channels
+    buy_half_propensity: float = 1.5  # propensity at which an online mission ends in a purchase half the time
+    late_join_share: float = 0.2  # persons whose activity starts inside the window
+    lapse_share: float = 0.25  # persons who stop shopping for good partway through the window
+    webrooming_share: float = 0.3  # buying online missions of omni persons that end in a store the next day
+    follow_share: float = 0.45  # missions whose target is a complement of the previous mission's target
+    repeat_share: float = 0.15  # missions whose target is the previous mission's target again
+    complement_step: float = 0.35  # chance the next viewed item is a complement of the current one
+    same_category_step: float = 0.45  # chance it is another item of the current category (else: a jump)
+    n_complements: int = 3  # complement items per item
+    # rhythms (the weekly and daily rhythm of each channel is fixed)
+    seasonal_amplitude: float = 0.15  # yearly swing of daily volume (+-share), peaking in mid-December
+    promo_interval_days: int = 45  # a promotion week every this many days (0: no promotions)
+    promo_lift: float = 1.5  # online mission rate multiplier in promotion weeks (stores: half the lift)
+    promo_discount: float = 0.15  # price cut on every item during promotion weeks
+    channel_shift_share: float = 0.1  # persons whose channel mix changes on a day inside the window
+    # identities
+    member_share: float = 0.7  # persons who ever shop in store holding a loyalty card
+    crm_email_share: float = 0.7  # members who gave the CRM their email
+    account_share: float = 0.98  # persons who ever shop online with an account (the rest check out as guests)
+    never_login_device_share: float = 0.03  # account holders' devices on which they never log in
+    n_kiosks: int = 2  # in-store tablets (one device_id each, in distinct stores), shared by every visitor
+    kiosk_use: float = 0.15  # account holders' visits to a kiosk store that include a kiosk session
+    household_share: float = 0.08  # persons in 2-3 person households typing one phone number at the till
+    recycled_phone_share: float = 0.01  # persons holding a number that belonged to another person before
+    format_noise: float = 0.3  # records writing a phone or email in a non-canonical format (cards: a third)
+    # consent
+    consent_analytics_rate: float = 0.95  # persons who accept analytics
+    consent_marketing_rate: float = 0.6  # persons who accept marketing
+    consent_change_share: float = 0.1  # with two records (CRM + account): the earlier holds the other choice
+    # data quality
+    faults: FaultRates = field(default_factory=FaultRates)  # injected faults (FaultRates.none(): clean)
+    # scale
+    chunk_size: int = 20_000  # persons simulated and written at a time (bounds memory; part of the draw)
+
+    def __post_init__(self) -> None:
+        self._check_sizes()
+        self._check_shares()
+        pd.Timestamp(self.start)  # raises on a malformed date
+        if not isinstance(self.faults, FaultRates):
+            raise ValueError("faults must be a FaultRates")
+
+    def _check_sizes(self) -> None:
+        if min(self.n_customers, self.n_days, self.n_stores, self.n_complements, self.chunk_size) < 1:
+            raise ValueError("n_customers, n_days, n_stores, n_complements and chunk_size must be >= 1")
+        if not 1 <= self.n_categories <= self.n_items:
+            raise ValueError("need 1 <= n_categories <= n_items")
+        if not 0 <= self.n_kiosks <= self.n_stores:
+            raise ValueError("need 0 <= n_kiosks <= n_stores")
+        if self.chunk_size > MAX_CHUNK_SIZE or self.n_chunks > MAX_CHUNKS:
+            raise ValueError(f"need chunk_size <= {MAX_CHUNK_SIZE} and at most {MAX_CHUNKS} chunks")
+        if self.promo_interval_days < 0 or 0 < self.promo_interval_days < 7:
+            raise ValueError("promo_interval_days must be 0 (none) or >= 7")
+
+    def _check_shares(self) -> None:
+        if len(self.kind_shares) != 3 or min(self.kind_shares) < 0 or abs(sum(self.kind_shares) - 1) > 1e-9:
+            raise ValueError("kind_shares must be three non-negative shares summing to 1")
+        shares = (
+            self.omni_rate,
+            self.late_join_share,
+            self.lapse_share,
+            self.webrooming_share,
+            self.member_share,
+            self.crm_email_share,
+            self.account_share,
+            self.seasonal_amplitude,
+            self.promo_discount,
+            self.channel_shift_share,
+            self.never_login_device_share,
+            self.kiosk_use,
+            self.household_share,
+            self.recycled_phone_share,
+            self.format_noise,
+            self.consent_analytics_rate,
+            self.consent_marketing_rate,
+            self.consent_change_share,
+        )
+        if not all(0.0 <= x <= 1.0 for x in shares):
+            raise ValueError("shares and rates must lie in [0, 1]")
+        if self.household_share + 2 * self.recycled_phone_share > 1:
+            raise ValueError("household_share + 2 * recycled_phone_share must be <= 1")
+        if self.follow_share + self.repeat_share > 1 or self.complement_step + self.same_category_step > 1:
+            raise ValueError("follow+repeat and complement_step+same_category_step must be <= 1")
+        rates = (
+            self.online_missions_per_day,
+            self.store_missions_per_day,
+            self.follow_share,
+            self.repeat_share,
+            self.complement_step,
+            self.same_category_step,
+        )
+        if min(rates) < 0 or self.buy_half_propensity <= 0 or self.promo_lift < 1:
+            raise ValueError("rates must be >= 0, buy_half_propensity > 0 and promo_lift >= 1")
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_customers // self.chunk_size)
+
+
+@dataclass(frozen=True)
+class GeneratedRetailer:
+    """Where the files went and how many rows each got (faulty rows and copies included)."""
+
+    raw_dir: Path
+    ground_truth_dir: Path
+    n_persons: int
+    n_online_events: int
+    n_pos_lines: int
+    n_members: int
+    n_accounts: int = 0
+    n_faults: int = 0
