@@ -240,22 +240,72 @@ def count_outcomes(marked: ir.Table) -> ir.Table:
     )
 
 
-def clean_members(raw: ir.Table) -> ir.Table:
-    """CRM members → (event_id, card_key, phone_key, email_key, ts = sign-up time, store_id, reason).
+def _consent(v: ir.StringValue) -> ir.BooleanValue:
+    """y/yes/true/1 → True, n/no/false/0 → False, anything else → null (no recorded choice)."""
+    v = trim(v).lower()
+    return ibis.cases(
+        (v.isin(("y", "yes", "true", "1")), True),
+        (v.isin(("n", "no", "false", "0")), False),
+        else_=ibis.null("boolean"),
+    )
 
-    A member without a usable card is rejected (``missing_id``); phone and email may be missing.
-    """
-    ts = raw[S.CRM_SIGNUP_TS].try_cast(UTC_TS)
-    reason = _first_reason([(raw[S.CARD_KEY].isnull(), R_MISSING_ID), (ts.isnull(), R_BAD_TIMESTAMP)])
-    return raw.select(
+
+PROFILE_COLUMNS = (
+    S.EVENT_ID,
+    S.SOURCE,
+    S.TS,
+    S.STORE_ID,
+    *S.IDENTIFIER_KEY_COLUMNS.values(),
+    S.CONSENT_ANALYTICS,
+    S.CONSENT_MARKETING,
+    S.REJECT_REASON,
+)
+
+
+def _profile(
+    raw: ir.Table, source: str, anchor_key: str, ts: ir.TimestampValue, **values: ir.Value
+) -> ir.Table:
+    reason = _first_reason([(raw[anchor_key].isnull(), R_MISSING_ID), (ts.isnull(), R_BAD_TIMESTAMP)])
+    keys = {
+        col: raw[col] if col in raw.columns else ibis.null("string")
+        for col in S.IDENTIFIER_KEY_COLUMNS.values()
+    }
+    row = {
+        S.EVENT_ID: ibis.literal(f"{source}:") + raw[anchor_key].fill_null(""),
+        S.SOURCE: ibis.literal(source),
+        S.TS: ts,
+        S.STORE_ID: ibis.null("string"),
+        **keys,
+        **values,
+        S.REJECT_REASON: reason,
+    }
+    return raw.select(**row).select(*PROFILE_COLUMNS)
+
+
+def clean_members(raw: ir.Table) -> ir.Table:
+    """CRM members → profile rows (card, phone, email keys; ts = sign-up; consent). No card → ``missing_id``."""
+    return _profile(
+        raw,
+        "crm",
+        S.CARD_KEY,
+        raw[S.CRM_SIGNUP_TS].try_cast(UTC_TS),
         **{
-            S.EVENT_ID: ibis.literal("crm:") + raw[S.CARD_KEY].fill_null(""),
-            S.CARD_KEY: raw[S.CARD_KEY],
-            S.PHONE_KEY: raw[S.PHONE_KEY],
-            S.EMAIL_KEY: raw[S.EMAIL_KEY],
-            S.TS: ts,
             S.STORE_ID: _empty_to_null(raw[S.CRM_SIGNUP_STORE_ID]),
-            S.SOURCE: ibis.literal("crm"),
-            S.REJECT_REASON: reason,
-        }
+            S.CONSENT_ANALYTICS: _consent(raw[S.CRM_CONSENT_ANALYTICS]),
+            S.CONSENT_MARKETING: _consent(raw[S.CRM_CONSENT_MARKETING]),
+        },
+    )
+
+
+def clean_accounts(raw: ir.Table) -> ir.Table:
+    """Online accounts → profile rows (account and registration email keys; ts = creation; consent)."""
+    return _profile(
+        raw,
+        "accounts",
+        S.ACCOUNT_KEY,
+        raw[S.ACC_CREATED_TS].try_cast(UTC_TS),
+        **{
+            S.CONSENT_ANALYTICS: _consent(raw[S.ACC_CONSENT_ANALYTICS]),
+            S.CONSENT_MARKETING: _consent(raw[S.ACC_CONSENT_MARKETING]),
+        },
     )

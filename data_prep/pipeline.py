@@ -39,6 +39,10 @@ ONLINE_IDENTIFIERS = {
     S.ON_EMAIL: (S.ID_EMAIL, S.EMAIL_KEY),
 }
 POS_IDENTIFIERS = {S.POS_LOYALTY_CARD: (S.ID_CARD, S.CARD_KEY), S.POS_PHONE: (S.ID_PHONE, S.PHONE_KEY)}
+ACCOUNT_IDENTIFIERS = {
+    S.ACC_ACCOUNT_ID: (S.ID_ACCOUNT, S.ACCOUNT_KEY),
+    S.ACC_EMAIL: (S.ID_EMAIL, S.EMAIL_KEY),
+}
 CRM_IDENTIFIERS = {
     S.CRM_LOYALTY_CARD: (S.ID_CARD, S.CARD_KEY),
     S.CRM_PHONE: (S.ID_PHONE, S.PHONE_KEY),
@@ -170,14 +174,23 @@ def _read_sources(
         "items": _read_csv(con, paths["items"], S.RAW_ITEM_COLUMNS),
         "stores": _read_csv(con, paths["stores"], S.RAW_STORE_COLUMNS),
     }
-    counts = {name: count_raw_rows(t, paths[name]) for name, t in tables.items()}
-    return tables, {k: counts[k] for k in ("online", "pos", "crm")}
+    accounts = raw_dir / S.RAW_ONLINE_DIR / S.RAW_ACCOUNTS_FILE  # optional: not every retailer exports it
+    if accounts.exists():
+        m.add_input(accounts)
+        paths["accounts"] = accounts
+        tables["accounts"] = _read_csv(con, accounts, S.RAW_ACCOUNT_COLUMNS)
+    else:
+        empty = pd.DataFrame({c: pd.Series(dtype="string") for c in S.RAW_ACCOUNT_COLUMNS})
+        tables["accounts"] = engine.temp_table(con, empty)
+    counts = {name: count_raw_rows(t, paths.get(name, accounts)) for name, t in tables.items()}
+    return tables, {k: counts[k] for k in ("online", "pos", "crm", "accounts")}
 
 
 def build_events_layer(
     con: ibis.BaseBackend, raw: Path, out: Path, key: bytes
 ) -> tuple[ir.Table, ir.Table, dict[str, Any]]:
-    """Write ``02_events``: events, members, catalog, rejects (Parquet), ledger.json and the manifest."""
+    """Write ``02_events``: events, profiles (CRM members + online accounts), catalog, rejects (Parquet),
+    ledger.json and the manifest."""
     out_dir = out / S.EVENTS_DIR
     m = Manifest(S.EVENTS_DIR)
     raw_tables, raw_rows = _read_sources(con, raw, m)
@@ -185,33 +198,33 @@ def build_events_layer(
     online = pseudonymise_columns(con, "online", raw_tables["online"], ONLINE_IDENTIFIERS, key)
     pos = pseudonymise_columns(con, "pos", raw_tables["pos"], POS_IDENTIFIERS, key)
     crm = pseudonymise_columns(con, "crm", raw_tables["crm"], CRM_IDENTIFIERS, key)
+    accounts = pseudonymise_columns(con, "accounts", raw_tables["accounts"], ACCOUNT_IDENTIFIERS, key)
 
     erased = engine.temp_table(con, erasure.erased_keys())
     unified = ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))
     marked = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(unified, erased)))
-    members = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(ev.clean_members(crm), erased)))
+    profiles = ibis.union(ev.clean_members(crm), ev.clean_accounts(accounts))
+    profiles = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(profiles, erased)))
     events = _write(con, ev.accepted_events(marked), out_dir / S.EVENTS_FILE, m)
-    keep_members = members.filter(members[S.REJECT_REASON].isnull() & ~members[ev.IS_DUPLICATE])
-    members_out = _write(
-        con, keep_members.drop(S.REJECT_REASON, ev.IS_DUPLICATE), out_dir / S.MEMBERS_FILE, m
-    )
+    keep = profiles.filter(profiles[S.REJECT_REASON].isnull() & ~profiles[ev.IS_DUPLICATE])
+    profiles_out = _write(con, keep.drop(S.REJECT_REASON, ev.IS_DUPLICATE), out_dir / S.PROFILES_FILE, m)
     rejects = ibis.union(
         ev.rejected_rows(marked).select(S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON),
-        ev.rejected_rows(members).select(S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON),
+        ev.rejected_rows(profiles).select(S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON),
     )
     _write(con, rejects, out_dir / S.REJECTS_FILE, m)
     price = items[S.CAT_PRICE].try_cast("float64")
     _write(
         con, items.select(S.CAT_ITEM_ID, S.CAT_CATEGORY, **{S.CAT_PRICE: price}), out_dir / S.CATALOG_FILE, m
     )
-    counts = pd.concat([ev.count_outcomes(marked).to_pandas(), ev.count_outcomes(members).to_pandas()])
+    counts = pd.concat([ev.count_outcomes(marked).to_pandas(), ev.count_outcomes(profiles).to_pandas()])
     ledger = build_ledger(counts, raw_rows)
     (out_dir / S.LEDGER_FILE).write_text(json.dumps(ledger, indent=2))
     m.extra["ledger"] = ledger
     m.write(out_dir)
     if not ledger["balanced"]:
         raise RuntimeError(f"ledger does not balance: {json.dumps(ledger['sources'])}")
-    return events, members_out, ledger
+    return events, profiles_out, ledger
 
 
 def _materializer(con: ibis.BaseBackend) -> idn.Materialize:
@@ -219,13 +232,13 @@ def _materializer(con: ibis.BaseBackend) -> idn.Materialize:
 
 
 def build_customers_layer(
-    con: ibis.BaseBackend, events: ir.Table, members: ir.Table, raw: Path, out: Path, key: bytes
+    con: ibis.BaseBackend, events: ir.Table, profiles: ir.Table, raw: Path, out: Path, key: bytes
 ) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
     """Write ``03_customers``: timed identifier links, identity map (all records), shared identifiers,
     events with customer_id, customer table and identity metrics. Returns (events, links, metrics)."""
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
-    links = _write(con, idn.identifier_links([events, members]), out_dir / S.LINKS_FILE, m)
+    links = _write(con, idn.identifier_links([events, profiles]), out_dir / S.LINKS_FILE, m)
     labels, shared = idn.resolve_identities(links, materialize=_materializer(con))
     id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
     shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
@@ -367,9 +380,9 @@ def run_prep(
     key = pii.load_key()
     con = engine.connect(engine_name)
     say("unify + clean + pseudonymise (02_events)")
-    events, members, ledger = build_events_layer(con, raw, out, key)
+    events, profiles, ledger = build_events_layer(con, raw, out, key)
     say("resolve identities (03_customers)")
-    resolved, links, metrics = build_customers_layer(con, events, members, raw, out, key)
+    resolved, links, metrics = build_customers_layer(con, events, profiles, raw, out, key)
     say("features, labels and splits (04_features)")
     splits = build_features_layer(con, resolved, links, out, horizon_days, say)
     say("data report")

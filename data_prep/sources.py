@@ -46,7 +46,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from data_prep import schema as S
 
 Progress = Callable[[str], None]
-Kind = Literal["online", "pos", "crm", "items", "stores"]
+Kind = Literal["online", "accounts", "pos", "crm", "items", "stores"]
 Format = Literal["csv", "jsonl", "parquet"]
 
 AMOUNT = "amount"  # POS-only pseudo-column: the line (or order) total; unit_price = amount / quantity
@@ -70,6 +70,9 @@ class CanonicalFile:
 
 CANONICAL: dict[str, CanonicalFile] = {
     "online": CanonicalFile(S.RAW_ONLINE_DIR, S.RAW_ONLINE_FILE, S.RAW_ONLINE_COLUMNS, S.ON_TS, S.ON_PRICE),
+    "accounts": CanonicalFile(
+        S.RAW_ONLINE_DIR, S.RAW_ACCOUNTS_FILE, S.RAW_ACCOUNT_COLUMNS, S.ACC_CREATED_TS, None
+    ),
     "pos": CanonicalFile(S.RAW_POS_DIR, S.RAW_POS_FILE, S.RAW_POS_COLUMNS, S.POS_TS, S.POS_UNIT_PRICE),
     "crm": CanonicalFile(S.RAW_CRM_DIR, S.RAW_CRM_FILE, S.RAW_CRM_COLUMNS, S.CRM_SIGNUP_TS, None),
     "items": CanonicalFile(S.RAW_CATALOG_DIR, S.RAW_ITEMS_FILE, S.RAW_ITEM_COLUMNS, None, S.CAT_PRICE),

