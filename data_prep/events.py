@@ -28,6 +28,10 @@ R_UNKNOWN_ITEM = "unknown_item"
 R_UNKNOWN_STORE = "unknown_store"
 R_BAD_QUANTITY = "bad_quantity"
 R_BAD_PRICE = "bad_price"
+R_UNMATCHED_RETURN = (
+    "unmatched_return"  # negative quantity with no earlier purchase of the item by that customer
+)
+MAX_PRICE_RATIO = 10.0  # a unit price above this multiple of the catalogue price is a keying error
 REJECT_REASONS = (
     R_MISSING_ID,
     R_BAD_TIMESTAMP,
@@ -39,6 +43,7 @@ REJECT_REASONS = (
     R_UNKNOWN_STORE,
     R_BAD_QUANTITY,
     R_BAD_PRICE,
+    R_UNMATCHED_RETURN,
 )
 R_ERASED = "erased"  # not a reject: the person was erased; counted in the ledger, stored nowhere
 IS_DUPLICATE = "is_duplicate"
@@ -82,12 +87,30 @@ def _empty_to_null(v: ir.StringValue) -> ir.StringValue:
     return trim(v).nullif("")
 
 
+def _with_catalogue_price(raw: ir.Table, item_col: str, catalog_items: ir.Table) -> ir.Table:
+    """``raw`` plus ``_cat_price`` (float, null for unknown items), joined on the trimmed item id."""
+    cat = catalog_items.select(
+        _cat_item=trim(catalog_items[S.CAT_ITEM_ID]),
+        _cat_price=catalog_items[S.CAT_PRICE].try_cast("float64"),
+    )
+    cat = cat.group_by("_cat_item").aggregate(_cat_price=cat._cat_price.max())
+    j = raw.left_join(cat, _empty_to_null(raw[item_col]) == cat._cat_item)
+    return j.drop("_cat_item")
+
+
+def _absurd(price: ir.FloatingValue, cat_price: ir.FloatingValue) -> ir.BooleanValue:
+    """Zero, negative, or more than MAX_PRICE_RATIO times the catalogue price."""
+    return (price <= 0) | (cat_price.notnull() & (price > cat_price * MAX_PRICE_RATIO))
+
+
 def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
     """Online events (web/app/mini-program) → unified columns + ``reason`` (null when valid).
 
     ``raw`` has the columns of ``01_raw/online/events.jsonl`` as strings, with ``device_id``/``account_id``/
-    ``email`` replaced by ``device_key``/``account_key``/``email_key``.
+    ``email`` replaced by ``device_key``/``account_key``/``email_key``. Cart and order prices of zero or above
+    ``MAX_PRICE_RATIO`` × the catalogue price are rejected (``bad_price``).
     """
+    raw = _with_catalogue_price(raw, S.ON_ITEM_ID, catalog_items)
     ts = raw[S.ON_TS].try_cast(UTC_TS)
     qty = raw[S.ON_QUANTITY].try_cast("int64")
     price = raw[S.ON_PRICE].try_cast("float64")
@@ -105,7 +128,8 @@ def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
             (has_item & item.isnull(), R_MISSING_ITEM),
             (has_item & ~item.isin(catalog_items[S.CAT_ITEM_ID]), R_UNKNOWN_ITEM),
             (with_qty & (qty.isnull() | (qty <= 0)), R_BAD_QUANTITY),
-            ((etype == S.EV_ORDER) & (price.isnull() | (price <= 0)), R_BAD_PRICE),
+            ((etype == S.EV_ORDER) & price.isnull(), R_BAD_PRICE),
+            (with_qty & price.notnull() & _absurd(price, raw._cat_price), R_BAD_PRICE),
         ]
     )
     is_order = etype == S.EV_ORDER
@@ -134,11 +158,14 @@ def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
 
 
 def unify_pos_lines(raw: ir.Table, catalog_items: ir.Table, stores: ir.Table) -> ir.Table:
-    """POS lines → unified ``purchase`` events + ``reason``. Anonymous baskets (no card, no phone) are valid.
+    """POS lines → unified ``purchase`` (or ``return``) events + ``reason``. Anonymous baskets are valid.
 
     ``raw`` has the columns of ``01_raw/pos/pos_lines.csv`` as strings, with ``loyalty_card``/``phone``
-    replaced by ``card_key``/``phone_key``.
+    replaced by ``card_key``/``phone_key``. A negative quantity is a ``return`` (checked against earlier
+    purchases by :func:`verify_returns`); a zero quantity is rejected; so is a unit price of zero or above
+    ``MAX_PRICE_RATIO`` × the catalogue price.
     """
+    raw = _with_catalogue_price(raw, S.POS_ITEM_ID, catalog_items)
     ts = raw[S.POS_TS].try_cast(UTC_TS)
     qty = raw[S.POS_QUANTITY].try_cast("int64")
     price = raw[S.POS_UNIT_PRICE].try_cast("float64")
@@ -153,17 +180,18 @@ def unify_pos_lines(raw: ir.Table, catalog_items: ir.Table, stores: ir.Table) ->
             (item.isnull(), R_MISSING_ITEM),
             (~item.isin(catalog_items[S.CAT_ITEM_ID]), R_UNKNOWN_ITEM),
             (store.isnull() | ~store.isin(stores[S.CAT_STORE_ID]), R_UNKNOWN_STORE),
-            (qty.isnull() | (qty <= 0), R_BAD_QUANTITY),
-            (price.isnull() | (price <= 0), R_BAD_PRICE),
+            (qty.isnull() | (qty == 0), R_BAD_QUANTITY),
+            (price.isnull() | _absurd(price, raw._cat_price), R_BAD_PRICE),
         ]
     )
+    etype = ibis.ifelse(qty < 0, ibis.literal(S.EV_RETURN), ibis.literal(S.EV_PURCHASE))
     return raw.select(
         **{
             S.EVENT_ID: ibis.literal("pos:") + txn + ibis.literal(":") + line,
             S.SOURCE: ibis.literal("pos"),
             S.TS: ts,
             S.CHANNEL: ibis.literal(S.CHANNEL_STORE),
-            S.EVENT_TYPE: ibis.literal(S.EV_PURCHASE),
+            S.EVENT_TYPE: etype.fill_null(S.EV_PURCHASE),
             S.ITEM_ID: item,
             S.STORE_ID: store,
             S.QUANTITY: qty,
@@ -189,10 +217,56 @@ def mark_duplicates(events: ir.Table) -> ir.Table:
     of every other column) is kept, so the choice is deterministic whatever the row order of the source.
     """
     valid = events[S.REJECT_REASON].isnull()
-    rest = [events[c] for c in events.columns if c not in (S.EVENT_ID, S.TS, S.REJECT_REASON)]
-    order = [events[S.TS], *rest]
-    rank = ibis.row_number().over(group_by=[events[S.EVENT_ID], valid], order_by=order)
-    return events.mutate(**{IS_DUPLICATE: valid & (rank > 0)})
+    rest = [c for c in events.columns if c not in (S.EVENT_ID, S.TS, S.REJECT_REASON)]
+    order = [events[S.TS], *(events[c] for c in rest)]
+    ranked = events.mutate(
+        _id_rank=ibis.row_number().over(group_by=[events[S.EVENT_ID], valid], order_by=order)
+    )
+    is_dup = valid & (ranked._id_rank > 0)
+    if S.SESSION_ID not in events.columns:
+        return ranked.mutate(**{IS_DUPLICATE: is_dup}).drop("_id_rank")
+    # Re-sent online events: a new event_id, everything else identical. Ranked only among rows that survived
+    # the id step, so an exact copy and its original never both count. (Not for POS: two identical lines
+    # in one basket can be real.)
+    ok = ranked[S.REJECT_REASON].isnull()
+    first = ok & (ranked._id_rank == 0) & (ranked[S.SOURCE] == "online")
+    content = [first, ranked[S.TS], *(ranked[c] for c in rest)]
+    resent = ibis.row_number().over(group_by=content, order_by=ranked[S.EVENT_ID])
+    ranked = ranked.mutate(_resent=first & (resent > 0))
+    return ranked.mutate(**{IS_DUPLICATE: (valid & (ranked._id_rank > 0)) | ranked._resent}).drop(
+        "_id_rank", "_resent"
+    )
+
+
+def verify_returns(events: ir.Table) -> ir.Table:
+    """Reject returns that match no earlier purchase of the same item by the same card or phone.
+
+    A genuine return follows a purchase; a negative quantity without one is a keying error (``unmatched_return``).
+    Anonymous returns (no card, no phone) cannot be matched and are rejected too.
+    """
+    purchases = events.filter(events[S.REJECT_REASON].isnull() & (events[S.EVENT_TYPE] == S.EV_PURCHASE))
+    bought = ibis.union(
+        purchases.select(
+            _item=purchases[S.ITEM_ID],
+            _who=ibis.literal("card:") + purchases[S.CARD_KEY],
+            _ts=purchases[S.TS],
+        ),
+        purchases.select(
+            _item=purchases[S.ITEM_ID],
+            _who=ibis.literal("phone:") + purchases[S.PHONE_KEY],
+            _ts=purchases[S.TS],
+        ),
+    ).filter(ibis._["_who"].notnull())
+    first = bought.group_by(["_item", "_who"]).aggregate(_first=bought._ts.min())
+    who = ibis.coalesce(
+        ibis.literal("card:") + events[S.CARD_KEY], ibis.literal("phone:") + events[S.PHONE_KEY]
+    )
+    e = events.mutate(_who=who)
+    j = e.left_join(first, [e[S.ITEM_ID] == first._item, e._who == first._who])
+    is_return = j[S.REJECT_REASON].isnull() & (j[S.EVENT_TYPE] == S.EV_RETURN)
+    unmatched = is_return & (j._first.isnull() | (j._first >= j[S.TS]))
+    reason = ibis.ifelse(unmatched, ibis.literal(R_UNMATCHED_RETURN), j[S.REJECT_REASON])
+    return j.mutate(**{S.REJECT_REASON: reason}).select(*events.columns)
 
 
 def accepted_events(marked: ir.Table) -> ir.Table:

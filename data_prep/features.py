@@ -188,7 +188,7 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
             S.F_N_CARTS_7D: (last7 & (e[S.EVENT_TYPE] == S.EV_ADD_TO_CART)).sum().cast("float64"),
             S.F_N_PURCHASES_30D: purchase_order.nunique(where=last30).cast("float64"),
             S.F_N_PURCHASES_ALL: purchase_order.nunique().cast("float64"),
-            S.F_MONETARY_ALL: e[S.AMOUNT].sum(where=is_purchase).fill_null(0.0),
+            S.F_MONETARY_ALL: e[S.AMOUNT].sum(where=e[S.EVENT_TYPE].isin(S.SPEND_EVENT_TYPES)).fill_null(0.0),
             S.F_N_ONLINE_ALL: (e[S.SOURCE] == "online").sum().cast("float64"),
             S.F_N_STORE_ALL: e[S.ORDER_ID].nunique(where=e[S.SOURCE] == "pos").cast("float64"),
             S.F_DAYS_SINCE_PURCHASE: e._age.min(where=is_purchase).fill_null(NO_PURCHASE_DAYS),

@@ -201,7 +201,9 @@ def build_events_layer(
     accounts = pseudonymise_columns(con, "accounts", raw_tables["accounts"], ACCOUNT_IDENTIFIERS, key)
 
     erased = engine.temp_table(con, erasure.erased_keys())
-    unified = ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))
+    unified = ev.verify_returns(
+        ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))
+    )
     marked = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(unified, erased)))
     profiles = ibis.union(ev.clean_members(crm), ev.clean_accounts(accounts))
     profiles = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(profiles, erased)))

@@ -223,9 +223,11 @@ EV_ADD_TO_CART = "add_to_cart"
 EV_REMOVE_FROM_CART = "remove_from_cart"
 EV_ORDER = "order"  # online order line
 EV_PURCHASE = "purchase"  # store (POS) line
+EV_RETURN = "return"  # store (POS) line with a negative quantity that matches an earlier purchase
 ONLINE_EVENT_TYPES = (EV_VIEW, EV_SEARCH, EV_ADD_TO_CART, EV_REMOVE_FROM_CART, EV_ORDER)
-EVENT_TYPES = (*ONLINE_EVENT_TYPES, EV_PURCHASE)
+EVENT_TYPES = (*ONLINE_EVENT_TYPES, EV_PURCHASE, EV_RETURN)
 PURCHASE_EVENT_TYPES = (EV_ORDER, EV_PURCHASE)
+SPEND_EVENT_TYPES = (EV_ORDER, EV_PURCHASE, EV_RETURN)  # net spend: returns carry negative amounts
 # Kinds of event whose item is a next-item target under protocol R2.
 TARGET_EVENT_TYPES = (EV_ADD_TO_CART, EV_ORDER, EV_PURCHASE)
 # Event types carried in item sequences (search has no item).

@@ -35,26 +35,30 @@ RFM_GRID: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = (
 )
 
 
-def _purchases_before(events: ir.Table, cutoff: datetime) -> ir.Table:
-    e = events.filter(
+def _purchases_before(
+    events: ir.Table, cutoff: datetime, kinds: tuple[str, ...] = S.PURCHASE_EVENT_TYPES
+) -> ir.Table:
+    return events.filter(
         events[S.CUSTOMER_ID].notnull()
         & (events[S.TS] < ibis.literal(cutoff, type=UTC_TS))
-        & events[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES)
+        & events[S.EVENT_TYPE].isin(kinds)
     )
-    return e
 
 
 def rfm_values(events: ir.Table, cutoff: datetime) -> ir.Table:
-    """customer_id, recency_days (since the last purchase), frequency (distinct orders), monetary (spend)."""
-    e = _purchases_before(events, cutoff)
+    """customer_id, recency_days (since the last purchase), frequency (distinct orders), monetary (net
+    spend: returns subtract). Customers whose only spend events are returns are left out."""
+    e = _purchases_before(events, cutoff, S.SPEND_EVENT_TYPES)
     age = epoch_seconds(ibis.literal(cutoff, type=UTC_TS)) - epoch_seconds(e[S.TS])
-    return e.group_by(S.CUSTOMER_ID).aggregate(
+    bought = e[S.EVENT_TYPE] != S.EV_RETURN
+    values = e.group_by(S.CUSTOMER_ID).aggregate(
         **{
-            S.RFM_RECENCY: age.min() / SECONDS_PER_DAY,
-            S.RFM_FREQUENCY: e[S.ORDER_ID].nunique().cast("float64"),
+            S.RFM_RECENCY: age.min(where=bought) / SECONDS_PER_DAY,
+            S.RFM_FREQUENCY: e[S.ORDER_ID].nunique(where=bought).cast("float64"),
             S.RFM_MONETARY: e[S.AMOUNT].sum().fill_null(0.0),
         }
     )
+    return values.filter(values[S.RFM_FREQUENCY] > 0)
 
 
 def _quintile(value: ir.NumericColumn, customer: ir.StringColumn, ascending: bool) -> ir.IntegerValue:

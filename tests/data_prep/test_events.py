@@ -92,8 +92,9 @@ def test_online_reject_reasons(row: dict, reason: str) -> None:
         (pos_row(item_id=None), ev.R_MISSING_ITEM),
         (pos_row(item_id="nope"), ev.R_UNKNOWN_ITEM),
         (pos_row(store_id="ST9"), ev.R_UNKNOWN_STORE),
-        (pos_row(quantity="-1"), ev.R_BAD_QUANTITY),
+        (pos_row(quantity="0"), ev.R_BAD_QUANTITY),
         (pos_row(unit_price="0"), ev.R_BAD_PRICE),
+        (pos_row(unit_price="20.5"), ev.R_BAD_PRICE),
     ],
 )
 def test_pos_reject_reasons(row: dict, reason: str) -> None:
@@ -115,13 +116,15 @@ def test_valid_rows_are_typed_exactly() -> None:
 
 
 def test_exact_duplicates_are_merged_once() -> None:
-    out = run_online([online_row(), online_row(), online_row(), online_row(event_id="e2")])
+    out = run_online([online_row(), online_row(), online_row(), online_row(event_id="e2", item_id="B")])
     assert out[ev.IS_DUPLICATE].sum() == 2
     accepted = ev.accepted_events(
         ev.mark_duplicates(
             ev.unify_online_events(
                 ibis.memtable(
-                    pd.DataFrame([online_row(), online_row(), online_row(event_id="e2")]).astype("string")
+                    pd.DataFrame([online_row(), online_row(), online_row(event_id="e2", item_id="B")]).astype(
+                        "string"
+                    )
                 ),
                 ibis.memtable(CATALOG),
             )
@@ -155,3 +158,38 @@ def test_ledger_balances_and_counts_by_reason() -> None:
     assert not build_ledger(counts, {"online": 5})["balanced"]  # a row lost on the way is caught
     empty = build_ledger(counts.iloc[0:0], {"online": 0})
     assert empty["balanced"] and empty["sources"]["online"]["n_accepted"] == 0
+
+
+def test_resent_online_event_with_new_id_is_merged_but_pos_twins_are_not() -> None:
+    base = online_row(event_type="add_to_cart", quantity="1", price="1.0")
+    rows = [base, {**base, S.ON_EVENT_ID: "e1-resent"}, base]  # original, re-sent copy, exact copy
+    out = run_online(rows)
+    assert out[ev.IS_DUPLICATE].sum() == 2 and (~out[ev.IS_DUPLICATE]).sum() == 1
+    twins = [pos_row(), pos_row(line_no="2")]  # the same item scanned twice in one basket
+    assert not run_pos(twins)[ev.IS_DUPLICATE].any()
+
+
+def test_prices_far_above_the_catalogue_are_rejected() -> None:
+    ok = online_row(event_type="order", quantity="1", price="9.5", order_id="o1")  # catalogue A = 1.0
+    too_high = online_row(event_id="e2", event_type="order", quantity="1", price="10.5", order_id="o2")
+    cart = online_row(event_id="e3", event_type="add_to_cart", quantity="1", price="0")
+    reasons = run_online([ok, too_high, cart]).set_index(S.EVENT_ID)[S.REJECT_REASON]
+    assert pd.isna(reasons["online:e1"])
+    assert reasons["online:e2"] == reasons["online:e3"] == ev.R_BAD_PRICE
+    assert run_pos([pos_row(unit_price="25.0")])[S.REJECT_REASON].tolist() == [ev.R_BAD_PRICE]  # B = 2.0
+
+
+def test_returns_need_an_earlier_purchase_by_the_same_customer() -> None:
+    buy = pos_row()
+    back = pos_row(transaction_id="T2", ts="2026-01-08 12:00:00", quantity="-2")
+    stranger = pos_row(transaction_id="T3", ts="2026-01-08 13:00:00", quantity="-1", card_key="other")
+    before = pos_row(transaction_id="T0", ts="2026-01-01 09:00:00", quantity="-1")  # before the purchase
+    zero = pos_row(transaction_id="T4", quantity="0")
+    raw = ibis.memtable(pd.DataFrame([buy, back, stranger, before, zero]).astype("string"))
+    out = ev.verify_returns(ev.unify_pos_lines(raw, ibis.memtable(CATALOG), ibis.memtable(STORES)))
+    got = out.to_pandas().set_index(S.EVENT_ID)
+    assert got.loc["pos:T2:1", S.EVENT_TYPE] == S.EV_RETURN and pd.isna(got.loc["pos:T2:1", S.REJECT_REASON])
+    assert got.loc["pos:T2:1", S.AMOUNT] == pytest.approx(-5.0)
+    assert got.loc["pos:T3:1", S.REJECT_REASON] == ev.R_UNMATCHED_RETURN
+    assert got.loc["pos:T0:1", S.REJECT_REASON] == ev.R_UNMATCHED_RETURN
+    assert got.loc["pos:T4:1", S.REJECT_REASON] == ev.R_BAD_QUANTITY
