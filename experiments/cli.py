@@ -19,12 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from data_prep import schema as S
+from experiments.bench import bench_app
 
 app = typer.Typer(help="O2O Sequence Lab: unified online/offline customer data → served predictions.")
 
 
 data_app = typer.Typer(help="Bring real data into the canonical raw layout (then run `o2o prep`).")
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
