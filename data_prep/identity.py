@@ -186,6 +186,44 @@ def customer_table(events: ir.Table, id_map: ir.Table) -> ir.Table:
     return by_type.left_join(activity, S.CUSTOMER_ID).drop(f"{S.CUSTOMER_ID}_right").order_by(S.CUSTOMER_ID)
 
 
+def customer_consent(profiles: ir.Table, id_map: ir.Table, default: bool = False) -> ir.Table:
+    """customer_id, consent_analytics, consent_marketing for every resolved customer.
+
+    A purpose is granted only when every recorded choice among the customer's profiles (CRM members, online
+    accounts) says yes; a customer with no recorded choice gets ``default`` (privacy by default: False).
+    """
+    nodes = []
+    for id_type in ANCHOR_TYPES:
+        col = S.IDENTIFIER_KEY_COLUMNS[id_type]
+        p = profiles.filter(profiles[col].notnull())
+        nodes.append(
+            p.select(
+                **{
+                    NODE: _node(id_type, p[col]),
+                    S.CONSENT_ANALYTICS: p[S.CONSENT_ANALYTICS],
+                    S.CONSENT_MARKETING: p[S.CONSENT_MARKETING],
+                }
+            )
+        )
+    choices = ibis.union(*nodes)
+    keyed = id_map.select(
+        **{
+            NODE: id_map[S.IDENTIFIER_TYPE] + ":" + id_map[S.IDENTIFIER_KEY],
+            S.CUSTOMER_ID: id_map[S.CUSTOMER_ID],
+        }
+    )
+    j = keyed.join(choices, NODE)
+    agg = j.group_by(S.CUSTOMER_ID).aggregate(
+        **{c: j[c].cast("int8").min() for c in (S.CONSENT_ANALYTICS, S.CONSENT_MARKETING)}
+    )
+    everyone = id_map.select(S.CUSTOMER_ID).distinct()
+    k = everyone.left_join(agg, S.CUSTOMER_ID)
+    return k.select(
+        S.CUSTOMER_ID,
+        **{c: (k[c] == 1).fill_null(default) for c in (S.CONSENT_ANALYTICS, S.CONSENT_MARKETING)},
+    ).order_by(S.CUSTOMER_ID)
+
+
 def pairwise_metrics(resolved: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float | int]:
     """Pairwise precision / recall / F1 of a clustering of identifiers against the true persons.
 

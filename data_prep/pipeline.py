@@ -234,10 +234,18 @@ def _materializer(con: ibis.BaseBackend) -> idn.Materialize:
 
 
 def build_customers_layer(
-    con: ibis.BaseBackend, events: ir.Table, profiles: ir.Table, raw: Path, out: Path, key: bytes
+    con: ibis.BaseBackend,
+    events: ir.Table,
+    profiles: ir.Table,
+    raw: Path,
+    out: Path,
+    key: bytes,
+    consent_default: bool = False,
 ) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
     """Write ``03_customers``: timed identifier links, identity map (all records), shared identifiers,
-    events with customer_id, customer table and identity metrics. Returns (events, links, metrics)."""
+    events with customer_id, customer table (with consent) and identity metrics.
+
+    Returns (events, links, metrics)."""
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
     links = _write(con, idn.identifier_links([events, profiles]), out_dir / S.LINKS_FILE, m)
@@ -246,7 +254,13 @@ def build_customers_layer(
     shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
     resolved = idn.attach_customers(events, links, id_map).order_by([S.TS, S.EVENT_ID])
     resolved = _write(con, resolved, out_dir / S.EVENTS_FILE, m)
-    _write(con, idn.customer_table(resolved, id_map), out_dir / S.CUSTOMERS_FILE, m)
+    consent = idn.customer_consent(profiles, id_map, consent_default)
+    customers = idn.customer_table(resolved, id_map)
+    customers = customers.join(consent, S.CUSTOMER_ID).select(
+        *customers.columns, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING
+    )
+    _write(con, customers.order_by(S.CUSTOMER_ID), out_dir / S.CUSTOMERS_FILE, m)
+    m.extra["consent_default"] = consent_default
     metrics = None
     if (raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE).exists():
         unprotected_labels, _ = idn.resolve_identities(
@@ -302,11 +316,16 @@ def events_as_of(con: ibis.BaseBackend, events: ir.Table, links: ir.Table, cutof
 def build_features_layer(
     con: ibis.BaseBackend, events: ir.Table, links: ir.Table, out: Path, horizon_days: int, progress: Progress
 ) -> fe.TimeSplits:
-    """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, I1 intent_{train,val,test}, snapshot.
+    """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, I1 intent_{train,val,test}, I2 sessions,
+    snapshot, RFM, churn and clusters.
 
-    Examples for a cutoff use identities resolved from links before that cutoff (:func:`events_as_of`);
-    the scoring snapshot uses every link, like the customer table.
+    Everything that trains a model uses only the events of customers with analytics consent; examples for a
+    cutoff use identities resolved from links before that cutoff (:func:`events_as_of`). The scoring
+    snapshot covers every customer and carries both consent flags (scorers filter on them).
     """
+    customers = engine.read_parquet(con, out / S.CUSTOMERS_DIR / S.CUSTOMERS_FILE)
+    granted = customers.filter(customers[S.CONSENT_ANALYTICS]).select(S.CUSTOMER_ID)
+    everyone, events = events, events.semi_join(granted, S.CUSTOMER_ID)
     out_dir = out / S.FEATURES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     m = Manifest(S.FEATURES_DIR)
@@ -341,8 +360,13 @@ def build_features_layer(
             con, sessions.session_intent_examples(events, lo, hi), out_dir / S.split_file("session", split), m
         )
     progress("scoring snapshot, RFM segments, churn labels, clusters")
-    _write(con, fe.customer_snapshot(events, splits.data_end), out_dir / S.SNAPSHOT_FILE, m)
-    _write(con, segments.rfm_segments(events, splits.data_end), out_dir / S.RFM_FILE, m)
+    snapshot = fe.customer_snapshot(everyone, splits.data_end)
+    flags = customers.select(S.CUSTOMER_ID, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING)
+    snapshot = snapshot.join(flags, S.CUSTOMER_ID).select(
+        *snapshot.columns, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING
+    )
+    _write(con, snapshot.order_by(S.CUSTOMER_ID), out_dir / S.SNAPSHOT_FILE, m)
+    _write(con, segments.rfm_segments(everyone, splits.data_end), out_dir / S.RFM_FILE, m)
     churn_cutoff = splits.data_end - timedelta(days=CHURN_HORIZON_DAYS)
     if churn_cutoff > splits.data_start:
         _write(
@@ -376,6 +400,7 @@ def run_prep(
     horizon_days: int = 14,
     progress: Progress | None = None,
     engine_name: str = engine.DUCKDB,
+    consent_default: bool = False,
 ) -> PrepResult:
     """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark)."""
     say = progress or (lambda _msg: None)
@@ -384,7 +409,7 @@ def run_prep(
     say("unify + clean + pseudonymise (02_events)")
     events, profiles, ledger = build_events_layer(con, raw, out, key)
     say("resolve identities (03_customers)")
-    resolved, links, metrics = build_customers_layer(con, events, profiles, raw, out, key)
+    resolved, links, metrics = build_customers_layer(con, events, profiles, raw, out, key, consent_default)
     say("features, labels and splits (04_features)")
     splits = build_features_layer(con, resolved, links, out, horizon_days, say)
     say("data report")

@@ -145,12 +145,25 @@ def prep(
     ] = None,
     horizon_days: Annotated[int, typer.Option(min=1, help="label / target window after each cutoff")] = 14,
     engine: Annotated[str, typer.Option(help="duckdb (embedded) | spark (needs the spark extra)")] = "duckdb",
+    consent_default: Annotated[
+        str,
+        typer.Option(help="consent of customers with no recorded choice: deny (privacy by default) | grant"),
+    ] = "deny",
 ) -> None:
     """Unify, clean, pseudonymise, resolve identities and build features/labels/splits (Ibis on DuckDB)."""
     from data_prep.pipeline import run_prep
 
     with user_errors():
-        result = run_prep(raw, out or raw, horizon_days, progress=_say, engine_name=engine)
+        if consent_default not in ("deny", "grant"):
+            raise ValueError(f"--consent-default must be deny or grant, got {consent_default!r}")
+        result = run_prep(
+            raw,
+            out or raw,
+            horizon_days,
+            progress=_say,
+            engine_name=engine,
+            consent_default=consent_default == "grant",
+        )
     for source, entry in result.ledger["sources"].items():
         console.print(
             f"{source}: {entry['n_raw']:,} raw = {entry['n_accepted']:,} accepted + "

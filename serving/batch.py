@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep import schema as S
@@ -49,10 +50,13 @@ def score_snapshot(
     exclude_seen: bool | None = None,
     chunk_size: int = 20_000,
     progress: Callable[[int, int], None] | None = None,
+    campaign: bool = True,
 ) -> Path:
-    """Score every customer in ``snapshot`` into ``out_dir/scores.parquet`` (one row per customer).
+    """Score the customers in ``snapshot`` into ``out_dir/scores.parquet`` (one row per customer scored).
 
-    ``exclude_seen`` defaults to the setting the recommender was evaluated with.
+    With ``campaign`` (the default: these scores feed marketing), customers without marketing consent are
+    left out; the manifest counts them. ``exclude_seen`` defaults to the setting the recommender was
+    evaluated with.
     """
     if bundle.recommender is not None:
         check_k(bundle.recommender, k)
@@ -60,14 +64,24 @@ def score_snapshot(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SCORES_FILE
     pf = pq.ParquetFile(snapshot)
-    total, done = pf.metadata.num_rows, 0
+    total, done, excluded = pf.metadata.num_rows, 0, 0
+    gate = campaign and S.CONSENT_MARKETING in pf.schema_arrow.names
     writer: pq.ParquetWriter | None = None
     try:
-        for batch in pf.iter_batches(batch_size=chunk_size):
+        for raw_batch in pf.iter_batches(batch_size=chunk_size):
+            batch = (
+                raw_batch.filter(pc.fill_null(raw_batch.column(S.CONSENT_MARKETING), False))
+                if gate
+                else raw_batch
+            )
+            excluded += raw_batch.num_rows - batch.num_rows
+            if batch.num_rows == 0:
+                done += raw_batch.num_rows
+                continue
             table = _score_batch(bundle, batch, k, exclude_seen)
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
-            done += batch.num_rows
+            done += raw_batch.num_rows
             if progress:
                 progress(done, total)
     finally:
@@ -78,7 +92,10 @@ def score_snapshot(
         "bundle": str(bundle.path),
         "bundle_version": bundle.version,
         "snapshot": str(snapshot),
-        "rows": done,
+        "rows_in": done,
+        "rows_scored": done - excluded,
+        "excluded_no_marketing_consent": excluded,
+        "campaign": campaign,
         "k": k,
         "exclude_seen": exclude_seen,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -25,6 +25,22 @@ def test_every_layer_writes_a_manifest(tiny_pipeline) -> None:  # type: ignore[n
     assert ledger["balanced"]
 
 
+def test_training_tables_hold_only_customers_with_analytics_consent(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    customers = pq.read_table(tiny_pipeline.data / S.CUSTOMERS_DIR / S.CUSTOMERS_FILE).to_pandas()
+    denied = customers.loc[~customers[S.CONSENT_ANALYTICS], S.CUSTOMER_ID]
+    assert len(denied) > 10
+    events = pq.read_table(tiny_pipeline.data / S.CUSTOMERS_DIR / S.EVENTS_FILE).to_pandas()
+    denied_events = set(events.loc[events[S.CUSTOMER_ID].isin(denied), S.EVENT_ID])
+    assert denied_events
+    # Session ids are stable (customer ids per cutoff are not): no session of a denied customer may reach I2.
+    denied_sessions = set(events.loc[events[S.CUSTOMER_ID].isin(denied), S.SESSION_ID].dropna())
+    atc = events[(events[S.EVENT_TYPE] == S.EV_ADD_TO_CART) & events[S.SESSION_ID].isin(denied_sessions)]
+    assert len(atc) > 0  # denied customers do have sessions that would qualify
+    for split in S.SPLITS:
+        sessions = pq.read_table(tiny_pipeline.features / S.split_file("session", split)).column(S.SESSION_ID)
+        assert not denied_sessions & set(sessions.to_pylist()), split
+
+
 def test_prep_writes_a_data_report_with_plots(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
     text = (tiny_pipeline.data / "data_report.md").read_text()
     for section in (
@@ -39,12 +55,15 @@ def test_prep_writes_a_data_report_with_plots(tiny_pipeline) -> None:  # type: i
     assert all(p.stat().st_size > 5_000 for p in pngs)
 
 
-def test_scores_have_one_row_per_customer(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
-    snap = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE)
+def test_campaign_scores_have_one_row_per_consenting_customer(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    snap = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE).to_pandas()
     scores = pq.read_table(tiny_pipeline.scores).to_pandas()
-    assert len(scores) == snap.num_rows > 100
+    consenting = set(snap.loc[snap[S.CONSENT_MARKETING], S.CUSTOMER_ID])
+    assert 50 < len(consenting) < len(snap)  # the gate really removes people
     assert scores[S.CUSTOMER_ID].is_unique
-    assert set(scores[S.CUSTOMER_ID]) == set(snap.column(S.CUSTOMER_ID).to_pylist())
+    assert set(scores[S.CUSTOMER_ID]) == consenting
+    manifest = json.loads((tiny_pipeline.data / "05_scores" / S.MANIFEST_FILE).read_text())
+    assert manifest["excluded_no_marketing_consent"] == len(snap) - len(consenting)
     assert scores[REC_ITEMS].map(len).eq(10).all()
     assert scores[INTENT_PROBABILITY].between(0, 1).all()
 
