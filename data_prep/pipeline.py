@@ -21,7 +21,7 @@ import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
-from data_prep import clusters, engine, erasure, pii, segments, sessions
+from data_prep import audit, clusters, engine, erasure, pii, segments, sessions
 from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
@@ -219,6 +219,7 @@ def build_events_layer(
     _write(
         con, items.select(S.CAT_ITEM_ID, S.CAT_CATEGORY, **{S.CAT_PRICE: price}), out_dir / S.CATALOG_FILE, m
     )
+    audit_cleaning(con, raw, marked, out_dir, m)
     counts = pd.concat([ev.count_outcomes(marked).to_pandas(), ev.count_outcomes(profiles).to_pandas()])
     ledger = build_ledger(counts, raw_rows)
     (out_dir / S.LEDGER_FILE).write_text(json.dumps(ledger, indent=2))
@@ -227,6 +228,25 @@ def build_events_layer(
     if not ledger["balanced"]:
         raise RuntimeError(f"ledger does not balance: {json.dumps(ledger['sources'])}")
     return events, profiles_out, ledger
+
+
+def audit_cleaning(con: ibis.BaseBackend, raw: Path, marked: ir.Table, out_dir: Path, m: Manifest) -> None:
+    """With ``ground_truth/faults.csv`` (synthetic data), write ``cleaning_metrics.json``: each injected
+    fault's outcome against the intended policy."""
+    path = raw / S.GROUND_TRUTH_DIR / S.GT_FAULTS_FILE
+    if not path.exists():
+        return
+    faults = pd.read_csv(path, dtype=str).fillna({S.GT_FAULT_ORIGINAL_KEY: ""})
+    ids = pd.concat([audit.fault_event_ids(faults), "online:" + faults[S.GT_FAULT_ORIGINAL_KEY]]).dropna()
+    wanted = engine.temp_table(con, pd.DataFrame({S.EVENT_ID: ids.drop_duplicates().astype("string")}))
+    cols = [S.EVENT_ID, S.REJECT_REASON, ev.IS_DUPLICATE, S.EVENT_TYPE]
+    outcomes = marked.semi_join(wanted, S.EVENT_ID).select(*cols).to_pandas()
+    metrics = audit.score_cleaning(faults, outcomes)
+    (out_dir / S.CLEANING_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    m.extra["cleaning"] = {
+        "share_as_intended": metrics["share_as_intended"],
+        "n_faults_scored": metrics["n_faults_scored"],
+    }
 
 
 def _materializer(con: ibis.BaseBackend) -> idn.Materialize:

@@ -132,6 +132,19 @@ def _ledger_table(ledger: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _cleaning_table(metrics: dict[str, Any]) -> str:
+    rows = [
+        f"{metrics['share_as_intended']:.1%} of {metrics['n_faults_scored']:,} injected faults got the intended outcome.",
+        "",
+        "| fault | intended | injected | as intended | otherwise |",
+        "|---|---|---|---|---|",
+    ]
+    for fault, r in metrics["by_fault"].items():
+        other = ", ".join(f"{k}: {v}" for k, v in r["otherwise"].items()) or "—"
+        rows.append(f"| {fault} | {r['intended']} | {r['n_injected']:,} | {r['n_as_intended']:,} | {other} |")
+    return "\n".join(rows)
+
+
 def _identity_table(metrics: dict[str, Any]) -> str:
     rows = ["| step | precision | recall | F1 | customers | true persons |", "|---|---|---|---|---|---|"]
     for name, m in metrics["steps"].items():
@@ -175,6 +188,14 @@ def write_data_report(out: Path) -> Path:
         f"![ledger]({PLOTS_DIR}/ledger.png)",
         "",
     ]
+    cleaning_path = out / S.EVENTS_DIR / S.CLEANING_METRICS_FILE
+    if cleaning_path.exists():
+        sections += [
+            "### Injected faults (synthetic data)",
+            "",
+            _cleaning_table(json.loads(cleaning_path.read_text())),
+            "",
+        ]
     metrics_path = out / S.CUSTOMERS_DIR / S.IDENTITY_METRICS_FILE
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())

@@ -238,6 +238,7 @@ EVENTS_DIR = "02_events"
 EVENTS_FILE = "events.parquet"
 REJECTS_FILE = "rejects.parquet"
 LEDGER_FILE = "ledger.json"
+CLEANING_METRICS_FILE = "cleaning_metrics.json"  # synthetic data only: injected faults vs outcomes
 EVENT_ID = "event_id"  # str, "<source>:<source row key>"
 SOURCE = "source"  # "online" | "pos"
 TS = "ts"  # timestamp[us, UTC]

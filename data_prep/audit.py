@@ -1,0 +1,81 @@
+"""Score cleaning against injected faults (synthetic data): did every faulty row get the intended policy?
+
+``ground_truth/faults.csv`` lists each injected fault with the row key it hit. This module maps those keys to
+unified event ids and compares the outcome prep gave the row with the outcome the policy intends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from data_prep import events as ev
+from data_prep import schema as S
+
+MERGED = "merged_duplicate"
+ACCEPTED_RETURN = "accepted_return"
+# fault name → intended outcome: a reject reason, MERGED, or ACCEPTED_RETURN
+INTENDED = {
+    S.FAULT_EXACT_DUPLICATE: MERGED,
+    S.FAULT_RESENT: MERGED,
+    S.FAULT_MALFORMED_TIMESTAMP: ev.R_BAD_TIMESTAMP,
+    S.FAULT_MISSING_TIMESTAMP: ev.R_BAD_TIMESTAMP,
+    S.FAULT_MISSING_ITEM: ev.R_MISSING_ITEM,
+    S.FAULT_UNKNOWN_ITEM: ev.R_UNKNOWN_ITEM,
+    S.FAULT_UNKNOWN_STORE: ev.R_UNKNOWN_STORE,
+    S.FAULT_ZERO_PRICE: ev.R_BAD_PRICE,
+    S.FAULT_INFLATED_PRICE: ev.R_BAD_PRICE,
+    S.FAULT_NEGATIVE_QUANTITY: ev.R_UNMATCHED_RETURN,
+    S.FAULT_RETURN: ACCEPTED_RETURN,
+}
+
+
+def fault_event_ids(faults: pd.DataFrame) -> pd.Series:
+    """Unified event id of each fault's row (online and POS; CRM keys are raw cards and are not mapped)."""
+    prefix = faults[S.GT_FAULT_SOURCE].map({"online": "online:", "pos": "pos:"})
+    return (prefix + faults[S.GT_FAULT_ROW_KEY]).where(prefix.notna())
+
+
+def outcome_of(rows: pd.DataFrame) -> str:
+    """One event id's outcome from its rows (event_id, reason, is_duplicate, event_type)."""
+    kept = int((~rows[ev.IS_DUPLICATE] & rows[S.REJECT_REASON].isna()).sum())
+    if rows[ev.IS_DUPLICATE].any() and kept <= 1:  # copies merged, at most one row kept under this id
+        return MERGED
+    reasons = rows[S.REJECT_REASON].dropna()
+    if not reasons.empty:
+        return str(reasons.iloc[0])
+    if (rows[S.EVENT_TYPE] == S.EV_RETURN).any():
+        return ACCEPTED_RETURN
+    return "accepted"
+
+
+def score_cleaning(faults: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, Any]:
+    """Per fault kind: rows injected, rows handled as intended, and what the others became.
+
+    ``outcomes`` has event_id, reason, is_duplicate, event_type for (at least) the faults' rows. A re-send is
+    handled when exactly one of the pair (copy, original) is kept.
+    """
+    faults = faults.assign(event_id=fault_event_ids(faults)).dropna(subset=["event_id"])
+    by_id = {k: outcome_of(g) for k, g in outcomes.groupby(S.EVENT_ID)}
+    originals = ("online:" + faults[S.GT_FAULT_ORIGINAL_KEY].fillna("")).map(by_id)
+    got = faults["event_id"].map(by_id).fillna("missing")
+    resent = faults[S.GT_FAULT] == S.FAULT_RESENT
+    one_of_pair = (got == MERGED) != (originals == MERGED)  # exactly one of copy and original kept
+    got = got.where(
+        ~resent, pd.Series(MERGED, index=got.index).where(one_of_pair, "both_kept_or_both_merged")
+    )
+    result: dict[str, Any] = {}
+    for fault, g in got.groupby(faults[S.GT_FAULT]):
+        intended = INTENDED.get(str(fault), "accepted")
+        ok = int((g == intended).sum())
+        result[str(fault)] = {
+            "intended": intended,
+            "n_injected": len(g),
+            "n_as_intended": ok,
+            "share_as_intended": round(ok / len(g), 4),
+            "otherwise": {str(k): int(v) for k, v in g[g != intended].value_counts().items()},
+        }
+    n = sum(r["n_injected"] for r in result.values())
+    ok = sum(r["n_as_intended"] for r in result.values())
+    return {"n_faults_scored": n, "share_as_intended": round(ok / n, 4) if n else 1.0, "by_fault": result}
