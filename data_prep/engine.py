@@ -30,6 +30,17 @@ DUCKDB_MEMORY_ENV = "O2O_DUCKDB_MEMORY"  # e.g. "2GB": DuckDB spills to disk bey
 SPARK_MASTER_ENV = "O2O_SPARK_MASTER"
 
 
+def safe_error_text(err: Exception) -> str:
+    """DuckDB's diagnosis without the echoed raw line (it may hold an email or phone) or SQL."""
+    kept = []
+    for line in str(err).splitlines():
+        if line.startswith(("Possible fixes", "LINE 1:")):
+            break
+        if line.strip() and not line.startswith("Original Line"):
+            kept.append(line.strip())
+    return "; ".join(kept)
+
+
 def engine_name(con: ibis.BaseBackend) -> str:
     return SPARK if con.name == "pyspark" else DUCKDB
 

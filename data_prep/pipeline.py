@@ -71,17 +71,6 @@ def _require(path: Path) -> Path:
     return path
 
 
-def safe_error_text(err: Exception) -> str:
-    """DuckDB's diagnosis without the echoed raw line (it may hold an email or phone) or SQL."""
-    kept = []
-    for line in str(err).splitlines():
-        if line.startswith(("Possible fixes", "LINE 1:")):
-            break
-        if line.strip() and not line.startswith("Original Line"):
-            kept.append(line.strip())
-    return "; ".join(kept)
-
-
 def _read_csv(con: ibis.BaseBackend, path: Path, required: tuple[str, ...]) -> ir.Table:
     """Strict CSV read, every column as text; a missing column or malformed row raises RawInputError."""
     with _require(path).open(newline="", encoding="utf-8") as f:
@@ -101,7 +90,7 @@ def count_raw_rows(t: ir.Table, path: Path) -> int:
     try:
         return int(t.count().execute())
     except Exception as e:  # the engine's parse error (DuckDB or Spark)
-        raise RawInputError(f"{path}: cannot be parsed: {safe_error_text(e)}") from None
+        raise RawInputError(f"{path}: cannot be parsed: {engine.safe_error_text(e)}") from None
 
 
 def pseudonymise_columns(

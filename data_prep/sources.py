@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from data_prep import engine
 from data_prep import schema as S
 
 Progress = Callable[[str], None]
@@ -402,7 +403,7 @@ def _import_source(
         con.execute(f"SET TimeZone = {_lit(zone)}")  # read by iso parsing of values without an offset
         row = con.execute(f"COPY ({query}) TO {_lit(str(part))} ({options})").fetchone()
     except duckdb.Error as e:
-        raise SourceError(f"{where}: cannot be read: {_error_text(e)}") from None
+        raise SourceError(f"{where}: cannot be read: {engine.safe_error_text(e)}") from None
     return int(row[0]) if row else 0
 
 
@@ -427,7 +428,7 @@ def _check_json_keys(
     try:
         row = con.execute(f"SELECT count(*), {seen} FROM read_ndjson_objects({paths})").fetchone()
     except duckdb.Error as e:
-        raise SourceError(f"{where}: cannot be read: {_error_text(e)}") from None
+        raise SourceError(f"{where}: cannot be read: {engine.safe_error_text(e)}") from None
     assert row is not None
     missing = [c for c, present in zip(needed, row[1:], strict=True) if not present]
     if row[0] and missing:
@@ -605,14 +606,3 @@ def _ident(name: str) -> str:
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _error_text(err: Exception) -> str:
-    """DuckDB's diagnosis without echoed raw lines (they may hold an email or phone) or SQL."""
-    kept = []
-    for line in str(err).splitlines():
-        if line.startswith(("Possible fixes", "LINE 1:")):
-            break
-        if line.strip() and not line.startswith("Original Line"):
-            kept.append(line.strip())
-    return "; ".join(kept)
