@@ -32,8 +32,9 @@ INTENDED = {
 
 
 def fault_event_ids(faults: pd.DataFrame) -> pd.Series:
-    """Unified event id of each fault's row (online and POS; CRM keys are raw cards and are not mapped)."""
-    prefix = faults[S.GT_FAULT_SOURCE].map({"online": "online:", "pos": "pos:"})
+    """Unified event id of each fault's row. CRM row keys must already be the pseudonymised card keys
+    (the raw card number is what ``faults.csv`` holds; see :func:`data_prep.pipeline.audit_cleaning`)."""
+    prefix = faults[S.GT_FAULT_SOURCE].map({"online": "online:", "pos": "pos:", "crm": "crm:"})
     return (prefix + faults[S.GT_FAULT_ROW_KEY]).where(prefix.notna())
 
 

@@ -208,7 +208,7 @@ def build_events_layer(
     _write(
         con, items.select(S.CAT_ITEM_ID, S.CAT_CATEGORY, **{S.CAT_PRICE: price}), out_dir / S.CATALOG_FILE, m
     )
-    audit_cleaning(con, raw, marked, out_dir, m)
+    audit_cleaning(con, raw, marked, profiles, key, out_dir, m)
     counts = pd.concat([ev.count_outcomes(marked).to_pandas(), ev.count_outcomes(profiles).to_pandas()])
     ledger = build_ledger(counts, raw_rows)
     (out_dir / S.LEDGER_FILE).write_text(json.dumps(ledger, indent=2))
@@ -219,17 +219,32 @@ def build_events_layer(
     return events, profiles_out, ledger
 
 
-def audit_cleaning(con: ibis.BaseBackend, raw: Path, marked: ir.Table, out_dir: Path, m: Manifest) -> None:
+def audit_cleaning(
+    con: ibis.BaseBackend,
+    raw: Path,
+    marked: ir.Table,
+    profiles: ir.Table,
+    key: bytes,
+    out_dir: Path,
+    m: Manifest,
+) -> None:
     """With ``ground_truth/faults.csv`` (synthetic data), write ``cleaning_metrics.json``: each injected
-    fault's outcome against the intended policy."""
+    fault's outcome against the intended policy (events, and CRM rows through their hashed card)."""
     path = raw / S.GROUND_TRUTH_DIR / S.GT_FAULTS_FILE
     if not path.exists():
         return
     faults = pd.read_csv(path, dtype=str).fillna({S.GT_FAULT_ORIGINAL_KEY: ""})
+    crm = faults[S.GT_FAULT_SOURCE] == "crm"
+    cards = faults.loc[crm, S.GT_FAULT_ROW_KEY]
+    faults.loc[crm, S.GT_FAULT_ROW_KEY] = [pii.pseudonymise(S.ID_CARD, v, key) or "" for v in cards]
     ids = pd.concat([audit.fault_event_ids(faults), "online:" + faults[S.GT_FAULT_ORIGINAL_KEY]]).dropna()
     wanted = engine.temp_table(con, pd.DataFrame({S.EVENT_ID: ids.drop_duplicates().astype("string")}))
-    cols = [S.EVENT_ID, S.REJECT_REASON, ev.IS_DUPLICATE, S.EVENT_TYPE]
-    outcomes = marked.semi_join(wanted, S.EVENT_ID).select(*cols).to_pandas()
+    cols = [S.EVENT_ID, S.REJECT_REASON, ev.IS_DUPLICATE]
+    rows = ibis.union(
+        marked.select(*cols, S.EVENT_TYPE),
+        profiles.select(*cols, **{S.EVENT_TYPE: ibis.literal("profile")}),
+    )
+    outcomes = rows.semi_join(wanted, S.EVENT_ID).to_pandas()
     metrics = audit.score_cleaning(faults, outcomes)
     (out_dir / S.CLEANING_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     m.extra["cleaning"] = {

@@ -41,6 +41,16 @@ def test_training_tables_hold_only_customers_with_analytics_consent(tiny_pipelin
         assert not denied_sessions & set(sessions.to_pylist()), split
 
 
+def test_cleaning_audit_scores_every_injected_fault(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    faults = pd.read_csv(tiny_pipeline.data / S.GROUND_TRUTH_DIR / S.GT_FAULTS_FILE, dtype=str)
+    metrics = json.loads((tiny_pipeline.data / S.EVENTS_DIR / S.CLEANING_METRICS_FILE).read_text())
+    assert metrics["n_faults_scored"] == len(faults) > 20
+    assert set(metrics["by_fault"]) == set(faults[S.GT_FAULT])
+    assert metrics["share_as_intended"] > 0.9
+
+
 def test_prep_writes_a_data_report_with_plots(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
     text = (tiny_pipeline.data / "data_report.md").read_text()
     for section in (
