@@ -24,7 +24,7 @@ from data_prep import schema as S
 from data_prep.manifest import file_sha256
 
 REGISTRY_FILE = "erasures.jsonl"
-RETRAIN_MARKER = "RETRAIN_REQUIRED.json"
+RETRAIN_MARKER = S.RETRAIN_MARKER
 LAYERS = (S.EVENTS_DIR, S.CUSTOMERS_DIR, S.FEATURES_DIR, "05_scores")
 # raw column → identifier type, per raw file (relative to 01_raw)
 RAW_IDENTIFIER_COLUMNS = {

@@ -5,7 +5,7 @@ the input tables. Raw tables arrive with every column as a string, so that a mal
 reject reason instead of a read error; identifiers arrive already pseudonymised (``*_key`` columns).
 
 Every raw row ends in exactly one of three states: accepted, merged as a duplicate of an accepted row,
-or rejected with the first reason in :data:`REJECT_REASONS` that applies.
+or rejected with the first reason that applies, in the order each ``unify_*`` function tests them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from data_prep import schema as S
 
 UTC_TS = ibis.dtype("timestamp('UTC')")
 
-# Reject reasons, in the order they are tested (the first that applies is recorded).
+# Reject reasons (docs/data.md lists, per source, the order in which they are tested).
 R_MISSING_ID = "missing_id"
 R_BAD_TIMESTAMP = "bad_timestamp"
 R_UNKNOWN_EVENT_TYPE = "unknown_event_type"
@@ -32,19 +32,6 @@ R_UNMATCHED_RETURN = (
     "unmatched_return"  # negative quantity with no earlier purchase of the item by that customer
 )
 MAX_PRICE_RATIO = 10.0  # a unit price above this multiple of the catalogue price is a keying error
-REJECT_REASONS = (
-    R_MISSING_ID,
-    R_BAD_TIMESTAMP,
-    R_UNKNOWN_EVENT_TYPE,
-    R_UNKNOWN_CHANNEL,
-    R_MISSING_IDENTIFIER,
-    R_MISSING_ITEM,
-    R_UNKNOWN_ITEM,
-    R_UNKNOWN_STORE,
-    R_BAD_QUANTITY,
-    R_BAD_PRICE,
-    R_UNMATCHED_RETURN,
-)
 R_ERASED = "erased"  # not a reject: the person was erased; counted in the ledger, stored nowhere
 IS_DUPLICATE = "is_duplicate"
 

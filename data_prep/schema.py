@@ -370,3 +370,7 @@ CHECKSUMS_FILE = "checksums.json"  # SHA-256 of every other file of the bundle
 MODEL_CARD_FILE = "model_card.md"
 ONNX_FILE = "model.onnx"  # in each model's folder (recommender/, intent/)
 MODEL_CONFIG_FILE = "config.json"  # in each model's folder: how to encode inputs and read outputs
+MAX_K = 100  # top-k computed inside the recommender graph; requests ask for k ≤ min(MAX_K, n_items)
+RETRAIN_MARKER = (
+    "RETRAIN_REQUIRED.json"  # in a run or bundle built from data that has since had people erased
+)

@@ -17,7 +17,6 @@ from data_prep import schema as S
 from data_prep.events import UTC_TS, epoch_seconds
 
 SECONDS_PER_DAY = 86_400.0
-NO_PURCHASE_SEGMENT = "no purchase yet"
 
 # (segment, recency scores, frequency scores): first match wins; together they cover the 5 × 5 grid.
 RFM_GRID: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = (

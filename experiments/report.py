@@ -13,17 +13,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from training.metrics import headline_metrics
+
 REPORT_FILE = "report.md"
 CURVE_FILE = "training_curve.png"
 COMPARISON_FILE = "comparison.png"
 
 
 def headline(metrics: dict[str, Any]) -> list[str]:
-    """Columns of the metrics table: ranking metrics at the run's k, or the intent metrics."""
-    if metrics["task"] == "recommender":
-        k = int(metrics.get("k", 10))
-        return [f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"]
-    return ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift@10%", "positive_rate"]
+    """Columns of a run's metrics table (the same as in the model card)."""
+    return headline_metrics(metrics["task"], int(metrics.get("k", 10)))
 
 
 def monitored(metrics: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ training split and stored as buffers, so the exported graph takes raw aggregates
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,9 +37,6 @@ class IntentConfig:
             dropout=self.dropout,
             n_event_types=self.n_event_types,
         )
-
-    def to_dict(self) -> dict[str, int | float]:
-        return asdict(self)
 
 
 class IntentNet(nn.Module):

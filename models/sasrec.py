@@ -11,7 +11,7 @@ positions after left-padding to ``max_len`` and makes outputs independent of how
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,6 @@ class SASRecConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_items < 1 or self.max_len < 1:
             raise ValueError("n_items and max_len must be positive")
-
-    def to_dict(self) -> dict[str, int | float]:
-        return asdict(self)
 
 
 class CausalSelfAttention(nn.Module):

@@ -21,7 +21,6 @@ from data_prep.manifest import file_sha256
 from models.encoding import ItemVocabulary
 
 THREADS_ENV = "O2O_ORT_THREADS"
-RETRAIN_MARKER = "RETRAIN_REQUIRED.json"  # written by `o2o erase` (data_prep.erasure)
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +95,7 @@ def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
     if not (bundle_dir / S.BUNDLE_FILE).exists():
         raise BundleError(f"{bundle_dir}: no {S.BUNDLE_FILE}; pass the folder that `o2o export` printed")
     verify_checksums(bundle_dir)
-    if (bundle_dir / RETRAIN_MARKER).exists():
+    if (bundle_dir / S.RETRAIN_MARKER).exists():
         log.warning(
             "%s was built from data that has since had people erased: retrain and re-export", bundle_dir
         )

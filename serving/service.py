@@ -25,7 +25,6 @@ from serving.scoring import check_k, feature_matrix, intent_probability, recomme
 
 BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
-MAX_K = 100
 MAX_SESSION_ITEMS = 200
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")]
@@ -70,7 +69,7 @@ class O2OService:
         self,
         customer_id: CustomerId | None = None,
         items: Annotated[list[ItemId], Field(max_length=MAX_SESSION_ITEMS)] | None = None,
-        k: Annotated[int, Field(ge=1, le=MAX_K)] = 10,
+        k: Annotated[int, Field(ge=1, le=S.MAX_K)] = 10,
         exclude_seen: bool | None = None,
     ) -> RecommendResponse:
         """Top-k items for a known customer (``customer_id``) or an anonymous visitor (``items``, oldest first).

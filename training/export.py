@@ -31,6 +31,7 @@ from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from models.intent import IntentConfig, IntentNet, IntentProbability
 from models.sasrec import MASK_VALUE, SASRec, SASRecConfig, SASRecTopK
+from training.metrics import headline_metrics
 from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 BUNDLE_FILE = S.BUNDLE_FILE
@@ -40,7 +41,7 @@ ONNX_FILE = S.ONNX_FILE
 MODEL_CONFIG_FILE = S.MODEL_CONFIG_FILE
 OPSET = 18
 PARITY_ATOL = 1e-4
-MAX_K = 100  # top-k computed in the graph; requests ask for k ≤ MAX_K
+MAX_K = S.MAX_K
 
 
 class ExportParityError(RuntimeError):
@@ -162,13 +163,6 @@ def check_parity(e: Exported, path: Path, seed: int = 0) -> dict[str, float]:
         if e.task == "recommender" and ((got[1] != ref_out[1]) & ~_tied(ref_out[0])).any():
             raise ExportParityError(f"top-k indices differ for batch={b}, length={t}")
     return {"max_abs_diff": worst, "n_shapes": len(shapes), "atol": PARITY_ATOL}
-
-
-def headline_metrics(task: str, k: int) -> list[str]:
-    """The metric columns every table shows for a task (ranking metrics at the run's cut-off k)."""
-    if task == "recommender":
-        return [f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"]
-    return ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "positive_rate"]
 
 
 def _model_card(version: str, models: dict[str, dict[str, Any]]) -> str:

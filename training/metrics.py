@@ -10,6 +10,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
+INTENT_HEADLINE = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift@10%", "positive_rate")
+
+
+def headline_metrics(task: str, k: int = 10) -> list[str]:
+    """The metric columns every results table shows for a task (ranking metrics at the cut-off k)."""
+    if task == "recommender":
+        return [f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"]
+    return list(INTENT_HEADLINE)
+
 
 def ranking_metrics(topk: np.ndarray, target: np.ndarray, k: int = 10) -> dict[str, float]:
     """``topk`` (N, ≥k) item indices best first, ``target`` (N,) item index (0 = unknown, never a hit)."""
