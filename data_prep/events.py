@@ -49,6 +49,7 @@ EVENT_COLUMNS = (
     S.ORDER_ID,
     S.SESSION_ID,
     *S.IDENTIFIER_KEY_COLUMNS.values(),
+    S.IP_KEY,
 )
 
 
@@ -139,6 +140,7 @@ def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
             S.EMAIL_KEY: raw[S.EMAIL_KEY],
             S.PHONE_KEY: ibis.null("string"),
             S.CARD_KEY: ibis.null("string"),
+            S.IP_KEY: raw[S.IP_KEY] if S.IP_KEY in raw.columns else ibis.null("string"),
             S.REJECT_REASON: reason,
         }
     )
@@ -191,6 +193,7 @@ def unify_pos_lines(raw: ir.Table, catalog_items: ir.Table, stores: ir.Table) ->
             S.EMAIL_KEY: ibis.null("string"),
             S.PHONE_KEY: raw[S.PHONE_KEY],
             S.CARD_KEY: raw[S.CARD_KEY],
+            S.IP_KEY: ibis.null("string"),
             S.REJECT_REASON: reason,
         }
     )
@@ -359,7 +362,7 @@ def clean_members(raw: ir.Table) -> ir.Table:
 
 
 def clean_accounts(raw: ir.Table) -> ir.Table:
-    """Online accounts → profile rows (account and registration email keys; ts = creation; consent)."""
+    """Online accounts → profile rows (account, registration email and phone, bound card; ts = creation; consent)."""
     return _profile(
         raw,
         "accounts",

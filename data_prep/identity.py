@@ -14,12 +14,19 @@ Resolution is point-in-time: :func:`resolve_identities` with a cutoff uses only 
 before it, so a link that appears later (say the checkout email of a purchase inside a label window) cannot
 merge histories for features computed at that cutoff.
 
+Home-network matching (after the deterministic graph): a device that never logged in forms a component of
+its own. When it was used, on at least ``min_days`` distinct days, from client addresses that exactly one
+resolved customer (a component with an identifier other than devices) uses, and from no address of another
+customer, it joins that customer. A carrier NAT address, a shop's Wi-Fi or a household's router is used by
+several customers and so is no evidence; the evidence is point-in-time like the links.
+
 A node is the text ``"<identifier type>:<identifier key>"``; the keys are already HMAC pseudonyms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import ibis
@@ -31,9 +38,19 @@ from data_prep.events import UTC_TS
 
 ANCHOR_TYPES = (S.ID_ACCOUNT, S.ID_CARD)
 DEFAULT_MAX_ANCHORS = 1
+DEFAULT_MIN_NETWORK_DAYS = 2
 NODE = "node"
 RECORD = "record"
 LABEL = "label"
+DAY = "day"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What identities are resolved from: identifier links and devices' client addresses (both timed)."""
+
+    links: ir.Table
+    networks: ir.Table
 
 
 def _node(id_type: str, key: ir.StringValue) -> ir.StringValue:
@@ -119,15 +136,53 @@ def shared_identifiers(pairs: ir.Table, max_anchors: int = DEFAULT_MAX_ANCHORS) 
     return per.filter(per.n_anchors > max_anchors)
 
 
+def device_networks(events: ir.Table) -> ir.Table:
+    """(node, ip_key, day, ts): each device's client addresses per UTC day, ``ts`` the first event of the
+    day from that address (when the evidence came into being)."""
+    e = events.filter(events[S.DEVICE_KEY].notnull() & events[S.IP_KEY].notnull())
+    e = e.select(
+        **{NODE: _node(S.ID_DEVICE, e[S.DEVICE_KEY]), S.IP_KEY: e[S.IP_KEY], DAY: e[S.TS].date()}, _ts=e[S.TS]
+    )
+    return e.group_by([NODE, S.IP_KEY, DAY]).aggregate(**{S.TS: e._ts.min()})
+
+
+def match_devices_by_network(
+    labels: ir.Table, networks: ir.Table, min_days: int = DEFAULT_MIN_NETWORK_DAYS
+) -> ir.Table:
+    """``labels`` with each device-only component moved into the one customer whose addresses it used
+    (see the module docstring); everything else unchanged."""
+    typed = labels.mutate(_other=(_node_type(labels[NODE]) != S.ID_DEVICE).cast("int8"))
+    kind = typed.group_by(LABEL).aggregate(_anchored=typed._other.max() == 1)
+    lab = labels.join(kind, LABEL)
+    seen = networks.join(lab, NODE).select(NODE, S.IP_KEY, DAY, LABEL, "_anchored")
+    owned = seen.filter(seen._anchored)
+    owners = owned.group_by(S.IP_KEY).aggregate(_n=owned[LABEL].nunique(), _owner=owned[LABEL].min())
+    anon = seen.filter(~seen._anchored)
+    cand = anon.join(owners, S.IP_KEY)
+    per = cand.group_by(NODE).aggregate(
+        _n_owners=cand._owner.nunique(),
+        _max_n=cand._n.max(),
+        _owner=cand._owner.min(),
+        _days=cand[DAY].nunique(),
+    )
+    matched = per.filter((per._n_owners == 1) & (per._max_n == 1) & (per._days >= min_days))
+    j = labels.left_join(matched.select(NODE, "_owner"), NODE)
+    return j.select(NODE, **{LABEL: j._owner.fill_null(j[LABEL])})
+
+
 def resolve_identities(
     links: ir.Table,
     cutoff: datetime | None = None,
     max_anchors: int | None = DEFAULT_MAX_ANCHORS,
     materialize: Materialize = _cache,
+    networks: ir.Table | None = None,
+    min_network_days: int = DEFAULT_MIN_NETWORK_DAYS,
 ) -> tuple[ir.Table, ir.Table]:
     """Component labels (node, label) from the records before ``cutoff`` (all when None), and the shared
-    identifiers left out of the graph (none when ``max_anchors`` is None: no merge protection)."""
-    visible = links if cutoff is None else links.filter(links[S.TS] < ibis.literal(cutoff, type=UTC_TS))
+    identifiers left out of the graph (none when ``max_anchors`` is None: no merge protection). With
+    ``networks`` (:func:`device_networks`), anonymous devices are then matched by home network."""
+    before = None if cutoff is None else ibis.literal(cutoff, type=UTC_TS)
+    visible = links if before is None else links.filter(links[S.TS] < before)
     visible = materialize(visible.select(RECORD, NODE).distinct())
     if max_anchors is None:
         shared = visible.select(
@@ -137,6 +192,9 @@ def resolve_identities(
         shared = materialize(shared_identifiers(visible, max_anchors))
     kept = visible.anti_join(shared, NODE)
     labels = propagate_labels(kept.select(NODE).distinct(), identifier_edges(kept), materialize=materialize)
+    if networks is not None:
+        seen = networks if before is None else networks.filter(networks[S.TS] < before)
+        labels = materialize(match_devices_by_network(labels, seen, min_network_days))
     return labels, shared
 
 

@@ -32,23 +32,6 @@ from data_prep.report import write_data_report
 Progress = Callable[[str], None]
 CHURN_HORIZON_DAYS = 60
 
-# raw column → (identifier type, pseudonymised column), per source
-ONLINE_IDENTIFIERS = {
-    S.ON_DEVICE_ID: (S.ID_DEVICE, S.DEVICE_KEY),
-    S.ON_ACCOUNT_ID: (S.ID_ACCOUNT, S.ACCOUNT_KEY),
-    S.ON_EMAIL: (S.ID_EMAIL, S.EMAIL_KEY),
-}
-POS_IDENTIFIERS = {S.POS_LOYALTY_CARD: (S.ID_CARD, S.CARD_KEY), S.POS_PHONE: (S.ID_PHONE, S.PHONE_KEY)}
-ACCOUNT_IDENTIFIERS = {
-    S.ACC_ACCOUNT_ID: (S.ID_ACCOUNT, S.ACCOUNT_KEY),
-    S.ACC_EMAIL: (S.ID_EMAIL, S.EMAIL_KEY),
-}
-CRM_IDENTIFIERS = {
-    S.CRM_LOYALTY_CARD: (S.ID_CARD, S.CARD_KEY),
-    S.CRM_PHONE: (S.ID_PHONE, S.PHONE_KEY),
-    S.CRM_EMAIL: (S.ID_EMAIL, S.EMAIL_KEY),
-}
-
 
 @dataclass(frozen=True)
 class PrepResult:
@@ -71,14 +54,19 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _read_csv(con: ibis.BaseBackend, path: Path, required: tuple[str, ...]) -> ir.Table:
-    """Strict CSV read, every column as text; a missing column or malformed row raises RawInputError."""
+def _read_csv(
+    con: ibis.BaseBackend, path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> ir.Table:
+    """Strict CSV read, every column as text; a missing column or malformed row raises RawInputError.
+    ``optional`` columns absent from the header (older raw layouts) read as null."""
     with _require(path).open(newline="", encoding="utf-8") as f:
         header = next(csv.reader(f), [])
-    missing = [c for c in required if c not in header]
+    missing = [c for c in columns if c not in header and c not in optional]
     if missing:
         raise RawInputError(f"{path}: missing column(s) {missing}; header has {header}")
-    return engine.read_csv_text(con, path, header)
+    t = engine.read_csv_text(con, path, header)
+    absent = {c: ibis.null("string") for c in columns if c not in header}
+    return t.mutate(**absent) if absent else t
 
 
 def _read_online(con: ibis.BaseBackend, path: Path) -> ir.Table:
@@ -93,15 +81,14 @@ def count_raw_rows(t: ir.Table, path: Path) -> int:
         raise RawInputError(f"{path}: cannot be parsed: {engine.safe_error_text(e)}") from None
 
 
-def pseudonymise_columns(
-    con: ibis.BaseBackend, source: str, t: ir.Table, columns: dict[str, tuple[str, str]], key: bytes
-) -> ir.Table:
+def pseudonymise_columns(con: ibis.BaseBackend, t: ir.Table, columns: dict[str, str], key: bytes) -> ir.Table:
     """Replace each raw identifier column by its HMAC key column (one HMAC per distinct raw value).
 
     Each lookup is a session table with a name of its own: the engine resolves tables by name when the query
     runs, so a shared name would let one source's expression read another source's lookup.
     """
-    for raw_col, (id_type, key_col) in columns.items():
+    for raw_col, id_type in columns.items():
+        key_col = S.KEY_COLUMNS[id_type]
         distinct = t.select(raw_col).filter(t[raw_col].notnull()).distinct().to_pyarrow()
         values = distinct.column(0).to_pylist()
         keys = pii.pseudonymise_many(id_type, values, key)
@@ -167,7 +154,7 @@ def _read_sources(
     if accounts.exists():
         m.add_input(accounts)
         paths["accounts"] = accounts
-        tables["accounts"] = _read_csv(con, accounts, S.RAW_ACCOUNT_COLUMNS)
+        tables["accounts"] = _read_csv(con, accounts, S.RAW_ACCOUNT_COLUMNS, S.ACCOUNT_OPTIONAL_COLUMNS)
     else:
         empty = pd.DataFrame({c: pd.Series(dtype="string") for c in S.RAW_ACCOUNT_COLUMNS})
         tables["accounts"] = engine.temp_table(con, empty)
@@ -184,10 +171,11 @@ def build_events_layer(
     m = Manifest(S.EVENTS_DIR)
     raw_tables, raw_rows = _read_sources(con, raw, m)
     items, stores = raw_tables["items"], raw_tables["stores"]
-    online = pseudonymise_columns(con, "online", raw_tables["online"], ONLINE_IDENTIFIERS, key)
-    pos = pseudonymise_columns(con, "pos", raw_tables["pos"], POS_IDENTIFIERS, key)
-    crm = pseudonymise_columns(con, "crm", raw_tables["crm"], CRM_IDENTIFIERS, key)
-    accounts = pseudonymise_columns(con, "accounts", raw_tables["accounts"], ACCOUNT_IDENTIFIERS, key)
+    columns = {**S.RAW_IDENTIFIER_COLUMNS, "online": {**S.RAW_IDENTIFIER_COLUMNS["online"], S.ON_IP: S.ID_IP}}
+    online, pos, crm, accounts = (
+        pseudonymise_columns(con, raw_tables[name], columns[name], key)
+        for name in ("online", "pos", "crm", "accounts")
+    )
 
     erased = engine.temp_table(con, erasure.erased_keys())
     unified = ev.verify_returns(
@@ -269,11 +257,12 @@ def build_customers_layer(
     """Write ``03_customers``: timed identifier links, identity map (all records), shared identifiers,
     events with customer_id, customer table (with consent) and identity metrics.
 
-    Returns (events, links, metrics)."""
+    Returns (events, identity evidence, metrics)."""
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
     links = _write(con, idn.identifier_links([events, profiles]), out_dir / S.LINKS_FILE, m)
-    labels, shared = idn.resolve_identities(links, materialize=_materializer(con))
+    networks = _write(con, idn.device_networks(events), out_dir / S.NETWORKS_FILE, m)
+    labels, shared = idn.resolve_identities(links, materialize=_materializer(con), networks=networks)
     id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
     shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
     resolved = idn.attach_customers(events, links, id_map).order_by([S.TS, S.EVENT_ID])
@@ -290,16 +279,18 @@ def build_customers_layer(
         unprotected_labels, _ = idn.resolve_identities(
             links, max_anchors=None, materialize=_materializer(con)
         )
-        unprotected = idn.identity_map(unprotected_labels).to_pandas()
+        protected_labels, _ = idn.resolve_identities(links, materialize=_materializer(con))
+        shared_pd = shared.to_pandas()
         steps = {
-            "deterministic links": unprotected,
-            "+ merge protection": with_singletons(id_map.to_pandas(), shared.to_pandas()),
+            "deterministic links": idn.identity_map(unprotected_labels).to_pandas(),
+            "+ merge protection": with_singletons(idn.identity_map(protected_labels).to_pandas(), shared_pd),
+            "+ home-network devices": with_singletons(id_map.to_pandas(), shared_pd),
         }
         metrics = identity_metrics(raw, steps, key)
         (out_dir / S.IDENTITY_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         m.extra["identity_metrics"] = metrics
     m.write(out_dir)
-    return resolved, links, metrics
+    return resolved, idn.Evidence(links, networks), metrics
 
 
 def with_singletons(id_map: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
@@ -331,14 +322,25 @@ def identity_metrics(raw: Path, steps: dict[str, pd.DataFrame], key: bytes) -> d
     return {**list(by_step.values())[-1], "steps": by_step}
 
 
-def events_as_of(con: ibis.BaseBackend, events: ir.Table, links: ir.Table, cutoff: datetime) -> ir.Table:
-    """Events attributed to the customers that the links before ``cutoff`` resolve (materialized)."""
-    id_map = idn.identity_map(idn.resolve_identities(links, cutoff, materialize=_materializer(con))[0])
-    return engine.materialize(con, idn.attach_customers(events.drop(S.CUSTOMER_ID), links, id_map))
+def events_as_of(
+    con: ibis.BaseBackend, events: ir.Table, evidence: idn.Evidence, cutoff: datetime
+) -> ir.Table:
+    """Events attributed to the customers that the evidence before ``cutoff`` resolves (materialized)."""
+    labels, _ = idn.resolve_identities(
+        evidence.links, cutoff, materialize=_materializer(con), networks=evidence.networks
+    )
+    return engine.materialize(
+        con, idn.attach_customers(events.drop(S.CUSTOMER_ID), evidence.links, idn.identity_map(labels))
+    )
 
 
 def build_features_layer(
-    con: ibis.BaseBackend, events: ir.Table, links: ir.Table, out: Path, horizon_days: int, progress: Progress
+    con: ibis.BaseBackend,
+    events: ir.Table,
+    evidence: idn.Evidence,
+    out: Path,
+    horizon_days: int,
+    progress: Progress,
 ) -> fe.TimeSplits:
     """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, I1 intent_{train,val,test}, I2 sessions,
     snapshot, RFM, churn and clusters.
@@ -359,7 +361,9 @@ def build_features_layer(
     catalog = engine.read_parquet(con, out / S.EVENTS_DIR / S.CATALOG_FILE)
     _write(con, fe.item_vocabulary(events, catalog, splits.val), out_dir / S.ITEMS_FILE, m)
     progress("identities as of each cutoff")
-    as_of = {c: events_as_of(con, events, links, c) for c in (*splits.train_cutoffs, splits.val, splits.test)}
+    as_of = {
+        c: events_as_of(con, events, evidence, c) for c in (*splits.train_cutoffs, splits.val, splits.test)
+    }
     progress("next-item examples (R2)")
     train_seq = fe.customer_sequences(as_of[splits.val], splits.val)
     train_seq = train_seq.filter(train_seq[S.ITEMS].length() >= 2)
@@ -433,9 +437,9 @@ def run_prep(
     say("unify + clean + pseudonymise (02_events)")
     events, profiles, ledger = build_events_layer(con, raw, out, key)
     say("resolve identities (03_customers)")
-    resolved, links, metrics = build_customers_layer(con, events, profiles, raw, out, key, consent_default)
+    resolved, evidence, metrics = build_customers_layer(con, events, profiles, raw, out, key, consent_default)
     say("features, labels and splits (04_features)")
-    splits = build_features_layer(con, resolved, links, out, horizon_days, say)
+    splits = build_features_layer(con, resolved, evidence, out, horizon_days, say)
     say("data report")
     report = write_data_report(out)
     return PrepResult(

@@ -35,6 +35,8 @@ ON_USER_AGENT = "user_agent"  # str | null, short client description, e.g. "O2OA
 RAW_ACCOUNTS_FILE = "accounts.csv"
 ACC_ACCOUNT_ID = "account_id"
 ACC_EMAIL = "email"  # email given at registration (format as typed)
+ACC_PHONE = "phone"  # str | empty, mobile number verified at registration (format as typed)
+ACC_LOYALTY_CARD = "loyalty_card"  # str | empty, the loyalty card bound to the account in the app
 ACC_CREATED_TS = "created_ts"  # "YYYY-MM-DDTHH:MM:SSZ"
 ACC_CONSENT_ANALYTICS = "consent_analytics"  # CONSENT_YES | CONSENT_NO, as recorded at creation
 ACC_CONSENT_MARKETING = "consent_marketing"  # CONSENT_YES | CONSENT_NO
@@ -118,10 +120,13 @@ RAW_CRM_COLUMNS = (
 RAW_ACCOUNT_COLUMNS = (
     ACC_ACCOUNT_ID,
     ACC_EMAIL,
+    ACC_PHONE,
+    ACC_LOYALTY_CARD,
     ACC_CREATED_TS,
     ACC_CONSENT_ANALYTICS,
     ACC_CONSENT_MARKETING,
 )
+ACCOUNT_OPTIONAL_COLUMNS = (ACC_PHONE, ACC_LOYALTY_CARD)  # absent from older raw layouts: read as null
 RAW_ITEM_COLUMNS = (CAT_ITEM_ID, CAT_CATEGORY, CAT_PRICE)
 RAW_STORE_COLUMNS = (CAT_STORE_ID, CAT_CITY)
 
@@ -207,6 +212,8 @@ ID_EMAIL = "email"
 ID_PHONE = "phone"
 ID_CARD = "card"
 IDENTIFIER_TYPES = (ID_DEVICE, ID_ACCOUNT, ID_EMAIL, ID_PHONE, ID_CARD)
+# Weak evidence, never an identifier of its own: the client address of online events (home networks).
+ID_IP = "ip"
 PII_IDENTIFIER_TYPES = (ID_EMAIL, ID_PHONE, ID_CARD, ID_ACCOUNT)
 
 # ---------------------------------------------------------------- enumerations
@@ -264,13 +271,29 @@ IDENTIFIER_KEY_COLUMNS = {
     ID_PHONE: PHONE_KEY,
     ID_CARD: CARD_KEY,
 }
+IP_KEY = "ip_key"  # HMAC of the client IPv4 address (online events); used only to match anonymous devices
+KEY_COLUMNS = {**IDENTIFIER_KEY_COLUMNS, ID_IP: IP_KEY}  # every pseudonymised column, by type
 REJECT_REASON = "reason"
+# raw column → identifier type, per raw source (prep pseudonymises these, and the online client address as
+# ID_IP; erasure scrubs them)
+RAW_IDENTIFIER_COLUMNS = {
+    "online": {ON_DEVICE_ID: ID_DEVICE, ON_ACCOUNT_ID: ID_ACCOUNT, ON_EMAIL: ID_EMAIL},
+    "accounts": {
+        ACC_ACCOUNT_ID: ID_ACCOUNT,
+        ACC_EMAIL: ID_EMAIL,
+        ACC_PHONE: ID_PHONE,
+        ACC_LOYALTY_CARD: ID_CARD,
+    },
+    "pos": {POS_LOYALTY_CARD: ID_CARD, POS_PHONE: ID_PHONE},
+    "crm": {CRM_LOYALTY_CARD: ID_CARD, CRM_PHONE: ID_PHONE, CRM_EMAIL: ID_EMAIL},
+}
 
 # ---------------------------------------------------------------- customers (03_customers)
 CUSTOMERS_DIR = "03_customers"
 IDENTITY_MAP_FILE = "identity_map.parquet"  # identifier_type, identifier_key, customer_id
 SHARED_IDENTIFIERS_FILE = "shared_identifiers.parquet"  # node, anchor_type, n_anchors: left out of linking
 LINKS_FILE = "links.parquet"  # record, node ("<type>:<key>"), ts: when each identifier link appeared
+NETWORKS_FILE = "device_networks.parquet"  # node, ip_key, day, ts: devices' client addresses per day
 CATALOG_FILE = "catalog.parquet"  # 02_events: item_id, category, price (typed copy of the raw catalogue)
 PROFILES_FILE = "profiles.parquet"  # 02_events: accepted CRM members and online accounts (pseudonymised)
 CONSENT_ANALYTICS = "consent_analytics"  # bool | null: may the customer's data train models

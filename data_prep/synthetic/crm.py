@@ -28,7 +28,7 @@ _YN = CONSENT_TEXT
 @dataclass(frozen=True)
 class Records:
     members: pa.Table  # members.csv rows (text) + hidden _person, _tag_phone; by sign-up time
-    accounts: pa.Table  # accounts.csv rows (text) + hidden _person; by creation time
+    accounts: pa.Table  # accounts.csv rows (text) + hidden _person, _tag_phone; by creation time
 
 
 def build_records(
@@ -148,6 +148,8 @@ def _render_accounts(
     rng: np.random.Generator,
 ) -> pa.Table:
     n = holder.size
+    phone = np.where(rng.random(n) < spec.account_phone_share, persons.account_phone[holder], -1)
+    card = np.where(rng.random(n) < spec.account_card_share, persons.card[holder], -1)  # -1: not a member
     return pa.table(
         {
             S.ACC_ACCOUNT_ID: T.join("acct-", T.integers(persons.account[holder])),
@@ -155,10 +157,13 @@ def _render_accounts(
                 persons.email_parts[holder],
                 I.draw_variants(n, spec.format_noise, len(I.EMAIL_FORMATS), rng),
             ),
+            S.ACC_PHONE: I.phones(phone, I.draw_variants(n, spec.format_noise, len(I.PHONE_FORMATS), rng)),
+            S.ACC_LOYALTY_CARD: I.cards(card, I.card_variants(n, spec.format_noise, rng)),
             S.ACC_CREATED_TS: T.timestamps(created_ms, spec.start, "iso_s"),
             S.ACC_CONSENT_ANALYTICS: T.vocabulary(_YN, consent[:, 0].astype(np.int64)),
             S.ACC_CONSENT_MARKETING: T.vocabulary(_YN, consent[:, 1].astype(np.int64)),
             "_person": pa.array(holder.astype(np.int64)),
+            "_tag_phone": pa.array(persons.account_tag[holder]),
         }
     )
 

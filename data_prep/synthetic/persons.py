@@ -47,6 +47,8 @@ class Persons:
     till_tag: np.ndarray  # (P,) its sharing tag
     crm_phone: np.ndarray  # (P,) int64 number given to the CRM (members)
     crm_tag: np.ndarray  # (P,) its sharing tag
+    account_phone: np.ndarray  # (P,) int64 number verified at account registration (the person's own)
+    account_tag: np.ndarray  # (P,) its sharing tag
     phone_valid: np.ndarray  # (P, 2) int days [from, to) a recycled number is the person's, -1 open
     card: np.ndarray  # (P,) int64 loyalty card number, -1 for non-members
     crm_email: np.ndarray  # (P,) bool: the member gave the CRM the email
@@ -209,15 +211,16 @@ def _draw_phones(
     world: World, gid: np.ndarray, pairs: np.ndarray, household: np.ndarray, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Till and CRM numbers. Recycled: B holds A's number from the pair's day. Households type the owner's
-    number at the till; the owner gives it to the CRM, other members sometimes do too."""
+    number at the till; the owner gives it to the CRM, other members sometimes do too. Accounts are
+    registered with the number the person holds (a household member's own, B's recycled one)."""
     n = gid.size
     own = I.phone_number(gid, world.keys["phone"])
-    till, crm = own.copy(), own.copy()
-    till_tag, crm_tag = np.zeros(n, np.int8), np.zeros(n, np.int8)
+    till, crm, account = own.copy(), own.copy(), own.copy()
+    till_tag, crm_tag, account_tag = np.zeros(n, np.int8), np.zeros(n, np.int8), np.zeros(n, np.int8)
     valid = np.full((n, 2), -1, dtype=np.int64)
     a, b, day = pairs.T
-    till[b] = crm[b] = own[a]
-    for tag in (till_tag, crm_tag):
+    till[b] = crm[b] = account[b] = own[a]
+    for tag in (till_tag, crm_tag, account_tag):
         tag[a] = tag[b] = I.TAG_RECYCLED
     valid[a, 1], valid[b, 0] = day, day
     in_household = household >= 0
@@ -227,11 +230,14 @@ def _draw_phones(
     gives = in_household & ~is_owner & (rng.random(n) < _HOUSEHOLD_CRM_SHARE)
     crm[gives] = own[household[gives]]
     crm_tag[gives | is_owner] = I.TAG_HOUSEHOLD
+    account_tag[is_owner] = I.TAG_HOUSEHOLD  # the owner's own number is the household's till number
     return {
         "till_phone": till,
         "till_tag": till_tag,
         "crm_phone": crm,
         "crm_tag": crm_tag,
+        "account_phone": account,
+        "account_tag": account_tag,
         "phone_valid": valid,
     }
 

@@ -86,6 +86,8 @@ class RetailerSpec:
     member_share: float = 0.7  # persons who ever shop in store holding a loyalty card
     crm_email_share: float = 0.7  # members who gave the CRM their email
     account_share: float = 0.98  # persons who ever shop online with an account (the rest check out as guests)
+    account_phone_share: float = 0.9  # accounts registered with a mobile number (SMS-verified sign-up)
+    account_card_share: float = 0.5  # members with an account who bind their loyalty card in the app
     never_login_device_share: float = 0.03  # account holders' devices on which they never log in
     n_kiosks: int = 2  # in-store tablets (one device_id each, in distinct stores), shared by every visitor
     kiosk_use: float = 0.15  # account holders' visits to a kiosk store that include a kiosk session
@@ -131,6 +133,8 @@ class RetailerSpec:
             self.member_share,
             self.crm_email_share,
             self.account_share,
+            self.account_phone_share,
+            self.account_card_share,
             self.seasonal_amplitude,
             self.promo_discount,
             self.channel_shift_share,

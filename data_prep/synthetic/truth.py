@@ -26,6 +26,8 @@ IDENTIFIER_SOURCES = (
     ("online", S.ON_EMAIL, S.ID_EMAIL, None),
     ("accounts", S.ACC_ACCOUNT_ID, S.ID_ACCOUNT, None),
     ("accounts", S.ACC_EMAIL, S.ID_EMAIL, None),
+    ("accounts", S.ACC_PHONE, S.ID_PHONE, "_tag_phone"),
+    ("accounts", S.ACC_LOYALTY_CARD, S.ID_CARD, None),
     ("pos", S.POS_LOYALTY_CARD, S.ID_CARD, None),
     ("pos", S.POS_PHONE, S.ID_PHONE, "_tag_phone"),
     ("crm", S.CRM_LOYALTY_CARD, S.ID_CARD, None),

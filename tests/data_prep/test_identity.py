@@ -144,3 +144,63 @@ def test_pairwise_metrics_sets_ambiguous_identifiers_apart() -> None:
     m = idn.pairwise_metrics(resolved[[*key, S.CUSTOMER_ID]], truth)
     assert m["n_identifiers_ambiguous"] == 1 and m["n_identifiers_scored"] == 2
     assert m["pairwise_precision"] == 1.0 and m["pairwise_recall"] == 1.0
+
+
+def network_events(rows: list[tuple[str, str | None, str, str]]) -> ibis.Table:
+    """Online events (device, account or None, ip, date) for home-network matching."""
+    df = pd.DataFrame(
+        {
+            S.EVENT_ID: [f"e{i}" for i in range(len(rows))],
+            S.DEVICE_KEY: [r[0] for r in rows],
+            S.ACCOUNT_KEY: [r[1] for r in rows],
+            S.IP_KEY: [r[2] for r in rows],
+            S.TS: pd.to_datetime([r[3] for r in rows], utc=True),
+        }
+    )
+    for c in (S.EMAIL_KEY, S.PHONE_KEY, S.CARD_KEY):
+        df[c] = None
+    return ibis.memtable(df.astype({c: "string" for c in df.columns if c != S.TS}))
+
+
+def resolve_with_networks(rows: list[tuple[str, str | None, str, str]], cutoff: str | None = None) -> dict:
+    events = network_events(rows)
+    links = idn.identifier_links([events])
+    when = None if cutoff is None else pd.Timestamp(cutoff, tz="UTC").to_pydatetime()
+    labels, _ = idn.resolve_identities(links, when, networks=idn.device_networks(events))
+    m = idn.identity_map(labels).to_pandas()
+    return dict(zip(m[S.IDENTIFIER_TYPE] + ":" + m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True))
+
+
+HOME = [  # d1 logs into a1 at home (ip h1); d2 never logs in but browses from h1 on two days
+    ("d1", "a1", "h1", "2026-01-05 10:00"),
+    ("d2", None, "h1", "2026-01-06 20:00"),
+    ("d2", None, "h1", "2026-01-09 20:00"),
+]
+
+
+def test_anonymous_device_joins_the_one_customer_of_its_home_network() -> None:
+    m = resolve_with_networks(HOME)
+    assert m["device:d2"] == m["account:a1"]
+
+
+def test_home_network_evidence_is_point_in_time_and_needs_two_days() -> None:
+    before_second_day = resolve_with_networks(HOME, cutoff="2026-01-08")
+    assert before_second_day["device:d2"] != before_second_day["account:a1"]
+    one_day = resolve_with_networks(HOME[:2])
+    assert one_day["device:d2"] != one_day["account:a1"]
+
+
+def test_network_shared_by_two_customers_links_nobody() -> None:
+    # a household router (h1) used by two account holders; a carrier NAT address (m1) by both too
+    rows = [*HOME, ("d3", "a3", "h1", "2026-01-07 09:00"), ("d3", "a3", "m1", "2026-01-08 09:00")]
+    rows += [("d2", None, "m1", "2026-01-10 09:00")]
+    m = resolve_with_networks(rows)
+    assert m["device:d2"] not in (m["account:a1"], m["account:a3"])
+
+
+def test_device_on_networks_of_two_customers_is_not_matched() -> None:
+    # d2 uses a1's home network and a3's (another exclusive address): conflicting evidence
+    rows = [*HOME, ("d3", "a3", "h3", "2026-01-07 09:00")]
+    rows += [("d2", None, "h3", "2026-01-11 09:00"), ("d2", None, "h3", "2026-01-12 09:00")]
+    m = resolve_with_networks(rows)
+    assert m["device:d2"] not in (m["account:a1"], m["account:a3"])

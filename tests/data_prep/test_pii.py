@@ -52,7 +52,11 @@ def test_key_file_is_created_once_when_env_unset(tmp_path: Path, monkeypatch: py
 def _raw_identifiers(data: Path) -> set[str]:
     gt = pd.read_csv(data / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE, dtype=str, keep_default_na=False)
     pii_rows = gt[gt[S.IDENTIFIER_TYPE].isin(S.PII_IDENTIFIER_TYPES)]
-    return {v for v in pii_rows[S.GT_IDENTIFIER] if len(v) >= 6}
+    values = {v for v in pii_rows[S.GT_IDENTIFIER] if len(v) >= 6}
+    online = pd.read_json(data / S.RAW_DIR / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE, lines=True, dtype=str)
+    ips = {v for v in online[S.ON_IP].dropna() if len(v) >= 10}  # client addresses are personal data too
+    assert ips
+    return values | ips
 
 
 def test_no_raw_identifier_outside_raw_layer(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
