@@ -8,7 +8,9 @@ min-label propagation expressed in Ibis (so the same code runs on DuckDB and on 
 Merge protection: an account or a loyalty card stands for one person's relationship with the retailer (an
 *anchor*). A device, phone or email seen with more than ``max_anchors`` distinct accounts, or more than that
 many cards, is *shared* — a store kiosk, a family phone, a recycled number — and links nobody: it is left out
-of the graph, and records that carry only shared identifiers stay anonymous.
+of the graph, and records that carry only shared identifiers stay anonymous. So is an identifier seen with
+anchors whose own profiles register different emails (a household phone that joins the owner's account to a
+family member's loyalty card).
 
 Resolution is point-in-time: :func:`resolve_identities` with a cutoff uses only link records strictly
 before it, so a link that appears later (say the checkout email of a purchase inside a label window) cannot
@@ -123,17 +125,39 @@ def _node_type(node: ir.StringValue) -> ir.StringValue:
     return node.split(":")[0]
 
 
+PROFILE_SOURCES = ("crm", "accounts")  # profile records are ``"<source>:<anchor key>"`` (events.clean_*)
+EXCLUSIVE_TYPES = (S.ID_EMAIL,)  # one person's own: families share phones and devices, not mailboxes
+REASON_ANCHORS = "several_anchors"
+REASON_REGISTRATIONS = "conflicting_registrations"
+
+
 def shared_identifiers(pairs: ir.Table, max_anchors: int = DEFAULT_MAX_ANCHORS) -> ir.Table:
-    """(node, anchor_type, n_anchors): non-anchor identifiers seen on records with more than ``max_anchors``
-    distinct anchors of one type (accounts or cards)."""
-    typed = pairs.select(RECORD, NODE, _t=_node_type(pairs[NODE]))
+    """(node, reason, anchor_type, n_anchors): non-anchor identifiers that must link nobody (one row per
+    reason and anchor type).
+
+    ``several_anchors``: seen on records with more than ``max_anchors`` distinct anchors of one type
+    (accounts or cards). ``conflicting_registrations``: seen with anchors whose own profiles register
+    different emails — the household phone that the owner registered with the account and a family member
+    gave the CRM with their own email.
+    """
+    profile = ibis.or_(*[pairs[RECORD].startswith(f"{src}:") for src in PROFILE_SOURCES])
+    typed = pairs.select(RECORD, NODE, _t=_node_type(pairs[NODE]), _profile=profile)
     anchors = typed.filter(typed._t.isin(ANCHOR_TYPES))
+    anchors = anchors.select(_record=anchors[RECORD], anchor=anchors[NODE], anchor_type=anchors._t)
     others = typed.filter(~typed._t.isin(ANCHOR_TYPES))
-    co = others.join(anchors, RECORD).select(
-        **{NODE: others[NODE], "anchor": anchors[NODE], "anchor_type": anchors._t}
+    co = others.join(anchors, others[RECORD] == anchors._record).drop("_record")
+    per = co.select(NODE, "anchor", "anchor_type").distinct()
+    counts = per.group_by([NODE, "anchor_type"]).aggregate(n_anchors=ibis._.count())
+    several = counts.filter(counts.n_anchors > max_anchors).mutate(reason=ibis.literal(REASON_ANCHORS))
+    mine = co.filter(co._profile & co._t.isin(EXCLUSIVE_TYPES))
+    registered = mine.select("anchor", _value=mine[NODE]).distinct()
+    reg = per.join(registered, "anchor")
+    conflict = reg.group_by(NODE).aggregate(
+        anchor_type=reg.anchor_type.min(), n_anchors=reg.anchor.nunique(), _n=reg._value.nunique()
     )
-    per = co.distinct().group_by([NODE, "anchor_type"]).aggregate(n_anchors=ibis._.count())
-    return per.filter(per.n_anchors > max_anchors)
+    conflict = conflict.filter(conflict._n > 1).mutate(reason=ibis.literal(REASON_REGISTRATIONS))
+    columns = (NODE, "reason", "anchor_type", "n_anchors")
+    return ibis.union(several.select(*columns), conflict.select(*columns))
 
 
 def device_networks(events: ir.Table) -> ir.Table:
@@ -186,7 +210,10 @@ def resolve_identities(
     visible = materialize(visible.select(RECORD, NODE).distinct())
     if max_anchors is None:
         shared = visible.select(
-            NODE, anchor_type=ibis.literal("", "string"), n_anchors=ibis.literal(0)
+            NODE,
+            reason=ibis.literal("", "string"),
+            anchor_type=ibis.literal("", "string"),
+            n_anchors=ibis.literal(0, "int64"),
         ).limit(0)
     else:
         shared = materialize(shared_identifiers(visible, max_anchors))

@@ -204,3 +204,24 @@ def test_device_on_networks_of_two_customers_is_not_matched() -> None:
     rows += [("d2", None, "h3", "2026-01-11 09:00"), ("d2", None, "h3", "2026-01-12 09:00")]
     m = resolve_with_networks(rows)
     assert m["device:d2"] not in (m["account:a1"], m["account:a3"])
+
+
+def test_household_phone_between_registrations_with_different_emails_links_nobody() -> None:
+    # the owner registers account a1 with the household phone; a family member gives the CRM the same phone
+    # with card c2 and their own email: the phone would merge two people. The same phone with one person's
+    # account and card, registered with one email, still merges them.
+    rows = [
+        {S.EVENT_ID: "accounts:a1", S.ACCOUNT_KEY: "a1", S.EMAIL_KEY: "e1", S.PHONE_KEY: "home"},
+        {S.EVENT_ID: "crm:c2", S.CARD_KEY: "c2", S.EMAIL_KEY: "e2", S.PHONE_KEY: "home"},
+        {S.EVENT_ID: "accounts:a3", S.ACCOUNT_KEY: "a3", S.EMAIL_KEY: "e3", S.PHONE_KEY: "p3"},
+        {S.EVENT_ID: "crm:c3", S.CARD_KEY: "c3", S.EMAIL_KEY: "e3", S.PHONE_KEY: "p3"},
+        {S.EVENT_ID: "pos:1", S.CARD_KEY: "c3", S.PHONE_KEY: "p3"},
+    ]
+    links = idn.identifier_links([records(rows)])
+    labels, shared = idn.resolve_identities(links)
+    m = idn.identity_map(labels).to_pandas()
+    cust = dict(zip(m[S.IDENTIFIER_TYPE] + ":" + m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True))
+    assert cust["account:a1"] != cust["card:c2"]
+    assert cust["account:a3"] == cust["card:c3"] == cust["phone:p3"]
+    reasons = shared.to_pandas().set_index(idn.NODE)["reason"].to_dict()
+    assert reasons == {"phone:home": idn.REASON_REGISTRATIONS}
