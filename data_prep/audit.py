@@ -38,17 +38,24 @@ def fault_event_ids(faults: pd.DataFrame) -> pd.Series:
     return (prefix + faults[S.GT_FAULT_ROW_KEY]).where(prefix.notna())
 
 
-def outcome_of(rows: pd.DataFrame) -> str:
-    """One event id's outcome from its rows (event_id, reason, is_duplicate, event_type)."""
-    kept = int((~rows[ev.IS_DUPLICATE] & rows[S.REJECT_REASON].isna()).sum())
-    if rows[ev.IS_DUPLICATE].any() and kept <= 1:  # copies merged, at most one row kept under this id
-        return MERGED
-    reasons = rows[S.REJECT_REASON].dropna()
-    if not reasons.empty:
-        return str(reasons.iloc[0])
-    if (rows[S.EVENT_TYPE] == S.EV_RETURN).any():
-        return ACCEPTED_RETURN
-    return "accepted"
+def outcomes_by_id(rows: pd.DataFrame) -> pd.Series:
+    """Each event id's outcome from its rows (event_id, reason, is_duplicate, event_type): MERGED when copies
+    were merged and at most one row is kept under the id, else its first reject reason, else
+    ACCEPTED_RETURN for a return, else "accepted". One grouped pass, not a Python call per id."""
+    dup = rows[ev.IS_DUPLICATE].astype(bool)
+    flags = rows.assign(
+        _kept=(~dup & rows[S.REJECT_REASON].isna()).astype("int64"),
+        _dup=dup,
+        _return=rows[S.EVENT_TYPE] == S.EV_RETURN,
+    )
+    g = flags.groupby(S.EVENT_ID, sort=False).agg(
+        kept=("_kept", "sum"), dup=("_dup", "any"), reason=(S.REJECT_REASON, "first"), ret=("_return", "any")
+    )
+    merged = g.dup & (g.kept <= 1)
+    out = pd.Series("accepted", index=g.index, dtype=object)
+    out = out.where(~g.ret, ACCEPTED_RETURN)
+    out = out.where(g.reason.isna(), g.reason)
+    return out.where(~merged, MERGED)
 
 
 def score_cleaning(faults: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, Any]:
@@ -58,7 +65,7 @@ def score_cleaning(faults: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, An
     handled when exactly one of the pair (copy, original) is kept.
     """
     faults = faults.assign(event_id=fault_event_ids(faults)).dropna(subset=["event_id"])
-    by_id = {k: outcome_of(g) for k, g in outcomes.groupby(S.EVENT_ID)}
+    by_id = outcomes_by_id(outcomes)
     originals = ("online:" + faults[S.GT_FAULT_ORIGINAL_KEY].fillna("")).map(by_id)
     got = faults["event_id"].map(by_id).fillna("missing")
     resent = faults[S.GT_FAULT] == S.FAULT_RESENT

@@ -12,7 +12,9 @@ validation, so nothing is lost), and it runs in local mode here (``local[*]``) u
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -26,7 +28,10 @@ import pyarrow.parquet as pq
 DUCKDB = "duckdb"
 SPARK = "spark"
 ENGINES = (DUCKDB, SPARK)
-DUCKDB_MEMORY_ENV = "O2O_DUCKDB_MEMORY"  # e.g. "2GB": DuckDB spills to disk beyond it
+DUCKDB_MEMORY_ENV = "O2O_DUCKDB_MEMORY"  # e.g. "4GB": DuckDB spills to disk beyond it
+# Prep must fit 10M raw events in 2 GB of RAM (DuckDB plus the Python process around it); raise it with the
+# variable on a bigger machine for speed.
+DEFAULT_DUCKDB_MEMORY = "1GB"
 SPARK_MASTER_ENV = "O2O_SPARK_MASTER"
 
 
@@ -50,8 +55,10 @@ def connect(engine: str = DUCKDB) -> ibis.BaseBackend:
     if engine == DUCKDB:
         con = ibis.duckdb.connect()
         con.raw_sql("SET TimeZone = 'UTC'")
-        if memory := os.environ.get(DUCKDB_MEMORY_ENV):
-            con.raw_sql(f"SET memory_limit = '{memory}'")
+        con.raw_sql(f"SET memory_limit = '{os.environ.get(DUCKDB_MEMORY_ENV, DEFAULT_DUCKDB_MEMORY)}'")
+        spill = tempfile.mkdtemp(prefix="o2o-duckdb-")  # not DuckDB's default ./.tmp in the user's folder
+        atexit.register(shutil.rmtree, spill, ignore_errors=True)
+        con.raw_sql(f"SET temp_directory = '{spill}'")
         return con
     if engine == SPARK:
         return _spark()

@@ -199,6 +199,52 @@ def unify_pos_lines(raw: ir.Table, catalog_items: ir.Table, stores: ir.Table) ->
     )
 
 
+def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
+    """Order-level records (a total, no item lines) → unified ``order`` (online) or ``purchase`` (store)
+    events with no item + ``reason``.
+
+    ``raw`` has the columns of ``01_raw/orders/orders.csv`` as strings, identifiers replaced by their keys.
+    Rejected: no order id (``missing_id``), bad time, a channel other than web / app / miniprogram / store,
+    a store order naming no known store, a total that is missing, not a number or not positive
+    (``bad_price``; refunds of order-level sources are not matched to purchases).
+    """
+    ts = raw[S.ORD_TS].try_cast(UTC_TS)
+    order = _empty_to_null(raw[S.ORD_ORDER_ID])
+    channel = _empty_to_null(raw[S.ORD_CHANNEL]).lower()
+    store = _empty_to_null(raw[S.ORD_STORE_ID])
+    total = raw[S.ORD_TOTAL].try_cast("float64")
+    in_store = channel == S.CHANNEL_STORE
+    reason = _first_reason(
+        [
+            (order.isnull(), R_MISSING_ID),
+            (ts.isnull(), R_BAD_TIMESTAMP),
+            (channel.isnull() | ~channel.isin(S.CHANNELS), R_UNKNOWN_CHANNEL),
+            (in_store & (store.isnull() | ~store.isin(stores[S.CAT_STORE_ID])), R_UNKNOWN_STORE),
+            (total.isnull() | (total <= 0), R_BAD_PRICE),
+        ]
+    )
+    keys = {c: raw[c] if c in raw.columns else ibis.null("string") for c in S.IDENTIFIER_KEY_COLUMNS.values()}
+    return raw.select(
+        **{
+            S.EVENT_ID: ibis.literal("orders:") + order.fill_null(""),
+            S.SOURCE: ibis.literal("orders"),
+            S.TS: ts,
+            S.CHANNEL: channel,
+            S.EVENT_TYPE: ibis.ifelse(in_store, ibis.literal(S.EV_PURCHASE), ibis.literal(S.EV_ORDER)),
+            S.ITEM_ID: ibis.null("string"),
+            S.STORE_ID: ibis.ifelse(in_store, store, ibis.null("string")),
+            S.QUANTITY: ibis.null("int64"),
+            S.PRICE: ibis.null("float64"),
+            S.AMOUNT: total,
+            S.ORDER_ID: order,
+            S.SESSION_ID: ibis.null("string"),
+            **keys,
+            S.IP_KEY: ibis.null("string"),
+            S.REJECT_REASON: reason,
+        }
+    )
+
+
 def mark_duplicates(events: ir.Table) -> ir.Table:
     """Flag every valid row whose ``event_id`` repeats an earlier valid row (``is_duplicate``).
 

@@ -33,7 +33,12 @@ from datetime import datetime
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from data_prep import schema as S
 from data_prep.events import UTC_TS
@@ -82,16 +87,40 @@ def identifier_links(records: list[ir.Table]) -> ir.Table:
     return ibis.union(*parts, distinct=True)
 
 
-def identifier_edges(links: ir.Table) -> ir.Table:
-    """Undirected edges (src, dst) joining every identifier of a record to that record's smallest node."""
+def star_edges(links: ir.Table) -> ir.Table:
+    """Edges (src, dst) joining every identifier of a record to that record's smallest node (one direction)."""
     anchor = links.group_by(RECORD).aggregate(anchor=links[NODE].min())
     star = links.join(anchor, RECORD).select(src=links[NODE], dst=anchor["anchor"])
-    star = star.filter(star.src != star.dst)
+    return star.filter(star.src != star.dst).distinct()
+
+
+def identifier_edges(links: ir.Table) -> ir.Table:
+    """Undirected edges (src, dst): :func:`star_edges` in both directions."""
+    star = star_edges(links)
     back = star.select(src=star.dst, dst=star.src)
     return ibis.union(star, back, distinct=True)
 
 
 Materialize = Callable[[ir.Table], ir.Table]
+# (nodes with NODE, star edges with src and dst) → labels (NODE, LABEL); see propagate_labels
+Components = Callable[[ir.Table, ir.Table], ir.Table]
+
+
+def label_components(nodes: pa.Array, src: pa.Array, dst: pa.Array) -> pa.Table:
+    """(node, label) with the smallest node of each connected component as label — what
+    :func:`propagate_labels` computes, in one pass of SciPy's union-find over integer-coded edges.
+
+    ``nodes`` are distinct; every ``src`` and ``dst`` is one of them. Nodes are sorted first, so a smaller
+    index is a smaller text and each component's first index is its smallest node.
+    """
+    nodes = nodes.take(pc.sort_indices(nodes))
+    n = len(nodes)
+    s = pc.index_in(src, value_set=nodes).to_numpy(zero_copy_only=False)
+    d = pc.index_in(dst, value_set=nodes).to_numpy(zero_copy_only=False)
+    graph = coo_matrix((np.ones(s.size, np.int8), (s, d)), shape=(n, n))
+    _, component = connected_components(graph, directed=True, connection="weak")
+    _, first = np.unique(component, return_index=True)  # index of each component's smallest node
+    return pa.table({NODE: nodes, LABEL: nodes.take(pa.array(first[component]))})
 
 
 def _cache(t: ir.Table) -> ir.Table:
@@ -201,10 +230,14 @@ def resolve_identities(
     materialize: Materialize = _cache,
     networks: ir.Table | None = None,
     min_network_days: int = DEFAULT_MIN_NETWORK_DAYS,
+    components: Components | None = None,
 ) -> tuple[ir.Table, ir.Table]:
     """Component labels (node, label) from the records before ``cutoff`` (all when None), and the shared
     identifiers left out of the graph (none when ``max_anchors`` is None: no merge protection). With
-    ``networks`` (:func:`device_networks`), anonymous devices are then matched by home network."""
+    ``networks`` (:func:`device_networks`), anonymous devices are then matched by home network.
+
+    ``components`` finds the connected components (default: :func:`propagate_labels` in Ibis, which runs
+    on any engine; the DuckDB pipeline passes an in-memory union-find with the same result)."""
     before = None if cutoff is None else ibis.literal(cutoff, type=UTC_TS)
     visible = links if before is None else links.filter(links[S.TS] < before)
     visible = materialize(visible.select(RECORD, NODE).distinct())
@@ -218,7 +251,11 @@ def resolve_identities(
     else:
         shared = materialize(shared_identifiers(visible, max_anchors))
     kept = visible.anti_join(shared, NODE)
-    labels = propagate_labels(kept.select(NODE).distinct(), identifier_edges(kept), materialize=materialize)
+    nodes = kept.select(NODE).distinct()
+    if components is None:
+        labels = propagate_labels(nodes, identifier_edges(kept), materialize=materialize)
+    else:
+        labels = components(nodes, star_edges(kept))
     if networks is not None:
         seen = networks if before is None else networks.filter(networks[S.TS] < before)
         labels = materialize(match_devices_by_network(labels, seen, min_network_days))

@@ -26,6 +26,7 @@ from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
 from data_prep import schema as S
+from data_prep.events import UTC_TS
 from data_prep.manifest import Manifest
 from data_prep.report import write_data_report
 
@@ -158,15 +159,23 @@ def _read_sources(
     else:
         empty = pd.DataFrame({c: pd.Series(dtype="string") for c in S.RAW_ACCOUNT_COLUMNS})
         tables["accounts"] = engine.temp_table(con, empty)
+    orders = raw_dir / S.RAW_ORDERS_DIR / S.RAW_ORDERS_FILE  # optional: order-level exports (no items)
+    if orders.exists():
+        m.add_input(orders)
+        paths["orders"] = orders
+        tables["orders"] = _read_csv(con, orders, S.RAW_ORDER_COLUMNS)
     counts = {name: count_raw_rows(t, paths.get(name, accounts)) for name, t in tables.items()}
-    return tables, {k: counts[k] for k in ("online", "pos", "crm", "accounts")}
+    if not counts.get("orders"):  # absent or header only (an import with no order-level source)
+        tables.pop("orders", None)
+    sources = ("online", "pos", "crm", "accounts", *(("orders",) if "orders" in tables else ()))
+    return tables, {k: counts[k] for k in sources}
 
 
 def build_events_layer(
     con: ibis.BaseBackend, raw: Path, out: Path, key: bytes
 ) -> tuple[ir.Table, ir.Table, dict[str, Any]]:
-    """Write ``02_events``: events, profiles (CRM members + online accounts), catalog, rejects (Parquet),
-    ledger.json and the manifest."""
+    """Write ``02_events``: events (online, POS and, when exported, order-level records), profiles (CRM
+    members + online accounts), catalog, rejects (Parquet), ledger.json and the manifest."""
     out_dir = out / S.EVENTS_DIR
     m = Manifest(S.EVENTS_DIR)
     raw_tables, raw_rows = _read_sources(con, raw, m)
@@ -177,10 +186,12 @@ def build_events_layer(
         for name in ("online", "pos", "crm", "accounts")
     )
 
+    parts = [ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores)]
+    if "orders" in raw_tables:
+        orders = pseudonymise_columns(con, raw_tables["orders"], columns["orders"], key)
+        parts.append(ev.unify_orders(orders, stores))
     erased = engine.temp_table(con, erasure.erased_keys())
-    unified = ev.verify_returns(
-        ibis.union(ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores))
-    )
+    unified = ev.verify_returns(ibis.union(*parts))
     marked = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(unified, erased)))
     profiles = ibis.union(ev.clean_members(crm), ev.clean_accounts(accounts))
     profiles = engine.materialize(con, ev.mark_duplicates(ev.mark_erased(profiles, erased)))
@@ -245,6 +256,26 @@ def _materializer(con: ibis.BaseBackend) -> idn.Materialize:
     return lambda t: engine.materialize(con, t)
 
 
+def _components(con: ibis.BaseBackend) -> idn.Components | None:
+    """On DuckDB, connected components in memory (SciPy) instead of rounds of label propagation: the graph
+    is one integer pair per edge, small beside the events. Spark keeps the distributed propagation."""
+    if engine.engine_name(con) != engine.DUCKDB:
+        return None
+
+    def run(nodes: ir.Table, edges: ir.Table) -> ir.Table:
+        e = edges.to_pyarrow()
+        labels = idn.label_components(nodes.to_pyarrow().column(idn.NODE), e.column("src"), e.column("dst"))
+        return engine.temp_table(con, labels)
+
+    return run
+
+
+def _resolve(con: ibis.BaseBackend, links: ir.Table, **kwargs: Any) -> tuple[ir.Table, ir.Table]:
+    return idn.resolve_identities(
+        links, materialize=_materializer(con), components=_components(con), **kwargs
+    )
+
+
 def build_customers_layer(
     con: ibis.BaseBackend,
     events: ir.Table,
@@ -262,7 +293,7 @@ def build_customers_layer(
     m = Manifest(S.CUSTOMERS_DIR)
     links = _write(con, idn.identifier_links([events, profiles]), out_dir / S.LINKS_FILE, m)
     networks = _write(con, idn.device_networks(events), out_dir / S.NETWORKS_FILE, m)
-    labels, shared = idn.resolve_identities(links, materialize=_materializer(con), networks=networks)
+    labels, shared = _resolve(con, links, networks=networks)
     id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
     shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
     resolved = idn.attach_customers(events, links, id_map).order_by([S.TS, S.EVENT_ID])
@@ -276,10 +307,8 @@ def build_customers_layer(
     m.extra["consent_default"] = consent_default
     metrics = None
     if (raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE).exists():
-        unprotected_labels, _ = idn.resolve_identities(
-            links, max_anchors=None, materialize=_materializer(con)
-        )
-        protected_labels, _ = idn.resolve_identities(links, materialize=_materializer(con))
+        unprotected_labels, _ = _resolve(con, links, max_anchors=None)
+        protected_labels, _ = _resolve(con, links)
         shared_pd = shared.to_pandas()
         steps = {
             "deterministic links": idn.identity_map(unprotected_labels).to_pandas(),
@@ -323,14 +352,19 @@ def identity_metrics(raw: Path, steps: dict[str, pd.DataFrame], key: bytes) -> d
 
 
 def events_as_of(
-    con: ibis.BaseBackend, events: ir.Table, evidence: idn.Evidence, cutoff: datetime
+    con: ibis.BaseBackend,
+    events: ir.Table,
+    evidence: idn.Evidence,
+    cutoff: datetime,
+    until: datetime | None = None,
 ) -> ir.Table:
-    """Events attributed to the customers that the evidence before ``cutoff`` resolves (materialized)."""
-    labels, _ = idn.resolve_identities(
-        evidence.links, cutoff, materialize=_materializer(con), networks=evidence.networks
-    )
+    """Events before ``until`` (all when None) attributed to the customers that the evidence before
+    ``cutoff`` resolves (materialized). Examples for a cutoff read nothing after its label window, so
+    ``until`` = cutoff + horizon keeps the early cutoffs' copies small."""
+    labels, _ = _resolve(con, evidence.links, cutoff=cutoff, networks=evidence.networks)
+    window = events if until is None else events.filter(events[S.TS] < ibis.literal(until, type=UTC_TS))
     return engine.materialize(
-        con, idn.attach_customers(events.drop(S.CUSTOMER_ID), evidence.links, idn.identity_map(labels))
+        con, idn.attach_customers(window.drop(S.CUSTOMER_ID), evidence.links, idn.identity_map(labels))
     )
 
 
@@ -361,8 +395,10 @@ def build_features_layer(
     catalog = engine.read_parquet(con, out / S.EVENTS_DIR / S.CATALOG_FILE)
     _write(con, fe.item_vocabulary(events, catalog, splits.val), out_dir / S.ITEMS_FILE, m)
     progress("identities as of each cutoff")
+    horizon = timedelta(days=horizon_days)
     as_of = {
-        c: events_as_of(con, events, evidence, c) for c in (*splits.train_cutoffs, splits.val, splits.test)
+        c: events_as_of(con, events, evidence, c, c + horizon)
+        for c in (*splits.train_cutoffs, splits.val, splits.test)
     }
     progress("next-item examples (R2)")
     train_seq = fe.customer_sequences(as_of[splits.val], splits.val)

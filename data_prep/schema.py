@@ -69,6 +69,20 @@ CRM_SIGNUP_STORE_ID = "signup_store_id"
 CRM_CONSENT_ANALYTICS = "consent_analytics"  # CONSENT_YES | CONSENT_NO, as recorded at sign-up
 CRM_CONSENT_MARKETING = "consent_marketing"  # CONSENT_YES | CONSENT_NO
 
+# order-level exports (optional): one row per order with its total and no item lines, e.g. a franchise
+# till or a marketplace that reports receipts only. They feed intent, RFM and churn, never the recommender.
+RAW_ORDERS_DIR = "orders"
+RAW_ORDERS_FILE = "orders.csv"
+ORD_ORDER_ID = "order_id"
+ORD_TS = "ts"  # "YYYY-MM-DD HH:MM:SS", UTC
+ORD_CHANNEL = "channel"  # web | app | miniprogram | store
+ORD_STORE_ID = "store_id"  # store orders: the store; empty online
+ORD_ACCOUNT_ID = "account_id"
+ORD_EMAIL = "email"
+ORD_LOYALTY_CARD = "loyalty_card"
+ORD_PHONE = "phone"
+ORD_TOTAL = "total"  # order total in the shop currency, > 0
+
 # ---------------------------------------------------------------- raw: catalogue (CSV)
 RAW_CATALOG_DIR = "catalog"
 RAW_ITEMS_FILE = "items.csv"  # item_id, category, price
@@ -125,6 +139,17 @@ RAW_ACCOUNT_COLUMNS = (
     ACC_CREATED_TS,
     ACC_CONSENT_ANALYTICS,
     ACC_CONSENT_MARKETING,
+)
+RAW_ORDER_COLUMNS = (
+    ORD_ORDER_ID,
+    ORD_TS,
+    ORD_CHANNEL,
+    ORD_STORE_ID,
+    ORD_ACCOUNT_ID,
+    ORD_EMAIL,
+    ORD_LOYALTY_CARD,
+    ORD_PHONE,
+    ORD_TOTAL,
 )
 ACCOUNT_OPTIONAL_COLUMNS = (ACC_PHONE, ACC_LOYALTY_CARD)  # absent from older raw layouts: read as null
 RAW_ITEM_COLUMNS = (CAT_ITEM_ID, CAT_CATEGORY, CAT_PRICE)
@@ -286,6 +311,12 @@ RAW_IDENTIFIER_COLUMNS = {
     },
     "pos": {POS_LOYALTY_CARD: ID_CARD, POS_PHONE: ID_PHONE},
     "crm": {CRM_LOYALTY_CARD: ID_CARD, CRM_PHONE: ID_PHONE, CRM_EMAIL: ID_EMAIL},
+    "orders": {
+        ORD_ACCOUNT_ID: ID_ACCOUNT,
+        ORD_EMAIL: ID_EMAIL,
+        ORD_LOYALTY_CARD: ID_CARD,
+        ORD_PHONE: ID_PHONE,
+    },
 }
 
 # ---------------------------------------------------------------- customers (03_customers)

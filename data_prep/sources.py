@@ -47,7 +47,7 @@ from data_prep import engine
 from data_prep import schema as S
 
 Progress = Callable[[str], None]
-Kind = Literal["online", "accounts", "pos", "crm", "items", "stores"]
+Kind = Literal["online", "accounts", "pos", "crm", "orders", "items", "stores"]
 Format = Literal["csv", "jsonl", "parquet"]
 
 AMOUNT = "amount"  # POS-only pseudo-column: the line (or order) total; unit_price = amount / quantity
@@ -76,6 +76,7 @@ CANONICAL: dict[str, CanonicalFile] = {
     ),
     "pos": CanonicalFile(S.RAW_POS_DIR, S.RAW_POS_FILE, S.RAW_POS_COLUMNS, S.POS_TS, S.POS_UNIT_PRICE),
     "crm": CanonicalFile(S.RAW_CRM_DIR, S.RAW_CRM_FILE, S.RAW_CRM_COLUMNS, S.CRM_SIGNUP_TS, None),
+    "orders": CanonicalFile(S.RAW_ORDERS_DIR, S.RAW_ORDERS_FILE, S.RAW_ORDER_COLUMNS, S.ORD_TS, S.ORD_TOTAL),
     "items": CanonicalFile(S.RAW_CATALOG_DIR, S.RAW_ITEMS_FILE, S.RAW_ITEM_COLUMNS, None, S.CAT_PRICE),
     "stores": CanonicalFile(S.RAW_CATALOG_DIR, S.RAW_STORES_FILE, S.RAW_STORE_COLUMNS, None, None),
 }

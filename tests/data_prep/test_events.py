@@ -193,3 +193,63 @@ def test_returns_need_an_earlier_purchase_by_the_same_customer() -> None:
     assert got.loc["pos:T3:1", S.REJECT_REASON] == ev.R_UNMATCHED_RETURN
     assert got.loc["pos:T0:1", S.REJECT_REASON] == ev.R_UNMATCHED_RETURN
     assert got.loc["pos:T4:1", S.REJECT_REASON] == ev.R_BAD_QUANTITY
+
+
+def order_row(**kw: str | None) -> dict[str, str | None]:
+    row: dict[str, str | None] = {
+        S.ORD_ORDER_ID: "O1",
+        S.ORD_TS: "2026-01-05 12:00:00",
+        S.ORD_CHANNEL: "store",
+        S.ORD_STORE_ID: "ST1",
+        S.CARD_KEY: "ck",
+        S.PHONE_KEY: None,
+        S.ACCOUNT_KEY: None,
+        S.EMAIL_KEY: None,
+        S.ORD_TOTAL: "42.5",
+    }
+    row.update(kw)
+    return row
+
+
+def run_orders(rows: list[dict]) -> pd.DataFrame:
+    raw = ibis.memtable(pd.DataFrame(rows).astype("string"))
+    return ev.mark_duplicates(ev.unify_orders(raw, ibis.memtable(STORES))).to_pandas()
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (order_row(order_id=None), ev.R_MISSING_ID),
+        (order_row(ts="soon"), ev.R_BAD_TIMESTAMP),
+        (order_row(channel="fax"), ev.R_UNKNOWN_CHANNEL),
+        (order_row(store_id="NOPE"), ev.R_UNKNOWN_STORE),
+        (order_row(store_id=None), ev.R_UNKNOWN_STORE),
+        (order_row(total="0"), ev.R_BAD_PRICE),
+        (order_row(total="-5"), ev.R_BAD_PRICE),
+        (order_row(total="a lot"), ev.R_BAD_PRICE),
+    ],
+)
+def test_order_level_reject_reasons(row: dict, reason: str) -> None:
+    assert run_orders([row])[S.REJECT_REASON].tolist() == [reason]
+
+
+def test_order_level_rows_are_purchases_without_items() -> None:
+    out = run_orders(
+        [
+            order_row(),
+            order_row(
+                order_id="O2", channel="App", store_id=None, card_key=None, account_key="ak", total="10"
+            ),
+            order_row(),  # the same order exported twice: merged
+        ]
+    ).sort_values([S.EVENT_ID, ev.IS_DUPLICATE])
+    valid = out[out[S.REJECT_REASON].isna()]
+    assert valid[S.EVENT_ID].tolist() == ["orders:O1", "orders:O1", "orders:O2"]
+    assert valid[ev.IS_DUPLICATE].tolist() == [False, True, False]
+    kept = valid[~valid[ev.IS_DUPLICATE]].set_index(S.EVENT_ID)
+    assert kept[S.EVENT_TYPE].to_dict() == {"orders:O1": S.EV_PURCHASE, "orders:O2": S.EV_ORDER}
+    assert kept[S.CHANNEL].to_dict() == {"orders:O1": "store", "orders:O2": "app"}
+    assert kept.loc["orders:O1", S.STORE_ID] == "ST1" and pd.isna(kept.loc["orders:O2", S.STORE_ID])
+    assert kept[S.AMOUNT].tolist() == [42.5, 10.0]
+    assert kept[S.ITEM_ID].isna().all() and kept[S.QUANTITY].isna().all()
+    assert kept.loc["orders:O2", S.ACCOUNT_KEY] == "ak"

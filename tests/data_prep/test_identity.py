@@ -225,3 +225,33 @@ def test_household_phone_between_registrations_with_different_emails_links_nobod
     assert cust["account:a3"] == cust["card:c3"] == cust["phone:p3"]
     reasons = shared.to_pandas().set_index(idn.NODE)["reason"].to_dict()
     assert reasons == {"phone:home": idn.REASON_REGISTRATIONS}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_in_memory_components_equal_label_propagation(seed: int) -> None:
+    """The DuckDB pipeline's union-find gives exactly the labels of the engine-neutral propagation."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_records, n_nodes = 300, 200
+    rows = [
+        {
+            S.EVENT_ID: f"r{r}",
+            S.DEVICE_KEY: f"d{rng.integers(n_nodes)}",
+            S.ACCOUNT_KEY: f"a{rng.integers(n_nodes)}",
+        }
+        for r in range(n_records)
+    ]
+    rows += [{S.EVENT_ID: f"s{i}", S.DEVICE_KEY: f"lonely{i}"} for i in range(5)]  # singletons
+    links = idn.identifier_links([records(rows)])
+    nodes = links.select(idn.NODE).distinct()
+    expected = idn.propagate_labels(nodes, idn.identifier_edges(links)).to_pandas()
+    edges = idn.star_edges(links).to_pyarrow()
+    got = idn.label_components(
+        nodes.to_pyarrow().column(idn.NODE), edges.column("src"), edges.column("dst")
+    ).to_pandas()
+    key = idn.NODE
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True), expected.sort_values(key).reset_index(drop=True)
+    )
+    assert got[idn.LABEL].nunique() > 5  # several components, not one

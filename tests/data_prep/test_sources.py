@@ -100,7 +100,7 @@ def test_online_jsonl_glob_timezone_recoding_templates_currency(tmp_path: Path) 
         online(event_id="e5", ts="2026-01-05T09:00:00.000Z", channel="web", event_type="view", item_id="S3"),
     ]  # fmt: skip
     assert result.n_rows_by_source == {"web": 5}
-    assert result.n_rows == {"online": 5, "accounts": 0, "pos": 0, "crm": 0, "items": 0, "stores": 0}
+    assert result.n_rows == {"online": 5, "accounts": 0, "pos": 0, "crm": 0, "orders": 0, "items": 0, "stores": 0}
 
 
 def test_pos_csv_delimiter_encoding_pattern_amounts_and_order_level_rows(tmp_path: Path) -> None:
@@ -129,13 +129,13 @@ def test_pos_csv_delimiter_encoding_pattern_amounts_and_order_level_rows(tmp_pat
             row_number: {name: line, partition_by: [bon]}
             columns: {transaction_id: bon, line_no: line, store_id: filiale, loyalty_card: karte,
                       item_id: artikel, quantity: menge, amount: summe}
-          - name: order_totals          # order level: no item, no quantity
-            kind: pos
+          - name: order_totals          # order level: no item lines, only the order's total
+            kind: orders
             path: kasse/orders.csv
             format: csv
             timestamp: {column: when, format: epoch_ms}
-            columns: {transaction_id: order, store_id: shop, amount: total}
-            constants: {line_no: 1}
+            columns: {order_id: order, store_id: shop, total: total}
+            constants: {channel: store}
         """,
     )
     pos = csv_records(tmp_path, S.RAW_POS_DIR, S.RAW_POS_FILE, S.RAW_POS_COLUMNS)
@@ -149,9 +149,11 @@ def test_pos_csv_delimiter_encoding_pattern_amounts_and_order_level_rows(tmp_pat
         # timestamp and amount that do not parse: empty / as they came
         record(S.RAW_POS_COLUMNS, transaction_id="T3", line_no="1", store_id="Köln", loyalty_card="K2",
                item_id="A3", quantity="1", unit_price="4,20"),
-        # order level: no item, quantity 1, the order total as unit price
-        record(S.RAW_POS_COLUMNS, transaction_id="O9", line_no="1", ts="2026-01-05 10:00:00", store_id="ST1",
-               quantity="1", unit_price="99.5"),
+    ]  # fmt: skip
+    orders = csv_records(tmp_path, S.RAW_ORDERS_DIR, S.RAW_ORDERS_FILE, S.RAW_ORDER_COLUMNS)
+    assert orders == [
+        record(S.RAW_ORDER_COLUMNS, order_id="O9", ts="2026-01-05 10:00:00", channel="store", store_id="ST1",
+               total="99.5"),
     ]  # fmt: skip
     assert result.n_rows_by_source == {"till": 4, "order_totals": 1}
     assert csv_records(tmp_path, S.RAW_CRM_DIR, S.RAW_CRM_FILE, S.RAW_CRM_COLUMNS) == []
@@ -252,7 +254,7 @@ def test_parquet_crm_catalogue_one_hot_coalesce_and_distinct_stores(tmp_path: Pa
     ]
     stores = csv_records(tmp_path, S.RAW_CATALOG_DIR, S.RAW_STORES_FILE, S.RAW_STORE_COLUMNS)
     assert [tuple(r.values()) for r in stores] == [("2", "Köln"), ("1", "Paris")]  # first-seen order
-    assert result.n_rows == {"online": 0, "accounts": 0, "pos": 0, "crm": 3, "items": 5, "stores": 2}
+    assert result.n_rows == {"online": 0, "accounts": 0, "pos": 0, "crm": 3, "orders": 0, "items": 5, "stores": 2}
 
 
 def test_row_numbers_follow_file_order_across_a_glob(tmp_path: Path) -> None:
