@@ -48,6 +48,7 @@ EVENT_COLUMNS = (
     S.AMOUNT,
     S.ORDER_ID,
     S.SESSION_ID,
+    S.REFUND_OF,
     *S.IDENTIFIER_KEY_COLUMNS.values(),
     S.IP_KEY,
 )
@@ -135,6 +136,7 @@ def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
             S.AMOUNT: ibis.ifelse(is_order, qty.cast("float64") * price, ibis.null("float64")),
             S.ORDER_ID: _empty_to_null(raw[S.ON_ORDER_ID]),
             S.SESSION_ID: _empty_to_null(raw[S.ON_SESSION_ID]),
+            S.REFUND_OF: ibis.null("string"),
             S.DEVICE_KEY: raw[S.DEVICE_KEY],
             S.ACCOUNT_KEY: raw[S.ACCOUNT_KEY],
             S.EMAIL_KEY: raw[S.EMAIL_KEY],
@@ -188,6 +190,9 @@ def unify_pos_lines(raw: ir.Table, catalog_items: ir.Table, stores: ir.Table) ->
             S.AMOUNT: qty.cast("float64") * price,
             S.ORDER_ID: txn,
             S.SESSION_ID: ibis.null("string"),
+            S.REFUND_OF: _empty_to_null(raw[S.POS_ORIGINAL_TRANSACTION_ID])
+            if S.POS_ORIGINAL_TRANSACTION_ID in raw.columns
+            else ibis.null("string"),
             S.DEVICE_KEY: ibis.null("string"),
             S.ACCOUNT_KEY: ibis.null("string"),
             S.EMAIL_KEY: ibis.null("string"),
@@ -238,6 +243,7 @@ def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
             S.AMOUNT: total,
             S.ORDER_ID: order,
             S.SESSION_ID: ibis.null("string"),
+            S.REFUND_OF: ibis.null("string"),
             **keys,
             S.IP_KEY: ibis.null("string"),
             S.REJECT_REASON: reason,
@@ -274,34 +280,31 @@ def mark_duplicates(events: ir.Table) -> ir.Table:
     )
 
 
+# (column of the return, column of the purchase) that must agree for a return to match a purchase
+RETURN_EVIDENCE = ((S.REFUND_OF, S.ORDER_ID), (S.CARD_KEY, S.CARD_KEY), (S.PHONE_KEY, S.PHONE_KEY))
+
+
 def verify_returns(events: ir.Table) -> ir.Table:
-    """Reject returns that match no earlier purchase of the same item by the same card or phone.
+    """Reject returns that match no earlier purchase of the same item: neither the receipt they show
+    (``refund_of`` = the purchase's transaction) nor the same card or phone.
 
     A genuine return follows a purchase; a negative quantity without one is a keying error (``unmatched_return``).
-    Anonymous returns (no card, no phone) cannot be matched and are rejected too.
+    An anonymous return (no card, no phone) without a receipt cannot be matched and is rejected too.
     """
     purchases = events.filter(events[S.REJECT_REASON].isnull() & (events[S.EVENT_TYPE] == S.EV_PURCHASE))
-    bought = ibis.union(
-        purchases.select(
-            _item=purchases[S.ITEM_ID],
-            _who=ibis.literal("card:") + purchases[S.CARD_KEY],
-            _ts=purchases[S.TS],
-        ),
-        purchases.select(
-            _item=purchases[S.ITEM_ID],
-            _who=ibis.literal("phone:") + purchases[S.PHONE_KEY],
-            _ts=purchases[S.TS],
-        ),
-    ).filter(ibis._["_who"].notnull())
-    first = bought.group_by(["_item", "_who"]).aggregate(_first=bought._ts.min())
-    who = ibis.coalesce(
-        ibis.literal("card:") + events[S.CARD_KEY], ibis.literal("phone:") + events[S.PHONE_KEY]
-    )
-    e = events.mutate(_who=who)
-    j = e.left_join(first, [e[S.ITEM_ID] == first._item, e._who == first._who])
+    j, firsts = events, list[str]()
+    for i, (return_col, purchase_col) in enumerate(RETURN_EVIDENCE):
+        p = purchases.filter(purchases[purchase_col].notnull())
+        first = p.group_by([S.ITEM_ID, purchase_col]).aggregate(_first=p[S.TS].min())
+        first = first.select(
+            **{f"_i{i}": first[S.ITEM_ID], f"_k{i}": first[purchase_col], f"_f{i}": first._first}
+        )
+        j = j.left_join(first, [j[S.ITEM_ID] == first[f"_i{i}"], j[return_col] == first[f"_k{i}"]])
+        j = j.select(*events.columns, *firsts, f"_f{i}")
+        firsts.append(f"_f{i}")
+    matched = ibis.or_(*[(j[f] < j[S.TS]).fill_null(False) for f in firsts])
     is_return = j[S.REJECT_REASON].isnull() & (j[S.EVENT_TYPE] == S.EV_RETURN)
-    unmatched = is_return & (j._first.isnull() | (j._first >= j[S.TS]))
-    reason = ibis.ifelse(unmatched, ibis.literal(R_UNMATCHED_RETURN), j[S.REJECT_REASON])
+    reason = ibis.ifelse(is_return & ~matched, ibis.literal(R_UNMATCHED_RETURN), j[S.REJECT_REASON])
     return j.mutate(**{S.REJECT_REASON: reason}).select(*events.columns)
 
 

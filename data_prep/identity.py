@@ -47,68 +47,112 @@ ANCHOR_TYPES = (S.ID_ACCOUNT, S.ID_CARD)
 DEFAULT_MAX_ANCHORS = 1
 DEFAULT_MIN_NETWORK_DAYS = 2
 NODE = "node"
-RECORD = "record"
 LABEL = "label"
 DAY = "day"
 
 
+SRC, DST, PROFILE = "src", "dst", "profile"
+PROFILE_SOURCES = ("crm", "accounts")  # profile records are ``"<source>:<anchor key>"`` (events.clean_*)
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """What identities are resolved from: identifier links and devices' client addresses (both timed)."""
+    """What identities are resolved from, each row timed by when it first appeared (``ts``):
 
-    links: ir.Table
-    networks: ir.Table
+    - ``nodes`` (node, ts): every identifier;
+    - ``pairs`` (src, dst, profile, ts): two identifiers seen on one record; ``profile`` when that record
+      is a CRM member or an online account (a registration, not a transaction);
+    - ``networks`` (node, ip_key, day, ts): devices' client addresses per day (:func:`device_networks`).
+
+    Pairs are built row by row (every two identifier columns of a record), so nothing groups by record:
+    the evidence of 10M events is a few hundred thousand distinct pairs.
+    """
+
+    nodes: ir.Table
+    pairs: ir.Table
+    networks: ir.Table | None = None
 
 
 def _node(id_type: str, key: ir.StringValue) -> ir.StringValue:
     return ibis.literal(f"{id_type}:") + key
 
 
-def identifier_links(records: list[ir.Table]) -> ir.Table:
-    """(record, node, ts) for every identifier present on every record of every table given.
+def _key_columns(t: ir.Table) -> list[tuple[str, str]]:
+    return [(id_type, col) for id_type, col in S.IDENTIFIER_KEY_COLUMNS.items() if col in t.columns]
 
-    Each table needs ``event_id``, ``ts`` (when the record, and so the link, came into being) and any of the
-    ``*_key`` identifier columns.
-    """
+
+def _is_profile(record: ir.StringValue) -> ir.BooleanValue:
+    return ibis.or_(*[record.startswith(f"{src}:") for src in PROFILE_SOURCES])
+
+
+def identifier_nodes(records: list[ir.Table]) -> ir.Table:
+    """(node, ts): every identifier on any record of the tables, with the time it first appeared.
+
+    Each table needs ``event_id``, ``ts`` (when the record came into being) and any ``*_key`` columns."""
+    parts = [
+        t.filter(t[col].notnull()).select(**{NODE: _node(id_type, t[col]), S.TS: t[S.TS]})
+        for t in records
+        for id_type, col in _key_columns(t)
+    ]
+    u = ibis.union(*parts)
+    return u.group_by(NODE).aggregate(**{S.TS: u[S.TS].min()})
+
+
+def identifier_pairs(records: list[ir.Table]) -> ir.Table:
+    """(src, dst, profile, ts): every two identifiers present on one record (src < dst), whether a profile
+    record carried them, and when they were first seen together."""
     parts = []
     for t in records:
-        for id_type, col in S.IDENTIFIER_KEY_COLUMNS.items():
-            if col in t.columns:
-                present = t.filter(t[col].notnull())
+        cols = _key_columns(t)
+        for i, (type_a, col_a) in enumerate(cols):
+            for type_b, col_b in cols[i + 1 :]:
+                r = t.filter(t[col_a].notnull() & t[col_b].notnull())
+                a, b = _node(type_a, r[col_a]), _node(type_b, r[col_b])
                 parts.append(
-                    present.select(
+                    r.select(
                         **{
-                            RECORD: present[S.EVENT_ID],
-                            NODE: _node(id_type, present[col]),
-                            S.TS: present[S.TS],
+                            SRC: ibis.least(a, b),
+                            DST: ibis.greatest(a, b),
+                            PROFILE: _is_profile(r[S.EVENT_ID]),
+                            S.TS: r[S.TS],
                         }
                     )
                 )
-    return ibis.union(*parts, distinct=True)
+    if not parts:  # no record carries two identifier columns
+        empty = records[0].select(
+            **{
+                SRC: ibis.literal("", "string"),
+                DST: ibis.literal("", "string"),
+                PROFILE: ibis.literal(False),
+            },
+            **{S.TS: records[0][S.TS]},
+        )
+        return empty.limit(0)
+    u = ibis.union(*parts)
+    return u.group_by([SRC, DST, PROFILE]).aggregate(**{S.TS: u[S.TS].min()})
 
 
-def star_edges(links: ir.Table) -> ir.Table:
-    """Edges (src, dst) joining every identifier of a record to that record's smallest node (one direction)."""
-    anchor = links.group_by(RECORD).aggregate(anchor=links[NODE].min())
-    star = links.join(anchor, RECORD).select(src=links[NODE], dst=anchor["anchor"])
-    return star.filter(star.src != star.dst).distinct()
+def collect_evidence(records: list[ir.Table], online: ir.Table | None = None) -> Evidence:
+    """Nodes and pairs of the records (events, profiles) and, from ``online`` events, device networks."""
+    networks = None if online is None else device_networks(online)
+    return Evidence(identifier_nodes(records), identifier_pairs(records), networks)
 
 
-def identifier_edges(links: ir.Table) -> ir.Table:
-    """Undirected edges (src, dst): :func:`star_edges` in both directions."""
-    star = star_edges(links)
-    back = star.select(src=star.dst, dst=star.src)
-    return ibis.union(star, back, distinct=True)
+def undirected(edges: ir.Table) -> ir.Table:
+    """Edges (src, dst) in both directions."""
+    back = edges.select(**{SRC: edges[DST], DST: edges[SRC]})
+    return ibis.union(edges.select(SRC, DST), back, distinct=True)
 
 
 Materialize = Callable[[ir.Table], ir.Table]
-# (nodes with NODE, star edges with src and dst) → labels (NODE, LABEL); see propagate_labels
+# (nodes with NODE, edges with src and dst, one direction) → labels (NODE, LABEL); see propagate_labels
 Components = Callable[[ir.Table, ir.Table], ir.Table]
 
 
 def label_components(nodes: pa.Array, src: pa.Array, dst: pa.Array) -> pa.Table:
     """(node, label) with the smallest node of each connected component as label — what
-    :func:`propagate_labels` computes, in one pass of SciPy's union-find over integer-coded edges.
+    :func:`propagate_labels` computes, in one pass of SciPy's connected components over integer-coded
+    edges.
 
     ``nodes`` are distinct; every ``src`` and ``dst`` is one of them. Nodes are sorted first, so a smaller
     index is a smaller text and each component's first index is its smallest node.
@@ -154,7 +198,6 @@ def _node_type(node: ir.StringValue) -> ir.StringValue:
     return node.split(":")[0]
 
 
-PROFILE_SOURCES = ("crm", "accounts")  # profile records are ``"<source>:<anchor key>"`` (events.clean_*)
 EXCLUSIVE_TYPES = (S.ID_EMAIL,)  # one person's own: families share phones and devices, not mailboxes
 REASON_ANCHORS = "several_anchors"
 REASON_REGISTRATIONS = "conflicting_registrations"
@@ -162,19 +205,19 @@ REASON_REGISTRATIONS = "conflicting_registrations"
 
 def shared_identifiers(pairs: ir.Table, max_anchors: int = DEFAULT_MAX_ANCHORS) -> ir.Table:
     """(node, reason, anchor_type, n_anchors): non-anchor identifiers that must link nobody (one row per
-    reason and anchor type).
+    reason and anchor type), from identifier ``pairs`` (src, dst, profile).
 
     ``several_anchors``: seen on records with more than ``max_anchors`` distinct anchors of one type
     (accounts or cards). ``conflicting_registrations``: seen with anchors whose own profiles register
     different emails — the household phone that the owner registered with the account and a family member
     gave the CRM with their own email.
     """
-    profile = ibis.or_(*[pairs[RECORD].startswith(f"{src}:") for src in PROFILE_SOURCES])
-    typed = pairs.select(RECORD, NODE, _t=_node_type(pairs[NODE]), _profile=profile)
-    anchors = typed.filter(typed._t.isin(ANCHOR_TYPES))
-    anchors = anchors.select(_record=anchors[RECORD], anchor=anchors[NODE], anchor_type=anchors._t)
-    others = typed.filter(~typed._t.isin(ANCHOR_TYPES))
-    co = others.join(anchors, others[RECORD] == anchors._record).drop("_record")
+    both = ibis.union(
+        pairs.select(**{NODE: pairs[SRC], "anchor": pairs[DST], "_profile": pairs[PROFILE]}),
+        pairs.select(**{NODE: pairs[DST], "anchor": pairs[SRC], "_profile": pairs[PROFILE]}),
+    )
+    typed = both.mutate(_t=_node_type(both[NODE]), anchor_type=_node_type(both.anchor))
+    co = typed.filter(~typed._t.isin(ANCHOR_TYPES) & typed.anchor_type.isin(ANCHOR_TYPES))
     per = co.select(NODE, "anchor", "anchor_type").distinct()
     counts = per.group_by([NODE, "anchor_type"]).aggregate(n_anchors=ibis._.count())
     several = counts.filter(counts.n_anchors > max_anchors).mutate(reason=ibis.literal(REASON_ANCHORS))
@@ -224,41 +267,45 @@ def match_devices_by_network(
 
 
 def resolve_identities(
-    links: ir.Table,
+    evidence: Evidence,
     cutoff: datetime | None = None,
     max_anchors: int | None = DEFAULT_MAX_ANCHORS,
     materialize: Materialize = _cache,
-    networks: ir.Table | None = None,
+    networks: bool = True,
     min_network_days: int = DEFAULT_MIN_NETWORK_DAYS,
     components: Components | None = None,
 ) -> tuple[ir.Table, ir.Table]:
-    """Component labels (node, label) from the records before ``cutoff`` (all when None), and the shared
+    """Component labels (node, label) from the evidence before ``cutoff`` (all when None), and the shared
     identifiers left out of the graph (none when ``max_anchors`` is None: no merge protection). With
-    ``networks`` (:func:`device_networks`), anonymous devices are then matched by home network.
+    ``networks`` (and network evidence), anonymous devices are then matched by home network.
 
     ``components`` finds the connected components (default: :func:`propagate_labels` in Ibis, which runs
     on any engine; the DuckDB pipeline passes an in-memory union-find with the same result)."""
     before = None if cutoff is None else ibis.literal(cutoff, type=UTC_TS)
-    visible = links if before is None else links.filter(links[S.TS] < before)
-    visible = materialize(visible.select(RECORD, NODE).distinct())
+
+    def visible(t: ir.Table) -> ir.Table:
+        return t if before is None else t.filter(t[S.TS] < before)
+
+    pairs = visible(evidence.pairs).select(SRC, DST, PROFILE)
     if max_anchors is None:
-        shared = visible.select(
-            NODE,
+        shared = pairs.select(
+            **{NODE: pairs[SRC]},
             reason=ibis.literal("", "string"),
             anchor_type=ibis.literal("", "string"),
             n_anchors=ibis.literal(0, "int64"),
         ).limit(0)
     else:
-        shared = materialize(shared_identifiers(visible, max_anchors))
-    kept = visible.anti_join(shared, NODE)
-    nodes = kept.select(NODE).distinct()
+        shared = materialize(shared_identifiers(pairs, max_anchors))
+    out_a, out_b = shared.select(_a=shared[NODE]), shared.select(_b=shared[NODE])
+    edges = pairs.anti_join(out_a, pairs[SRC] == out_a._a)
+    edges = edges.anti_join(out_b, edges[DST] == out_b._b).select(SRC, DST).distinct()
+    nodes = visible(evidence.nodes).select(NODE).anti_join(shared, NODE)
     if components is None:
-        labels = propagate_labels(nodes, identifier_edges(kept), materialize=materialize)
+        labels = propagate_labels(nodes, undirected(edges), materialize=materialize)
     else:
-        labels = components(nodes, star_edges(kept))
-    if networks is not None:
-        seen = networks if before is None else networks.filter(networks[S.TS] < before)
-        labels = materialize(match_devices_by_network(labels, seen, min_network_days))
+        labels = components(nodes, edges)
+    if networks and evidence.networks is not None:
+        labels = materialize(match_devices_by_network(labels, visible(evidence.networks), min_network_days))
     return labels, shared
 
 
@@ -274,25 +321,24 @@ def identity_map(labels: ir.Table) -> ir.Table:
     ).order_by([S.CUSTOMER_ID, S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY])
 
 
-def attach_customers(events: ir.Table, links: ir.Table, id_map: ir.Table) -> ir.Table:
-    """Events with the ``customer_id`` that ``id_map`` gives any of their identifiers.
+def attach_customers(events: ir.Table, id_map: ir.Table) -> ir.Table:
+    """Events with the ``customer_id`` that ``id_map`` gives any of their identifiers (the smallest, when
+    they name several), joined column by column, so nothing groups by record.
 
     With a point-in-time map, events after its cutoff belong to the customer known at the cutoff when one
     of their identifiers was already known, and are anonymous (null) otherwise, as are rows with no
     identifier at all (unidentified store baskets). Should a later record join two customers that were
     separate at the cutoff, it goes to the smaller id.
     """
-    keyed = id_map.select(
-        **{
-            NODE: id_map[S.IDENTIFIER_TYPE] + ":" + id_map[S.IDENTIFIER_KEY],
-            S.CUSTOMER_ID: id_map[S.CUSTOMER_ID],
-        }
-    )
-    pairs = links.select(RECORD, NODE).distinct()
-    known = pairs.join(keyed, NODE)
-    per_record = known.group_by(RECORD).aggregate(**{S.CUSTOMER_ID: known[S.CUSTOMER_ID].min()})
-    joined = events.left_join(per_record, events[S.EVENT_ID] == per_record[RECORD])
-    return joined.select(*events.columns, S.CUSTOMER_ID)
+    t, found = events, list[str]()
+    for i, (id_type, col) in enumerate(_key_columns(events)):
+        m = id_map.filter(id_map[S.IDENTIFIER_TYPE] == id_type)
+        m = m.select(**{f"_k{i}": m[S.IDENTIFIER_KEY], f"_c{i}": m[S.CUSTOMER_ID]})
+        t = t.left_join(m, t[col] == m[f"_k{i}"]).select(*events.columns, *found, f"_c{i}")
+        found.append(f"_c{i}")
+    cols = [t[c] for c in found]
+    customer = ibis.least(*cols) if len(cols) > 1 else cols[0] if cols else ibis.null("string")
+    return t.select(*events.columns, **{S.CUSTOMER_ID: customer})
 
 
 def customer_table(events: ir.Table, id_map: ir.Table) -> ir.Table:

@@ -146,7 +146,7 @@ def _read_sources(
         m.add_input(_require(p))
     tables = {
         "online": _read_online(con, paths["online"]),
-        "pos": _read_csv(con, paths["pos"], S.RAW_POS_COLUMNS),
+        "pos": _read_csv(con, paths["pos"], S.RAW_POS_COLUMNS, S.POS_OPTIONAL_COLUMNS),
         "crm": _read_csv(con, paths["crm"], S.RAW_CRM_COLUMNS),
         "items": _read_csv(con, paths["items"], S.RAW_ITEM_COLUMNS),
         "stores": _read_csv(con, paths["stores"], S.RAW_STORE_COLUMNS),
@@ -264,7 +264,9 @@ def _components(con: ibis.BaseBackend) -> idn.Components | None:
 
     def run(nodes: ir.Table, edges: ir.Table) -> ir.Table:
         e = edges.to_pyarrow()
-        labels = idn.label_components(nodes.to_pyarrow().column(idn.NODE), e.column("src"), e.column("dst"))
+        labels = idn.label_components(
+            nodes.to_pyarrow().column(idn.NODE), e.column(idn.SRC), e.column(idn.DST)
+        )
         return engine.temp_table(con, labels)
 
     return run
@@ -285,18 +287,24 @@ def build_customers_layer(
     key: bytes,
     consent_default: bool = False,
 ) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
-    """Write ``03_customers``: timed identifier links, identity map (all records), shared identifiers,
+    """Write ``03_customers``: timed evidence (identifiers, identifier pairs, device networks), identity map
+    (all records), shared identifiers,
     events with customer_id, customer table (with consent) and identity metrics.
 
     Returns (events, identity evidence, metrics)."""
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
-    links = _write(con, idn.identifier_links([events, profiles]), out_dir / S.LINKS_FILE, m)
-    networks = _write(con, idn.device_networks(events), out_dir / S.NETWORKS_FILE, m)
-    labels, shared = _resolve(con, links, networks=networks)
+    found = idn.collect_evidence([events, profiles], online=events)
+    assert found.networks is not None
+    evidence = idn.Evidence(
+        _write(con, found.nodes, out_dir / S.NODES_FILE, m),
+        _write(con, found.pairs, out_dir / S.PAIRS_FILE, m),
+        _write(con, found.networks, out_dir / S.NETWORKS_FILE, m),
+    )
+    labels, shared = _resolve(con, evidence)
     id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
     shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
-    resolved = idn.attach_customers(events, links, id_map).order_by([S.TS, S.EVENT_ID])
+    resolved = idn.attach_customers(events, id_map).order_by([S.TS, S.EVENT_ID])
     resolved = _write(con, resolved, out_dir / S.EVENTS_FILE, m)
     consent = idn.customer_consent(profiles, id_map, consent_default)
     customers = idn.customer_table(resolved, id_map)
@@ -307,8 +315,8 @@ def build_customers_layer(
     m.extra["consent_default"] = consent_default
     metrics = None
     if (raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE).exists():
-        unprotected_labels, _ = _resolve(con, links, max_anchors=None)
-        protected_labels, _ = _resolve(con, links)
+        unprotected_labels, _ = _resolve(con, evidence, max_anchors=None, networks=False)
+        protected_labels, _ = _resolve(con, evidence, networks=False)
         shared_pd = shared.to_pandas()
         steps = {
             "deterministic links": idn.identity_map(unprotected_labels).to_pandas(),
@@ -319,7 +327,7 @@ def build_customers_layer(
         (out_dir / S.IDENTITY_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         m.extra["identity_metrics"] = metrics
     m.write(out_dir)
-    return resolved, idn.Evidence(links, networks), metrics
+    return resolved, evidence, metrics
 
 
 def with_singletons(id_map: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
@@ -361,11 +369,9 @@ def events_as_of(
     """Events before ``until`` (all when None) attributed to the customers that the evidence before
     ``cutoff`` resolves (materialized). Examples for a cutoff read nothing after its label window, so
     ``until`` = cutoff + horizon keeps the early cutoffs' copies small."""
-    labels, _ = _resolve(con, evidence.links, cutoff=cutoff, networks=evidence.networks)
+    labels, _ = _resolve(con, evidence, cutoff=cutoff)
     window = events if until is None else events.filter(events[S.TS] < ibis.literal(until, type=UTC_TS))
-    return engine.materialize(
-        con, idn.attach_customers(window.drop(S.CUSTOMER_ID), evidence.links, idn.identity_map(labels))
-    )
+    return engine.materialize(con, idn.attach_customers(window.drop(S.CUSTOMER_ID), idn.identity_map(labels)))
 
 
 def build_features_layer(

@@ -37,7 +37,7 @@ ACC_ACCOUNT_ID = "account_id"
 ACC_EMAIL = "email"  # email given at registration (format as typed)
 ACC_PHONE = "phone"  # str | empty, mobile number verified at registration (format as typed)
 ACC_LOYALTY_CARD = "loyalty_card"  # str | empty, the loyalty card bound to the account in the app
-ACC_CREATED_TS = "created_ts"  # "YYYY-MM-DDTHH:MM:SSZ"
+ACC_CREATED_TS = "created_ts"  # "YYYY-MM-DDTHH:MM:SSZ" (generator) or "YYYY-MM-DD HH:MM:SS" (import), UTC
 ACC_CONSENT_ANALYTICS = "consent_analytics"  # CONSENT_YES | CONSENT_NO, as recorded at creation
 ACC_CONSENT_MARKETING = "consent_marketing"  # CONSENT_YES | CONSENT_NO
 CONSENT_YES = "y"
@@ -56,6 +56,7 @@ POS_PHONE = "phone"  # str | empty, phone typed at the till (e-receipt / points 
 POS_ITEM_ID = "item_id"
 POS_QUANTITY = "quantity"
 POS_UNIT_PRICE = "unit_price"
+POS_ORIGINAL_TRANSACTION_ID = "original_transaction_id"  # str | empty: the receipt a return line refunds
 
 # ---------------------------------------------------------------- raw: CRM (CSV)
 # 01_raw/crm/members.csv — one row per loyalty member.
@@ -121,7 +122,9 @@ RAW_POS_COLUMNS = (
     POS_ITEM_ID,
     POS_QUANTITY,
     POS_UNIT_PRICE,
+    POS_ORIGINAL_TRANSACTION_ID,
 )
+POS_OPTIONAL_COLUMNS = (POS_ORIGINAL_TRANSACTION_ID,)  # absent from older raw layouts: read as null
 RAW_CRM_COLUMNS = (
     CRM_LOYALTY_CARD,
     CRM_PHONE,
@@ -296,6 +299,7 @@ IDENTIFIER_KEY_COLUMNS = {
     ID_PHONE: PHONE_KEY,
     ID_CARD: CARD_KEY,
 }
+REFUND_OF = "refund_of"  # returns: the transaction (order_id) of the receipt shown, when recorded
 IP_KEY = "ip_key"  # HMAC of the client IPv4 address (online events); used only to match anonymous devices
 KEY_COLUMNS = {**IDENTIFIER_KEY_COLUMNS, ID_IP: IP_KEY}  # every pseudonymised column, by type
 REJECT_REASON = "reason"
@@ -323,7 +327,8 @@ RAW_IDENTIFIER_COLUMNS = {
 CUSTOMERS_DIR = "03_customers"
 IDENTITY_MAP_FILE = "identity_map.parquet"  # identifier_type, identifier_key, customer_id
 SHARED_IDENTIFIERS_FILE = "shared_identifiers.parquet"  # node, anchor_type, n_anchors: left out of linking
-LINKS_FILE = "links.parquet"  # record, node ("<type>:<key>"), ts: when each identifier link appeared
+NODES_FILE = "identifier_nodes.parquet"  # node ("<type>:<key>"), ts: when each identifier first appeared
+PAIRS_FILE = "identifier_pairs.parquet"  # src, dst, profile, ts: identifiers first seen on one record
 NETWORKS_FILE = "device_networks.parquet"  # node, ip_key, day, ts: devices' client addresses per day
 CATALOG_FILE = "catalog.parquet"  # 02_events: item_id, category, price (typed copy of the raw catalogue)
 PROFILES_FILE = "profiles.parquet"  # 02_events: accepted CRM members and online accounts (pseudonymised)

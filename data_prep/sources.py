@@ -5,7 +5,7 @@ relative to the mapping file's folder), how to read them, and where each canonic
 
     sources:
       - name: web_events
-        kind: online                 # online | pos | crm | items | stores
+        kind: online                 # online | accounts | pos | crm | orders | items | stores
         path: exports/web/*.jsonl
         format: jsonl                # csv | jsonl | parquet
         timestamp: {column: event_time, format: "%Y-%m-%d %H:%M:%S", timezone: Asia/Shanghai}
@@ -19,7 +19,7 @@ DuckDB reads every source column as text and writes the canonical files; nothing
 here, so prep's ledger still balances against the raw rows. A timestamp that does not parse and a price in
 an unknown currency are written empty; a number that does not parse is written as it came. Prep then
 rejects such rows with a reason. Timestamps are written in UTC: ISO-8601 with ``Z`` for online events,
-``YYYY-MM-DD HH:MM:SS`` for POS lines and CRM members.
+``YYYY-MM-DD HH:MM:SS`` for every other kind. The format is documented in ``docs/mapping.md``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ Progress = Callable[[str], None]
 Kind = Literal["online", "accounts", "pos", "crm", "orders", "items", "stores"]
 Format = Literal["csv", "jsonl", "parquet"]
 
-AMOUNT = "amount"  # POS-only pseudo-column: the line (or order) total; unit_price = amount / quantity
+AMOUNT = (
+    "amount"  # POS-only pseudo-column: the line total; unit_price = amount / quantity (orders: kind orders)
+)
 TS_FORMATS = ("iso", "epoch_s", "epoch_ms")  # any other timestamp format is a strptime pattern
 ONLINE_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%gZ"  # %g: milliseconds
 TABLE_TS_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -218,7 +220,7 @@ class SourceSpec(_Model):
         if AMOUNT in fed and S.POS_UNIT_PRICE in fed:
             raise ValueError(f"{AMOUNT}: set either {AMOUNT} or {S.POS_UNIT_PRICE}, not both")
         if self.distinct and self.kind not in ("items", "stores"):
-            raise ValueError("distinct: only for items and stores (prep counts every online/pos/crm row)")
+            raise ValueError("distinct: only for items and stores (prep counts every row of the other kinds)")
         if self.csv is not None and self.format != "csv":
             raise ValueError(f"csv: options given for a {self.format} source")
         for col, template in self.templates.items():
@@ -341,7 +343,7 @@ def _describe(err: Any, data: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class ImportResult:
     mapping: Path
-    files: dict[str, Path]  # kind → canonical file written (all five kinds, empty when nothing feeds one)
+    files: dict[str, Path]  # kind → canonical file written (every kind, empty when nothing feeds one)
     n_rows: dict[str, int]  # kind → rows written
     n_rows_by_source: dict[str, int]  # source name → rows written (distinct rows for ``distinct`` sources)
     seconds: float
@@ -350,7 +352,7 @@ class ImportResult:
 def import_sources(
     mapping_path: Path, out: Path, base_dir: Path | None = None, progress: Progress | None = None
 ) -> ImportResult:
-    """Read every source of the mapping and write the five canonical files of ``out/01_raw``.
+    """Read every source of the mapping and write every canonical file of ``out/01_raw``.
 
     Relative source paths are resolved against ``base_dir`` (default: the mapping file's folder). A kind
     that no source feeds gets a header-only CSV (or an empty JSONL file), so that prep runs unchanged.

@@ -121,7 +121,7 @@ def data_fetch(
 
 @data_app.command("import")
 def data_import(
-    mapping: Annotated[Path, typer.Option(help="YAML mapping of your export files (see docs/data.md)")],
+    mapping: Annotated[Path, typer.Option(help="YAML mapping of your export files (see docs/mapping.md)")],
     out: Annotated[Path, typer.Option(help="folder that receives 01_raw/")],
 ) -> None:
     """Map a retailer's own CSV / JSONL / Parquet exports into 01_raw/ through a YAML mapping."""

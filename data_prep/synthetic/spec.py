@@ -99,6 +99,7 @@ class RetailerSpec:
     consent_marketing_rate: float = 0.6  # persons who accept marketing
     consent_change_share: float = 0.1  # with two records (CRM + account): the earlier holds the other choice
     # data quality
+    return_receipt_share: float = 0.85  # store returns showing the receipt (the till records the original)
     faults: FaultRates = field(default_factory=FaultRates)  # injected faults (FaultRates.none(): clean)
     # scale
     chunk_size: int = 20_000  # persons simulated and written at a time (bounds memory; part of the draw)
@@ -146,6 +147,7 @@ class RetailerSpec:
             self.consent_analytics_rate,
             self.consent_marketing_rate,
             self.consent_change_share,
+            self.return_receipt_share,
         )
         if not all(0.0 <= x <= 1.0 for x in shares):
             raise ValueError("shares and rates must lie in [0, 1]")

@@ -33,6 +33,7 @@ class Visits:
     card: np.ndarray  # (V,) bool: the card was scanned
     phone: np.ndarray  # (V,) bool: the till phone was typed
     is_return: np.ndarray  # (V,) bool
+    refund_of: np.ndarray  # (V,) visit whose receipt a return shows (the till records it), -1 otherwise
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def _draw_visits(
         card=member & (u < 0.78),
         phone=np.where(member, (u >= 0.78) & (u < 0.9), u < 0.06),
         is_return=np.zeros(visit.size, bool),
+        refund_of=np.full(visit.size, -1, np.int64),
     )
     return visits, missions.target[visit]
 
@@ -147,8 +149,9 @@ def _line_numbers(basket: np.ndarray) -> np.ndarray:
 def _draw_returns(
     spec: RetailerSpec, visits: Visits, sold: Lines, rng: np.random.Generator
 ) -> tuple[np.ndarray, Visits, Lines]:
-    """Lines returned 1-14 days later at the same store, with the same card / phone shown: a visit of one
-    line each (quantity negated), dropped when it would fall after the window. Returns the indices of the
+    """Lines returned 1-14 days later at the same store, with the same card / phone shown and, with chance
+    ``return_receipt_share``, the receipt (the till records the original transaction): a visit of one line
+    each (quantity negated), dropped when it would fall after the window. Returns the indices of the
     returned lines, every visit and every line (sold lines first)."""
     returned = np.flatnonzero(rng.random(sold.basket.size) < spec.faults.returns)
     original = sold.basket[returned]
@@ -158,6 +161,7 @@ def _draw_returns(
     inside = sec < spec.n_days * _SEC_PER_DAY
     returned, original, sec = returned[inside], original[inside], sec[inside]
     k = returned.size
+    receipt = rng.random(k) < spec.return_receipt_share
     all_visits = Visits(
         sec=np.concatenate([visits.sec, sec]),
         person=np.concatenate([visits.person, visits.person[original]]),
@@ -165,6 +169,7 @@ def _draw_returns(
         card=np.concatenate([visits.card, visits.card[original]]),
         phone=np.concatenate([visits.phone, visits.phone[original]]),
         is_return=np.concatenate([visits.is_return, np.ones(k, bool)]),
+        refund_of=np.concatenate([visits.refund_of, np.where(receipt, original, -1)]),
     )
     lines = Lines(
         basket=np.concatenate([sold.basket, visits.sec.size + np.arange(k)]),
@@ -213,6 +218,7 @@ def _render_lines(
     phone = I.phones(np.where(visits.phone, persons.till_phone[visits.person], -1), phone_variant)
     b = pa.array(lines.basket)
     person = visits.person[lines.basket]
+    refund_of = visits.refund_of[lines.basket]
     return pa.table(
         {
             S.POS_TRANSACTION_ID: txn.take(b),
@@ -224,6 +230,9 @@ def _render_lines(
             S.POS_ITEM_ID: T.vocabulary(world.catalog.item_ids, lines.item),
             S.POS_QUANTITY: T.integers(lines.quantity),
             S.POS_UNIT_PRICE: T.money(pa.array(lines.price)),
+            S.POS_ORIGINAL_TRANSACTION_ID: T.with_nulls(
+                txn.take(pa.array(np.maximum(refund_of, 0))), refund_of >= 0
+            ),
             "_person": pa.array(person.astype(np.int64)),
             "_tag_phone": pa.array(persons.till_tag[person]),
             "_locked": pa.array(locked),

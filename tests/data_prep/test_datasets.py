@@ -37,6 +37,7 @@ def test_movielens_100k_from_its_wheel(tmp_path: Path) -> None:
         "accounts": 0,
         "pos": 0,
         "crm": 0,
+        "orders": 0,
         "items": 1_682,
         "stores": 0,
     }
@@ -74,13 +75,14 @@ def test_complete_journey_from_its_wheel(tmp_path: Path) -> None:
         "accounts": 0,
         "pos": 1_469_307,
         "crm": 0,
+        "orders": 0,
         "items": 92_331,
         "stores": 457,
     }
     head = result.files["pos"].open().readlines()[:2]
     assert head == [
         ",".join(S.RAW_POS_COLUMNS) + "\n",
-        "31198570044,1095275,2017-01-01 11:53:26,330,900,,1095275,1,0.5\n",
+        "31198570044,1095275,2017-01-01 11:53:26,330,900,,1095275,1,0.5,\n",  # no receipt reference
     ]
 
 

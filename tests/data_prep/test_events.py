@@ -195,6 +195,23 @@ def test_returns_need_an_earlier_purchase_by_the_same_customer() -> None:
     assert got.loc["pos:T4:1", S.REJECT_REASON] == ev.R_BAD_QUANTITY
 
 
+def test_anonymous_returns_match_on_the_receipt_they_show() -> None:
+    buy = pos_row(card_key=None)  # an anonymous basket T1 with item B
+    kw = {"card_key": None, "ts": "2026-01-09 10:00:00", "quantity": "-1"}
+    with_receipt = pos_row(transaction_id="R1", original_transaction_id="T1", **kw)
+    wrong_item = pos_row(transaction_id="R2", original_transaction_id="T1", item_id="A", **kw)
+    no_receipt = pos_row(transaction_id="R3", **kw)
+    later = pos_row(transaction_id="T9", ts="2026-01-20 10:00:00", card_key=None)
+    refunds_later = pos_row(transaction_id="R4", original_transaction_id="T9", **kw)
+    raw = ibis.memtable(
+        pd.DataFrame([buy, with_receipt, wrong_item, no_receipt, later, refunds_later]).astype("string")
+    )
+    out = ev.verify_returns(ev.unify_pos_lines(raw, ibis.memtable(CATALOG), ibis.memtable(STORES)))
+    reason = out.to_pandas().set_index(S.EVENT_ID)[S.REJECT_REASON]
+    assert pd.isna(reason["pos:R1:1"])
+    assert reason[["pos:R2:1", "pos:R3:1", "pos:R4:1"]].tolist() == [ev.R_UNMATCHED_RETURN] * 3
+
+
 def order_row(**kw: str | None) -> dict[str, str | None]:
     row: dict[str, str | None] = {
         S.ORD_ORDER_ID: "O1",

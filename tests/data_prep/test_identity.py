@@ -18,7 +18,7 @@ def records(rows: list[dict]) -> ibis.Table:
 
 
 def resolve(rows: list[dict], max_anchors: int | None = idn.DEFAULT_MAX_ANCHORS) -> dict[str, str]:
-    links = idn.identifier_links([records(rows)])
+    links = idn.collect_evidence([records(rows)])
     m = idn.identity_map(idn.resolve_identities(links, max_anchors=max_anchors)[0]).to_pandas()
     return {
         f"{t}:{k}": c
@@ -82,9 +82,9 @@ def test_resolution_as_of_a_cutoff_ignores_later_links() -> None:
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows])
     schema = {c: "string" for c in cols} | {S.TS: "timestamp('UTC')"}
     events = ibis.memtable(df, schema=schema)
-    links = idn.identifier_links([events])
-    as_of = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links, cutoff)[0]))
-    full = idn.attach_customers(events, links, idn.identity_map(idn.resolve_identities(links)[0]))
+    links = idn.collect_evidence([events])
+    as_of = idn.attach_customers(events, idn.identity_map(idn.resolve_identities(links, cutoff)[0]))
+    full = idn.attach_customers(events, idn.identity_map(idn.resolve_identities(links)[0]))
     at_cutoff = as_of.to_pandas().set_index(S.EVENT_ID)[S.CUSTOMER_ID]
     assert at_cutoff["1"] != at_cutoff["2"]  # still two customers at the cutoff
     assert at_cutoff["3"] in {at_cutoff["1"], at_cutoff["2"]}  # the later order goes to a known customer
@@ -108,7 +108,7 @@ def test_merge_protection_keeps_people_apart_but_merges_one_omni_person() -> Non
         {S.EVENT_ID: "o2", S.ACCOUNT_KEY: "a9", S.EMAIL_KEY: "e9"},
         {S.EVENT_ID: "o3", S.CARD_KEY: "c9", S.EMAIL_KEY: "e9", S.PHONE_KEY: "p9"},
     ]
-    links = idn.identifier_links([records(rows)])
+    links = idn.collect_evidence([records(rows)])
     labels, shared = idn.resolve_identities(links)
     m = idn.identity_map(labels).to_pandas()
     cust = {
@@ -164,9 +164,9 @@ def network_events(rows: list[tuple[str, str | None, str, str]]) -> ibis.Table:
 
 def resolve_with_networks(rows: list[tuple[str, str | None, str, str]], cutoff: str | None = None) -> dict:
     events = network_events(rows)
-    links = idn.identifier_links([events])
+    evidence = idn.collect_evidence([events], online=events)
     when = None if cutoff is None else pd.Timestamp(cutoff, tz="UTC").to_pydatetime()
-    labels, _ = idn.resolve_identities(links, when, networks=idn.device_networks(events))
+    labels, _ = idn.resolve_identities(evidence, when)
     m = idn.identity_map(labels).to_pandas()
     return dict(zip(m[S.IDENTIFIER_TYPE] + ":" + m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True))
 
@@ -217,7 +217,7 @@ def test_household_phone_between_registrations_with_different_emails_links_nobod
         {S.EVENT_ID: "crm:c3", S.CARD_KEY: "c3", S.EMAIL_KEY: "e3", S.PHONE_KEY: "p3"},
         {S.EVENT_ID: "pos:1", S.CARD_KEY: "c3", S.PHONE_KEY: "p3"},
     ]
-    links = idn.identifier_links([records(rows)])
+    links = idn.collect_evidence([records(rows)])
     labels, shared = idn.resolve_identities(links)
     m = idn.identity_map(labels).to_pandas()
     cust = dict(zip(m[S.IDENTIFIER_TYPE] + ":" + m[S.IDENTIFIER_KEY], m[S.CUSTOMER_ID], strict=True))
@@ -243,12 +243,12 @@ def test_in_memory_components_equal_label_propagation(seed: int) -> None:
         for r in range(n_records)
     ]
     rows += [{S.EVENT_ID: f"s{i}", S.DEVICE_KEY: f"lonely{i}"} for i in range(5)]  # singletons
-    links = idn.identifier_links([records(rows)])
-    nodes = links.select(idn.NODE).distinct()
-    expected = idn.propagate_labels(nodes, idn.identifier_edges(links)).to_pandas()
-    edges = idn.star_edges(links).to_pyarrow()
+    evidence = idn.collect_evidence([records(rows)])
+    nodes, pairs = evidence.nodes.select(idn.NODE), evidence.pairs.select(idn.SRC, idn.DST)
+    expected = idn.propagate_labels(nodes, idn.undirected(pairs)).to_pandas()
+    edges = pairs.to_pyarrow()
     got = idn.label_components(
-        nodes.to_pyarrow().column(idn.NODE), edges.column("src"), edges.column("dst")
+        nodes.to_pyarrow().column(idn.NODE), edges.column(idn.SRC), edges.column(idn.DST)
     ).to_pandas()
     key = idn.NODE
     pd.testing.assert_frame_equal(

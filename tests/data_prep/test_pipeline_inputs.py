@@ -29,7 +29,7 @@ def test_malformed_csv_row_names_file_and_line_without_raw_values(raw_template: 
     d = copy_of(raw_template, tmp_path)
     pos = d / S.RAW_DIR / S.RAW_POS_DIR / S.RAW_POS_FILE
     lines = pos.read_text().splitlines()
-    lines.insert(5, "T999,1,2026-01-05 10:00:00,ST001,,+86 139-1111-2222,SKU00001,1,9.9,EXTRA")
+    lines.insert(5, "T999,1,2026-01-05 10:00:00,ST001,,+86 139-1111-2222,SKU00001,1,9.9,,EXTRA")
     pos.write_text("\n".join(lines) + "\n")
     with pytest.raises(RawInputError) as err:
         run_prep(d, d)

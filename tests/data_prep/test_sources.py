@@ -100,7 +100,15 @@ def test_online_jsonl_glob_timezone_recoding_templates_currency(tmp_path: Path) 
         online(event_id="e5", ts="2026-01-05T09:00:00.000Z", channel="web", event_type="view", item_id="S3"),
     ]  # fmt: skip
     assert result.n_rows_by_source == {"web": 5}
-    assert result.n_rows == {"online": 5, "accounts": 0, "pos": 0, "crm": 0, "orders": 0, "items": 0, "stores": 0}
+    assert result.n_rows == {
+        "online": 5,
+        "accounts": 0,
+        "pos": 0,
+        "crm": 0,
+        "orders": 0,
+        "items": 0,
+        "stores": 0,
+    }
 
 
 def test_pos_csv_delimiter_encoding_pattern_amounts_and_order_level_rows(tmp_path: Path) -> None:
@@ -254,7 +262,15 @@ def test_parquet_crm_catalogue_one_hot_coalesce_and_distinct_stores(tmp_path: Pa
     ]
     stores = csv_records(tmp_path, S.RAW_CATALOG_DIR, S.RAW_STORES_FILE, S.RAW_STORE_COLUMNS)
     assert [tuple(r.values()) for r in stores] == [("2", "Köln"), ("1", "Paris")]  # first-seen order
-    assert result.n_rows == {"online": 0, "accounts": 0, "pos": 0, "crm": 3, "orders": 0, "items": 5, "stores": 2}
+    assert result.n_rows == {
+        "online": 0,
+        "accounts": 0,
+        "pos": 0,
+        "crm": 3,
+        "orders": 0,
+        "items": 5,
+        "stores": 2,
+    }
 
 
 def test_row_numbers_follow_file_order_across_a_glob(tmp_path: Path) -> None:
