@@ -24,6 +24,7 @@ import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from ibis.expr.types.relations import CachedTable
 
 DUCKDB = "duckdb"
 SPARK = "spark"
@@ -102,6 +103,13 @@ def temp_table(con: ibis.BaseBackend, data: pa.Table | pd.DataFrame) -> ir.Table
         ).createOrReplaceTempView(name)
         return con.table(name)
     return con.create_table(name, data, temp=True)
+
+
+def release(tables: list[ir.Table]) -> None:
+    """Free materialized tables no longer needed (DuckDB drops the cached copy; a no-op otherwise)."""
+    for t in tables:
+        if isinstance(t, CachedTable):
+            t.release()
 
 
 def materialize(con: ibis.BaseBackend, expr: ir.Table) -> ir.Table:

@@ -148,7 +148,11 @@ def customer_sequences(events: ir.Table, cutoff: datetime) -> ir.Table:
     Ties in time are broken by ``event_id`` so the order is reproducible.
     """
     e = _item_events(_before(events, cutoff))
-    return unpack(e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: ordered_collect(e)}))
+    # The position (a spillable window sort) replaces ts and event_id inside the collected structs: list
+    # aggregates stay in memory, and 10M events of (ts, event_id, item, type) do not fit in 1 GB.
+    e = e.mutate(_pos=ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=[S.TS, S.EVENT_ID]))
+    steps = ibis.struct({"pos": e._pos, "item": e[S.ITEM_ID], "type": e[S.EVENT_TYPE]})
+    return unpack(e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: steps.collect()}))
 
 
 def next_item_targets(events: ir.Table, start: datetime, end: datetime) -> ir.Table:
@@ -206,8 +210,12 @@ def purchase_labels(events: ir.Table, cutoff: datetime, horizon_days: int) -> ir
 
 def customer_snapshot(events: ir.Table, cutoff: datetime) -> ir.Table:
     """Aggregates and item sequence of every customer active before ``cutoff`` (empty lists when none)."""
-    agg = intent_aggregates(events, cutoff)
-    seqs = customer_sequences(events, cutoff)
+    return join_snapshot(intent_aggregates(events, cutoff), customer_sequences(events, cutoff), cutoff)
+
+
+def join_snapshot(agg: ir.Table, seqs: ir.Table, cutoff: datetime) -> ir.Table:
+    """:func:`customer_snapshot` from its two parts (:func:`intent_aggregates`, :func:`customer_sequences`),
+    so a pipeline can compute each on its own."""
     j = agg.left_join(seqs, S.CUSTOMER_ID)
     empty = ibis.literal([], type="array<string>")
     return j.select(

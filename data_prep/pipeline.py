@@ -414,11 +414,19 @@ def build_features_layer(
         examples = fe.next_item_examples(as_of[c], c, horizon_days)
         _write(con, examples, out_dir / S.split_file("rec", split), m)
     progress("intent examples (I1)")
-    train = ibis.union(*[fe.intent_examples(as_of[c], c, horizon_days) for c in splits.train_cutoffs])
+    # One cutoff at a time (each computed and spilled before the next): their sequence lists, built
+    # together in one query, would not fit DuckDB's memory cap at 10M events.
+    train = ibis.union(
+        *[
+            engine.materialize(con, fe.intent_examples(as_of[c], c, horizon_days))
+            for c in splits.train_cutoffs
+        ]
+    )
     _write(con, train, out_dir / S.split_file("intent", S.SPLIT_TRAIN), m)
     for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
         examples = fe.intent_examples(as_of[c], c, horizon_days)
         _write(con, examples, out_dir / S.split_file("intent", split), m)
+    engine.release(list(as_of.values()))  # the per-cutoff copies of the events: done with them
     progress("session intent examples (I2)")
     session_windows = {
         S.SPLIT_TRAIN: (splits.data_start, splits.val),
@@ -430,7 +438,10 @@ def build_features_layer(
             con, sessions.session_intent_examples(events, lo, hi), out_dir / S.split_file("session", split), m
         )
     progress("scoring snapshot, RFM segments, churn labels, clusters")
-    snapshot = fe.customer_snapshot(everyone, splits.data_end)
+    end = splits.data_end
+    aggregates = engine.materialize(con, fe.intent_aggregates(everyone, end))  # each on its own: together
+    sequences = engine.materialize(con, fe.customer_sequences(everyone, end))  # they outgrow the memory cap
+    snapshot = fe.join_snapshot(aggregates, sequences, end)
     flags = customers.select(S.CUSTOMER_ID, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING)
     snapshot = snapshot.join(flags, S.CUSTOMER_ID).select(
         *snapshot.columns, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING
