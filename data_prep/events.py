@@ -72,6 +72,14 @@ def epoch_seconds(ts: ir.TimestampValue) -> ir.FloatingValue:
     return ts.epoch_seconds().floor().cast("float64")
 
 
+def _identifier_keys(raw: ir.Table) -> dict[str, ir.StringValue]:
+    """Every pseudonymised identifier column: the raw table's own, null where the source has none."""
+    return {
+        col: raw[col] if col in raw.columns else ibis.null("string")
+        for col in S.IDENTIFIER_KEY_COLUMNS.values()
+    }
+
+
 def _empty_to_null(v: ir.StringValue) -> ir.StringValue:
     return trim(v).nullif("")
 
@@ -228,7 +236,6 @@ def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
             (total.isnull() | (total <= 0), R_BAD_PRICE),
         ]
     )
-    keys = {c: raw[c] if c in raw.columns else ibis.null("string") for c in S.IDENTIFIER_KEY_COLUMNS.values()}
     return raw.select(
         **{
             S.EVENT_ID: ibis.literal("orders:") + order.fill_null(""),
@@ -244,7 +251,7 @@ def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
             S.ORDER_ID: order,
             S.SESSION_ID: ibis.null("string"),
             S.REFUND_OF: ibis.null("string"),
-            **keys,
+            **_identifier_keys(raw),
             S.IP_KEY: ibis.null("string"),
             S.REJECT_REASON: reason,
         }
@@ -379,16 +386,12 @@ def _profile(
     raw: ir.Table, source: str, anchor_key: str, ts: ir.TimestampValue, **values: ir.Value
 ) -> ir.Table:
     reason = _first_reason([(raw[anchor_key].isnull(), R_MISSING_ID), (ts.isnull(), R_BAD_TIMESTAMP)])
-    keys = {
-        col: raw[col] if col in raw.columns else ibis.null("string")
-        for col in S.IDENTIFIER_KEY_COLUMNS.values()
-    }
     row = {
         S.EVENT_ID: ibis.literal(f"{source}:") + raw[anchor_key].fill_null(""),
         S.SOURCE: ibis.literal(source),
         S.TS: ts,
         S.STORE_ID: ibis.null("string"),
-        **keys,
+        **_identifier_keys(raw),
         **values,
         S.REJECT_REASON: reason,
     }

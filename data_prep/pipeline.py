@@ -26,7 +26,6 @@ from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
 from data_prep import schema as S
-from data_prep.events import UTC_TS
 from data_prep.manifest import Manifest
 from data_prep.report import write_data_report
 
@@ -272,9 +271,9 @@ def _components(con: ibis.BaseBackend) -> idn.Components | None:
     return run
 
 
-def _resolve(con: ibis.BaseBackend, links: ir.Table, **kwargs: Any) -> tuple[ir.Table, ir.Table]:
+def _resolve(con: ibis.BaseBackend, evidence: idn.Evidence, **kwargs: Any) -> tuple[ir.Table, ir.Table]:
     return idn.resolve_identities(
-        links, materialize=_materializer(con), components=_components(con), **kwargs
+        evidence, materialize=_materializer(con), components=_components(con), **kwargs
     )
 
 
@@ -288,18 +287,17 @@ def build_customers_layer(
     consent_default: bool = False,
 ) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
     """Write ``03_customers``: timed evidence (identifiers, identifier pairs, device networks), identity map
-    (all records), shared identifiers,
-    events with customer_id, customer table (with consent) and identity metrics.
+    (all records), shared identifiers, events with customer_id, customer table (with consent) and identity
+    metrics.
 
     Returns (events, identity evidence, metrics)."""
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
-    found = idn.collect_evidence([events, profiles], online=events)
-    assert found.networks is not None
+    records = [events, profiles]
     evidence = idn.Evidence(
-        _write(con, found.nodes, out_dir / S.NODES_FILE, m),
-        _write(con, found.pairs, out_dir / S.PAIRS_FILE, m),
-        _write(con, found.networks, out_dir / S.NETWORKS_FILE, m),
+        _write(con, idn.identifier_nodes(records), out_dir / S.NODES_FILE, m),
+        _write(con, idn.identifier_pairs(records), out_dir / S.PAIRS_FILE, m),
+        _write(con, idn.device_networks(events), out_dir / S.NETWORKS_FILE, m),
     )
     labels, shared = _resolve(con, evidence)
     id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
@@ -370,7 +368,7 @@ def events_as_of(
     ``cutoff`` resolves (materialized). Examples for a cutoff read nothing after its label window, so
     ``until`` = cutoff + horizon keeps the early cutoffs' copies small."""
     labels, _ = _resolve(con, evidence, cutoff=cutoff)
-    window = events if until is None else events.filter(events[S.TS] < ibis.literal(until, type=UTC_TS))
+    window = events if until is None else events.filter(events[S.TS] < ibis.literal(until, type=ev.UTC_TS))
     return engine.materialize(con, idn.attach_customers(window.drop(S.CUSTOMER_ID), idn.identity_map(labels)))
 
 
