@@ -142,17 +142,29 @@ def unpack(t: ir.Table, column: str = SEQUENCE) -> ir.Table:
     ).drop(column)
 
 
-def customer_sequences(events: ir.Table, cutoff: datetime) -> ir.Table:
+def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = False) -> ir.Table:
     """customer_id, items, event_types: every item event before ``cutoff``, oldest first.
 
-    Ties in time are broken by ``event_id`` so the order is reproducible.
+    Ties in time are broken by ``event_id`` so the order is reproducible. ``detail`` adds the aligned
+    ``channels`` and ``timestamps`` (whole epoch seconds) lists that side-information inputs need.
     """
     e = _item_events(_before(events, cutoff))
     # The position (a spillable window sort) replaces ts and event_id inside the collected structs: list
     # aggregates stay in memory, and 10M events of (ts, event_id, item, type) do not fit in 1 GB.
     e = e.mutate(_pos=ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=[S.TS, S.EVENT_ID]))
-    steps = ibis.struct({"pos": e._pos, "item": e[S.ITEM_ID], "type": e[S.EVENT_TYPE]})
-    return unpack(e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: steps.collect()}))
+    fields = {"pos": e._pos, "item": e[S.ITEM_ID], "type": e[S.EVENT_TYPE]}
+    if detail:
+        fields |= {"channel": e[S.CHANNEL], "ts": epoch_seconds(e[S.TS]).cast("int64")}
+    seqs = e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: ibis.struct(fields).collect()})
+    if detail:
+        ordered = seqs[SEQUENCE].sort()
+        seqs = seqs.mutate(
+            **{
+                S.CHANNELS_COL: ordered.map(lambda v: v["channel"]),
+                S.TIMESTAMPS_COL: ordered.map(lambda v: v["ts"]),
+            }
+        )
+    return unpack(seqs)
 
 
 def next_item_targets(events: ir.Table, start: datetime, end: datetime) -> ir.Table:

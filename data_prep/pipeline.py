@@ -380,7 +380,7 @@ def build_features_layer(
     horizon_days: int,
     progress: Progress,
 ) -> fe.TimeSplits:
-    """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, I1 intent_{train,val,test}, I2 sessions,
+    """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, R1 sequences, I1 intent_{train,val,test}, I2 sessions,
     snapshot, RFM, churn and clusters.
 
     Everything that trains a model uses only the events of customers with analytics consent; examples for a
@@ -394,6 +394,11 @@ def build_features_layer(
     out_dir.mkdir(parents=True, exist_ok=True)
     m = Manifest(S.FEATURES_DIR)
     span = events.aggregate(lo=events[S.TS].min(), hi=events[S.TS].max()).to_pandas().iloc[0]
+    if span.isna().any():
+        raise ValueError(
+            "no events of a customer with analytics consent: nothing to build features from. Data without "
+            "recorded consent (public research sets) needs `--consent-default grant`"
+        )
     splits = fe.plan_splits(span.lo.to_pydatetime(), span.hi.to_pydatetime(), horizon_days)
     (out_dir / S.SPLITS_FILE).write_text(splits.to_json())
     catalog = engine.read_parquet(con, out / S.EVENTS_DIR / S.CATALOG_FILE)
@@ -411,6 +416,8 @@ def build_features_layer(
     for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
         examples = fe.next_item_examples(as_of[c], c, horizon_days)
         _write(con, examples, out_dir / S.split_file("rec", split), m)
+    # protocol R1 (leave-one-out) input: each consented customer's whole history, with side information
+    _write(con, fe.customer_sequences(events, splits.data_end, detail=True), out_dir / S.SEQUENCES_FILE, m)
     progress("intent examples (I1)")
     # One cutoff at a time (each computed and spilled before the next): their sequence lists, built
     # together in one query, would not fit DuckDB's memory cap at 10M events.

@@ -115,7 +115,8 @@ def data_fetch(
         result = fetch_dataset(name, out, cache, progress=_say)
     for kind, n in result.n_rows.items():
         console.print(f"{kind}: {n:,} rows")
-    console.print(f"next: o2o prep --raw {out}")
+    # public research data records no consent choices: with the privacy default (deny) nothing would train
+    console.print(f"next: o2o prep --raw {out} --consent-default grant")
     _wrote(*result.files.values())
 
 
@@ -200,6 +201,34 @@ def train(
         result = run_training(cfg, runs_dir)
     _print_run(result.metrics)
     _wrote(result.run_dir, result.run_dir / "metrics.json")
+
+
+@app.command()
+def evaluate(
+    task: Annotated[str, typer.Argument(help="recommender | intent")],
+    config: Annotated[Path | None, typer.Option(help="YAML run config (experiments/configs/...)")] = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1,2",
+    features: Annotated[Path | None, typer.Option(help="override data.features_dir")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders are created")] = Path("runs"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, e.g. eval.protocol=R1")
+    ] = None,
+) -> None:
+    """Train one config with several seeds; mean ± spread beside the baselines (runs/<name>-eval-<id>/)."""
+    from experiments.evaluate import EVALUATION_MD, summary_table
+    from experiments.evaluate import evaluate as run_evaluation
+    from training.config import load_config
+
+    overrides = list(set_ or [])
+    if features is not None:
+        overrides.append(f"data.features_dir={json.dumps(str(features))}")
+    with user_errors():
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        cfg = load_config(task, config, overrides)
+        result = run_evaluation(cfg, seed_list, runs_dir, progress=_say)
+    console.print(f"[bold]{result.summary['task']}[/] — {result.summary['protocol']}, seeds {seed_list}")
+    console.print(summary_table(result.summary["test"]))
+    _wrote(result.out_dir, result.out_dir / EVALUATION_MD)
 
 
 def _print_run(metrics: dict) -> None:

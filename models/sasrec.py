@@ -154,3 +154,55 @@ class SASRecTopK(nn.Module):
         logits = logits + remove * MASK_VALUE  # (B, V+1)
         scores, idx = torch.topk(logits, self.k, dim=1)  # (B, k), (B, k)
         return scores, idx
+
+
+# ---------------------------------------------------------------- losses
+# All three take hidden states ``h`` (N, D) at the positions that have a target, the targets (N,) as item
+# indices ≥ 1, and the item table (V+1, D) whose row 0 is padding; each returns a scalar mean loss.
+
+LOSSES = ("ce", "sampled_softmax", "gbce")
+
+
+def full_ce_loss(h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue (SASRec+, Klenitskiy & Vasilev 2023); padding is no class."""
+    logits = h @ item_emb.T  # (N, V+1)
+    logits[:, 0] = MASK_VALUE
+    return F.cross_entropy(logits, target)
+
+
+def sampled_softmax_loss(
+    h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor, log_q: torch.Tensor, n_negatives: int
+) -> torch.Tensor:
+    """Softmax over the target and ``n_negatives`` items drawn from q (shared by the batch), log-q corrected.
+
+    ``log_q`` (V+1,) is the log sampling probability of each item (−inf for padding). A negative's logit
+    is lowered by log(M·q), so Σ exp(logit) over the M draws estimates the full softmax's partition
+    function without bias (importance sampling: Bengio & Senécal 2008; Yi et al. 2019) and the loss
+    approaches full cross-entropy as M grows. A draw that is the row's own target is masked out.
+    """
+    neg = torch.multinomial(log_q.exp(), n_negatives, replacement=True)  # (M,)
+    pos_logit = (h * item_emb[target]).sum(-1)  # (N,)
+    neg_logit = h @ item_emb[neg].T - (log_q[neg] + math.log(n_negatives))  # (N, M)
+    neg_logit = neg_logit.masked_fill(neg[None, :] == target[:, None], MASK_VALUE)
+    logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (N, 1+M)
+    return F.cross_entropy(logits, torch.zeros_like(target))
+
+
+def gbce_loss(
+    h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor, n_negatives: int, t: float = 0.75
+) -> torch.Tensor:
+    """Generalised BCE (gSASRec, Petrov & Macdonald 2023) with ``n_negatives`` uniform negatives per row.
+
+    The positive probability is raised to β = α(t(1 − 1/α) + 1/α), α = M / (V − 1), which undoes the
+    overconfidence that negative sampling gives plain BCE; t = 0 is BCE, t = 1 fully calibrated.
+    """
+    n_items = item_emb.shape[0] - 1
+    neg = torch.randint(1, n_items + 1, (h.shape[0], n_negatives), device=h.device)  # (N, M)
+    alpha = n_negatives / max(n_items - 1, 1)
+    beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    pos_logit = (h * item_emb[target]).sum(-1)  # (N,)
+    neg_logit = torch.einsum("nd,nmd->nm", h, item_emb[neg])  # (N, M)
+    neg_logit = neg_logit.masked_fill(neg == target[:, None], MASK_VALUE)  # softplus(−1e9) = 0
+    pos_term = -beta * F.logsigmoid(pos_logit)  # −log σ(s+)^β
+    neg_term = F.softplus(neg_logit)  # −log(1 − σ(s−))
+    return (pos_term.sum() + neg_term.sum()) / (h.shape[0] * (1 + n_negatives))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -29,13 +30,94 @@ class MostPopular:
         if self.scores_ is None:
             raise RuntimeError("MostPopular is not fitted: call fit() first")
         scores = np.broadcast_to(self.scores_, (len(item_idx), len(self.scores_))).copy()
-        if self.exclude_seen:
-            rows = np.repeat(np.arange(len(item_idx)), item_idx.shape[1])
-            scores[rows, item_idx.ravel()] = -np.inf
-        k = min(self.k, len(self.scores_) - 1)
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1)
+        return top_k(scores, item_idx, self.k, self.exclude_seen)
+
+
+def top_k(scores: np.ndarray, item_idx: np.ndarray, k: int, exclude_seen: bool) -> np.ndarray:
+    """Best ``k`` columns of ``scores`` (N, V+1) per row, best first; padding (column 0) never, seen items
+    of the left-padded ``item_idx`` (N, T) not when ``exclude_seen``. Modifies ``scores``."""
+    scores[:, 0] = -np.inf
+    if exclude_seen:
+        rows = np.repeat(np.arange(len(item_idx)), item_idx.shape[1])
+        scores[rows, item_idx.ravel()] = -np.inf
+    k = min(k, scores.shape[1] - 1)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+class ItemKNN:
+    """Item-to-item co-occurrence neighbours (cosine with shrinkage), scored from the customer's history.
+
+    Fit: a binary customer × item matrix of the training sequences; similarity of items i, j =
+    |both| / (sqrt(|i| |j|) + shrink), keeping each item's ``neighbours`` most similar items. Recommend:
+    Σ over the history's items of their similarity rows, the newest item weighted 1 and each older one
+    ``decay`` times less (decay 1 = a bag of items, < 1 = the session-aware variant).
+    """
+
+    def __init__(
+        self,
+        k: int = 10,
+        exclude_seen: bool = True,
+        neighbours: int = 100,
+        shrink: float = 10.0,
+        decay: float = 1.0,
+    ) -> None:
+        self.k, self.exclude_seen = k, exclude_seen
+        self.neighbours, self.shrink, self.decay = neighbours, shrink, decay
+        self.sim_: sp.csr_matrix | None = None
+
+    def fit(self, item_idx: np.ndarray, n_items: int) -> ItemKNN:
+        """``item_idx`` (N, T) left-padded training sequences of indices in 1..n_items."""
+        rows, cols = np.nonzero(item_idx)
+        x = sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, item_idx[rows, cols])),
+            shape=(len(item_idx), n_items + 1),
+        )
+        x.data[:] = 1.0  # duplicates summed by the constructor: back to 0/1
+        co = (x.T @ x).tocsr().astype(np.float32)
+        norm = np.sqrt(co.diagonal())
+        co.setdiag(0)
+        co.eliminate_zeros()
+        co = co.tocoo()
+        co.data /= norm[co.row] * norm[co.col] + self.shrink
+        self.sim_ = _keep_top(co.tocsr(), self.neighbours)
+        return self
+
+    def recommend(self, item_idx: np.ndarray, batch: int = 2048) -> np.ndarray:
+        if self.sim_ is None:
+            raise RuntimeError("ItemKNN is not fitted: call fit() first")
+        T = item_idx.shape[1]
+        weight = (self.decay ** np.arange(T - 1, -1, -1)).astype(np.float32)  # newest (right) weighs 1
+        out = []
+        for lo in range(0, len(item_idx), batch):
+            part = item_idx[lo : lo + batch]
+            rows, cols = np.nonzero(part)
+            h = sp.csr_matrix((weight[cols], (rows, part[rows, cols])), shape=(len(part), self.sim_.shape[0]))
+            scores = np.asarray((h @ self.sim_).todense(), dtype=np.float64)
+            scores += 1e-9 * self._prior  # ties (and customers with no neighbours) fall back on popularity
+            out.append(top_k(scores, part, self.k, self.exclude_seen))
+        return np.concatenate(out) if out else np.zeros((0, self.k), dtype=np.int64)
+
+    @property
+    def _prior(self) -> np.ndarray:
+        assert self.sim_ is not None
+        n = self.sim_.shape[0]
+        return (n - np.arange(n)) / n  # item indices are ordered by popularity (1 = most popular)
+
+
+def _keep_top(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Keep the ``n`` largest entries of every row of a CSR matrix."""
+    m.sort_indices()
+    keep = np.zeros(m.nnz, dtype=bool)
+    for r in range(m.shape[0]):
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        if hi - lo <= n:
+            keep[lo:hi] = True
+        else:
+            keep[lo + np.argpartition(-m.data[lo:hi], n - 1)[:n]] = True
+    coo = m.tocoo()
+    return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=m.shape)
 
 
 def logistic_regression_baseline(seed: int = 0) -> Pipeline:

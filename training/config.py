@@ -61,9 +61,26 @@ class TrainConfig(_Strict):
     accelerator: Literal["cpu", "gpu", "auto"] = Field(
         "cpu", description="Lightning accelerator (one device)"
     )
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true", description="Lightning precision; bf16-mixed where the hardware supports bfloat16"
+    )
+    compile: bool = Field(False, description="torch.compile the encoder for training")
+
+
+class RecommenderTrainConfig(TrainConfig):
+    loss: Literal["ce", "sampled_softmax", "gbce"] = Field(
+        "ce",
+        description="ce: full softmax cross-entropy; sampled_softmax: log-q corrected, for huge "
+        "catalogues; gbce: generalised BCE with uniform negatives (gSASRec)",
+    )
+    n_negatives: int = Field(256, ge=1, description="negatives per batch (sampled_softmax) or per row (gbce)")
+    gbce_t: float = Field(0.75, ge=0.0, le=1.0, description="gBCE calibration t (0 = plain BCE)")
 
 
 class EvalConfig(_Strict):
+    protocol: Literal["R1", "R2"] = Field(
+        "R2", description="R1: leave-one-out (public benchmarks); R2: global time split (retail)"
+    )
     k: Annotated[int, Field(ge=1, le=1000)] = Field(10, description="cut-off of the ranking metrics")
     exclude_seen: bool = Field(True, description="remove items already in the history before top-k")
 
@@ -73,7 +90,7 @@ class RecommenderRunConfig(_Strict):
     name: str = Field("recommender", description="run name; the run id is <name>-<timestamp>")
     data: DataConfig = DataConfig()
     model: SequenceModelConfig = SequenceModelConfig()
-    train: TrainConfig = TrainConfig()
+    train: RecommenderTrainConfig = RecommenderTrainConfig()
     eval: EvalConfig = EvalConfig()
 
 

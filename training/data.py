@@ -11,21 +11,18 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from data_prep import schema as S
-from models.encoding import ItemVocabulary, encode_sequences
+from models.encoding import ItemVocabulary, as_list_array, encode_sequences
+from training.protocols import R2, NextItemTables, item_counts, load_tables
 
 TYPE_NAMES = S.ITEM_EVENT_TYPES
-
-
-def load_popularity(features_dir: Path) -> np.ndarray:
-    """(n_items,) training-window event counts in item-index order."""
-    items = pq.read_table(features_dir / S.ITEMS_FILE, columns=[S.ITEM_IDX, S.POPULARITY]).sort_by(S.ITEM_IDX)
-    return items.column(S.POPULARITY).to_numpy().astype(np.float64)
 
 
 def load_vocabulary(features_dir: Path) -> ItemVocabulary:
@@ -35,10 +32,13 @@ def load_vocabulary(features_dir: Path) -> ItemVocabulary:
 
 def _encode(path: Path, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     table = pq.read_table(path)
-    item_idx, type_idx = encode_sequences(
+    return (*_encode_table(table, vocab, max_len), table)
+
+
+def _encode_table(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    return encode_sequences(
         table.column(S.ITEMS), vocab, max_len, table.column(S.EVENT_TYPES_COL), TYPE_NAMES
     )
-    return item_idx, type_idx, table
 
 
 def _loader(
@@ -57,7 +57,7 @@ def _loader(
 
 @dataclass
 class NextItemSplit:
-    """Encoded R2 examples: input (N, T) item/type indices and target item index (N,), 0 if unknown."""
+    """Encoded next-item examples: input (N, T) item/type indices and target item index (N,), 0 if unknown."""
 
     item_idx: np.ndarray
     type_idx: np.ndarray
@@ -65,39 +65,100 @@ class NextItemSplit:
     customer_id: np.ndarray
 
 
-def load_next_item_split(path: Path, vocab: ItemVocabulary, max_len: int) -> NextItemSplit:
-    item_idx, type_idx, table = _encode(path, vocab, max_len)
+def encode_next_item(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> NextItemSplit:
+    item_idx, type_idx = _encode_table(table, vocab, max_len)
     target = vocab.lookup(table.column(S.TARGET_ITEM).to_numpy(zero_copy_only=False))
     customers = table.column(S.CUSTOMER_ID).to_numpy(zero_copy_only=False)
     return NextItemSplit(item_idx, type_idx, target, customers)
 
 
+def recommender_items(features_dir: Path, tables: NextItemTables) -> pa.Table:
+    """The vocabulary table a recommender run trains with (items.parquet columns).
+
+    R2: the one prep fit on the training window. R1: items of the training sequences by frequency, with
+    the catalogue category where prep knows it.
+    """
+    prep_items = pq.read_table(features_dir / S.ITEMS_FILE)
+    if tables.protocol == R2:
+        return prep_items.sort_by(S.ITEM_IDX)
+    counts = item_counts(tables.train)
+    idx = pa.array(np.arange(1, counts.num_rows + 1, dtype=np.int64))
+    counts = counts.append_column(S.ITEM_IDX, idx)
+    cats = prep_items.select([S.ITEM_ID, S.CATEGORY])
+    joined = counts.join(cats, S.ITEM_ID, join_type="left outer").sort_by(S.ITEM_IDX)
+    return joined.select([S.ITEM_ID, S.ITEM_IDX, S.CATEGORY, S.POPULARITY])
+
+
+def training_windows(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every next-item pair of every training sequence, as left-padded windows (W, max_len + 1).
+
+    A sequence longer than the model's context is cut, from its newest end, into windows of max_len + 1
+    items that overlap by one, so each (item → next item) pair is trained exactly once, with up to
+    max_len items of context. Items unknown to the vocabulary are dropped (as the encoder does).
+    """
+    arr = as_list_array(table.column(S.ITEMS))
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = vocab.lookup(pc.list_flatten(arr).to_numpy(zero_copy_only=False))
+    tnames = pc.list_flatten(as_list_array(table.column(S.EVENT_TYPES_COL))).to_numpy(zero_copy_only=False)
+    tflat = pd.Index(list(TYPE_NAMES)).get_indexer(pd.Index(tnames)).astype(np.int64) + 1
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    known = flat > 0
+    flat, tflat, row = flat[known], tflat[known], row[known]
+    n = np.bincount(row, minlength=len(lengths))  # kept items per sequence
+    start = np.concatenate([[0], np.cumsum(n)[:-1]])  # offset of each sequence in the flat arrays
+    n_win = np.where(n >= 2, -(-(n - 1) // max_len), 0)  # ceil((n - 1) / max_len) windows
+    seq = np.repeat(np.arange(len(n)), n_win)
+    j = np.arange(int(n_win.sum())) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # 0 = newest window
+    end = n[seq] - j * max_len  # exclusive end inside the sequence
+    first = np.maximum(end - max_len - 1, 0)
+    width = max_len + 1
+    pos = (end - width)[:, None] + np.arange(width)[None, :]  # (W, width) position inside the sequence
+    valid = pos >= first[:, None]
+    flat_pos = np.where(valid, start[seq][:, None] + pos, 0)
+    items = np.where(valid, flat[flat_pos], 0) if len(flat) else np.zeros(pos.shape, np.int64)
+    types = np.where(valid, tflat[flat_pos], 0) if len(flat) else np.zeros(pos.shape, np.int64)
+    return items.astype(np.int64), types.astype(np.int64)
+
+
 class RecommenderDataModule(L.LightningDataModule):
-    """Train: every position of each sequence before T_val; val/test: R2 examples at T_val / T_test."""
+    """Train: every position of each training sequence; val/test: one next-item example per customer.
+
+    ``protocol`` R2 reads prep's global-time-split tables, R1 the leave-one-out split of the full
+    sequences (:mod:`training.protocols`).
+    """
 
     def __init__(
-        self, features_dir: Path, max_len: int, batch_size: int, num_workers: int = 0, seed: int = 0
+        self,
+        features_dir: Path,
+        max_len: int,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        protocol: str = R2,
     ):
         super().__init__()
         self.features_dir, self.max_len = Path(features_dir), max_len
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.vocab = load_vocabulary(self.features_dir)
+        self.tables = load_tables(self.features_dir, protocol)
+        self.items = recommender_items(self.features_dir, self.tables)
+        self.vocab = ItemVocabulary().fit(self.items.column(S.ITEM_ID).to_pylist())
+        self.popularity = self.items.column(S.POPULARITY).to_numpy().astype(np.float64)
         self.splits: dict[str, NextItemSplit] = {}
         self.train_tensors: list[torch.Tensor] = []
+
+    @property
+    def protocol(self) -> str:
+        return self.tables.protocol
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_tensors:
             return
-        items, types, _ = _encode(
-            self.features_dir / S.split_file("rec", S.SPLIT_TRAIN), self.vocab, self.max_len + 1
-        )
+        items, types = training_windows(self.tables.train, self.vocab, self.max_len)
         x, tx, y = items[:, :-1], types[:, :-1], items[:, 1:].copy()
         y[x == 0] = 0  # no loss where the input is padding
-        self.train_tensors = [torch.from_numpy(a) for a in (x, tx, y)]
-        for split in (S.SPLIT_VAL, S.SPLIT_TEST):
-            self.splits[split] = load_next_item_split(
-                self.features_dir / S.split_file("rec", split), self.vocab, self.max_len
-            )
+        self.train_tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x, tx, y)]
+        self.splits[S.SPLIT_VAL] = encode_next_item(self.tables.val, self.vocab, self.max_len)
+        self.splits[S.SPLIT_TEST] = encode_next_item(self.tables.test, self.vocab, self.max_len)
 
     def _eval_loader(self, split: str) -> DataLoader:
         s = self.splits[split]

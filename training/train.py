@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -23,12 +26,13 @@ from lightning.pytorch.loggers import CSVLogger
 from data_prep import schema as S
 from data_prep.features import TimeSplits
 from data_prep.manifest import read_manifest
-from training.baselines import MostPopular, logistic_regression_baseline
+from training.baselines import ItemKNN, MostPopular, logistic_regression_baseline
 from training.config import IntentRunConfig, RecommenderRunConfig, RunConfig, TrainConfig, dump_config
-from training.data import TYPE_NAMES, IntentDataModule, RecommenderDataModule, load_popularity
+from training.data import TYPE_NAMES, IntentDataModule, RecommenderDataModule
 from training.intent import IntentModule
 from training.metrics import binary_metrics, ranking_metrics
-from training.recommender import RecommenderModule
+from training.protocols import R1
+from training.recommender import EpochClock, RecommenderModule
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.json"
@@ -52,14 +56,22 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
     return run_dir
 
 
-def _trainer(tc: TrainConfig, run_dir: Path, monitor: str, progress_bar: bool) -> L.Trainer:
+def _trainer(
+    tc: TrainConfig,
+    run_dir: Path,
+    monitor: str,
+    progress_bar: bool,
+    callbacks: list[L.Callback] | None = None,
+) -> L.Trainer:
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor=monitor, mode="max", save_last=True)
+    stop = EarlyStopping(monitor=monitor, mode="max", patience=tc.patience)
     return L.Trainer(
         max_epochs=tc.max_epochs,
         accelerator=tc.accelerator,
         devices=1,
+        precision=tc.precision,
         deterministic=tc.deterministic,
-        callbacks=[ckpt, EarlyStopping(monitor=monitor, mode="max", patience=tc.patience)],
+        callbacks=[ckpt, stop, *(callbacks or [])],
         logger=CSVLogger(run_dir, name="logs", version=""),
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
@@ -91,12 +103,23 @@ def _finish(run_dir: Path, cfg: RunConfig, model_doc: dict, metrics: dict, t0: f
     return RunResult(run_dir, metrics)
 
 
-def train_recommender(cfg: RecommenderRunConfig, runs_dir: Path, progress_bar: bool = True) -> RunResult:
-    """Fit SASRec on sequences before T_val; early-stop on val NDCG@k; report val/test (R2) + most-popular."""
+def train_recommender(
+    cfg: RecommenderRunConfig,
+    runs_dir: Path,
+    progress_bar: bool = True,
+    probe: Callable[[RecommenderModule, RecommenderDataModule], dict[str, float]] | None = None,
+) -> RunResult:
+    """Fit SASRec on the protocol's training sequences; early-stop on val NDCG@k; report val/test beside the
+    baselines. ``probe`` (benchmarks only) runs after every epoch, off the clock (:class:`EpochClock`).
+    """
     t0 = time.perf_counter()
     run_dir = _prepare(cfg, runs_dir)
-    tc, m = cfg.train, cfg.model
-    dm = RecommenderDataModule(cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed)
+    tc, m, ev = cfg.train, cfg.model, cfg.eval
+    dm = RecommenderDataModule(
+        cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed, ev.protocol
+    )
+    dm.setup()
+    pq.write_table(dm.items, run_dir / S.ITEMS_FILE)  # the vocabulary this run trained with
     model_config = {
         "n_items": dm.vocab.n_items,
         "max_len": m.max_len,
@@ -106,22 +129,41 @@ def train_recommender(cfg: RecommenderRunConfig, runs_dir: Path, progress_bar: b
         "dropout": m.dropout,
         "n_event_types": len(TYPE_NAMES) if m.use_event_types else 0,
     }
-    module = RecommenderModule(model_config, tc.lr, tc.weight_decay, cfg.eval.k, cfg.eval.exclude_seen)
-    trainer = _trainer(tc, run_dir, f"val_ndcg{cfg.eval.k}", progress_bar)
+    module = RecommenderModule(
+        model_config,
+        tc.lr,
+        tc.weight_decay,
+        ev.k,
+        ev.exclude_seen,
+        loss=tc.loss,
+        n_negatives=tc.n_negatives,
+        gbce_t=tc.gbce_t,
+        compile=tc.compile,
+    )
+    module.set_sampling_popularity(dm.popularity)
+    clock = EpochClock(None if probe is None else lambda mod: probe(mod, dm))
+    trainer = _trainer(tc, run_dir, f"val_ndcg{ev.k}", progress_bar, [clock])
+    t_fit = time.perf_counter()
     trainer.fit(module, datamodule=dm)
+    fit_seconds = time.perf_counter() - t_fit
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = RecommenderModule.load_from_checkpoint(best)
     trainer.validate(module, datamodule=dm, verbose=False)
     trainer.test(module, datamodule=dm, verbose=False)
+    n_pairs = int((dm.train_tensors[2] > 0).sum())
     metrics: dict[str, Any] = {
         "task": "recommender",
-        "k": cfg.eval.k,
-        "protocol": f"R2 (global time split, first add-to-cart/order/store purchase in horizon; "
-        f"seen items {'removed' if cfg.eval.exclude_seen else 'allowed'})",
+        "k": ev.k,
+        "protocol": _protocol_text(ev.protocol, ev.exclude_seen),
+        "loss": tc.loss,
         "model": {"val": module.results["val"], "test": module.results["test"]},
-        "baselines": {"most_popular": _most_popular(dm, cfg)},
+        "baselines": recommender_baselines(dm, ev.k, ev.exclude_seen),
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 2),
+        "training_pairs": n_pairs,
+        "training_pairs_per_second": round(n_pairs * trainer.current_epoch / max(fit_seconds, 1e-9)),
+        "epochs": clock.history,
         "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
     }
     doc: dict[str, Any] = {
@@ -129,17 +171,43 @@ def train_recommender(cfg: RecommenderRunConfig, runs_dir: Path, progress_bar: b
         "model_config": model_config,
         "type_names": list(TYPE_NAMES),
     }
-    doc["k"], doc["exclude_seen"] = cfg.eval.k, cfg.eval.exclude_seen
+    doc["k"], doc["exclude_seen"] = ev.k, ev.exclude_seen
     return _finish(run_dir, cfg, doc, metrics, t0)
 
 
-def _most_popular(dm: RecommenderDataModule, cfg: RecommenderRunConfig) -> dict[str, dict[str, float]]:
-    pop = MostPopular(cfg.eval.k, cfg.eval.exclude_seen).fit(load_popularity(cfg.data.features_dir))
-    out = {}
-    for split in (S.SPLIT_VAL, S.SPLIT_TEST):
-        s = dm.splits[split]
-        out[split] = ranking_metrics(pop.recommend(s.item_idx), s.target, cfg.eval.k)
+def _protocol_text(protocol: str, exclude_seen: bool) -> str:
+    seen = f"seen items {'removed' if exclude_seen else 'allowed'}"
+    if protocol == R1:
+        return f"R1 (leave-one-out, full ranking; {seen})"
+    return f"R2 (global time split, first add-to-cart/order/store purchase in horizon; {seen})"
+
+
+def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool) -> dict[str, Any]:
+    """Most popular and ItemKNN (its neighbours and recency decay chosen on validation NDCG@k)."""
+    out: dict[str, Any] = {}
+    pop = MostPopular(k, exclude_seen).fit(dm.popularity)
+    out["most_popular"] = {s: _rank(pop.recommend, dm, s, k) for s in (S.SPLIT_VAL, S.SPLIT_TEST)}
+    train_items = dm.train_tensors[0].numpy()
+    best: tuple[float, dict[str, Any]] | None = None
+    for neighbours in (50, 200):
+        for decay in (1.0, 0.7):
+            knn = ItemKNN(k, exclude_seen, neighbours=neighbours, decay=decay)
+            knn.fit(train_items, dm.vocab.n_items)
+            val = _rank(knn.recommend, dm, S.SPLIT_VAL, k)
+            if best is None or val[f"ndcg@{k}"] > best[0]:
+                test = _rank(knn.recommend, dm, S.SPLIT_TEST, k)
+                params = {"neighbours": neighbours, "decay": decay}
+                best = (val[f"ndcg@{k}"], {S.SPLIT_VAL: val, S.SPLIT_TEST: test, "params": params})
+    assert best is not None
+    out["item_knn"] = best[1]
     return out
+
+
+def _rank(
+    recommend: Callable[[np.ndarray], np.ndarray], dm: RecommenderDataModule, split: str, k: int
+) -> dict[str, float]:
+    s = dm.splits[split]
+    return ranking_metrics(recommend(s.item_idx), s.target, k)
 
 
 def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True) -> RunResult:

@@ -70,3 +70,35 @@ def test_intent_net_ignores_sequence_of_empty_history() -> None:
     empty_short, empty_long = torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 9, dtype=torch.long)
     out = net(empty_short, empty_short, f)
     assert out.shape == (2,) and torch.allclose(out, net(empty_long, empty_long, f), atol=1e-6)
+
+
+def test_losses_are_finite_and_train() -> None:
+    from models.sasrec import full_ce_loss, gbce_loss, sampled_softmax_loss
+
+    torch.manual_seed(0)
+    table = torch.randn(21, 8, requires_grad=True)
+    h = torch.randn(6, 8)
+    target = torch.randint(1, 21, (6,))
+    log_q = torch.log(torch.full((21,), 1 / 20))
+    log_q[0] = -float("inf")
+    for loss in (
+        full_ce_loss(h, target, table),
+        sampled_softmax_loss(h, target, table, log_q, 16),
+        gbce_loss(h, target, table, 16, t=0.75),
+    ):
+        assert torch.isfinite(loss)
+        (grad,) = torch.autograd.grad(loss, table)
+        assert torch.isfinite(grad).all() and grad[0].abs().sum() == 0  # padding row never scored
+
+
+def test_sampled_softmax_with_many_uniform_negatives_approaches_full_ce() -> None:
+    from models.sasrec import full_ce_loss, sampled_softmax_loss
+
+    torch.manual_seed(0)
+    table, h = torch.randn(11, 4), torch.randn(64, 4)
+    target = torch.randint(1, 11, (64,))
+    log_q = torch.log(torch.full((11,), 1 / 10))
+    log_q[0] = -float("inf")
+    full = full_ce_loss(h, target, table)
+    sampled = torch.stack([sampled_softmax_loss(h, target, table, log_q, 2000) for _ in range(5)]).mean()
+    assert abs(float(sampled) - float(full)) < 0.15 * float(full)

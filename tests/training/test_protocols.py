@@ -1,0 +1,64 @@
+"""Protocol R1 tables and training windows on hand-built sequences."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_prep import schema as S
+from models.encoding import ItemVocabulary
+from training.data import training_windows
+from training.protocols import drop_last, leave_one_out, nth_from_end
+
+
+def sequences() -> pa.Table:
+    return pa.table(
+        {
+            S.CUSTOMER_ID: ["c2", "c1", "c3"],
+            S.ITEMS: [list("abcd"), list("xyz"), list("pq")],  # c3 is too short for R1
+            S.EVENT_TYPES_COL: [["view", "order", "view", "order"], ["order"] * 3, ["order"] * 2],
+            S.TIMESTAMPS_COL: [[1, 2, 3, 4], [5, 6, 7], [8, 9]],
+        }
+    )
+
+
+def test_leave_one_out_targets_and_inputs() -> None:
+    r1 = leave_one_out(sequences())
+    assert r1.train.column(S.CUSTOMER_ID).to_pylist() == ["c1", "c2"]  # sorted, c3 left out
+    assert r1.train.column(S.ITEMS).to_pylist() == [["x"], ["a", "b"]]
+    assert r1.val.column(S.ITEMS).to_pylist() == [["x"], ["a", "b"]]
+    assert r1.val.column(S.TARGET_ITEM).to_pylist() == ["y", "c"]
+    # the test input includes the validation event
+    assert r1.test.column(S.ITEMS).to_pylist() == [["x", "y"], ["a", "b", "c"]]
+    assert r1.test.column(S.TARGET_ITEM).to_pylist() == ["z", "d"]
+    # every list column is cut the same way, so types and times stay aligned with the items
+    assert r1.test.column(S.EVENT_TYPES_COL).to_pylist()[1] == ["view", "order", "view"]
+    assert r1.test.column(S.TIMESTAMPS_COL).to_pylist() == [[5, 6], [1, 2, 3]]
+
+
+def test_drop_last_and_nth_from_end() -> None:
+    lists = pa.array([[1, 2, 3], [4], [], None])
+    assert drop_last(lists, 1).to_pylist() == [[1, 2], [], [], []]
+    assert nth_from_end(pa.array([[1, 2, 3], [4, 5]]), 2).to_pylist() == [2, 4]
+    with pytest.raises(ValueError, match="at least 3"):
+        nth_from_end(pa.array([[1, 2]]), 3)
+
+
+def test_training_windows_cover_every_pair_once() -> None:
+    rng = np.random.default_rng(0)
+    vocab = ItemVocabulary().fit([f"i{n}" for n in range(30)])
+    seqs = [[f"i{v}" for v in rng.integers(0, 30, n)] for n in (1, 2, 5, 9, 23)]
+    seqs[3][4] = "unknown"  # dropped, as the encoder drops it
+    table = pa.table({S.ITEMS: seqs, S.EVENT_TYPES_COL: [["view"] * len(s) for s in seqs]})
+    items, types = training_windows(table, vocab, max_len=4)
+    assert items.shape[1] == 5 and (types[items > 0] == 1).all() and (types[items == 0] == 0).all()
+    got = sorted((int(a), int(b)) for w in items for a, b in itertools.pairwise(w) if a and b)
+    want = []
+    for s in seqs:
+        idx = [int(i) for i in vocab.lookup(s) if i]
+        want += list(itertools.pairwise(idx))
+    assert got == sorted(want)
+    assert all((w[np.argmax(w > 0) :] > 0).all() for w in items)  # left-padded, no holes
