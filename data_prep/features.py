@@ -121,6 +121,32 @@ def item_vocabulary(events: ir.Table, catalog_items: ir.Table, cutoff: datetime)
     )
 
 
+def store_assortment(events: ir.Table, cutoff: datetime, days: int = 90) -> ir.Table:
+    """store_id, item_id, n_sold, last_sold: items a store sold (till purchases) in the ``days`` before
+    ``cutoff`` — the assortment a store-restricted recommendation may choose from."""
+    start = _at(cutoff - timedelta(days=days))
+    e = events.filter(
+        (events[S.EVENT_TYPE] == S.EV_PURCHASE)
+        & events[S.STORE_ID].notnull()
+        & events[S.ITEM_ID].notnull()
+        & (events[S.TS] >= start)
+        & (events[S.TS] < _at(cutoff))
+    )
+    agg = e.group_by([S.STORE_ID, S.ITEM_ID]).aggregate(
+        **{S.N_SOLD: e.count(), S.LAST_SOLD: e[S.TS].max()}
+    )
+    return agg.order_by([S.STORE_ID, ibis.desc(S.N_SOLD), S.ITEM_ID])
+
+
+def segment_popularity(events: ir.Table, segments: ir.Table, cutoff: datetime) -> ir.Table:
+    """segment, item_id, popularity: item events before ``cutoff`` by the customers of each segment (as
+    segmented at ``cutoff``), the cold-start fallback's "popular in the customer's segment"."""
+    e = _item_events(_before(events, cutoff))
+    j = e.join(segments.select(S.CUSTOMER_ID, S.SEGMENT), S.CUSTOMER_ID)
+    agg = j.group_by([S.SEGMENT, S.ITEM_ID]).aggregate(**{S.POPULARITY: j.count()})
+    return agg.order_by([S.SEGMENT, ibis.desc(S.POPULARITY), S.ITEM_ID])
+
+
 SEQUENCE = "_sequence"
 
 

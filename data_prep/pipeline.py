@@ -403,6 +403,11 @@ def build_features_layer(
     (out_dir / S.SPLITS_FILE).write_text(splits.to_json())
     catalog = engine.read_parquet(con, out / S.EVENTS_DIR / S.CATALOG_FILE)
     _write(con, fe.item_vocabulary(events, catalog, splits.val), out_dir / S.ITEMS_FILE, m)
+    # serving fallbacks and filters, from the same training window as the vocabulary
+    segmented = segments.rfm_segments(events, splits.val)
+    seg_pop = fe.segment_popularity(events, segmented, splits.val)
+    _write(con, seg_pop, out_dir / S.SEGMENT_POPULARITY_FILE, m)
+    _write(con, fe.store_assortment(everyone, splits.data_end), out_dir / S.ASSORTMENT_FILE, m)
     progress("identities as of each cutoff")
     horizon = timedelta(days=horizon_days)
     as_of = {
@@ -448,11 +453,14 @@ def build_features_layer(
     sequences = engine.materialize(con, fe.customer_sequences(everyone, end))  # they outgrow the memory cap
     snapshot = fe.join_snapshot(aggregates, sequences, end)
     flags = customers.select(S.CUSTOMER_ID, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING)
+    rfm = engine.materialize(con, segments.rfm_segments(everyone, splits.data_end))
     snapshot = snapshot.join(flags, S.CUSTOMER_ID).select(
         *snapshot.columns, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING
     )
+    snapshot = snapshot.left_join(rfm.select(S.CUSTOMER_ID, S.SEGMENT), S.CUSTOMER_ID)
+    snapshot = snapshot.select(*[c for c in snapshot.columns if not c.endswith("_right")])
     _write(con, snapshot.order_by(S.CUSTOMER_ID), out_dir / S.SNAPSHOT_FILE, m)
-    _write(con, segments.rfm_segments(everyone, splits.data_end), out_dir / S.RFM_FILE, m)
+    _write(con, rfm, out_dir / S.RFM_FILE, m)
     churn_cutoff = splits.data_end - timedelta(days=CHURN_HORIZON_DAYS)
     if churn_cutoff > splits.data_start:
         _write(

@@ -268,10 +268,25 @@ def score(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("data/synthetic/05_scores"),
     k: Annotated[int, typer.Option(min=1, help="items per customer (at most the bundle's max_k)")] = 10,
     chunk_size: Annotated[int, typer.Option(min=1, help="customers per Arrow batch")] = 20_000,
+    exclude_seen: Annotated[
+        bool | None,
+        typer.Option(
+            "--exclude-seen/--allow-seen",
+            help="remove items the customer already has (default: as the model was evaluated)",
+        ),
+    ] = None,
+    exclude_item: Annotated[
+        list[str] | None, typer.Option(help="never recommend this item (repeatable)")
+    ] = None,
+    exclude_category: Annotated[
+        list[str] | None, typer.Option(help="never recommend this category (repeatable)")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="only items this store sold recently")] = None,
 ) -> None:
-    """Score every customer: top-k items and intent probability, to Parquet."""
+    """Score every customer: top-k items (business filters applied before the top-k) and intent probability."""
     from serving.artifact import load_bundle
     from serving.batch import score_snapshot
+    from serving.scoring import ItemFilter
 
     with user_errors():
         bundle = load_bundle(artifact)
@@ -283,7 +298,17 @@ def score(
         def tick(done: int, total: int) -> None:
             bar.update(task_id, completed=done, total=total)
 
-        path = score_snapshot(bundle, snapshot, out, k=k, chunk_size=chunk_size, progress=tick)
+        rules = ItemFilter(tuple(exclude_item or ()), tuple(exclude_category or ()), store)
+        path = score_snapshot(
+            bundle,
+            snapshot,
+            out,
+            k=k,
+            exclude_seen=exclude_seen,
+            chunk_size=chunk_size,
+            progress=tick,
+            rules=rules,
+        )
     _wrote(path, out / S.MANIFEST_FILE)
 
 

@@ -130,7 +130,8 @@ class SASRec(nn.Module):
 
 
 class SASRecTopK(nn.Module):
-    """Serving head: top-k items after the newest position, padding and (optionally) seen items removed."""
+    """Serving head: top-k items after the newest position, with padding, seen items (optionally) and
+    items a business filter blocks removed before the top-k."""
 
     is_item: torch.Tensor
 
@@ -143,14 +144,17 @@ class SASRecTopK(nn.Module):
         self.register_buffer("is_item", is_item)  # (V+1,) 0 for padding
 
     def forward(
-        self, item_idx: torch.Tensor, type_idx: torch.Tensor, exclude_seen: torch.Tensor
+        self, item_idx: torch.Tensor, type_idx: torch.Tensor, exclude_seen: torch.Tensor, allowed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``item_idx``/``type_idx`` (B, T) int64, ``exclude_seen`` (B,) float 0/1 → scores, indices (B, k)."""
+        """``item_idx``/``type_idx`` (B, T) int64, ``exclude_seen`` (B,) float 0/1, ``allowed`` (V+1,) float
+        0/1 (1 = may be recommended) → scores, indices (B, k)."""
         h = self.model.encode(item_idx, type_idx)[:, -1]  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
-        # seen items (if asked) sink by MASK_VALUE; padding sinks twice as far, so it ranks after them
-        remove = seen * exclude_seen[:, None] + 2.0 * (1.0 - self.is_item)  # (B, V+1)
+        blocked = (1.0 - allowed) * self.is_item  # (V+1,)
+        # seen (if asked) or blocked items sink by MASK_VALUE; padding sinks twice as far, so it ranks after
+        remove = torch.clamp(seen * exclude_seen[:, None] + blocked[None, :], max=1.0)  # (B, V+1)
+        remove = remove + 2.0 * (1.0 - self.is_item)  # (B, V+1)
         logits = logits + remove * MASK_VALUE  # (B, V+1)
         scores, idx = torch.topk(logits, self.k, dim=1)  # (B, k), (B, k)
         return scores, idx

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class OnnxModel:
     config: dict[str, Any]
     vocab: ItemVocabulary
     popularity: np.ndarray  # (n_items + 1,) training-window counts by item index, padding = -inf
+    categories: np.ndarray  # (n_items + 1,) object: each item's category (None when unknown or padding)
+    segment_popularity: dict[str, np.ndarray] = field(default_factory=dict)  # segment → (n_items + 1,)
+    assortment: dict[str, np.ndarray] = field(default_factory=dict)  # store_id → item indices it sells
 
     @property
     def max_len(self) -> int:
@@ -81,12 +84,38 @@ def _load_model(model_dir: Path, threads: int | None) -> OnnxModel:
     items = pq.read_table(model_dir / S.ITEMS_FILE).sort_by(S.ITEM_IDX)
     vocab = ItemVocabulary().fit(items.column(S.ITEM_ID).to_pylist())
     pop = np.concatenate([[-np.inf], items.column(S.POPULARITY).to_numpy().astype(np.float64)])
+    cats = np.concatenate([[None], np.asarray(items.column(S.CATEGORY).to_pylist(), dtype=object)])
     sess = ort.InferenceSession(
         str(model_dir / S.ONNX_FILE),
         sess_options=session_options(threads),
         providers=["CPUExecutionProvider"],
     )
-    return OnnxModel(config["task"], sess, config, vocab, pop)
+    seg_pop, stores = _serving_tables(model_dir, vocab)
+    return OnnxModel(config["task"], sess, config, vocab, pop, cats, seg_pop, stores)
+
+
+def _serving_tables(
+    model_dir: Path, vocab: ItemVocabulary
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Segment popularity (segment → counts by item index) and store assortments (store → item indices),
+    restricted to the model's vocabulary; empty when the bundle has no such table."""
+    seg_pop: dict[str, np.ndarray] = {}
+    path = model_dir / S.SEGMENT_POPULARITY_FILE
+    if path.is_file():
+        df = pq.read_table(path).to_pandas()
+        df["idx"] = vocab.lookup(df[S.ITEM_ID].to_numpy())
+        for seg, part in df[df["idx"] > 0].groupby(S.SEGMENT):
+            counts = np.zeros(vocab.n_items + 1)
+            counts[part["idx"].to_numpy()] = part[S.POPULARITY].to_numpy()
+            seg_pop[str(seg)] = counts
+    stores: dict[str, np.ndarray] = {}
+    path = model_dir / S.ASSORTMENT_FILE
+    if path.is_file():
+        df = pq.read_table(path, columns=[S.STORE_ID, S.ITEM_ID]).to_pandas()
+        df["idx"] = vocab.lookup(df[S.ITEM_ID].to_numpy())
+        for store, part in df[df["idx"] > 0].groupby(S.STORE_ID):
+            stores[str(store)] = np.unique(part["idx"].to_numpy())
+    return seg_pop, stores
 
 
 def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from data_prep import schema as S
 from serving.artifact import Bundle
-from serving.scoring import check_k, feature_matrix, intent_probability, recommend
+from serving.scoring import ItemFilter, allowed_items, check_k, feature_matrix, intent_probability, recommend
 
 SCORES_FILE = "scores.parquet"
 REC_ITEMS = "recommended_items"
@@ -25,11 +25,14 @@ REC_SOURCE = "recommendation_source"
 INTENT_PROBABILITY = "intent_probability"
 
 
-def _score_batch(bundle: Bundle, batch: pa.RecordBatch, k: int, exclude_seen: bool | None) -> pa.Table:
+def _score_batch(
+    bundle: Bundle, batch: pa.RecordBatch, k: int, exclude_seen: bool | None, rules: ItemFilter
+) -> pa.Table:
     items, types = batch.column(S.ITEMS), batch.column(S.EVENT_TYPES_COL)
     cols: dict[str, pa.Array] = {S.CUSTOMER_ID: batch.column(S.CUSTOMER_ID)}
     if bundle.recommender is not None:
-        recs = recommend(bundle.recommender, items, types, k, exclude_seen)
+        segments = batch.column(S.SEGMENT).to_pylist() if S.SEGMENT in batch.schema.names else None
+        recs = recommend(bundle.recommender, items, types, k, exclude_seen, rules, segments)
         cols[REC_ITEMS] = pa.array(recs.item_ids, type=pa.list_(pa.string()))
         cols[REC_SCORES] = pa.array(recs.scores, type=pa.list_(pa.float32()))
         cols[REC_SOURCE] = pa.array(recs.source, type=pa.string())
@@ -51,6 +54,7 @@ def score_snapshot(
     chunk_size: int = 20_000,
     progress: Callable[[int, int], None] | None = None,
     campaign: bool = True,
+    rules: ItemFilter | None = None,
 ) -> Path:
     """Score the customers in ``snapshot`` into ``out_dir/scores.parquet`` (one row per customer scored).
 
@@ -58,8 +62,10 @@ def score_snapshot(
     left out; the manifest counts them. ``exclude_seen`` defaults to the setting the recommender was
     evaluated with.
     """
+    rules = rules or ItemFilter()
     if bundle.recommender is not None:
         check_k(bundle.recommender, k)
+        allowed_items(bundle.recommender, rules)  # unknown store or category: fail before any work
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SCORES_FILE
@@ -78,7 +84,7 @@ def score_snapshot(
             if batch.num_rows == 0:
                 done += raw_batch.num_rows
                 continue
-            table = _score_batch(bundle, batch, k, exclude_seen)
+            table = _score_batch(bundle, batch, k, exclude_seen, rules)
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
             done += raw_batch.num_rows
@@ -98,6 +104,11 @@ def score_snapshot(
         "campaign": campaign,
         "k": k,
         "exclude_seen": exclude_seen,
+        "filters": {
+            "exclude_items": list(rules.exclude_items),
+            "exclude_categories": list(rules.exclude_categories),
+            "store_id": rules.store_id,
+        },
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (out_dir / S.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

@@ -18,6 +18,7 @@ class CustomerHistory:
     items: list[str]  # oldest first
     event_types: list[str]
     features: dict[str, float]  # raw point-in-time aggregates by name (schema.INTENT_FEATURES)
+    segment: str | None = None  # RFM segment as of the end of the data (cold-start fallback)
 
 
 class InMemoryHistoryStore:
@@ -29,9 +30,10 @@ class InMemoryHistoryStore:
         ids = table.column(S.CUSTOMER_ID).to_pylist()
         items = table.column(S.ITEMS).to_pylist()
         types = table.column(S.EVENT_TYPES_COL).to_pylist()
+        segs = table.column(S.SEGMENT).to_pylist() if S.SEGMENT in table.column_names else [None] * len(ids)
         self._rows = {
-            c: CustomerHistory(i or [], t or [], f)
-            for c, i, t, f in zip(ids, items, types, feats, strict=True)
+            c: CustomerHistory(i or [], t or [], f, g)
+            for c, i, t, f, g in zip(ids, items, types, feats, segs, strict=True)
         }
 
     def __len__(self) -> int:

@@ -13,20 +13,59 @@ from models.encoding import ListInput, as_list_array, encode_sequences
 from serving.artifact import OnnxModel
 
 SOURCE_HISTORY = "history"
-SOURCE_POPULAR = "popular"  # cold start: no known item in the history
+SOURCE_SEGMENT = "segment_popular"  # cold start: popular in the customer's segment
+SOURCE_POPULAR = "popular"  # cold start: popular overall (no segment, or the segment ran out)
 
 
 @dataclass(frozen=True)
 class Recommendations:
     """Per history: item ids best first, their scores, and where they came from.
 
-    Lists may hold fewer than k items when the seen filter leaves fewer candidates than asked for.
-    Scores are model logits for ``history`` rows and training-window counts for ``popular`` rows.
+    Lists may hold fewer than k items when the filters leave fewer candidates than asked for. Scores are
+    model logits for ``history`` rows and training-window counts for the cold-start rows.
     """
 
     item_ids: list[list[str]]
     scores: list[list[float]]
     source: list[str]
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """Business rules applied before the top-k: items and categories never to recommend, and a store
+    whose assortment (items it sold in the last 90 days of the data) bounds the candidates."""
+
+    exclude_items: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    store_id: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.exclude_items or self.exclude_categories or self.store_id)
+
+
+def allowed_items(model: OnnxModel, rules: ItemFilter) -> np.ndarray:
+    """(V+1,) float32 mask, 1 = may be recommended (padding always 0). Raises ValueError for a category or
+    store the bundle does not know (a typo would otherwise silently filter nothing or everything)."""
+    allowed = np.ones(model.vocab.n_items + 1, dtype=np.float32)
+    allowed[0] = 0.0
+    if rules.exclude_items:
+        idx = model.vocab.lookup(list(rules.exclude_items))
+        allowed[idx[idx > 0]] = 0.0  # unknown ids: not recommendable anyway
+    if rules.exclude_categories:
+        known = {c for c in model.categories[1:] if c is not None}
+        unknown = sorted(set(rules.exclude_categories) - known)
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; this bundle knows {sorted(known)[:20]}")
+        allowed[np.isin(model.categories, list(rules.exclude_categories))] = 0.0
+    if rules.store_id is not None:
+        if rules.store_id not in model.assortment:
+            have = "no store assortment" if not model.assortment else f"{len(model.assortment)} stores"
+            raise ValueError(f"unknown store_id {rules.store_id!r} (the bundle has {have})")
+        in_store = np.zeros_like(allowed)
+        in_store[model.assortment[rules.store_id]] = 1.0
+        allowed *= in_store
+    return allowed
 
 
 def check_k(model: OnnxModel, k: int) -> None:
@@ -36,12 +75,32 @@ def check_k(model: OnnxModel, k: int) -> None:
         raise ValueError(f"k must be between 1 and {max_k} for this model, got {k}")
 
 
-def _popular(model: OnnxModel, seen: set[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = model.popularity.copy()
-    scores[list(seen)] = -np.inf
-    top = np.argsort(-scores, kind="stable")[:k]
-    top = top[np.isfinite(scores[top])]
-    return top, scores[top]
+def _popular(
+    model: OnnxModel, seen: set[int], k: int, allowed: np.ndarray, segment: str | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Cold start: the segment's most popular allowed unseen items, then the overall ones to fill k."""
+    ok = allowed > 0
+    if seen:
+        ok[list(seen)] = False
+    chosen: list[np.ndarray] = []
+    chosen_scores: list[np.ndarray] = []
+    source = SOURCE_POPULAR
+    seg = model.segment_popularity.get(segment) if segment is not None else None
+    if seg is not None:
+        cand = np.flatnonzero(ok & (seg > 0))
+        top = cand[np.argsort(-seg[cand], kind="stable")][:k]
+        if len(top):
+            source = SOURCE_SEGMENT
+            chosen.append(top)
+            chosen_scores.append(seg[top])
+            ok[top] = False
+    n_more = k - sum(len(c) for c in chosen)
+    if n_more > 0:
+        cand = np.flatnonzero(ok & np.isfinite(model.popularity))
+        top = cand[np.argsort(-model.popularity[cand], kind="stable")][:n_more]
+        chosen.append(top)
+        chosen_scores.append(model.popularity[top])
+    return np.concatenate(chosen), np.concatenate(chosen_scores), source
 
 
 def _history_indices(model: OnnxModel, items: pa.ListArray, row: int) -> set[int]:
@@ -55,19 +114,31 @@ def recommend(
     event_types: ListInput | None,
     k: int,
     exclude_seen: bool | None = None,
+    rules: ItemFilter | None = None,
+    segments: Sequence[str | None] | None = None,
 ) -> Recommendations:
-    """Top-k item ids per history (oldest event first).
+    """Top-k item ids per history (oldest event first), with ``rules`` applied before the top-k.
 
     ``exclude_seen`` defaults to the setting the model was evaluated with. The graph removes items among the
     newest ``max_len`` events; older items of a long history are removed here, so the whole history counts
-    as seen. Histories with no known item get the most popular items (cold start).
+    as seen. Histories with no known item get the cold-start fallback: the most popular items of their
+    ``segments`` entry (RFM segment) when the bundle knows it, then the most popular overall.
     """
     check_k(model, k)
+    rules = rules or ItemFilter()
     exclude = bool(model.config["exclude_seen"]) if exclude_seen is None else exclude_seen
     arr = as_list_array(items)
+    if segments is not None and len(segments) != len(arr):
+        raise ValueError(f"segments has {len(segments)} entries for {len(arr)} histories")
+    allowed = allowed_items(model, rules)
     item_idx, type_idx = encode_sequences(arr, model.vocab, model.max_len, event_types, model.type_names)
     flag = np.full(len(item_idx), float(exclude), dtype=np.float32)
-    scores, idx = model.session.run(None, {"item_idx": item_idx, "type_idx": type_idx, "exclude_seen": flag})
+    feeds = {"item_idx": item_idx, "type_idx": type_idx, "exclude_seen": flag}
+    if "allowed" in model.config["inputs"]:
+        feeds["allowed"] = allowed
+    elif rules.active:
+        raise ValueError("this bundle was exported before business filters existed: re-export it to use them")
+    scores, idx = model.session.run(None, feeds)
     keep = scores > float(model.config["masked_below"])  # (B, max_k): drop removed items
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
     out_ids: list[list[str]] = []
@@ -78,13 +149,14 @@ def recommend(
         needs_full_history = exclude and (cold or lengths[row] > model.max_len)
         seen = _history_indices(model, arr, row) if needs_full_history else set()
         if cold:
-            top, top_scores = _popular(model, seen, k)
+            segment = segments[row] if segments is not None else None
+            top, top_scores, source = _popular(model, seen, k, allowed, segment)
         else:
             sel = keep[row] & ~np.isin(idx[row], list(seen))
-            top, top_scores = idx[row][sel][:k], scores[row][sel][:k]
+            top, top_scores, source = idx[row][sel][:k], scores[row][sel][:k], SOURCE_HISTORY
         out_ids.append(model.vocab.ids(top).tolist())
         out_scores.append(top_scores.astype(np.float32).tolist())
-        sources.append(SOURCE_POPULAR if cold else SOURCE_HISTORY)
+        sources.append(source)
     return Recommendations(out_ids, out_scores, sources)
 
 

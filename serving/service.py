@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from data_prep import schema as S
 from serving.artifact import Bundle, load_bundle
 from serving.history import InMemoryHistoryStore
-from serving.scoring import check_k, feature_matrix, intent_probability, recommend
+from serving.scoring import ItemFilter, feature_matrix, intent_probability, recommend
 
 BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
@@ -29,6 +29,8 @@ MAX_SESSION_ITEMS = 200
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")]
 ItemId = Annotated[str, Field(min_length=1, max_length=64)]
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+MAX_FILTER_ENTRIES = 1000
 
 
 class ScoredItem(BaseModel):
@@ -39,7 +41,10 @@ class ScoredItem(BaseModel):
 class RecommendResponse(BaseModel):
     customer_id: str | None
     items: list[ScoredItem]
-    source: str = Field(description="'history' (model on the history) or 'popular' (cold-start fallback)")
+    source: str = Field(
+        description="'history' (model on the history); cold start: 'segment_popular' (popular in the "
+        "customer's segment) or 'popular' (overall)"
+    )
     bundle_version: str
 
 
@@ -71,10 +76,17 @@ class O2OService:
         items: Annotated[list[ItemId], Field(max_length=MAX_SESSION_ITEMS)] | None = None,
         k: Annotated[int, Field(ge=1, le=S.MAX_K)] = 10,
         exclude_seen: bool | None = None,
+        exclude_items: Annotated[list[ItemId], Field(max_length=MAX_FILTER_ENTRIES)] | None = None,
+        exclude_categories: Annotated[list[Name], Field(max_length=MAX_FILTER_ENTRIES)] | None = None,
+        store_id: Name | None = None,
+        segment: Name | None = None,
     ) -> RecommendResponse:
         """Top-k items for a known customer (``customer_id``) or an anonymous visitor (``items``, oldest first).
 
         ``exclude_seen`` defaults to the setting the model was evaluated with (see the model card).
+        ``exclude_items``, ``exclude_categories`` and ``store_id`` (only items that store sold recently) are
+        applied before the top-k. With no usable history the answer is the most popular items of the
+        customer's RFM segment (``segment`` for an anonymous visitor), then overall.
         """
         model = self.bundle.recommender
         if model is None:
@@ -92,11 +104,12 @@ class O2OService:
             if found is None:
                 raise NotFound(f"unknown customer_id {customer_id!r}")
             history, types = found.items, found.event_types
+            segment = segment or found.segment
+        rules = ItemFilter(tuple(exclude_items or ()), tuple(exclude_categories or ()), store_id)
         try:
-            check_k(model, k)
-        except ValueError as e:
+            recs = recommend(model, [history], [types], k, exclude_seen, rules, [segment])
+        except ValueError as e:  # k out of range, unknown store or category: the caller's to fix
             raise InvalidArgument(str(e)) from None
-        recs = recommend(model, [history], [types], k, exclude_seen)
         scored = [
             ScoredItem(item_id=i, score=float(s))
             for i, s in zip(recs.item_ids[0], recs.scores[0], strict=True)

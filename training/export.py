@@ -5,8 +5,9 @@ Bundle layout (``artifacts/o2o/<version>/``)::
     bundle.json            version, models, source runs, data manifest
     model_card.md          what each model is for, its metrics beside baselines, known limits
     checksums.json         SHA-256 of every other file
-    recommender/model.onnx top-k head: (item_idx, type_idx, exclude_seen) → (scores, indices)
+    recommender/model.onnx top-k head: (item_idx, type_idx, exclude_seen, allowed) → (scores, indices)
     recommender/config.json, recommender/items.parquet
+    recommender/segment_popularity.parquet, recommender/assortment.parquet  (cold start, store filter)
     intent/model.onnx      (item_idx, type_idx, features) → probability
     intent/config.json, intent/items.parquet
 """
@@ -32,7 +33,7 @@ from data_prep.manifest import file_sha256
 from models.intent import IntentConfig, IntentNet, IntentProbability
 from models.sasrec import MASK_VALUE, SASRec, SASRecConfig, SASRecTopK
 from training.metrics import headline_metrics
-from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE
+from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SERVING_TABLES
 
 BUNDLE_FILE = S.BUNDLE_FILE
 CHECKSUMS_FILE = S.CHECKSUMS_FILE
@@ -75,7 +76,7 @@ def rebuild(run_dir: Path) -> Exported:
         net = SASRec(SASRecConfig(**mc))
         net.load_state_dict(weights)
         head: torch.nn.Module = SASRecTopK(net, MAX_K)
-        names = (["item_idx", "type_idx", "exclude_seen"], ["scores", "indices"])
+        names = (["item_idx", "type_idx", "exclude_seen", "allowed"], ["scores", "indices"])
         n_features = 0
     else:
         inet = IntentNet(IntentConfig(**mc))
@@ -88,17 +89,19 @@ def rebuild(run_dir: Path) -> Exported:
 
 
 def example_inputs(e: Exported, batch: int, length: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Random valid inputs: left-padded histories (some rows padding only), types, and the third input."""
+    """Random valid inputs: left-padded histories (some rows padding only), types, and the model's other
+    inputs (recommender: seen flags and an allowed-items mask that blocks about a tenth of the catalogue)."""
     items = rng.integers(1, e.n_items + 1, size=(batch, length))
     n_pad = rng.integers(0, length + 1, size=batch)
     n_pad[0] = 0  # at least one full row
     items[np.arange(length)[None, :] < n_pad[:, None]] = 0
     types = np.where(items > 0, rng.integers(1, e.n_types + 1, size=(batch, length)), 0)
     if e.task == "recommender":
-        third = rng.integers(0, 2, size=batch).astype(np.float32)
-    else:
-        third = rng.gamma(1.0, 5.0, size=(batch, e.n_features)).astype(np.float32)
-    return [items.astype(np.int64), types.astype(np.int64), third]
+        flags = rng.integers(0, 2, size=batch).astype(np.float32)
+        allowed = (rng.random(e.n_items + 1) > 0.1).astype(np.float32)
+        return [items.astype(np.int64), types.astype(np.int64), flags, allowed]
+    feats = rng.gamma(1.0, 5.0, size=(batch, e.n_features)).astype(np.float32)
+    return [items.astype(np.int64), types.astype(np.int64), feats]
 
 
 def to_onnx(e: Exported, path: Path) -> None:
@@ -112,6 +115,8 @@ def to_onnx(e: Exported, path: Path) -> None:
         e.input_names[1]: {0: batch, 1: seq},
         e.input_names[2]: {0: batch},
     }
+    if len(e.input_names) > 3:
+        dyn[e.input_names[3]] = {}  # the allowed-items mask has the catalogue's fixed size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -214,8 +219,12 @@ def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     shutil.copy(run_dir / S.ITEMS_FILE, model_dir / S.ITEMS_FILE)
     doc = json.loads((run_dir / MODEL_FILE).read_text())
     if e.task == "recommender":
+        for name in SERVING_TABLES:  # cold-start and store-filter tables the run kept from prep
+            if (run_dir / name).is_file():
+                shutil.copy(run_dir / name, model_dir / name)
+    if e.task == "recommender":
         doc["max_k"] = min(MAX_K, e.n_items)  # the graph's top-k; requests may ask for 1..max_k
-        doc["masked_below"] = MASK_VALUE / 2  # scores under this are removed items (seen or padding)
+        doc["masked_below"] = MASK_VALUE / 2  # scores under this are removed items (seen, blocked, padding)
     doc["inputs"], doc["outputs"] = e.input_names, e.output_names
     doc["run_config"] = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(doc, indent=2))

@@ -87,7 +87,7 @@ class RecommenderModule(L.LightningModule):
     def _rank_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         x, tx, target = batch
         flag = torch.full((x.shape[0],), float(self.exclude_seen), device=x.device)
-        _, idx = self.head(x, tx, flag)  # (B, k)
+        _, idx = self.head(x, tx, flag, self.head.is_item)  # (B, k); every real item allowed
         self._eval["topk"].append(idx.cpu().numpy())
         self._eval["target"].append(target.cpu().numpy())
 

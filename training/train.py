@@ -37,6 +37,7 @@ from training.recommender import EpochClock, RecommenderModule
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.json"
 CONFIG_FILE = "config.yaml"
+SERVING_TABLES = (S.SEGMENT_POPULARITY_FILE, S.ASSORTMENT_FILE)  # prep tables a recommender bundle carries
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ def train_recommender(
     )
     dm.setup()
     pq.write_table(dm.items, run_dir / S.ITEMS_FILE)  # the vocabulary this run trained with
+    for name in SERVING_TABLES:  # optional in prep's output (older layers lack them)
+        if (cfg.data.features_dir / name).is_file():
+            shutil.copy(cfg.data.features_dir / name, run_dir / name)
     model_config = {
         "n_items": dm.vocab.n_items,
         "max_len": m.max_len,

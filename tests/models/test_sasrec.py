@@ -17,7 +17,7 @@ def test_shapes() -> None:
     m = model(n_event_types=3)
     x = torch.randint(1, 51, (4, 7))
     assert m(x, torch.randint(1, 4, (4, 7))).shape == (4, 7, 51)
-    scores, idx = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(4))
+    scores, idx = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(4), torch.ones(51))
     assert scores.shape == idx.shape == (4, 10)
 
 
@@ -42,7 +42,7 @@ def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
     m = model()
     x = torch.zeros(2, 6, dtype=torch.long)
     x[1, -2:] = torch.tensor([3, 4])
-    _, idx = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.ones(2))
+    _, idx = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.ones(2), torch.ones(51))
     assert torch.isfinite(m.encode(x)).all()
     assert (idx != 0).all()
     assert not set(idx[1, :48].tolist()) & {3, 4}  # seen items last, behind every unseen item
@@ -51,8 +51,8 @@ def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
 def test_seen_items_kept_when_not_excluded() -> None:
     m = model()
     x = torch.randint(1, 51, (3, 6))
-    keep_scores, keep = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.zeros(3))
-    _, drop = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(3))
+    keep_scores, keep = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.zeros(3), torch.ones(51))
+    _, drop = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(3), torch.ones(51))
     logits = m(x)[:, -1]  # (B, V+1)
     for row in range(3):
         seen = set(x[row].tolist())
@@ -61,6 +61,17 @@ def test_seen_items_kept_when_not_excluded() -> None:
         best = torch.topk(logits[row, 1:], 10).indices + 1
         assert keep[row].tolist() == best.tolist()
         assert torch.allclose(keep_scores[row], logits[row, best], atol=1e-5)
+
+
+def test_blocked_items_never_recommended() -> None:
+    m = model()
+    x = torch.randint(1, 51, (4, 6))
+    allowed = torch.ones(51)
+    allowed[1:41] = 0.0  # only items 41..50 may be recommended
+    scores, idx = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.zeros(4), allowed)
+    top = set(idx[scores > -1e8].tolist())
+    assert top <= set(range(41, 51))
+    assert (idx[0].sort().values == torch.arange(41, 51)).all()  # all ten allowed items, seen filter off
 
 
 def test_intent_net_ignores_sequence_of_empty_history() -> None:

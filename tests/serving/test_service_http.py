@@ -91,6 +91,22 @@ def test_intent_known_customer(server: httpx.Client, tiny_pipeline) -> None:  # 
     assert 0.0 <= r.json()["probability"] <= 1.0
 
 
+def test_recommend_with_business_filters(server: httpx.Client, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    customer, batch_items = known_customer(tiny_pipeline)
+    assortment = pq.read_table(tiny_pipeline.features / S.ASSORTMENT_FILE).to_pandas()
+    store = assortment[S.STORE_ID].value_counts().index[0]
+    sold = set(assortment.loc[assortment[S.STORE_ID] == store, S.ITEM_ID])
+    body = {"customer_id": customer, "k": 5, "store_id": store, "exclude_items": batch_items[:2]}
+    r = server.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+    got = [i["item_id"] for i in r.json()["items"]]
+    assert got and set(got) <= sold and not set(got) & set(batch_items[:2])
+    r = server.post("/recommend", json={"customer_id": customer, "store_id": "no-such-store"})
+    assert r.status_code == 400 and "unknown store_id" in r.text
+    r = server.post("/recommend", json={"customer_id": customer, "exclude_categories": ["nope"]})
+    assert r.status_code == 400 and "unknown categories" in r.text
+
+
 def test_unknown_customer_is_404_with_message(server: httpx.Client) -> None:
     for route in ("/recommend", "/intent"):
         r = server.post(route, json={"customer_id": "c0000000000000000"})

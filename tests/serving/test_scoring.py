@@ -1,0 +1,95 @@
+"""Inference behaviour apps rely on: seen filter, business filters and the cold-start fallback, through the
+shared scoring functions (API and batch scorer) on the tiny pipeline's real ONNX bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep import schema as S
+from serving.artifact import Bundle, OnnxModel, load_bundle
+from serving.batch import REC_ITEMS, REC_SOURCE, score_snapshot
+from serving.scoring import SOURCE_HISTORY, SOURCE_POPULAR, SOURCE_SEGMENT, ItemFilter, recommend
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_pipeline) -> Bundle:  # type: ignore[no-untyped-def]
+    return load_bundle(tiny_pipeline.bundle)
+
+
+@pytest.fixture(scope="module")
+def rec(bundle: Bundle) -> OnnxModel:
+    assert bundle.recommender is not None
+    return bundle.recommender
+
+
+def histories(tiny_pipeline, n: int = 40) -> tuple[list[list[str]], list[list[str]]]:  # type: ignore[no-untyped-def]
+    snap = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE).to_pandas()
+    snap = snap[snap[S.ITEMS].map(len) > 0].head(n)
+    return snap[S.ITEMS].map(list).tolist(), snap[S.EVENT_TYPES_COL].map(list).tolist()
+
+
+def test_seen_filter_is_configurable(rec: OnnxModel, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    items, types = histories(tiny_pipeline)
+    removed = recommend(rec, items, types, 20, exclude_seen=True)
+    kept = recommend(rec, items, types, 20, exclude_seen=False)
+    assert all(not set(r) & set(h) for r, h in zip(removed.item_ids, items, strict=True))
+    # grocery wants repeats: with the filter off, a customer's own items do come back
+    assert any(set(r) & set(h) for r, h in zip(kept.item_ids, items, strict=True))
+    assert set(removed.source) == {SOURCE_HISTORY}
+
+
+def test_excluded_items_and_categories_never_come_back(rec: OnnxModel, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    items, types = histories(tiny_pipeline)
+    plain = recommend(rec, items, types, 10)
+    top_items = sorted({i for r in plain.item_ids for i in r[:3]})
+    category = rec.categories[rec.vocab.lookup([plain.item_ids[0][0]])[0]]
+    rules = ItemFilter(exclude_items=tuple(top_items), exclude_categories=(category,))
+    got = recommend(rec, items, types, 10, rules=rules)
+    cats = {rec.categories[i] for r in got.item_ids for i in rec.vocab.lookup(r)}
+    assert all(len(r) == 10 for r in got.item_ids)
+    assert not {i for r in got.item_ids for i in r} & set(top_items)
+    assert category not in cats
+
+
+def test_store_filter_keeps_to_the_assortment(rec: OnnxModel, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    assortment = pq.read_table(tiny_pipeline.features / S.ASSORTMENT_FILE).to_pandas()
+    store = assortment[S.STORE_ID].value_counts().index[0]
+    sold = set(assortment.loc[assortment[S.STORE_ID] == store, S.ITEM_ID])
+    items, types = histories(tiny_pipeline)
+    got = recommend(rec, items, types, 10, rules=ItemFilter(store_id=store))
+    assert {i for r in got.item_ids for i in r} <= sold
+    with pytest.raises(ValueError, match="unknown store_id"):
+        recommend(rec, items, types, 10, rules=ItemFilter(store_id="no-such-store"))
+    with pytest.raises(ValueError, match="unknown categories"):
+        recommend(rec, items, types, 10, rules=ItemFilter(exclude_categories=("no-such-category",)))
+
+
+def test_cold_start_uses_the_segment_then_overall_popularity(rec: OnnxModel) -> None:
+    segment = max(rec.segment_popularity, key=lambda s: int((rec.segment_popularity[s] > 0).sum()))
+    counts = rec.segment_popularity[segment]
+    got = recommend(rec, [[], ["unknown-item"]], None, 5, segments=[segment, None])
+    assert got.source == [SOURCE_SEGMENT, SOURCE_POPULAR]
+    want_segment = np.argsort(-counts, kind="stable")[:5]
+    assert got.item_ids[0] == rec.vocab.ids(want_segment).tolist()
+    want_overall = np.argsort(-rec.popularity, kind="stable")[:5]
+    assert got.item_ids[1] == rec.vocab.ids(want_overall).tolist()
+    # a segment the bundle does not know falls back on the overall list
+    assert recommend(rec, [[]], None, 5, segments=["no-such-segment"]).item_ids[0] == got.item_ids[1]
+    # filters apply to the fallback too
+    blocked = tuple(got.item_ids[1][:2])
+    again = recommend(rec, [[]], None, 5, rules=ItemFilter(exclude_items=blocked))
+    assert not set(again.item_ids[0]) & set(blocked) and len(again.item_ids[0]) == 5
+
+
+def test_batch_scorer_applies_the_filters(bundle: Bundle, tiny_pipeline, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assortment = pq.read_table(tiny_pipeline.features / S.ASSORTMENT_FILE).to_pandas()
+    store = assortment[S.STORE_ID].value_counts().index[0]
+    sold = set(assortment.loc[assortment[S.STORE_ID] == store, S.ITEM_ID])
+    path = score_snapshot(
+        bundle, tiny_pipeline.features / S.SNAPSHOT_FILE, tmp_path, k=5, rules=ItemFilter(store_id=store)
+    )
+    scores = pq.read_table(path).to_pandas()
+    assert len(scores) > 0 and {i for r in scores[REC_ITEMS] for i in r} <= sold
+    assert set(scores[REC_SOURCE]) <= {SOURCE_HISTORY, SOURCE_SEGMENT, SOURCE_POPULAR}
