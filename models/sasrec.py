@@ -28,7 +28,11 @@ class SASRecConfig:
     n_heads: int = 2  # attention heads (d_model must divide by it)
     n_layers: int = 2  # transformer blocks
     dropout: float = 0.2  # dropout on embeddings, attention output and MLP
-    n_event_types: int = 0  # > 0 adds an event-type embedding (row 0 = padding)
+    # side information, each added to the item embedding when > 0 (row 0 of each table = padding/unknown)
+    n_event_types: int = 0  # event type of each input event (ctx_idx column CTX_EVENT_TYPE)
+    n_channels: int = 0  # channel of each input event (CTX_CHANNEL)
+    n_gap_buckets: int = 0  # time since the previous event, bucketed (CTX_TIME_GAP)
+    n_categories: int = 0  # the item's catalogue category, looked up from the item (no input needed)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -85,15 +89,24 @@ def attention_mask(item_idx: torch.Tensor) -> torch.Tensor:
     return torch.where(allowed, zero, zero + MASK_VALUE)  # (B, 1, T, T)
 
 
+def _side_table(n: int, d: int) -> nn.Embedding | None:
+    return nn.Embedding(n + 1, d, padding_idx=0) if n else None
+
+
 class SASRec(nn.Module):
+    item_category: torch.Tensor
+
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.type_emb = (
-            nn.Embedding(cfg.n_event_types + 1, cfg.d_model, padding_idx=0) if cfg.n_event_types else None
-        )
+        self.type_emb = _side_table(cfg.n_event_types, cfg.d_model)
+        self.channel_emb = _side_table(cfg.n_channels, cfg.d_model)
+        self.gap_emb = _side_table(cfg.n_gap_buckets, cfg.d_model)
+        self.category_emb = _side_table(cfg.n_categories, cfg.d_model)
+        # (V+1,) category index of each item (0 = none); set from the vocabulary, saved with the weights
+        self.register_buffer("item_category", torch.zeros(cfg.n_items + 1, dtype=torch.long))
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -109,23 +122,32 @@ class SASRec(nn.Module):
             if m.padding_idx is not None:
                 nn.init.zeros_(m.weight[m.padding_idx])
 
-    def encode(self, item_idx: torch.Tensor, type_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states (B, T, D) for left-padded ``item_idx`` (B, T); position t sees items ≤ t only."""
+    def set_item_categories(self, category_idx: torch.Tensor) -> None:
+        """Category index (0 = unknown) of every item, by item index (padding first): (V+1,) int64."""
+        self.item_category.copy_(category_idx.to(self.item_category.dtype))
+
+    def encode(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, D) for left-padded ``item_idx`` (B, T) and its context ``ctx_idx``
+        (B, T, C) from :func:`models.encoding.encode_sequences`; position t sees items ≤ t only."""
         T = item_idx.shape[1]
         from_end = torch.arange(T - 1, -1, -1, device=item_idx.device).clamp(max=self.cfg.max_len - 1)  # (T,)
         x = self.item_emb(item_idx) * math.sqrt(self.cfg.d_model)  # (B, T, D)
         x = x + self.pos_emb(from_end)[None]  # (B, T, D)
-        if self.type_emb is not None and type_idx is not None:
-            x = x + self.type_emb(type_idx)  # (B, T, D)
+        if self.category_emb is not None:
+            x = x + self.category_emb(self.item_category[item_idx])  # (B, T, D)
+        if ctx_idx is not None:
+            for col, table in ((0, self.type_emb), (1, self.channel_emb), (2, self.gap_emb)):
+                if table is not None:
+                    x = x + table(ctx_idx[:, :, col])  # (B, T, D)
         x = self.emb_dropout(x)
         mask = attention_mask(item_idx)  # (B, 1, T, T)
         for block in self.blocks:
             x = block(x, mask)  # (B, T, D)
         return self.ln_f(x)  # (B, T, D)
 
-    def forward(self, item_idx: torch.Tensor, type_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Next-item logits (B, T, n_items + 1) at every position; output embeddings tied to the input."""
-        h = self.encode(item_idx, type_idx)  # (B, T, D)
+        h = self.encode(item_idx, ctx_idx)  # (B, T, D)
         return h @ self.item_emb.weight.T  # (B, T, V+1)
 
 
@@ -144,11 +166,11 @@ class SASRecTopK(nn.Module):
         self.register_buffer("is_item", is_item)  # (V+1,) 0 for padding
 
     def forward(
-        self, item_idx: torch.Tensor, type_idx: torch.Tensor, exclude_seen: torch.Tensor, allowed: torch.Tensor
+        self, item_idx: torch.Tensor, ctx_idx: torch.Tensor, exclude_seen: torch.Tensor, allowed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``item_idx``/``type_idx`` (B, T) int64, ``exclude_seen`` (B,) float 0/1, ``allowed`` (V+1,) float
-        0/1 (1 = may be recommended) → scores, indices (B, k)."""
-        h = self.model.encode(item_idx, type_idx)[:, -1]  # (B, D)
+        """``item_idx`` (B, T) and ``ctx_idx`` (B, T, C) int64, ``exclude_seen`` (B,) float 0/1, ``allowed``
+        (V+1,) float 0/1 (1 = may be recommended) → scores, indices (B, k)."""
+        h = self.model.encode(item_idx, ctx_idx)[:, -1]  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
         blocked = (1.0 - allowed) * self.is_item  # (V+1,)

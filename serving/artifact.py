@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
-from models.encoding import ItemVocabulary
+from models.encoding import ItemVocabulary, ListInput, encode_sequences
 
 THREADS_ENV = "O2O_ORT_THREADS"
 log = logging.getLogger(__name__)
@@ -46,6 +46,33 @@ class OnnxModel:
     @property
     def type_names(self) -> list[str]:
         return list(self.config["type_names"])
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.config.get("channel_names", []))
+
+    def sequence_feeds(
+        self,
+        items: ListInput,
+        event_types: ListInput | None,
+        channels: ListInput | None = None,
+        timestamps: ListInput | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Encoded item indices and the graph's sequence inputs (``item_idx`` and ``ctx_idx``; a bundle
+        exported before context inputs existed takes ``type_idx``, the context's event-type column)."""
+        item_idx, ctx_idx = encode_sequences(
+            items,
+            self.vocab,
+            self.max_len,
+            event_types,
+            self.type_names,
+            channels,
+            self.channel_names,
+            timestamps,
+        )
+        if "type_idx" in self.config["inputs"]:
+            return item_idx, {"item_idx": item_idx, "type_idx": np.ascontiguousarray(ctx_idx[:, :, 0])}
+        return item_idx, {"item_idx": item_idx, "ctx_idx": ctx_idx}
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,11 @@ def _score_batch(
 ) -> pa.Table:
     items, types = batch.column(S.ITEMS), batch.column(S.EVENT_TYPES_COL)
     cols: dict[str, pa.Array] = {S.CUSTOMER_ID: batch.column(S.CUSTOMER_ID)}
+    names = batch.schema.names
+    side = [batch.column(c) if c in names else None for c in (S.CHANNELS_COL, S.TIMESTAMPS_COL)]
     if bundle.recommender is not None:
         segments = batch.column(S.SEGMENT).to_pylist() if S.SEGMENT in batch.schema.names else None
-        recs = recommend(bundle.recommender, items, types, k, exclude_seen, rules, segments)
+        recs = recommend(bundle.recommender, items, types, k, exclude_seen, rules, segments, *side)
         cols[REC_ITEMS] = pa.array(recs.item_ids, type=pa.list_(pa.string()))
         cols[REC_SCORES] = pa.array(recs.scores, type=pa.list_(pa.float32()))
         cols[REC_SOURCE] = pa.array(recs.source, type=pa.string())
@@ -41,7 +43,7 @@ def _score_batch(
         feats = feature_matrix(
             bundle.intent, {n: batch.column(n).to_numpy(zero_copy_only=False) for n in names}
         )
-        cols[INTENT_PROBABILITY] = pa.array(intent_probability(bundle.intent, items, types, feats))
+        cols[INTENT_PROBABILITY] = pa.array(intent_probability(bundle.intent, items, types, feats, *side))
     return pa.table(cols)
 
 

@@ -19,6 +19,8 @@ class CustomerHistory:
     event_types: list[str]
     features: dict[str, float]  # raw point-in-time aggregates by name (schema.INTENT_FEATURES)
     segment: str | None = None  # RFM segment as of the end of the data (cold-start fallback)
+    channels: list[str] | None = None  # aligned with items, when prep recorded them
+    timestamps: list[int] | None = None  # epoch seconds, aligned with items
 
 
 class InMemoryHistoryStore:
@@ -30,11 +32,21 @@ class InMemoryHistoryStore:
         ids = table.column(S.CUSTOMER_ID).to_pylist()
         items = table.column(S.ITEMS).to_pylist()
         types = table.column(S.EVENT_TYPES_COL).to_pylist()
-        segs = table.column(S.SEGMENT).to_pylist() if S.SEGMENT in table.column_names else [None] * len(ids)
-        self._rows = {
-            c: CustomerHistory(i or [], t or [], f, g)
-            for c, i, t, f, g in zip(ids, items, types, feats, segs, strict=True)
-        }
+
+        def column(name: str) -> list:
+            return table.column(name).to_pylist() if name in table.column_names else [None] * len(ids)
+
+        rows = zip(
+            ids,
+            items,
+            types,
+            feats,
+            column(S.SEGMENT),
+            column(S.CHANNELS_COL),
+            column(S.TIMESTAMPS_COL),
+            strict=True,
+        )
+        self._rows = {c: CustomerHistory(i or [], t or [], f, g, ch, ts) for c, i, t, f, g, ch, ts in rows}
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.encoding import ListInput, as_list_array, encode_sequences
+from models.encoding import ListInput, as_list_array
 from serving.artifact import OnnxModel
 
 SOURCE_HISTORY = "history"
@@ -116,6 +116,8 @@ def recommend(
     exclude_seen: bool | None = None,
     rules: ItemFilter | None = None,
     segments: Sequence[str | None] | None = None,
+    channels: ListInput | None = None,
+    timestamps: ListInput | None = None,
 ) -> Recommendations:
     """Top-k item ids per history (oldest event first), with ``rules`` applied before the top-k.
 
@@ -123,6 +125,7 @@ def recommend(
     newest ``max_len`` events; older items of a long history are removed here, so the whole history counts
     as seen. Histories with no known item get the cold-start fallback: the most popular items of their
     ``segments`` entry (RFM segment) when the bundle knows it, then the most popular overall.
+    ``channels`` and ``timestamps`` (epoch seconds), aligned with ``items``, feed the models that use them.
     """
     check_k(model, k)
     rules = rules or ItemFilter()
@@ -131,9 +134,8 @@ def recommend(
     if segments is not None and len(segments) != len(arr):
         raise ValueError(f"segments has {len(segments)} entries for {len(arr)} histories")
     allowed = allowed_items(model, rules)
-    item_idx, type_idx = encode_sequences(arr, model.vocab, model.max_len, event_types, model.type_names)
-    flag = np.full(len(item_idx), float(exclude), dtype=np.float32)
-    feeds = {"item_idx": item_idx, "type_idx": type_idx, "exclude_seen": flag}
+    item_idx, feeds = model.sequence_feeds(arr, event_types, channels, timestamps)
+    feeds["exclude_seen"] = np.full(len(item_idx), float(exclude), dtype=np.float32)
     if "allowed" in model.config["inputs"]:
         feeds["allowed"] = allowed
     elif rules.active:
@@ -161,15 +163,20 @@ def recommend(
 
 
 def intent_probability(
-    model: OnnxModel, items: ListInput, event_types: ListInput | None, features: np.ndarray
+    model: OnnxModel,
+    items: ListInput,
+    event_types: ListInput | None,
+    features: np.ndarray,
+    channels: ListInput | None = None,
+    timestamps: ListInput | None = None,
 ) -> np.ndarray:
     """Purchase probability (B,) within the label horizon, from history and raw aggregates (B, F).
 
     ``features`` columns must be in the model's ``feature_names`` order (see :func:`feature_matrix`).
     """
-    item_idx, type_idx = encode_sequences(items, model.vocab, model.max_len, event_types, model.type_names)
-    feats = np.asarray(features, dtype=np.float32).reshape(len(item_idx), -1)
-    (prob,) = model.session.run(None, {"item_idx": item_idx, "type_idx": type_idx, "features": feats})
+    item_idx, feeds = model.sequence_feeds(items, event_types, channels, timestamps)
+    feeds["features"] = np.asarray(features, dtype=np.float32).reshape(len(item_idx), -1)
+    (prob,) = model.session.run(None, feeds)
     return prob.astype(np.float64)
 
 

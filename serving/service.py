@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import InvalidArgument, NotFound
@@ -98,16 +98,18 @@ class O2OService:
         if items is not None:
             if not items:
                 raise InvalidArgument("'items' must hold at least one item id (the session's recent items)")
+            side: list[Any] = [None, None]  # an anonymous session carries no channel or time
             history, types = items, [S.EV_VIEW] * len(items)
         else:
             found = self.history.get(customer_id)  # type: ignore[arg-type]
             if found is None:
                 raise NotFound(f"unknown customer_id {customer_id!r}")
             history, types = found.items, found.event_types
+            side = [[found.channels], [found.timestamps]] if found.channels is not None else [None, None]
             segment = segment or found.segment
         rules = ItemFilter(tuple(exclude_items or ()), tuple(exclude_categories or ()), store_id)
         try:
-            recs = recommend(model, [history], [types], k, exclude_seen, rules, [segment])
+            recs = recommend(model, [history], [types], k, exclude_seen, rules, [segment], *side)
         except ValueError as e:  # k out of range, unknown store or category: the caller's to fix
             raise InvalidArgument(str(e)) from None
         scored = [
@@ -131,7 +133,10 @@ class O2OService:
         if found is None:
             raise NotFound(f"unknown customer_id {customer_id!r}")
         features = feature_matrix(model, {n: [v] for n, v in found.features.items()})
-        p = intent_probability(model, [found.items], [found.event_types], features)
+        side: list[Any] = (
+            [[found.channels], [found.timestamps]] if found.channels is not None else [None, None]
+        )
+        p = intent_probability(model, [found.items], [found.event_types], features, *side)
         return IntentResponse(
             customer_id=customer_id, probability=float(p[0]), bundle_version=self.bundle.version
         )

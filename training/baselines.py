@@ -70,9 +70,13 @@ class ItemKNN:
     def fit(self, item_idx: np.ndarray, n_items: int) -> ItemKNN:
         """``item_idx`` (N, T) left-padded training sequences of indices in 1..n_items."""
         rows, cols = np.nonzero(item_idx)
+        return self.fit_events(rows, item_idx[rows, cols], len(item_idx), n_items)
+
+    def fit_events(self, row: np.ndarray, item: np.ndarray, n_rows: int, n_items: int) -> ItemKNN:
+        """Fit from flat (sequence row, item index) pairs, e.g. whole histories longer than any window."""
         x = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, item_idx[rows, cols])),
-            shape=(len(item_idx), n_items + 1),
+            (np.ones(len(row), dtype=np.float32), (row, item)),
+            shape=(n_rows, n_items + 1),
         )
         x.data[:] = 1.0  # duplicates summed by the constructor: back to 0/1
         co = (x.T @ x).tocsr().astype(np.float32)

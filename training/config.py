@@ -24,16 +24,25 @@ class DataConfig(_Strict):
     )
 
 
+SideFeature = Literal["event_type", "channel", "category", "time_gap"]
+
+
 class SequenceModelConfig(_Strict):
     max_len: int = Field(50, ge=1, le=1024, description="newest items kept per sequence")
     d_model: int = Field(64, ge=8, description="embedding / hidden width")
     n_heads: int = Field(2, ge=1, description="attention heads; d_model must divide by it")
     n_layers: int = Field(2, ge=1, le=12, description="transformer blocks")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate")
-    use_event_types: bool = Field(False, description="add an event-type embedding to each input item")
+    side_features: list[SideFeature] = Field(
+        [],
+        description="side information added to each input item: event_type, channel, category (the "
+        "item's catalogue category), time_gap (time since the previous event, bucketed)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> SequenceModelConfig:
+        if len(set(self.side_features)) != len(self.side_features):
+            raise ValueError(f"model.side_features lists a feature twice: {self.side_features}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
@@ -42,7 +51,9 @@ class SequenceModelConfig(_Strict):
 
 
 class IntentModelConfig(SequenceModelConfig):
-    use_event_types: bool = Field(True, description="add an event-type embedding to each input item")
+    side_features: list[SideFeature] = Field(
+        ["event_type"], description="side information added to each input item (see the recommender's)"
+    )
     hidden: int = Field(64, ge=1, description="width of the classification head")
 
 
@@ -75,6 +86,12 @@ class RecommenderTrainConfig(TrainConfig):
     )
     n_negatives: int = Field(256, ge=1, description="negatives per batch (sampled_softmax) or per row (gbce)")
     gbce_t: float = Field(0.75, ge=0.0, le=1.0, description="gBCE calibration t (0 = plain BCE)")
+    window_stride: int | None = Field(
+        None,
+        ge=1,
+        description="long histories are cut into max_len windows starting every this many items, each "
+        "training its newest targets only (default max_len; smaller = more context per target, more compute)",
+    )
 
 
 class EvalConfig(_Strict):

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from data_prep import schema as S
-from models.encoding import ItemVocabulary, as_list_array, encode_sequences
+from models.encoding import N_CONTEXT, ItemVocabulary, encode_sequences, flatten_sequences
 from training.protocols import R2, NextItemTables, item_counts, load_tables
 
 TYPE_NAMES = S.ITEM_EVENT_TYPES
+CHANNEL_NAMES = S.CHANNELS
 
 
 def load_vocabulary(features_dir: Path) -> ItemVocabulary:
@@ -35,10 +35,20 @@ def _encode(path: Path, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray
     return (*_encode_table(table, vocab, max_len), table)
 
 
+def _side_columns(table: pa.Table) -> dict[str, Any]:
+    """Event types, channels and timestamps of a sequence table, for the encoder (absent lists: None)."""
+    names = table.column_names
+    return {
+        "event_types": table.column(S.EVENT_TYPES_COL),
+        "type_names": TYPE_NAMES,
+        "channels": table.column(S.CHANNELS_COL) if S.CHANNELS_COL in names else None,
+        "channel_names": CHANNEL_NAMES,
+        "timestamps": table.column(S.TIMESTAMPS_COL) if S.TIMESTAMPS_COL in names else None,
+    }
+
+
 def _encode_table(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    return encode_sequences(
-        table.column(S.ITEMS), vocab, max_len, table.column(S.EVENT_TYPES_COL), TYPE_NAMES
-    )
+    return encode_sequences(table.column(S.ITEMS), vocab, max_len, **_side_columns(table))
 
 
 def _loader(
@@ -60,16 +70,16 @@ class NextItemSplit:
     """Encoded next-item examples: input (N, T) item/type indices and target item index (N,), 0 if unknown."""
 
     item_idx: np.ndarray
-    type_idx: np.ndarray
+    ctx_idx: np.ndarray  # (N, T, C) event type, channel, time gap
     target: np.ndarray
     customer_id: np.ndarray
 
 
 def encode_next_item(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> NextItemSplit:
-    item_idx, type_idx = _encode_table(table, vocab, max_len)
+    item_idx, ctx_idx = _encode_table(table, vocab, max_len)
     target = vocab.lookup(table.column(S.TARGET_ITEM).to_numpy(zero_copy_only=False))
     customers = table.column(S.CUSTOMER_ID).to_numpy(zero_copy_only=False)
-    return NextItemSplit(item_idx, type_idx, target, customers)
+    return NextItemSplit(item_idx, ctx_idx, target, customers)
 
 
 def recommender_items(features_dir: Path, tables: NextItemTables) -> pa.Table:
@@ -89,35 +99,40 @@ def recommender_items(features_dir: Path, tables: NextItemTables) -> pa.Table:
     return joined.select([S.ITEM_ID, S.ITEM_IDX, S.CATEGORY, S.POPULARITY])
 
 
-def training_windows(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def training_windows(
+    table: pa.Table, vocab: ItemVocabulary, max_len: int, stride: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every next-item pair of every training sequence, as left-padded windows (W, max_len + 1).
 
     A sequence longer than the model's context is cut, from its newest end, into windows of max_len + 1
-    items that overlap by one, so each (item → next item) pair is trained exactly once, with up to
-    max_len items of context. Items unknown to the vocabulary are dropped (as the encoder does).
+    items that start every ``stride`` items (default max_len: windows overlap by one item). Each window
+    trains only its newest ``stride`` targets (the oldest window: all it has), so every (item → next item)
+    pair is trained exactly once, with at least max_len − stride items of context when the history has
+    them. Returns items (W, max_len + 1), their context (W, max_len + 1, C), and the target matrix (W, max_len) with 0 where nothing is trained.
+    Items unknown to the vocabulary are dropped (as the encoder does).
     """
-    arr = as_list_array(table.column(S.ITEMS))
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = vocab.lookup(pc.list_flatten(arr).to_numpy(zero_copy_only=False))
-    tnames = pc.list_flatten(as_list_array(table.column(S.EVENT_TYPES_COL))).to_numpy(zero_copy_only=False)
-    tflat = pd.Index(list(TYPE_NAMES)).get_indexer(pd.Index(tnames)).astype(np.int64) + 1
-    row = np.repeat(np.arange(len(lengths)), lengths)
-    known = flat > 0
-    flat, tflat, row = flat[known], tflat[known], row[known]
-    n = np.bincount(row, minlength=len(lengths))  # kept items per sequence
+    stride = max_len if stride is None else stride
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"window stride must be in 1..max_len={max_len}, got {stride}")
+    f = flatten_sequences(table.column(S.ITEMS), vocab, **_side_columns(table))
+    n = np.bincount(f.row, minlength=f.n_rows)  # kept items per sequence
     start = np.concatenate([[0], np.cumsum(n)[:-1]])  # offset of each sequence in the flat arrays
-    n_win = np.where(n >= 2, -(-(n - 1) // max_len), 0)  # ceil((n - 1) / max_len) windows
+    n_win = np.where(n >= 2, -(-(n - 1) // stride), 0)  # ceil((n - 1) / stride) windows
     seq = np.repeat(np.arange(len(n)), n_win)
     j = np.arange(int(n_win.sum())) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # 0 = newest window
-    end = n[seq] - j * max_len  # exclusive end inside the sequence
-    first = np.maximum(end - max_len - 1, 0)
+    end = n[seq] - j * stride  # exclusive end inside the sequence
     width = max_len + 1
     pos = (end - width)[:, None] + np.arange(width)[None, :]  # (W, width) position inside the sequence
-    valid = pos >= first[:, None]
+    valid = pos >= 0
     flat_pos = np.where(valid, start[seq][:, None] + pos, 0)
-    items = np.where(valid, flat[flat_pos], 0) if len(flat) else np.zeros(pos.shape, np.int64)
-    types = np.where(valid, tflat[flat_pos], 0) if len(flat) else np.zeros(pos.shape, np.int64)
-    return items.astype(np.int64), types.astype(np.int64)
+    if len(f.item):
+        items = np.where(valid, f.item[flat_pos], 0)
+        ctx = np.where(valid[:, :, None], f.ctx[flat_pos], 0)
+    else:
+        items, ctx = np.zeros(pos.shape, np.int64), np.zeros((*pos.shape, N_CONTEXT), np.int64)
+    trained = pos[:, 1:] >= np.maximum(end - stride, 1)[:, None]  # (W, max_len): this window's targets
+    targets = np.where(trained, items[:, 1:], 0)
+    return items.astype(np.int64), ctx.astype(np.int64), targets.astype(np.int64)
 
 
 class RecommenderDataModule(L.LightningDataModule):
@@ -135,8 +150,10 @@ class RecommenderDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         protocol: str = R2,
+        window_stride: int | None = None,
     ):
         super().__init__()
+        self.window_stride = window_stride
         self.features_dir, self.max_len = Path(features_dir), max_len
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.tables = load_tables(self.features_dir, protocol)
@@ -153,16 +170,15 @@ class RecommenderDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_tensors:
             return
-        items, types = training_windows(self.tables.train, self.vocab, self.max_len)
-        x, tx, y = items[:, :-1], types[:, :-1], items[:, 1:].copy()
-        y[x == 0] = 0  # no loss where the input is padding
+        items, types, y = training_windows(self.tables.train, self.vocab, self.max_len, self.window_stride)
+        x, tx = items[:, :-1], types[:, :-1]
         self.train_tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x, tx, y)]
         self.splits[S.SPLIT_VAL] = encode_next_item(self.tables.val, self.vocab, self.max_len)
         self.splits[S.SPLIT_TEST] = encode_next_item(self.tables.test, self.vocab, self.max_len)
 
     def _eval_loader(self, split: str) -> DataLoader:
         s = self.splits[split]
-        tensors = [torch.from_numpy(a) for a in (s.item_idx, s.type_idx, s.target)]
+        tensors = [torch.from_numpy(a) for a in (s.item_idx, s.ctx_idx, s.target)]
         return _loader(tensors, 512, False, 0, self.seed)
 
     def train_dataloader(self) -> DataLoader:
@@ -180,16 +196,16 @@ class IntentSplit:
     """Encoded I1 examples: sequences (N, T), raw aggregates (N, F), labels (N,)."""
 
     item_idx: np.ndarray
-    type_idx: np.ndarray
+    ctx_idx: np.ndarray  # (N, T, C)
     features: np.ndarray
     label: np.ndarray
 
 
 def load_intent_split(path: Path, vocab: ItemVocabulary, max_len: int) -> IntentSplit:
-    item_idx, type_idx, table = _encode(path, vocab, max_len)
+    item_idx, ctx_idx, table = _encode(path, vocab, max_len)
     feats = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in S.INTENT_FEATURES])
     label = table.column(S.LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
-    return IntentSplit(item_idx, type_idx, feats.astype(np.float32), label)
+    return IntentSplit(item_idx, ctx_idx, feats.astype(np.float32), label)
 
 
 class IntentDataModule(L.LightningDataModule):
@@ -218,7 +234,7 @@ class IntentDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         s = self.splits[split]
-        tensors = [torch.from_numpy(a) for a in (s.item_idx, s.type_idx, s.features, s.label)]
+        tensors = [torch.from_numpy(a) for a in (s.item_idx, s.ctx_idx, s.features, s.label)]
         bs = self.batch_size if shuffle else 1024
         return _loader(tensors, bs, shuffle, self.num_workers if shuffle else 0, self.seed)
 

@@ -5,10 +5,10 @@ Bundle layout (``artifacts/o2o/<version>/``)::
     bundle.json            version, models, source runs, data manifest
     model_card.md          what each model is for, its metrics beside baselines, known limits
     checksums.json         SHA-256 of every other file
-    recommender/model.onnx top-k head: (item_idx, type_idx, exclude_seen, allowed) → (scores, indices)
+    recommender/model.onnx top-k head: (item_idx, ctx_idx, exclude_seen, allowed) → (scores, indices)
     recommender/config.json, recommender/items.parquet
     recommender/segment_popularity.parquet, recommender/assortment.parquet  (cold start, store filter)
-    intent/model.onnx      (item_idx, type_idx, features) → probability
+    intent/model.onnx      (item_idx, ctx_idx, features) → probability
     intent/config.json, intent/items.parquet
 """
 
@@ -30,6 +30,7 @@ import yaml
 
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
+from models.encoding import N_GAP_BUCKETS
 from models.intent import IntentConfig, IntentNet, IntentProbability
 from models.sasrec import MASK_VALUE, SASRec, SASRecConfig, SASRecTopK
 from training.metrics import headline_metrics
@@ -76,13 +77,13 @@ def rebuild(run_dir: Path) -> Exported:
         net = SASRec(SASRecConfig(**mc))
         net.load_state_dict(weights)
         head: torch.nn.Module = SASRecTopK(net, MAX_K)
-        names = (["item_idx", "type_idx", "exclude_seen", "allowed"], ["scores", "indices"])
+        names = (["item_idx", "ctx_idx", "exclude_seen", "allowed"], ["scores", "indices"])
         n_features = 0
     else:
         inet = IntentNet(IntentConfig(**mc))
         inet.load_state_dict(weights)
         head = IntentProbability(inet)
-        names = (["item_idx", "type_idx", "features"], ["probability"])
+        names = (["item_idx", "ctx_idx", "features"], ["probability"])
         n_features = mc["n_features"]
     n_types = len(doc["type_names"])
     return Exported(doc["task"], head.eval(), *names, mc["max_len"], mc["n_items"], n_types, n_features)
@@ -95,13 +96,15 @@ def example_inputs(e: Exported, batch: int, length: int, rng: np.random.Generato
     n_pad = rng.integers(0, length + 1, size=batch)
     n_pad[0] = 0  # at least one full row
     items[np.arange(length)[None, :] < n_pad[:, None]] = 0
-    types = np.where(items > 0, rng.integers(1, e.n_types + 1, size=(batch, length)), 0)
+    sizes = (e.n_types, len(S.CHANNELS), N_GAP_BUCKETS)  # context columns: type, channel, time gap
+    ctx = np.stack([rng.integers(1, n + 1, size=(batch, length)) for n in sizes], axis=2)
+    ctx = np.where(items[:, :, None] > 0, ctx, 0)
     if e.task == "recommender":
         flags = rng.integers(0, 2, size=batch).astype(np.float32)
         allowed = (rng.random(e.n_items + 1) > 0.1).astype(np.float32)
-        return [items.astype(np.int64), types.astype(np.int64), flags, allowed]
+        return [items.astype(np.int64), ctx.astype(np.int64), flags, allowed]
     feats = rng.gamma(1.0, 5.0, size=(batch, e.n_features)).astype(np.float32)
-    return [items.astype(np.int64), types.astype(np.int64), feats]
+    return [items.astype(np.int64), ctx.astype(np.int64), feats]
 
 
 def to_onnx(e: Exported, path: Path) -> None:

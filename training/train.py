@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -26,9 +27,10 @@ from lightning.pytorch.loggers import CSVLogger
 from data_prep import schema as S
 from data_prep.features import TimeSplits
 from data_prep.manifest import read_manifest
+from models.encoding import N_GAP_BUCKETS, flatten_sequences
 from training.baselines import ItemKNN, MostPopular, logistic_regression_baseline
 from training.config import IntentRunConfig, RecommenderRunConfig, RunConfig, TrainConfig, dump_config
-from training.data import TYPE_NAMES, IntentDataModule, RecommenderDataModule
+from training.data import CHANNEL_NAMES, TYPE_NAMES, IntentDataModule, RecommenderDataModule
 from training.intent import IntentModule
 from training.metrics import binary_metrics, ranking_metrics
 from training.protocols import R1
@@ -117,10 +119,17 @@ def train_recommender(
     run_dir = _prepare(cfg, runs_dir)
     tc, m, ev = cfg.train, cfg.model, cfg.eval
     dm = RecommenderDataModule(
-        cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed, ev.protocol
+        cfg.data.features_dir,
+        m.max_len,
+        tc.batch_size,
+        tc.num_workers,
+        tc.seed,
+        ev.protocol,
+        tc.window_stride,
     )
     dm.setup()
     pq.write_table(dm.items, run_dir / S.ITEMS_FILE)  # the vocabulary this run trained with
+    categories, category_idx = item_categories(dm.items)
     for name in SERVING_TABLES:  # optional in prep's output (older layers lack them)
         if (cfg.data.features_dir / name).is_file():
             shutil.copy(cfg.data.features_dir / name, run_dir / name)
@@ -131,7 +140,7 @@ def train_recommender(
         "n_heads": m.n_heads,
         "n_layers": m.n_layers,
         "dropout": m.dropout,
-        "n_event_types": len(TYPE_NAMES) if m.use_event_types else 0,
+        **side_sizes(m.side_features, n_categories=len(categories)),
     }
     module = RecommenderModule(
         model_config,
@@ -145,6 +154,8 @@ def train_recommender(
         compile=tc.compile,
     )
     module.set_sampling_popularity(dm.popularity)
+    if "category" in m.side_features:
+        module.model.set_item_categories(torch.from_numpy(category_idx))
     clock = EpochClock(None if probe is None else lambda mod: probe(mod, dm))
     trainer = _trainer(tc, run_dir, f"val_ndcg{ev.k}", progress_bar, [clock])
     t_fit = time.perf_counter()
@@ -174,9 +185,31 @@ def train_recommender(
         "task": "recommender",
         "model_config": model_config,
         "type_names": list(TYPE_NAMES),
+        "channel_names": list(CHANNEL_NAMES),
+        "side_features": list(m.side_features),
+        "category_names": categories,
     }
     doc["k"], doc["exclude_seen"] = ev.k, ev.exclude_seen
     return _finish(run_dir, cfg, doc, metrics, t0)
+
+
+def side_sizes(side_features: Sequence[str], n_categories: int) -> dict[str, int]:
+    """Embedding-table sizes of the model config for the chosen side features (0 = not used)."""
+    return {
+        "n_event_types": len(TYPE_NAMES) if "event_type" in side_features else 0,
+        "n_channels": len(CHANNEL_NAMES) if "channel" in side_features else 0,
+        "n_gap_buckets": N_GAP_BUCKETS if "time_gap" in side_features else 0,
+        "n_categories": n_categories if "category" in side_features else 0,
+    }
+
+
+def item_categories(items: pa.Table) -> tuple[list[str], np.ndarray]:
+    """Sorted category names and each item's 1-based category index by item index (0: padding/unknown)."""
+    items = items.sort_by(S.ITEM_IDX)
+    cats = items.column(S.CATEGORY).to_pylist()
+    names = sorted({c for c in cats if c is not None})
+    lookup = {c: i + 1 for i, c in enumerate(names)}
+    return names, np.array([0] + [lookup.get(c, 0) if c is not None else 0 for c in cats], dtype=np.int64)
 
 
 def _protocol_text(protocol: str, exclude_seen: bool) -> str:
@@ -191,12 +224,12 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
     out: dict[str, Any] = {}
     pop = MostPopular(k, exclude_seen).fit(dm.popularity)
     out["most_popular"] = {s: _rank(pop.recommend, dm, s, k) for s in (S.SPLIT_VAL, S.SPLIT_TEST)}
-    train_items = dm.train_tensors[0].numpy()
+    flat = flatten_sequences(dm.tables.train.column(S.ITEMS), dm.vocab)  # whole histories, not windows
     best: tuple[float, dict[str, Any]] | None = None
     for neighbours in (50, 200):
         for decay in (1.0, 0.7):
             knn = ItemKNN(k, exclude_seen, neighbours=neighbours, decay=decay)
-            knn.fit(train_items, dm.vocab.n_items)
+            knn.fit_events(flat.row, flat.item, flat.n_rows, dm.vocab.n_items)
             val = _rank(knn.recommend, dm, S.SPLIT_VAL, k)
             if best is None or val[f"ndcg@{k}"] > best[0]:
                 test = _rank(knn.recommend, dm, S.SPLIT_TEST, k)
@@ -227,10 +260,11 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
     tc, m = cfg.train, cfg.model
     dm = IntentDataModule(cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed)
     dm.setup()
+    categories, category_idx = item_categories(pq.read_table(cfg.data.features_dir / S.ITEMS_FILE))
     model_config = {
         "n_items": dm.vocab.n_items,
         "n_features": len(S.INTENT_FEATURES),
-        "n_event_types": len(TYPE_NAMES) if m.use_event_types else 0,
+        **side_sizes(m.side_features, n_categories=len(categories)),
         "max_len": m.max_len,
         "d_model": m.d_model,
         "n_heads": m.n_heads,
@@ -240,6 +274,8 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
     }
     module = IntentModule(model_config, tc.lr, tc.weight_decay)
     module.model.set_feature_scaling(*dm.feature_scaling())
+    if "category" in m.side_features:
+        module.model.encoder.set_item_categories(torch.from_numpy(category_idx))
     trainer = _trainer(tc, run_dir, "val_roc_auc", progress_bar)
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
@@ -259,6 +295,9 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
         "task": "intent",
         "model_config": model_config,
         "type_names": list(TYPE_NAMES),
+        "channel_names": list(CHANNEL_NAMES),
+        "side_features": list(m.side_features),
+        "category_names": categories,
         "feature_names": list(S.INTENT_FEATURES),
     }
     return _finish(run_dir, cfg, doc, metrics, t0)

@@ -29,6 +29,7 @@ def ev(
         S.EVENT_TYPE: etype,
         S.ITEM_ID: item,
         S.SOURCE: "pos" if etype == S.EV_PURCHASE else "online",
+        S.CHANNEL: S.CHANNEL_STORE if etype == S.EV_PURCHASE else S.CHANNEL_WEB,
         S.AMOUNT: amount,
         S.ORDER_ID: order,
     }
@@ -46,6 +47,7 @@ def table(rows: list[dict]) -> ibis.Table:
             S.EVENT_TYPE: "string",
             S.ITEM_ID: "string",
             S.SOURCE: "string",
+            S.CHANNEL: "string",
             S.AMOUNT: "float64",
             S.ORDER_ID: "string",
         },

@@ -45,6 +45,7 @@ def table(rows: list[tuple]) -> ibis.Table:
             S.EVENT_TYPE: [r[2] for r in rows],
             S.ITEM_ID: [r[3] if r[2] != S.EV_SEARCH else None for r in rows],
             S.SOURCE: ["pos" if r[2] in (S.EV_PURCHASE, S.EV_RETURN) else "online" for r in rows],
+            S.CHANNEL: ["store" if r[2] in (S.EV_PURCHASE, S.EV_RETURN) else "app" for r in rows],
             S.AMOUNT: [r[4] for r in rows],
             S.ORDER_ID: [f"o{i % 7}" for i in range(len(rows))],
         }

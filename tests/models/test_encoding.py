@@ -6,7 +6,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from models.encoding import ItemVocabulary, encode_sequences
+from models.encoding import (
+    CTX_CHANNEL,
+    CTX_EVENT_TYPE,
+    CTX_TIME_GAP,
+    N_CONTEXT,
+    ItemVocabulary,
+    encode_sequences,
+    gap_buckets,
+)
 
 
 def vocab() -> ItemVocabulary:
@@ -26,9 +34,32 @@ def test_lookup_and_ids() -> None:
 def test_encode_left_pads_truncates_and_drops_unknown() -> None:
     seqs = [["a", "b", "zz", "c", "d"], ["d"], []]
     types = [["view", "view", "view", "order", "view"], ["order"], []]
-    items, t = encode_sequences(seqs, vocab(), 3, types, ["view", "order"])
+    items, ctx = encode_sequences(seqs, vocab(), 3, types, ["view", "order"])
     assert items.tolist() == [[2, 3, 4], [0, 0, 4], [0, 0, 0]]
-    assert t.tolist() == [[1, 2, 1], [0, 0, 2], [0, 0, 0]]
+    assert ctx.shape == (3, 3, N_CONTEXT)
+    assert ctx[:, :, CTX_EVENT_TYPE].tolist() == [[1, 2, 1], [0, 0, 2], [0, 0, 0]]
+    assert not ctx[:, :, CTX_CHANNEL].any() and not ctx[:, :, CTX_TIME_GAP].any()  # not given: 0
+
+
+def test_channels_and_time_gaps() -> None:
+    seqs = [["a", "zz", "b", "c", "d"]]
+    channels = [["web", "app", "store", "nope", "app"]]
+    day = 86_400
+    ts = [[0, 10, 30, 30 + 2 * day, 30 + 2 * day + 5]]
+    _, ctx = encode_sequences(
+        seqs, vocab(), 10, channels=channels, channel_names=["web", "app", "store"], timestamps=ts
+    )
+    assert ctx[0, :, CTX_CHANNEL].tolist() == [1, 3, 0, 2]  # zz dropped with its channel; unknown → 0
+    # first event 1; 30 s since a (zz is dropped) → bucket 2 (< 1 min); 2 days → 6 (≥ 1 d); 5 s → 2
+    assert ctx[0, :, CTX_TIME_GAP].tolist() == [1, 2, 6, 2]
+    assert gap_buckets(np.array([0, 59, 119, 10**9]), np.zeros(4, dtype=np.int64)).tolist() == [
+        1,
+        2,
+        3,
+        2 + 6,
+    ]
+    with pytest.raises(ValueError, match="timestamps must align"):
+        encode_sequences(seqs, vocab(), 10, timestamps=[[1, 2]])
 
 
 def test_encode_accepts_arrow_and_python_lists_identically() -> None:

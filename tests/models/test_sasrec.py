@@ -13,11 +13,15 @@ def model(**kw: int) -> SASRec:
     return SASRec(SASRecConfig(n_items=50, max_len=12, d_model=16, n_heads=2, n_layers=2, **kw)).eval()
 
 
+def no_ctx(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((*x.shape, 3), dtype=torch.long)
+
+
 def test_shapes() -> None:
     m = model(n_event_types=3)
     x = torch.randint(1, 51, (4, 7))
-    assert m(x, torch.randint(1, 4, (4, 7))).shape == (4, 7, 51)
-    scores, idx = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(4), torch.ones(51))
+    assert m(x, torch.randint(1, 4, (4, 7, 3))).shape == (4, 7, 51)
+    scores, idx = SASRecTopK(m, 10)(x, no_ctx(x), torch.ones(4), torch.ones(51))
     assert scores.shape == idx.shape == (4, 10)
 
 
@@ -42,7 +46,7 @@ def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
     m = model()
     x = torch.zeros(2, 6, dtype=torch.long)
     x[1, -2:] = torch.tensor([3, 4])
-    _, idx = SASRecTopK(m, 50)(x, torch.zeros_like(x), torch.ones(2), torch.ones(51))
+    _, idx = SASRecTopK(m, 50)(x, no_ctx(x), torch.ones(2), torch.ones(51))
     assert torch.isfinite(m.encode(x)).all()
     assert (idx != 0).all()
     assert not set(idx[1, :48].tolist()) & {3, 4}  # seen items last, behind every unseen item
@@ -51,8 +55,8 @@ def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
 def test_seen_items_kept_when_not_excluded() -> None:
     m = model()
     x = torch.randint(1, 51, (3, 6))
-    keep_scores, keep = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.zeros(3), torch.ones(51))
-    _, drop = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.ones(3), torch.ones(51))
+    keep_scores, keep = SASRecTopK(m, 10)(x, no_ctx(x), torch.zeros(3), torch.ones(51))
+    _, drop = SASRecTopK(m, 10)(x, no_ctx(x), torch.ones(3), torch.ones(51))
     logits = m(x)[:, -1]  # (B, V+1)
     for row in range(3):
         seen = set(x[row].tolist())
@@ -68,10 +72,28 @@ def test_blocked_items_never_recommended() -> None:
     x = torch.randint(1, 51, (4, 6))
     allowed = torch.ones(51)
     allowed[1:41] = 0.0  # only items 41..50 may be recommended
-    scores, idx = SASRecTopK(m, 10)(x, torch.zeros_like(x), torch.zeros(4), allowed)
+    scores, idx = SASRecTopK(m, 10)(x, no_ctx(x), torch.zeros(4), allowed)
     top = set(idx[scores > -1e8].tolist())
     assert top <= set(range(41, 51))
     assert (idx[0].sort().values == torch.arange(41, 51)).all()  # all ten allowed items, seen filter off
+
+
+def test_side_information_changes_the_encoding() -> None:
+    torch.manual_seed(0)
+    cfg = SASRecConfig(n_items=50, max_len=12, d_model=16, n_channels=4, n_gap_buckets=8, n_categories=5)
+    m = SASRec(cfg).eval()
+    x = torch.randint(1, 51, (2, 6))
+    ctx = torch.randint(0, 5, (2, 6, 3))
+    base = m.encode(x, ctx)
+    other = ctx.clone()
+    other[:, :, 1] = (other[:, :, 1] % 4) + 1  # different channels
+    assert not torch.allclose(base, m.encode(x, other))
+    m.set_item_categories(torch.randint(1, 6, (51,)))
+    assert not torch.allclose(base, m.encode(x, ctx))  # categories come from the items themselves
+    # a table the config does not enable is ignored: event types here
+    ignored = ctx.clone()
+    ignored[:, :, 0] = 1
+    assert torch.allclose(m.encode(x, ctx), m.encode(x, ignored))
 
 
 def test_intent_net_ignores_sequence_of_empty_history() -> None:
@@ -79,8 +101,8 @@ def test_intent_net_ignores_sequence_of_empty_history() -> None:
     net = IntentNet(IntentConfig(n_items=20, n_features=4, n_event_types=2, d_model=8, hidden=8)).eval()
     f = torch.rand(2, 4)
     empty_short, empty_long = torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 9, dtype=torch.long)
-    out = net(empty_short, empty_short, f)
-    assert out.shape == (2,) and torch.allclose(out, net(empty_long, empty_long, f), atol=1e-6)
+    out = net(empty_short, no_ctx(empty_short), f)
+    assert out.shape == (2,) and torch.allclose(out, net(empty_long, no_ctx(empty_long), f), atol=1e-6)
 
 
 def test_losses_are_finite_and_train() -> None:

@@ -53,12 +53,22 @@ def test_training_windows_cover_every_pair_once() -> None:
     seqs = [[f"i{v}" for v in rng.integers(0, 30, n)] for n in (1, 2, 5, 9, 23)]
     seqs[3][4] = "unknown"  # dropped, as the encoder drops it
     table = pa.table({S.ITEMS: seqs, S.EVENT_TYPES_COL: [["view"] * len(s) for s in seqs]})
-    items, types = training_windows(table, vocab, max_len=4)
-    assert items.shape[1] == 5 and (types[items > 0] == 1).all() and (types[items == 0] == 0).all()
-    got = sorted((int(a), int(b)) for w in items for a, b in itertools.pairwise(w) if a and b)
     want = []
     for s in seqs:
         idx = [int(i) for i in vocab.lookup(s) if i]
         want += list(itertools.pairwise(idx))
-    assert got == sorted(want)
-    assert all((w[np.argmax(w > 0) :] > 0).all() for w in items)  # left-padded, no holes
+    for stride in (4, 2, 1):
+        items, types, targets = training_windows(table, vocab, max_len=4, stride=stride)
+        kind = types[:, :, 0]  # context column 0: event type
+        assert items.shape[1] == 5 and (kind[items > 0] == 1).all() and (kind[items == 0] == 0).all()
+        x = items[:, :-1]
+        got = sorted(
+            (int(a), int(b))
+            for xs, ys in zip(x, targets, strict=True)
+            for a, b in zip(xs, ys, strict=True)
+            if b
+        )
+        assert got == sorted(want)  # every pair once, whatever the stride
+        assert all((w[np.argmax(w > 0) :] > 0).all() for w in items)  # left-padded, no holes
+        if stride == 1:  # each window trains only its newest pair: the one with the most context
+            assert (targets[:, :-1] == 0).all() and (targets[:, -1] > 0).all()

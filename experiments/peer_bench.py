@@ -1,0 +1,251 @@
+"""Peer benchmark: our SASRec against RecTools' and RecBole's on protocol R1 MovieLens-100k, same run.
+
+Every library gets the same leave-one-out split (:func:`training.protocols.leave_one_out`), the same
+capacity (embedding 64, 2 blocks, 2 heads, max length 50), full cross-entropy, the same seeds and the same
+torch thread count; each peer runs in its own virtual environment (:mod:`experiments.peers`). Peers return
+top-10 lists only; every metric is computed here with :func:`training.metrics.ranking_metrics`, so the
+numbers share one definition. Time to quality: the first epoch at which our model's test NDCG@10 reaches
+the best peer's mean, on our own training clock (validation included, the test probe excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import torch
+
+from data_prep import schema as S
+from experiments import peers
+from training.config import RecommenderRunConfig, load_config
+from training.metrics import ranking_metrics
+from training.protocols import NextItemTables, load_tables
+from training.recommender import RecommenderModule
+from training.train import train_recommender
+
+OURS = "o2o"
+K = 10
+METRICS = (f"ndcg@{K}", f"hr@{K}", f"mrr@{K}")
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "recommender_movielens.yaml"
+
+
+@dataclass(frozen=True)
+class PeerInput:
+    folder: Path
+    users: np.ndarray  # customer ids in test order
+    targets: np.ndarray  # test target item id per user
+
+
+def write_peer_input(r1: NextItemTables, folder: Path, config: dict[str, Any]) -> PeerInput:
+    """``train.csv`` (user_id, item_id, position), ``val.csv`` (the validation target, one per user) and
+    ``config.json`` — everything a peer may see. The test targets stay here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = r1.train
+    lengths = pc.list_value_length(train.column(S.ITEMS)).to_numpy(zero_copy_only=False)
+    users = train.column(S.CUSTOMER_ID).to_numpy(zero_copy_only=False)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    frame = pd.DataFrame(
+        {
+            "user_id": np.repeat(users, lengths),
+            "item_id": pc.list_flatten(train.column(S.ITEMS)).to_numpy(zero_copy_only=False),
+            "position": np.arange(int(lengths.sum())) - starts,
+        }
+    )
+    frame.to_csv(folder / "train.csv", index=False)
+    val = pd.DataFrame(
+        {
+            "user_id": r1.val.column(S.CUSTOMER_ID).to_numpy(zero_copy_only=False),
+            "item_id": r1.val.column(S.TARGET_ITEM).to_numpy(zero_copy_only=False),
+            "position": lengths,
+        }
+    )
+    val.to_csv(folder / "val.csv", index=False)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    test_users = r1.test.column(S.CUSTOMER_ID).to_numpy(zero_copy_only=False)
+    targets = r1.test.column(S.TARGET_ITEM).to_numpy(zero_copy_only=False)
+    return PeerInput(folder, test_users, targets)
+
+
+def score_lists(topk: pd.DataFrame, inp: PeerInput, k: int = K) -> dict[str, float]:
+    """Our metrics from a peer's ``user_id, rank, item_id`` lists; a user without a list scores 0."""
+    topk = topk.sort_values(["user_id", "rank"])
+    lists = topk.groupby("user_id")["item_id"].apply(list)
+    codes = {item: i + 1 for i, item in enumerate(pd.unique(np.concatenate([topk["item_id"], inp.targets])))}
+    mat = np.zeros((len(inp.users), k), dtype=np.int64)
+    for row, user in enumerate(inp.users):
+        items = lists.get(user, [])[:k]
+        mat[row, : len(items)] = [codes[i] for i in items]
+    target = np.array([codes[t] for t in inp.targets], dtype=np.int64)
+    return ranking_metrics(mat, target, k)
+
+
+def _test_probe(r1: NextItemTables) -> Callable[[RecommenderModule, Any], dict[str, float]]:
+    def probe(module: RecommenderModule, dm: Any) -> dict[str, float]:
+        s = dm.splits[S.SPLIT_TEST]
+        x, tx = torch.from_numpy(s.item_idx), torch.from_numpy(s.ctx_idx)
+        flag = torch.ones(len(x))
+        _, idx = module.head(x, tx, flag, module.head.is_item)
+        return ranking_metrics(idx.numpy(), s.target, K)
+
+    return probe
+
+
+def run_ours(cfg: RecommenderRunConfig, seed: int, runs_dir: Path, progress_bar: bool) -> dict[str, Any]:
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+    r1 = load_tables(cfg.data.features_dir, "R1")
+    result = train_recommender(cfg, runs_dir, progress_bar, probe=_test_probe(r1))
+    m = result.metrics
+    return {
+        "test": {n: m["model"]["test"][n] for n in METRICS},
+        "train_seconds": m["fit_seconds"],
+        "epochs": m["epochs_trained"],
+        "best_epoch": m["best_epoch"],
+        "curve": [(e["seconds"], e["probe"][f"ndcg@{K}"]) for e in m["epochs"]],
+        "baselines": {b: {n: v["test"][n] for n in METRICS} for b, v in m["baselines"].items()},
+        "run": result.run_dir.name,
+    }
+
+
+def time_to_reach(curve: Sequence[tuple[float, float]], goal: float) -> float | None:
+    """Seconds at the first epoch whose test NDCG reaches ``goal``; None when it never does."""
+    return next((t for t, v in curve if v >= goal), None)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_peer_bench(
+    features_dir: Path,
+    work: Path,
+    seeds: Sequence[int],
+    libraries: Sequence[str],
+    threads: int,
+    max_epochs: int,
+    runs_dir: Path,
+    say: Callable[[str], None] = print,
+    config_path: Path = DEFAULT_CONFIG,
+) -> dict[str, Any]:
+    """Train every library on every seed; return per-seed figures and the summary (see module docstring)."""
+    overrides = [f"data.features_dir={json.dumps(str(features_dir))}", f"train.threads={threads}"]
+    cfg = load_config("recommender", config_path, overrides)
+    assert isinstance(cfg, RecommenderRunConfig)
+    r1 = load_tables(features_dir, "R1")
+    m, t = cfg.model, cfg.train
+    base = {
+        "n_factors": m.d_model,
+        "n_blocks": m.n_layers,
+        "n_heads": m.n_heads,
+        "max_len": m.max_len,
+        "dropout": m.dropout,
+        "lr": t.lr,
+        "batch_size": t.batch_size,
+        "max_epochs": max_epochs,
+        "k": K,
+        "threads": threads,
+    }
+    pythons = {}
+    for lib in libraries:
+        say(f"environment for {lib}")
+        pythons[lib] = peers.ensure_env(lib, log=say)
+    per_seed: dict[str, list[dict[str, Any]]] = {lib: [] for lib in [*libraries, OURS]}
+    for seed in seeds:
+        inp = write_peer_input(r1, work / f"seed{seed}" / "input", base | {"seed": seed})
+        for lib in libraries:
+            say(f"seed {seed}: {lib}")
+            out = work / f"seed{seed}" / lib
+            t0 = time.perf_counter()
+            res = peers.run_peer(lib, inp.folder, out, pythons[lib])
+            wall = time.perf_counter() - t0
+            scores = score_lists(pd.read_csv(out / "topk.csv", dtype={"user_id": str, "item_id": str}), inp)
+            per_seed[lib].append(
+                {
+                    "test": {n: scores[n] for n in METRICS},
+                    "train_seconds": float(res["train_seconds"]),
+                    "process_seconds": round(wall, 1),
+                    "epochs": res.get("epochs"),
+                    "best_epoch": res.get("best_epoch"),
+                    "version": res.get("version"),
+                }
+            )
+        say(f"seed {seed}: {OURS}")
+        per_seed[OURS].append(run_ours(cfg, seed, runs_dir, progress_bar=False))
+    return summarise(per_seed, libraries, base, seeds)
+
+
+def summarise(
+    per_seed: dict[str, list[dict[str, Any]]],
+    libraries: Sequence[str],
+    config: dict[str, Any],
+    seeds: Sequence[int],
+) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    for lib, runs in per_seed.items():
+        row: dict[str, Any] = {}
+        for n in METRICS:
+            row[n] = _mean_std([r["test"][n] for r in runs])
+        row["train_seconds"] = _mean_std([r["train_seconds"] for r in runs])
+        row["version"] = runs[0].get("version", "this checkout")
+        rows[lib] = row
+    ndcg = f"ndcg@{K}"
+    best_peer = max(libraries, key=lambda lib: rows[lib][ndcg][0]) if libraries else None
+    summary: dict[str, Any] = {
+        "protocol": "R1 MovieLens-100k (leave-one-out, full ranking, seen items removed)",
+        "config": config,
+        "seeds": list(seeds),
+        "rows": rows,
+        "per_seed": per_seed,
+        "best_peer": best_peer,
+    }
+    if best_peer is not None:
+        goal = rows[best_peer][ndcg][0]
+        reach = [time_to_reach(r["curve"], goal) for r in per_seed[OURS]]
+        peer_time = rows[best_peer]["train_seconds"][0]
+        summary["ratios"] = {
+            lib: {n: rows[OURS][n][0] / rows[lib][n][0] for n in METRICS}
+            | {"train_seconds": rows[OURS]["train_seconds"][0] / rows[lib]["train_seconds"][0]}
+            for lib in libraries
+        }
+        summary["time_to_best_peer_ndcg"] = {
+            "goal_ndcg": goal,
+            "seconds_per_seed": reach,
+            "best_peer_train_seconds": peer_time,
+            "ratio": (statistics.fmean(reach) / peer_time) if all(r is not None for r in reach) else None,  # type: ignore[arg-type]
+        }
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The comparison table (mean ± std over seeds) and the two bar figures."""
+    rows = summary["rows"]
+    head = "| library | " + " | ".join(METRICS) + " | train s | NDCG ratio ours/peer | time ratio ours/peer |"
+    lines = [head, "|---|" + "---|" * (len(METRICS) + 3)]
+    for lib, row in rows.items():
+        cells = " | ".join(f"{row[n][0]:.4f} ± {row[n][1]:.4f}" for n in METRICS)
+        ratio = summary.get("ratios", {}).get(lib)
+        nd = f"{ratio[f'ndcg@{K}']:.3f}" if ratio else "—"
+        tm = f"{ratio['train_seconds']:.3f}" if ratio else "—"
+        lines.append(f"| {lib} {row['version']} | {cells} | {row['train_seconds'][0]:.1f} | {nd} | {tm} |")
+    ours = summary["per_seed"][OURS][0]["baselines"]
+    for name, vals in ours.items():
+        cells = " | ".join(f"{vals[n]:.4f}" for n in METRICS)
+        lines.append(f"| baseline: {name} (seed-free) | {cells} | — | — | — |")
+    tt = summary.get("time_to_best_peer_ndcg")
+    if tt:
+        secs = ", ".join("never" if s is None else f"{s:.1f}" for s in tt["seconds_per_seed"])
+        ratio = "n/a (not reached on every seed)" if tt["ratio"] is None else f"{tt['ratio']:.3f}"
+        lines += [
+            "",
+            f"Time for ours to reach the best peer ({summary['best_peer']}) mean test NDCG@10 "
+            f"{tt['goal_ndcg']:.4f}: {secs} s per seed, against its {tt['best_peer_train_seconds']:.1f} s "
+            f"training; ratio {ratio}.",
+        ]
+    return "\n".join(lines)
