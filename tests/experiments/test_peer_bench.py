@@ -1,0 +1,58 @@
+"""The peer benchmark's own arithmetic (no peer is installed or run here): what peers are given, how their
+top-k lists are scored, and the time-to-quality figure."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from data_prep import schema as S
+from experiments.peer_bench import score_lists, time_to_reach, write_peer_input
+from training.protocols import leave_one_out
+
+
+def r1():  # type: ignore[no-untyped-def]
+    return leave_one_out(
+        pa.table(
+            {
+                S.CUSTOMER_ID: ["u1", "u2"],
+                S.ITEMS: [["a", "b", "c", "d"], ["c", "a", "e"]],
+                S.EVENT_TYPES_COL: [["order"] * 4, ["order"] * 3],
+            }
+        )
+    )
+
+
+def test_peers_see_train_and_validation_but_never_the_test_targets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    inp = write_peer_input(r1(), tmp_path, {"seed": 3})
+    train = pd.read_csv(tmp_path / "train.csv", dtype=str)
+    val = pd.read_csv(tmp_path / "val.csv", dtype=str)
+    assert train.to_dict("list") == {
+        "user_id": ["u1", "u1", "u2"],
+        "item_id": ["a", "b", "c"],
+        "position": ["0", "1", "0"],
+    }
+    assert val.to_dict("list") == {"user_id": ["u1", "u2"], "item_id": ["c", "a"], "position": ["2", "1"]}
+    assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 3}
+    assert list(inp.targets) == ["d", "e"]
+    assert "d" not in set(train.item_id) | set(val.item_id)
+
+
+def test_score_lists_uses_our_metric_definitions(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    inp = write_peer_input(r1(), tmp_path, {})
+    topk = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "rank": [2, 1, 1], "item_id": ["d", "x", "y"]})
+    m = score_lists(topk, inp, k=10)
+    assert m["hr@10"] == pytest.approx(0.5)  # u1 hit at rank 2, u2 missed
+    assert m["ndcg@10"] == pytest.approx(0.5 / 1.5849625, rel=1e-6)
+    assert m["mrr@10"] == pytest.approx(0.25)
+    # a user the peer left out scores 0, it is not dropped from the average
+    assert score_lists(topk[topk.user_id == "u1"], inp, k=10)["hr@10"] == pytest.approx(0.5)
+
+
+def test_time_to_reach() -> None:
+    curve = [(5.0, 0.02), (9.0, 0.05), (14.0, 0.04)]
+    assert time_to_reach(curve, 0.05) == 9.0
+    assert time_to_reach(curve, 0.06) is None
