@@ -88,6 +88,7 @@ def summarise(rec: dict, intent: dict, identity: dict | None, seconds: float) ->
             "metrics": names,
             "sasrec": {k: r_model[k] for k in (*names, "n_examples")},
             "most_popular": {k: r_pop[k] for k in names},
+            "item_knn": {k: rec["baselines"]["item_knn"]["test"][k] for k in names},
         },
         "intent": {
             "protocol": intent["protocol"],
@@ -105,9 +106,8 @@ def print_summary(console: Console, s: dict[str, Any], paths: list[Path]) -> Non
         table.add_column(col)
     rec, intent = s["recommender"], s["intent"]
     for m in rec["metrics"][:2]:
-        table.add_row(
-            "recommender (R2)", m, f"{rec['sasrec'][m]:.4f}", f"{rec['most_popular'][m]:.4f}", "most popular"
-        )
+        for base, label in (("most_popular", "most popular"), ("item_knn", "ItemKNN")):
+            table.add_row("recommender (R2)", m, f"{rec['sasrec'][m]:.4f}", f"{rec[base][m]:.4f}", label)
     for m in ("roc_auc", "pr_auc"):
         ours, base = intent["sequence_model"][m], intent["logistic_regression"][m]
         table.add_row("intent (I1)", m, f"{ours:.4f}", f"{base:.4f}", "logistic regression")
