@@ -179,6 +179,14 @@ def prep(
     _wrote(result.events_dir, result.customers_dir, result.features_dir, result.report)
 
 
+def _overrides(set_: list[str] | None, features: Path | None) -> list[str]:
+    """The ``--set`` overrides, plus ``--features`` as data.features_dir (quoted: a path is not YAML)."""
+    overrides = list(set_ or [])
+    if features is not None:
+        overrides.append(f"data.features_dir={json.dumps(str(features))}")
+    return overrides
+
+
 @app.command()
 def train(
     task: Annotated[str, typer.Argument(help="recommender | intent")],
@@ -193,11 +201,8 @@ def train(
     from training.config import load_config
     from training.train import train as run_training
 
-    overrides = list(set_ or [])
-    if features is not None:
-        overrides.append(f"data.features_dir={json.dumps(str(features))}")  # quoted: a path is not YAML
     with user_errors():
-        cfg = load_config(task, config, overrides)
+        cfg = load_config(task, config, _overrides(set_, features))
         result = run_training(cfg, runs_dir)
     _print_run(result.metrics)
     _wrote(result.run_dir, result.run_dir / "metrics.json")
@@ -219,12 +224,9 @@ def evaluate(
     from experiments.evaluate import evaluate as run_evaluation
     from training.config import load_config
 
-    overrides = list(set_ or [])
-    if features is not None:
-        overrides.append(f"data.features_dir={json.dumps(str(features))}")
     with user_errors():
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-        cfg = load_config(task, config, overrides)
+        cfg = load_config(task, config, _overrides(set_, features))
         result = run_evaluation(cfg, seed_list, runs_dir, progress=_say)
     console.print(f"[bold]{result.summary['task']}[/] — {result.summary['protocol']}, seeds {seed_list}")
     console.print(summary_table(result.summary["test"]))

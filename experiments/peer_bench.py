@@ -26,6 +26,7 @@ import torch
 from data_prep import schema as S
 from experiments import peers
 from training.config import RecommenderRunConfig, load_config
+from training.data import RecommenderDataModule
 from training.metrics import ranking_metrics
 from training.protocols import NextItemTables, load_tables
 from training.recommender import RecommenderModule
@@ -87,21 +88,16 @@ def score_lists(topk: pd.DataFrame, inp: PeerInput, k: int = K) -> dict[str, flo
     return ranking_metrics(mat, target, k)
 
 
-def _test_probe(r1: NextItemTables) -> Callable[[RecommenderModule, Any], dict[str, float]]:
-    def probe(module: RecommenderModule, dm: Any) -> dict[str, float]:
-        s = dm.splits[S.SPLIT_TEST]
-        x, tx = torch.from_numpy(s.item_idx), torch.from_numpy(s.ctx_idx)
-        flag = torch.ones(len(x))
-        _, idx = module.head(x, tx, flag, module.head.is_item)
-        return ranking_metrics(idx.numpy(), s.target, K)
-
-    return probe
+def _test_probe(module: RecommenderModule, dm: RecommenderDataModule) -> dict[str, float]:
+    """Test metrics of the model as it is after an epoch (the time-to-quality curve; never selection)."""
+    s = dm.splits[S.SPLIT_TEST]
+    idx = module.top_k(torch.from_numpy(s.item_idx), torch.from_numpy(s.ctx_idx))
+    return ranking_metrics(idx.numpy(), s.target, K)
 
 
 def run_ours(cfg: RecommenderRunConfig, seed: int, runs_dir: Path, progress_bar: bool) -> dict[str, Any]:
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-    r1 = load_tables(cfg.data.features_dir, "R1")
-    result = train_recommender(cfg, runs_dir, progress_bar, probe=_test_probe(r1))
+    result = train_recommender(cfg, runs_dir, progress_bar, probe=_test_probe)
     m = result.metrics
     return {
         "test": {n: m["model"]["test"][n] for n in METRICS},

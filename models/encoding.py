@@ -85,12 +85,19 @@ def gap_buckets(timestamps: np.ndarray, row: np.ndarray) -> np.ndarray:
     return np.where(first, 1, bucket).astype(np.int64)
 
 
-def _names_index(values: ListInput, names: Sequence[str], lengths: np.ndarray, what: str) -> np.ndarray:
-    arr = as_list_array(values)
+def _aligned(
+    values: ListInput, lengths: np.ndarray, what: str, value_type: pa.DataType | None = None
+) -> np.ndarray:
+    """The flat values of a list column that must have as many entries per sequence as the items."""
+    arr = as_list_array(values, value_type)
     got = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
     if len(arr) != len(lengths) or not np.array_equal(lengths, got):
         raise ValueError(f"{what} must align with items (same number of entries in every sequence)")
-    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
+    return pc.list_flatten(arr).to_numpy(zero_copy_only=False)
+
+
+def _names_index(values: ListInput, names: Sequence[str], lengths: np.ndarray, what: str) -> np.ndarray:
+    flat = _aligned(values, lengths, what)
     return pd.Index(list(names)).get_indexer(pd.Index(flat)).astype(np.int64) + 1
 
 
@@ -128,11 +135,7 @@ def flatten_sequences(
     keep = flat > 0
     flat, ctx, row = flat[keep], ctx[keep], row[keep]
     if timestamps is not None:
-        tarr = as_list_array(timestamps, pa.int64())
-        got = pc.fill_null(pc.list_value_length(tarr), 0).to_numpy(zero_copy_only=False)
-        if len(tarr) != n or not np.array_equal(lengths, got):
-            raise ValueError("timestamps must align with items (same number of entries in every sequence)")
-        ts = pc.list_flatten(tarr).to_numpy(zero_copy_only=False).astype(np.int64)[keep]
+        ts = _aligned(timestamps, lengths, "timestamps", pa.int64()).astype(np.int64)[keep]
         ctx[:, CTX_TIME_GAP] = gap_buckets(ts, row)
     return FlatSequences(flat, ctx, row, n)
 

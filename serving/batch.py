@@ -30,10 +30,10 @@ def _score_batch(
 ) -> pa.Table:
     items, types = batch.column(S.ITEMS), batch.column(S.EVENT_TYPES_COL)
     cols: dict[str, pa.Array] = {S.CUSTOMER_ID: batch.column(S.CUSTOMER_ID)}
-    names = batch.schema.names
-    side = [batch.column(c) if c in names else None for c in (S.CHANNELS_COL, S.TIMESTAMPS_COL)]
+    present = set(batch.schema.names)
+    side = [batch.column(c) if c in present else None for c in (S.CHANNELS_COL, S.TIMESTAMPS_COL)]
     if bundle.recommender is not None:
-        segments = batch.column(S.SEGMENT).to_pylist() if S.SEGMENT in batch.schema.names else None
+        segments = batch.column(S.SEGMENT).to_pylist() if S.SEGMENT in present else None
         recs = recommend(bundle.recommender, items, types, k, exclude_seen, rules, segments, *side)
         cols[REC_ITEMS] = pa.array(recs.item_ids, type=pa.list_(pa.string()))
         cols[REC_SCORES] = pa.array(recs.scores, type=pa.list_(pa.float32()))

@@ -22,6 +22,12 @@ class CustomerHistory:
     channels: list[str] | None = None  # aligned with items, when prep recorded them
     timestamps: list[int] | None = None  # epoch seconds, aligned with items
 
+    def side_lists(self) -> tuple[list[list[str]] | None, list[list[int]] | None]:
+        """(channels, timestamps) as one-row batches for the scorer; None when prep recorded none."""
+        if self.channels is None or self.timestamps is None:
+            return None, None
+        return [self.channels], [self.timestamps]
+
 
 class InMemoryHistoryStore:
     """customer_id → :class:`CustomerHistory`, read once from ``04_features/snapshot.parquet``."""

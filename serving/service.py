@@ -98,14 +98,14 @@ class O2OService:
         if items is not None:
             if not items:
                 raise InvalidArgument("'items' must hold at least one item id (the session's recent items)")
-            side: list[Any] = [None, None]  # an anonymous session carries no channel or time
+            side: tuple[Any, Any] = (None, None)  # an anonymous session carries no channel or time
             history, types = items, [S.EV_VIEW] * len(items)
         else:
             found = self.history.get(customer_id)  # type: ignore[arg-type]
             if found is None:
                 raise NotFound(f"unknown customer_id {customer_id!r}")
             history, types = found.items, found.event_types
-            side = [[found.channels], [found.timestamps]] if found.channels is not None else [None, None]
+            side = found.side_lists()
             segment = segment or found.segment
         rules = ItemFilter(tuple(exclude_items or ()), tuple(exclude_categories or ()), store_id)
         try:
@@ -133,10 +133,7 @@ class O2OService:
         if found is None:
             raise NotFound(f"unknown customer_id {customer_id!r}")
         features = feature_matrix(model, {n: [v] for n, v in found.features.items()})
-        side: list[Any] = (
-            [[found.channels], [found.timestamps]] if found.channels is not None else [None, None]
-        )
-        p = intent_probability(model, [found.items], [found.event_types], features, *side)
+        p = intent_probability(model, [found.items], [found.event_types], features, *found.side_lists())
         return IntentResponse(
             customer_id=customer_id, probability=float(p[0]), bundle_version=self.bundle.version
         )

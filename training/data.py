@@ -108,8 +108,9 @@ def training_windows(
     items that start every ``stride`` items (default max_len: windows overlap by one item). Each window
     trains only its newest ``stride`` targets (the oldest window: all it has), so every (item → next item)
     pair is trained exactly once, with at least max_len − stride items of context when the history has
-    them. Returns items (W, max_len + 1), their context (W, max_len + 1, C), and the target matrix (W, max_len) with 0 where nothing is trained.
-    Items unknown to the vocabulary are dropped (as the encoder does).
+    them. Returns items (W, max_len + 1), their context (W, max_len + 1, C), and the target matrix
+    (W, max_len) with 0 where nothing is trained. Items unknown to the vocabulary are dropped (as the
+    encoder does).
     """
     stride = max_len if stride is None else stride
     if not 1 <= stride <= max_len:
@@ -162,10 +163,6 @@ class RecommenderDataModule(L.LightningDataModule):
         self.popularity = self.items.column(S.POPULARITY).to_numpy().astype(np.float64)
         self.splits: dict[str, NextItemSplit] = {}
         self.train_tensors: list[torch.Tensor] = []
-
-    @property
-    def protocol(self) -> str:
-        return self.tables.protocol
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_tensors:

@@ -84,10 +84,14 @@ class RecommenderModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 
+    def top_k(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """(B, k) item indices ranked by the exported head, with the run's seen filter, every item allowed."""
+        flag = torch.full((x.shape[0],), float(self.exclude_seen), device=x.device)
+        return self.head(x, ctx, flag, self.head.is_item)[1]
+
     def _rank_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         x, tx, target = batch
-        flag = torch.full((x.shape[0],), float(self.exclude_seen), device=x.device)
-        _, idx = self.head(x, tx, flag, self.head.is_item)  # (B, k); every real item allowed
+        idx = self.top_k(x, tx)  # (B, k)
         self._eval["topk"].append(idx.cpu().numpy())
         self._eval["target"].append(target.cpu().numpy())
 
