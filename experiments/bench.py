@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -101,12 +102,29 @@ def bench_peers(
     features: Annotated[Path, typer.Option(help="MovieLens-100k 04_features (fetched when missing)")] = Path(
         "data/movielens-100k/04_features"
     ),
-    threads: Annotated[int, typer.Option(min=1, help="torch threads for every library")] = len(
-        __import__("os").sched_getaffinity(0)
-    ),
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="torch threads for every library [default: the CPUs / --jobs]"),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="(library, seed) jobs run at once, each pinned to its own CPUs (same for all)"
+        ),
+    ] = 1,
     max_epochs: Annotated[
-        int, typer.Option(min=1, help="epoch cap for the peers (early stopping first)")
+        int, typer.Option(min=1, help="epoch cap for every library (early stopping first)")
     ] = 200,
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="epochs without validation improvement every library tolerates (RecBole's stopping_step)",
+        ),
+    ] = 10,
+    resume: Annotated[
+        bool, typer.Option(help="reuse jobs already finished in --workdir with the same settings")
+    ] = False,
     workdir: Annotated[Path, typer.Option(help="peer inputs, outputs and logs")] = Path("runs/bench_peers"),
     out: Annotated[Path, typer.Option(help="JSON result file (a .md table is written beside it)")] = Path(
         "runs/bench_peers.json"
@@ -121,14 +139,31 @@ def bench_peers(
     if unknown:
         raise typer.BadParameter(f"unknown libraries {unknown}; choose from {list(peers.PEERS)}")
     seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    n_cpus = len(os.sched_getaffinity(0))
+    if jobs > n_cpus:
+        raise typer.BadParameter(f"--jobs {jobs} exceeds the {n_cpus} CPUs this process may use")
+    threads = threads or max(1, n_cpus // jobs)
     feats = _movielens_features(features)
     t0 = time.perf_counter()
     summary = run_peer_bench(
-        feats, workdir, seed_list, libs, threads, max_epochs, workdir / "runs", say=console.print
+        feats,
+        workdir,
+        seed_list,
+        libs,
+        threads,
+        max_epochs,
+        workdir / "runs",
+        say=console.print,
+        patience=patience,
+        jobs=jobs,
+        resume=resume,
     )
     summary["machine"] = _machine()
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    summary["command"] = f"o2o bench peers --seeds {seeds} --libraries {libraries} --threads {threads}"
+    summary["command"] = (
+        f"o2o bench peers --seeds {seeds} --libraries {libraries} --threads {threads} --jobs {jobs} "
+        f"--patience {patience} --max-epochs {max_epochs}"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=float))
     table = markdown(summary)

@@ -11,10 +11,13 @@ the best peer's mean, on our own training clock (validation included, the test p
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,98 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (PeerInput holds arrays)
+class Job:
+    """One library on one seed: everything a worker process needs (picklable)."""
+
+    library: str  # a peer name or OURS
+    seed: int
+    inp: PeerInput
+    out: Path  # this job's folder; ``bench-result.json`` there is its result
+    python: Path | None  # the peer's venv python (None for ours)
+    cfg: RecommenderRunConfig
+    runs_dir: Path
+    cores: tuple[int, ...] | None = None  # CPU affinity of the job (None: leave as it is)
+
+    @property
+    def result_file(self) -> Path:
+        return self.out / "bench-result.json"
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train ``job.library`` on ``job.seed``; the figures are also kept in ``job.result_file`` (resume)."""
+    if job.cores is not None:
+        os.sched_setaffinity(0, job.cores)  # inherited by a peer's runner process
+    if job.library == OURS:
+        res = run_ours(job.cfg, job.seed, job.runs_dir, progress_bar=False)
+    else:
+        assert job.python is not None
+        t0 = time.perf_counter()
+        peer = peers.run_peer(job.library, job.inp.folder, job.out, job.python)
+        wall = time.perf_counter() - t0
+        scores = score_lists(
+            pd.read_csv(job.out / "topk.csv", dtype={"user_id": str, "item_id": str}), job.inp
+        )
+        res = {
+            "test": {n: scores[n] for n in METRICS},
+            "train_seconds": float(peer["train_seconds"]),
+            "process_seconds": round(wall, 1),
+            "epochs": peer.get("epochs"),
+            "best_epoch": peer.get("best_epoch"),
+            "version": peer.get("version"),
+        }
+    job.out.mkdir(parents=True, exist_ok=True)
+    job.result_file.write_text(json.dumps(res, indent=2, default=float))
+    return res
+
+
+def _pinned(job: Job, free: Any) -> dict[str, Any]:
+    """Worker-process entry: take a free core group, run the job on it, give the group back."""
+    cores = free.get()
+    try:
+        return run_job(replace(job, cores=cores))
+    finally:
+        free.put(cores)
+
+
+def core_groups(n_groups: int) -> list[tuple[int, ...]]:
+    """This process's CPUs cut into ``n_groups`` disjoint groups (as even as possible)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 1 <= n_groups <= len(cpus):
+        raise ValueError(f"jobs must be in 1..{len(cpus)} (the CPUs this process may use), got {n_groups}")
+    return [tuple(int(c) for c in part) for part in np.array_split(cpus, n_groups)]
+
+
+def run_jobs(todo: Sequence[Job], n_parallel: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Run the jobs one at a time here, or ``n_parallel`` at a time in worker processes, each pinned to
+    its own group of cores (:func:`core_groups`) so that no two jobs share a core."""
+    if n_parallel == 1:
+        out = []
+        for job in todo:
+            say(f"seed {job.seed}: {job.library}")
+            out.append(run_job(job))
+        return out
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        free = manager.Queue()
+        for group in core_groups(n_parallel):
+            free.put(group)
+        with ProcessPoolExecutor(n_parallel, mp_context=ctx, max_tasks_per_child=1) as pool:
+            futures = {pool.submit(_pinned, job, free): job for job in todo}
+            for job in todo:
+                say(f"queued seed {job.seed}: {job.library}")
+            results = {}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                results[job] = fut.result()
+                say(f"done seed {job.seed}: {job.library} (NDCG@{K} {results[job]['test'][f'ndcg@{K}']:.4f})")
+    return [results[job] for job in todo]
+
+
+#: Expected cost order (most expensive first), so that parallel workers finish close together.
+_COST_ORDER = ("recbole", OURS, "rectools")
+
+
 def run_peer_bench(
     features_dir: Path,
     work: Path,
@@ -129,9 +224,23 @@ def run_peer_bench(
     runs_dir: Path,
     say: Callable[[str], None] = print,
     config_path: Path = DEFAULT_CONFIG,
+    patience: int = 10,
+    jobs: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train every library on every seed; return per-seed figures and the summary (see module docstring)."""
-    overrides = [f"data.features_dir={json.dumps(str(features_dir))}", f"train.threads={threads}"]
+    """Train every library on every seed; return per-seed figures and the summary (see module docstring).
+
+    ``patience``: epochs without validation improvement that every library tolerates (the next one stops
+    it; RecBole's ``stopping_step``). ``jobs`` > 1 runs that many (library, seed) jobs at once, each on
+    its own cores with ``threads`` threads. ``resume`` reuses the results of jobs that finished earlier
+    in ``work`` with the same settings.
+    """
+    overrides = [
+        f"data.features_dir={json.dumps(str(features_dir))}",
+        f"train.threads={threads}",
+        f"train.patience={patience + 1}",  # Lightning counts the stopping epoch too
+        f"train.max_epochs={max_epochs}",
+    ]
     cfg = load_config("recommender", config_path, overrides)
     assert isinstance(cfg, RecommenderRunConfig)
     r1 = load_tables(features_dir, "R1")
@@ -145,36 +254,46 @@ def run_peer_bench(
         "lr": t.lr,
         "batch_size": t.batch_size,
         "max_epochs": max_epochs,
+        "patience": patience,
         "k": K,
         "threads": threads,
     }
-    pythons = {}
+    pythons: dict[str, Path | None] = {OURS: None}
     for lib in libraries:
         say(f"environment for {lib}")
         pythons[lib] = peers.ensure_env(lib, log=say)
-    per_seed: dict[str, list[dict[str, Any]]] = {lib: [] for lib in [*libraries, OURS]}
+    todo, done = [], {}
     for seed in seeds:
         inp = write_peer_input(r1, work / f"seed{seed}" / "input", base | {"seed": seed})
-        for lib in libraries:
-            say(f"seed {seed}: {lib}")
-            out = work / f"seed{seed}" / lib
-            t0 = time.perf_counter()
-            res = peers.run_peer(lib, inp.folder, out, pythons[lib])
-            wall = time.perf_counter() - t0
-            scores = score_lists(pd.read_csv(out / "topk.csv", dtype={"user_id": str, "item_id": str}), inp)
-            per_seed[lib].append(
-                {
-                    "test": {n: scores[n] for n in METRICS},
-                    "train_seconds": float(res["train_seconds"]),
-                    "process_seconds": round(wall, 1),
-                    "epochs": res.get("epochs"),
-                    "best_epoch": res.get("best_epoch"),
-                    "version": res.get("version"),
-                }
-            )
-        say(f"seed {seed}: {OURS}")
-        per_seed[OURS].append(run_ours(cfg, seed, runs_dir, progress_bar=False))
+        for lib in sorted([*libraries, OURS], key=_COST_ORDER.index):
+            job = Job(lib, seed, inp, work / f"seed{seed}" / lib, pythons[lib], cfg, runs_dir)
+            stamp = _stamp(job, base | {"seed": seed})
+            if resume and job.result_file.is_file() and _read(job.out / STAMP_FILE) == stamp:
+                say(f"seed {seed}: {lib} (result of an earlier run reused)")
+                done[job] = json.loads(job.result_file.read_text())
+            else:
+                job.result_file.unlink(missing_ok=True)
+                job.out.mkdir(parents=True, exist_ok=True)
+                (job.out / STAMP_FILE).write_text(stamp)
+                todo.append(job)
+    todo.sort(key=lambda j: (_COST_ORDER.index(j.library), j.seed))
+    done |= dict(zip(todo, run_jobs(todo, jobs, say), strict=True))
+    per_seed: dict[str, list[dict[str, Any]]] = {lib: [] for lib in [*libraries, OURS]}
+    for job in sorted(done, key=lambda j: j.seed):
+        per_seed[job.library].append(done[job])
     return summarise(per_seed, libraries, base, seeds)
+
+
+STAMP_FILE = "bench-config.json"
+
+
+def _stamp(job: Job, config: dict[str, Any]) -> str:
+    """What a job's result depends on: the peer config and, for ours, the resolved run config."""
+    return json.dumps({"peer": config, "ours": job.cfg.model_dump(mode="json")}, sort_keys=True)
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
 
 
 def summarise(

@@ -189,11 +189,28 @@ class SASRecTopK(nn.Module):
 LOSSES = ("ce", "sampled_softmax", "gbce")
 
 
-def full_ce_loss(h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue (SASRec+, Klenitskiy & Vasilev 2023); padding is no class."""
+def full_ce_loss(
+    h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor, seen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue (SASRec+, Klenitskiy & Vasilev 2023); padding is no class.
+
+    ``seen`` (N, S) item indices (0 = none) leave the softmax of their row, except the row's own target:
+    the loss then asks what ranking with the seen filter asks, "which *new* item comes next".
+    """
     logits = h @ item_emb.T  # (N, V+1)
+    if seen is not None:
+        own = logits.gather(1, target[:, None])  # (N, 1) kept even when the target repeats a seen item
+        logits = logits.scatter(1, seen, MASK_VALUE).scatter(1, target[:, None], own)  # (N, V+1)
     logits[:, 0] = MASK_VALUE
     return F.cross_entropy(logits, target)
+
+
+def input_prefixes(item_idx: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) int64: row t holds the items at positions ≤ t of ``item_idx`` (B, T), 0 elsewhere."""
+    T = item_idx.shape[1]
+    pos = torch.arange(T, device=item_idx.device)
+    upto = pos[None, :] <= pos[:, None]  # (T, T): key j at or before query t
+    return torch.where(upto[None], item_idx[:, None, :], 0)  # (B, T, T)
 
 
 def sampled_softmax_loss(

@@ -33,6 +33,49 @@ class MostPopular:
         return top_k(scores, item_idx, self.k, self.exclude_seen)
 
 
+class RepeatHistory:
+    """Recommends the customer's own items again, the most frequent first, each occurrence weighted
+    ``decay`` per newer event (1 = plain counts), then the overall popular items.
+
+    The honest baseline for grocery-like data where repeat purchases are allowed (seen filter off);
+    with the seen filter on it can only fall back on popularity.
+    """
+
+    def __init__(self, k: int = 10, exclude_seen: bool = False, decay: float = 0.9) -> None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.k, self.exclude_seen, self.decay = k, exclude_seen, decay
+        self.prior_: np.ndarray | None = None
+
+    def fit(self, popularity: np.ndarray) -> RepeatHistory:
+        """``popularity`` (n_items,) training counts by item index order: the fallback after the history."""
+        pop = np.asarray(popularity, dtype=np.float64)
+        self.prior_ = np.concatenate([[0.0], pop / max(pop.max(initial=0.0), 1.0)])  # in [0, 1]
+        return self
+
+    def recommend(self, item_idx: np.ndarray) -> np.ndarray:
+        """Top-k item indices (N, k) for left-padded histories (N, T)."""
+        if self.prior_ is None:
+            raise RuntimeError("RepeatHistory is not fitted: call fit() first")
+        n, T = item_idx.shape
+        weight = self.decay ** np.arange(T - 1, -1, -1, dtype=np.float64)  # (T,) newest weighs 1
+        scores = np.zeros((n, len(self.prior_)))
+        rows = np.repeat(np.arange(n), T)
+        np.add.at(scores, (rows, item_idx.ravel()), np.tile(weight, n))
+        scores += 1e-6 * self.prior_  # below any history weight (≥ decay^T): history first, then popular
+        return top_k(scores, item_idx, self.k, self.exclude_seen)
+
+
+def recent_popularity(item: np.ndarray, timestamp: np.ndarray, n_items: int, days: float) -> np.ndarray:
+    """(n_items,) counts of the events in the last ``days`` before the newest ``timestamp`` (epoch
+    seconds), by 1-based item index; ties are later broken by all-time popularity (index order)."""
+    if len(item) == 0:
+        return np.zeros(n_items)
+    recent = timestamp >= timestamp.max() - days * 86_400
+    counts = np.bincount(item[recent], minlength=n_items + 1)[1:].astype(np.float64)
+    return counts + 1e-6 * (n_items - np.arange(n_items)) / n_items
+
+
 def top_k(scores: np.ndarray, item_idx: np.ndarray, k: int, exclude_seen: bool) -> np.ndarray:
     """Best ``k`` columns of ``scores`` (N, V+1) per row, best first; padding (column 0) never, seen items
     of the left-padded ``item_idx`` (N, T) not when ``exclude_seen``. Modifies ``scores``."""
@@ -49,10 +92,13 @@ def top_k(scores: np.ndarray, item_idx: np.ndarray, k: int, exclude_seen: bool) 
 class ItemKNN:
     """Item-to-item co-occurrence neighbours (cosine with shrinkage), scored from the customer's history.
 
-    Fit: a binary customer × item matrix of the training sequences; similarity of items i, j =
-    |both| / (sqrt(|i| |j|) + shrink), keeping each item's ``neighbours`` most similar items. Recommend:
-    Σ over the history's items of their similarity rows, the newest item weighted 1 and each older one
-    ``decay`` times less (decay 1 = a bag of items, < 1 = the session-aware variant).
+    Fit: co-occurrence counts of the training sequences; similarity of items i, j =
+    |both| / (sqrt(|i| |j|) + shrink), keeping each item's ``neighbours`` most similar items. With
+    ``window`` None, "both" means the same customer's history (a binary customer × item matrix); with
+    ``window`` w, it counts pairs of events at most w positions apart in a history, so items bought or
+    watched close together weigh more than items years apart. Recommend: Σ over the history's items of
+    their similarity rows, the newest item weighted 1 and each older one ``decay`` times less (decay 1 =
+    a bag of items, < 1 = the session-aware variant).
     """
 
     def __init__(
@@ -62,9 +108,12 @@ class ItemKNN:
         neighbours: int = 100,
         shrink: float = 10.0,
         decay: float = 1.0,
+        window: int | None = None,
     ) -> None:
+        if window is not None and window < 1:
+            raise ValueError(f"window must be ≥ 1 or None, got {window}")
         self.k, self.exclude_seen = k, exclude_seen
-        self.neighbours, self.shrink, self.decay = neighbours, shrink, decay
+        self.neighbours, self.shrink, self.decay, self.window = neighbours, shrink, decay, window
         self.sim_: sp.csr_matrix | None = None
 
     def fit(self, item_idx: np.ndarray, n_items: int) -> ItemKNN:
@@ -73,14 +122,19 @@ class ItemKNN:
         return self.fit_events(rows, item_idx[rows, cols], len(item_idx), n_items)
 
     def fit_events(self, row: np.ndarray, item: np.ndarray, n_rows: int, n_items: int) -> ItemKNN:
-        """Fit from flat (sequence row, item index) pairs, e.g. whole histories longer than any window."""
-        x = sp.csr_matrix(
-            (np.ones(len(row), dtype=np.float32), (row, item)),
-            shape=(n_rows, n_items + 1),
-        )
-        x.data[:] = 1.0  # duplicates summed by the constructor: back to 0/1
-        co = (x.T @ x).tocsr().astype(np.float32)
-        norm = np.sqrt(co.diagonal())
+        """Fit from flat (sequence row, item index) pairs in history order, row by row (e.g. whole
+        histories longer than any model window)."""
+        if self.window is None:
+            x = sp.csr_matrix(
+                (np.ones(len(row), dtype=np.float32), (row, item)),
+                shape=(n_rows, n_items + 1),
+            )
+            x.data[:] = 1.0  # duplicates summed by the constructor: back to 0/1
+            co = (x.T @ x).tocsr().astype(np.float32)
+            norm = np.sqrt(co.diagonal())
+        else:
+            co = _window_cooccurrence(row, item, n_items + 1, self.window)
+            norm = np.sqrt(np.bincount(item, minlength=n_items + 1).astype(np.float32))
         co.setdiag(0)
         co.eliminate_zeros()
         co = co.tocoo()
@@ -108,6 +162,19 @@ class ItemKNN:
         assert self.sim_ is not None
         n = self.sim_.shape[0]
         return (n - np.arange(n)) / n  # item indices are ordered by popularity (1 = most popular)
+
+
+def _window_cooccurrence(row: np.ndarray, item: np.ndarray, n: int, window: int) -> sp.csr_matrix:
+    """(n, n) symmetric counts of item pairs at most ``window`` events apart within the same row."""
+    a, b = [], []
+    for d in range(1, min(window, max(len(row) - 1, 0)) + 1):
+        same = row[d:] == row[:-d]
+        a.append(item[:-d][same])
+        b.append(item[d:][same])
+    first = np.concatenate([*a, *b]) if a else np.zeros(0, dtype=np.int64)
+    second = np.concatenate([*b, *a]) if a else np.zeros(0, dtype=np.int64)
+    ones = np.ones(len(first), dtype=np.float32)
+    return sp.csr_matrix((ones, (first, second)), shape=(n, n))
 
 
 def _keep_top(m: sp.csr_matrix, n: int) -> sp.csr_matrix:

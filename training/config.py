@@ -92,6 +92,17 @@ class RecommenderTrainConfig(TrainConfig):
         description="long histories are cut into max_len windows starting every this many items, each "
         "training its newest targets only (default max_len; smaller = more context per target, more compute)",
     )
+    loss_excludes_seen: bool = Field(
+        False,
+        description="ce only: each position's softmax leaves out the items already in its input (not its "
+        "own target), as ranking with the seen filter does; for data without repeats (MovieLens)",
+    )
+
+    @model_validator(mode="after")
+    def _seen_needs_ce(self) -> RecommenderTrainConfig:
+        if self.loss_excludes_seen and self.loss != "ce":
+            raise ValueError(f"loss_excludes_seen needs loss 'ce', not {self.loss!r}")
+        return self
 
 
 class EvalConfig(_Strict):

@@ -24,6 +24,7 @@ from models.sasrec import (
     SASRecTopK,
     full_ce_loss,
     gbce_loss,
+    input_prefixes,
     sampled_softmax_loss,
 )
 from training.metrics import ranking_metrics
@@ -43,6 +44,7 @@ class RecommenderModule(L.LightningModule):
         n_negatives: int = 256,
         gbce_t: float = 0.75,
         compile: bool = False,
+        loss_excludes_seen: bool = False,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -50,6 +52,9 @@ class RecommenderModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = SASRec(SASRecConfig(**model_config))
         self.loss_name, self.n_negatives, self.gbce_t = loss, n_negatives, gbce_t
+        if loss_excludes_seen and loss != "ce":
+            raise ValueError(f"loss_excludes_seen needs loss 'ce', not {loss!r}")
+        self.loss_excludes_seen = loss_excludes_seen
         n = self.model.cfg.n_items
         log_q = torch.full((n + 1,), -float(np.log(n)))  # uniform until set_sampling_popularity
         log_q[0] = -float("inf")
@@ -76,7 +81,8 @@ class RecommenderModule(L.LightningModule):
         h, target = h[has_target], y[has_target]  # (N, D), (N,): every position with a next item
         table = self.model.item_emb.weight  # (V+1, D), tied input/output embeddings
         if self.loss_name == "ce":
-            loss = full_ce_loss(h, target, table)
+            seen = input_prefixes(x)[has_target] if self.loss_excludes_seen else None  # (N, T)
+            loss = full_ce_loss(h, target, table, seen)
         elif self.loss_name == "sampled_softmax":
             loss = sampled_softmax_loss(h, target, table, self.log_q, self.n_negatives)
         else:

@@ -7,6 +7,7 @@ and ``metrics.json`` (validation and test metrics of the model and its baselines
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -28,7 +30,13 @@ from data_prep import schema as S
 from data_prep.features import TimeSplits
 from data_prep.manifest import read_manifest
 from models.encoding import N_GAP_BUCKETS, flatten_sequences
-from training.baselines import ItemKNN, MostPopular, logistic_regression_baseline
+from training.baselines import (
+    ItemKNN,
+    MostPopular,
+    RepeatHistory,
+    logistic_regression_baseline,
+    recent_popularity,
+)
 from training.config import IntentRunConfig, RecommenderRunConfig, RunConfig, TrainConfig, dump_config
 from training.data import CHANNEL_NAMES, TYPE_NAMES, IntentDataModule, RecommenderDataModule
 from training.intent import IntentModule
@@ -39,6 +47,8 @@ from training.recommender import EpochClock, RecommenderModule
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.json"
 CONFIG_FILE = "config.yaml"
+RECENT_DAYS = (7, 30, 90)  # recent-popularity windows tried on validation
+KNN_WINDOWS = (None, 50, 10)  # ItemKNN co-occurrence: whole history, or events this close (validated)
 SERVING_TABLES = (S.SEGMENT_POPULARITY_FILE, S.ASSORTMENT_FILE)  # prep tables a recommender bundle carries
 
 
@@ -152,6 +162,7 @@ def train_recommender(
         n_negatives=tc.n_negatives,
         gbce_t=tc.gbce_t,
         compile=tc.compile,
+        loss_excludes_seen=tc.loss_excludes_seen,
     )
     module.set_sampling_popularity(dm.popularity)
     if "category" in m.side_features:
@@ -220,24 +231,58 @@ def _protocol_text(protocol: str, exclude_seen: bool) -> str:
 
 
 def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool) -> dict[str, Any]:
-    """Most popular and ItemKNN (its neighbours and recency decay chosen on validation NDCG@k)."""
+    """Most popular (all time, and the last N days of training), the customer's own items again (only
+    when seen items are allowed) and ItemKNN; every setting of a baseline chosen on validation NDCG@k."""
     out: dict[str, Any] = {}
     pop = MostPopular(k, exclude_seen).fit(dm.popularity)
     out["most_popular"] = {s: _rank(pop.recommend, dm, s, k) for s in (S.SPLIT_VAL, S.SPLIT_TEST)}
+    train = dm.tables.train
+    if S.TIMESTAMPS_COL in train.column_names:
+        item = dm.vocab.lookup(pc.list_flatten(train.column(S.ITEMS)).to_numpy(zero_copy_only=False))
+        ts = pc.list_flatten(train.column(S.TIMESTAMPS_COL)).to_numpy(zero_copy_only=False)
+        item, ts = item[item > 0], ts[item > 0].astype(np.int64)
+        out["most_popular_recent"] = _best_on_val(
+            dm,
+            k,
+            [{"days": d} for d in RECENT_DAYS],
+            lambda p: MostPopular(k, exclude_seen).fit(recent_popularity(item, ts, dm.vocab.n_items, **p)),
+        )
+    if not exclude_seen:  # with the seen filter a customer's own items can never be recommended
+        out["repeat_history"] = _best_on_val(
+            dm,
+            k,
+            [{"decay": d} for d in (1.0, 0.9, 0.7)],
+            lambda p: RepeatHistory(k, exclude_seen, **p).fit(dm.popularity),
+        )
     flat = flatten_sequences(dm.tables.train.column(S.ITEMS), dm.vocab)  # whole histories, not windows
-    best: tuple[float, dict[str, Any]] | None = None
-    for neighbours in (50, 200):
-        for decay in (1.0, 0.7):
-            knn = ItemKNN(k, exclude_seen, neighbours=neighbours, decay=decay)
-            knn.fit_events(flat.row, flat.item, flat.n_rows, dm.vocab.n_items)
-            val = _rank(knn.recommend, dm, S.SPLIT_VAL, k)
-            if best is None or val[f"ndcg@{k}"] > best[0]:
-                test = _rank(knn.recommend, dm, S.SPLIT_TEST, k)
-                params = {"neighbours": neighbours, "decay": decay}
-                best = (val[f"ndcg@{k}"], {S.SPLIT_VAL: val, S.SPLIT_TEST: test, "params": params})
-    assert best is not None
-    out["item_knn"] = best[1]
+    out["item_knn"] = _best_on_val(
+        dm,
+        k,
+        [
+            {"neighbours": n, "decay": d, "window": w}
+            for w, n, d in itertools.product(KNN_WINDOWS, (50, 200), (1.0, 0.7))
+        ],
+        lambda p: ItemKNN(k, exclude_seen, **p).fit_events(
+            flat.row, flat.item, flat.n_rows, dm.vocab.n_items
+        ),
+    )
     return out
+
+
+def _best_on_val(
+    dm: RecommenderDataModule, k: int, grid: Sequence[dict[str, Any]], make: Callable[[dict[str, Any]], Any]
+) -> dict[str, Any]:
+    """The grid point whose fitted baseline (``make(params)``) has the best validation NDCG@k, with its
+    validation and test figures and its parameters."""
+    best: tuple[float, dict[str, Any]] | None = None
+    for params in grid:
+        model = make(params)
+        val = _rank(model.recommend, dm, S.SPLIT_VAL, k)
+        if best is None or val[f"ndcg@{k}"] > best[0]:
+            test = _rank(model.recommend, dm, S.SPLIT_TEST, k)
+            best = (val[f"ndcg@{k}"], {S.SPLIT_VAL: val, S.SPLIT_TEST: test, "params": params})
+    assert best is not None
+    return best[1]
 
 
 def _rank(

@@ -9,7 +9,8 @@ Input (``--input DIR``), protocol R1:
                   ``position`` is an int, strictly increasing per user in time order; used as timestamp).
   ``val.csv``     same columns, one row per user: the event right after the user's train events.
   ``config.json`` seed, capacity (n_factors, n_blocks, n_heads, max_len, dropout), lr, batch_size,
-                  max_epochs, k, threads.
+                  max_epochs, k, threads; optional ``patience`` (epochs without validation improvement
+                  that are tolerated; the next one stops training; default 10, RecBole's stopping_step).
 Output (``--output DIR``):
   ``topk.csv``    ``user_id,rank,item_id``: for every user, the top k over all items of the train+val
                   catalogue, given the whole train+val history, with every item of that history removed.
@@ -43,6 +44,15 @@ REQUIRED_CONFIG = (
     "threads",
 )
 COLUMNS = ["user_id", "item_id", "position"]
+DEFAULT_PATIENCE = 10  # RecBole's stopping_step
+
+
+def patience(config: dict[str, Any]) -> int:
+    """Epochs without validation improvement a runner tolerates (the one after them stops training)."""
+    value = int(config.get("patience", DEFAULT_PATIENCE))
+    if value < 0:
+        raise ValueError(f"config.json patience must be >= 0, got {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

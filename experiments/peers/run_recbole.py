@@ -17,7 +17,8 @@ File contract: ``_common.py``. What the script does, and why:
   (``hidden_size``, ``n_layers``, ``n_heads``, ``MAX_ITEM_LIST_LENGTH``, both dropouts, ``learning_rate``,
   ``train_batch_size``, ``epochs`` = max_epochs); everything else is RecBole's default (inner_size 256,
   gelu, Adam without weight decay, ...). Validation after every epoch with RecBole's full-ranking
-  NDCG@10, early stopping after 10 epochs without improvement (``stopping_step: 10``). Note that RecBole
+  NDCG@10, early stopping once more than ``patience`` epochs (config.json, default 10) pass without
+  improvement (``stopping_step``). Note that RecBole
   does not remove history items when it scores a sequential model's validation ranking; this only affects
   model selection, not our top-k.
 * Best model. The Trainer saves a checkpoint whenever validation improves. torch 2.13's ``torch.load``
@@ -68,7 +69,6 @@ from recbole.utils import init_logger, init_seed
 torch.autograd.set_detect_anomaly(False)
 
 DATASET = "peer"
-STOPPING_STEP = 10
 VALID_K = 10
 
 
@@ -112,7 +112,7 @@ def recbole_config(config: dict, work: Path) -> Config:
         "train_batch_size": int(config["batch_size"]),
         "epochs": int(config["max_epochs"]),
         "eval_step": 1,
-        "stopping_step": STOPPING_STEP,
+        "stopping_step": _common.patience(config),
         "metrics": ["Hit", "NDCG"],
         "topk": [VALID_K],
         "valid_metric": f"NDCG@{VALID_K}",

@@ -18,9 +18,9 @@ File contract: ``_common.py``. What the script does, and why:
   ``EarlyStopping`` on RecTools' own validation loss (``val_loss``: the same softmax cross-entropy, on
   the val targets) and ``ModelCheckpoint`` keeping the best epoch, which is reloaded with RecTools'
   ``load_weights_from_checkpoint`` before predicting (it passes ``weights_only=False`` itself, so torch
-  2.13's ``torch.load`` default needs no shim here). Patience is 11 validation checks so that it stops
-  exactly when RecBole's ``stopping_step: 10`` would (RecBole stops at the 11th epoch in a row without
-  improvement). Validation loss rather than NDCG@10: it is what RecTools computes and logs, with no
+  2.13's ``torch.load`` default needs no shim here). Lightning's patience is config.json's ``patience`` + 1
+  (default 11 checks) so that it stops exactly when RecBole's ``stopping_step`` would (RecBole stops at
+  the 11th epoch in a row without improvement for stopping_step 10). Validation loss rather than NDCG@10: it is what RecTools computes and logs, with no
   code of ours in the training loop; the two peers' selection criteria therefore differ (RecBole:
   full-ranking NDCG@10 on the same val targets).
 * Prediction. ``model.recommend`` for every user on the full train+val dataset (so the val event is
@@ -50,8 +50,6 @@ from rectools import Columns
 from rectools.dataset import Dataset
 from rectools.models import SASRecModel
 
-STOPPING_STEP = 10  # RecBole's; Lightning's patience counts one further (see the docstring)
-
 
 def last_event_mask(interactions: pd.DataFrame) -> np.ndarray:
     """Validation mask: each user's last event by time (the val event of the contract)."""
@@ -75,7 +73,7 @@ class EpochLog(Callback):
         print("epoch", row["epoch"], {k: round(v, 5) for k, v in row.items() if k != "epoch"}, flush=True)
 
 
-def make_trainer(max_epochs: int, checkpoint_dir: str) -> pl.Trainer:
+def make_trainer(max_epochs: int, checkpoint_dir: str, patience: int) -> pl.Trainer:
     """The Lightning trainer RecTools fits with (through ``get_trainer_func``)."""
     return pl.Trainer(
         max_epochs=max_epochs,
@@ -88,7 +86,7 @@ def make_trainer(max_epochs: int, checkpoint_dir: str) -> pl.Trainer:
         logger=False,
         num_sanity_val_steps=0,
         callbacks=[
-            EarlyStopping(monitor="val_loss", mode="min", patience=STOPPING_STEP + 1),
+            EarlyStopping(monitor="val_loss", mode="min", patience=patience + 1),
             ModelCheckpoint(dirpath=checkpoint_dir, monitor="val_loss", mode="min", save_top_k=1),
             EpochLog(),
         ],
@@ -126,7 +124,11 @@ def main() -> None:
             loss="softmax",
             get_val_mask_func=last_event_mask,
             get_trainer_func=make_trainer,
-            get_trainer_func_kwargs={"max_epochs": int(config["max_epochs"]), "checkpoint_dir": tmp},
+            get_trainer_func_kwargs={
+                "max_epochs": int(config["max_epochs"]),
+                "checkpoint_dir": tmp,
+                "patience": _common.patience(config),
+            },
             recommend_torch_device="cpu",
         )
         t0 = time.perf_counter()
@@ -179,7 +181,11 @@ def main() -> None:
             "trainer": {
                 "max_epochs": int(config["max_epochs"]),
                 "deterministic": True,
-                "early_stopping": {"monitor": "val_loss", "mode": "min", "patience": STOPPING_STEP + 1},
+                "early_stopping": {
+                    "monitor": "val_loss",
+                    "mode": "min",
+                    "patience": _common.patience(config) + 1,
+                },
                 "best_weights": "ModelCheckpoint(monitor=val_loss) + load_weights_from_checkpoint",
             },
         },

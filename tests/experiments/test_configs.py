@@ -49,6 +49,8 @@ def test_unknown_key_and_bad_values_are_errors() -> None:
         load_config("intent", None, ["train.lr"])
     with pytest.raises(ValueError, match="unknown task"):
         load_config("ranker")
+    with pytest.raises(ValidationError, match="loss_excludes_seen needs loss 'ce'"):
+        load_config("recommender", None, ["train.loss=gbce", "train.loss_excludes_seen=true"])
 
 
 def test_override_wins_over_file(tmp_path: Path) -> None:

@@ -56,3 +56,16 @@ def test_time_to_reach() -> None:
     curve = [(5.0, 0.02), (9.0, 0.05), (14.0, 0.04)]
     assert time_to_reach(curve, 0.05) == 9.0
     assert time_to_reach(curve, 0.06) is None
+
+
+def test_core_groups_split_the_cpus_without_overlap() -> None:
+    import os
+
+    from experiments.peer_bench import core_groups
+
+    cpus = sorted(os.sched_getaffinity(0))
+    groups = core_groups(len(cpus))
+    assert sorted(c for g in groups for c in g) == cpus and all(len(g) == 1 for g in groups)
+    assert core_groups(1) == [tuple(cpus)]
+    with pytest.raises(ValueError, match="jobs must be in"):
+        core_groups(len(cpus) + 1)

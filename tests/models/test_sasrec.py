@@ -135,3 +135,27 @@ def test_sampled_softmax_with_many_uniform_negatives_approaches_full_ce() -> Non
     full = full_ce_loss(h, target, table)
     sampled = torch.stack([sampled_softmax_loss(h, target, table, log_q, 2000) for _ in range(5)]).mean()
     assert abs(float(sampled) - float(full)) < 0.15 * float(full)
+
+
+def test_ce_without_seen_items_is_ce_over_the_unseen_ones() -> None:
+    import torch.nn.functional as F
+
+    from models.sasrec import MASK_VALUE, full_ce_loss, input_prefixes
+
+    torch.manual_seed(0)
+    table, h = torch.randn(8, 4), torch.randn(3, 4)
+    target = torch.tensor([5, 2, 3])
+    seen = torch.tensor([[1, 2, 0], [4, 0, 0], [3, 6, 7]])  # row 1: target 3 was seen before (a repeat)
+    logits = h @ table.T
+    logits[:, 0] = MASK_VALUE
+    expected = []
+    for row, drop in enumerate(([1, 2], [4], [6, 7])):  # a seen target stays a class of its own row
+        keep = torch.ones(8, dtype=torch.bool)
+        keep[drop] = False
+        keep[0] = False
+        kept = logits[row][keep]
+        expected.append(-F.log_softmax(kept, 0)[int(keep[: target[row]].sum())])
+    assert torch.allclose(full_ce_loss(h, target, table, seen), torch.stack(expected).mean(), atol=1e-5)
+    assert full_ce_loss(h, target, table, seen) < full_ce_loss(h, target, table)  # fewer competitors
+    x = torch.tensor([[0, 4, 9]])
+    assert input_prefixes(x).tolist() == [[[0, 0, 0], [0, 4, 0], [0, 4, 9]]]

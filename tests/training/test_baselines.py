@@ -21,3 +21,43 @@ def test_item_knn_recommends_what_co_occurs() -> None:
     # with decay the newest item decides; without, the older pair's partner can win too
     recent = ItemKNN(k=1, neighbours=3, shrink=0.0, decay=0.1).fit(train, n_items=5)
     assert recent.recommend(np.array([[0, 1, 3]])).tolist() == [[4]]
+
+
+def test_item_knn_window_counts_only_events_close_together() -> None:
+    # one long history: 1 2 ... then 3 4 far later; within window 1 only neighbours in time co-occur
+    row = np.zeros(8, dtype=np.int64)
+    item = np.array([1, 2, 5, 5, 5, 5, 3, 4])
+    whole = ItemKNN(k=1, neighbours=5, shrink=0.0).fit_events(row, item, 1, n_items=5)
+    near = ItemKNN(k=1, neighbours=5, shrink=0.0, window=1).fit_events(row, item, 1, n_items=5)
+    assert whole.sim_ is not None and near.sim_ is not None
+    assert whole.sim_[1, 4] > 0 and near.sim_[1, 4] == 0  # 1 and 4 are six events apart
+    assert near.sim_[1, 2] > 0 and near.sim_[3, 4] > 0 and near.sim_[2, 1] == near.sim_[1, 2]
+    assert near.recommend(np.array([[0, 3]])).tolist() == [[4]]
+    # rows never mix: the last item of one history and the first of the next are not neighbours
+    two = ItemKNN(k=1, neighbours=5, shrink=0.0, window=3).fit_events(
+        np.array([0, 0, 1, 1]), np.array([1, 2, 3, 4]), 2, n_items=4
+    )
+    assert two.sim_ is not None and two.sim_[2, 3] == 0 and two.sim_[3, 4] > 0
+
+
+def test_repeat_history_recommends_own_items_first_then_popular() -> None:
+    from training.baselines import RepeatHistory
+
+    popularity = np.array([9.0, 7.0, 5.0, 3.0, 1.0])  # items 1..5
+    rep = RepeatHistory(k=3, decay=0.5).fit(popularity)
+    # 4 three times before 5: decayed by 0.5, 4 scores 0.125 + 0.25 + 0.5 < 1 for the newest 5
+    history = np.array([[4, 4, 4, 5]])
+    assert rep.recommend(history).tolist() == [[5, 4, 1]]
+    assert RepeatHistory(k=3, decay=1.0).fit(popularity).recommend(history).tolist() == [[4, 5, 1]]
+    assert RepeatHistory(k=2, exclude_seen=True).fit(popularity).recommend(history).tolist() == [[1, 2]]
+
+
+def test_recent_popularity_counts_only_the_last_days() -> None:
+    from training.baselines import recent_popularity
+
+    day = 86_400
+    item = np.array([1, 1, 1, 2, 2, 3])
+    ts = np.array([0, 1, 2, 50, 51, 52]) * day
+    counts = recent_popularity(item, ts, n_items=3, days=7)
+    assert np.argsort(-counts).tolist() == [1, 2, 0]  # item 2 (twice lately), item 3, then item 1
+    assert counts[0] < 1e-3 and round(counts[1]) == 2
