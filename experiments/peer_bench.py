@@ -94,7 +94,7 @@ def score_lists(topk: pd.DataFrame, inp: PeerInput, k: int = K) -> dict[str, flo
 def _test_probe(module: RecommenderModule, dm: RecommenderDataModule) -> dict[str, float]:
     """Test metrics of the model as it is after an epoch (the time-to-quality curve; never selection)."""
     s = dm.splits[S.SPLIT_TEST]
-    idx = module.top_k(torch.from_numpy(s.item_idx), torch.from_numpy(s.ctx_idx))
+    idx = module.top_k(*(torch.from_numpy(a) for a in (s.item_idx, s.ctx_idx, s.older_idx)))
     return ranking_metrics(idx.numpy(), s.target, K)
 
 
@@ -262,6 +262,28 @@ def run_peer_bench(
     for lib in libraries:
         say(f"environment for {lib}")
         pythons[lib] = peers.ensure_env(lib, log=say)
+    todo, done = plan_jobs(r1, work, seeds, libraries, pythons, cfg, runs_dir, base, resume, say)
+    done |= dict(zip(todo, run_jobs(todo, jobs, say), strict=True))
+    per_seed: dict[str, list[dict[str, Any]]] = {lib: [] for lib in [*libraries, OURS]}
+    for job in sorted(done, key=lambda j: j.seed):
+        per_seed[job.library].append(done[job])
+    return summarise(per_seed, libraries, base, seeds)
+
+
+def plan_jobs(
+    r1: NextItemTables,
+    work: Path,
+    seeds: Sequence[int],
+    libraries: Sequence[str],
+    pythons: dict[str, Path | None],
+    cfg: RecommenderRunConfig,
+    runs_dir: Path,
+    base: dict[str, Any],
+    resume: bool,
+    say: Callable[[str], None] = print,
+) -> tuple[list[Job], dict[Job, dict[str, Any]]]:
+    """Write each seed's peer input; return the jobs to run (in run order) and, with ``resume``, the
+    results of jobs that already finished in ``work`` with the same settings (:func:`_stamp`)."""
     todo, done = [], {}
     for seed in seeds:
         inp = write_peer_input(r1, work / f"seed{seed}" / "input", base | {"seed": seed})
@@ -279,11 +301,7 @@ def run_peer_bench(
     # the slowest library's jobs first, then seed by seed, so parallel workers end close together and
     # whole seeds finish early
     todo.sort(key=lambda j: (j.library != _COST_ORDER[0], j.seed, _COST_ORDER.index(j.library)))
-    done |= dict(zip(todo, run_jobs(todo, jobs, say), strict=True))
-    per_seed: dict[str, list[dict[str, Any]]] = {lib: [] for lib in [*libraries, OURS]}
-    for job in sorted(done, key=lambda j: j.seed):
-        per_seed[job.library].append(done[job])
-    return summarise(per_seed, libraries, base, seeds)
+    return todo, done
 
 
 STAMP_FILE = "bench-config.json"

@@ -89,6 +89,18 @@ def top_k(scores: np.ndarray, item_idx: np.ndarray, k: int, exclude_seen: bool) 
     return np.take_along_axis(top, order, axis=1)
 
 
+def drop_older_seen(top: np.ndarray, older_idx: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` entries of each row of ranked ``top`` (N, k') that are not in that row of
+    ``older_idx`` (N, S) (history items before the input window; 0 = none), order kept. k' ≥ k + S."""
+    n_items = int(max(top.max(initial=0), older_idx.max(initial=0))) + 1
+    seen = np.zeros((len(top), n_items), dtype=bool)
+    seen[np.repeat(np.arange(len(top)), older_idx.shape[1]), older_idx.ravel()] = True
+    seen[:, 0] = False
+    drop = np.take_along_axis(seen, top, axis=1)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(top, order, axis=1)
+
+
 class ItemKNN:
     """Item-to-item co-occurrence neighbours (cosine with shrinkage), scored from the customer's history.
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -67,19 +68,42 @@ def _loader(
 
 @dataclass
 class NextItemSplit:
-    """Encoded next-item examples: input (N, T) item/type indices and target item index (N,), 0 if unknown."""
+    """Encoded next-item examples: input (N, T) item/type indices and target item index (N,), 0 if unknown.
+
+    ``older_idx`` (N, S) holds the distinct known items of each history *older* than the newest ``max_len``
+    events (0 = padding; S ≥ 1): the model never sees them, but the seen filter removes them too, so that
+    the whole history counts as seen (shared/PROTOCOLS.md), as the serving layer does.
+    """
 
     item_idx: np.ndarray
     ctx_idx: np.ndarray  # (N, T, C) event type, channel, time gap
     target: np.ndarray
     customer_id: np.ndarray
+    older_idx: np.ndarray
 
 
 def encode_next_item(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> NextItemSplit:
     item_idx, ctx_idx = _encode_table(table, vocab, max_len)
     target = vocab.lookup(table.column(S.TARGET_ITEM).to_numpy(zero_copy_only=False))
     customers = table.column(S.CUSTOMER_ID).to_numpy(zero_copy_only=False)
-    return NextItemSplit(item_idx, ctx_idx, target, customers)
+    return NextItemSplit(item_idx, ctx_idx, target, customers, older_items(table, vocab, max_len))
+
+
+def older_items(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> np.ndarray:
+    """(N, S) distinct known items of each sequence before its newest ``max_len`` known items, left-aligned,
+    0-padded, minus those items that also appear among the newest (the graph removes those itself)."""
+    flat = flatten_sequences(table.column(S.ITEMS), vocab)
+    counts = np.bincount(flat.row, minlength=flat.n_rows)
+    from_end = np.cumsum(counts)[flat.row] - np.arange(len(flat.row)) - 1  # 0 = newest known item
+    recent = pd.DataFrame({"row": flat.row[from_end < max_len], "item": flat.item[from_end < max_len]})
+    old = pd.DataFrame({"row": flat.row[from_end >= max_len], "item": flat.item[from_end >= max_len]})
+    old = old.drop_duplicates().merge(recent.drop_duplicates(), how="left", indicator=True)
+    old = old[old["_merge"] == "left_only"]
+    width = max(1, int(old.groupby("row").size().max()) if len(old) else 1)
+    out = np.zeros((flat.n_rows, width), dtype=np.int64)
+    col = old.groupby("row").cumcount().to_numpy()
+    out[old["row"].to_numpy(), col] = old["item"].to_numpy()
+    return out
 
 
 def recommender_items(features_dir: Path, tables: NextItemTables) -> pa.Table:
@@ -175,7 +199,7 @@ class RecommenderDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         s = self.splits[split]
-        tensors = [torch.from_numpy(a) for a in (s.item_idx, s.ctx_idx, s.target)]
+        tensors = [torch.from_numpy(a) for a in (s.item_idx, s.ctx_idx, s.target, s.older_idx)]
         return _loader(tensors, 512, False, 0, self.seed)
 
     def train_dataloader(self) -> DataLoader:

@@ -90,14 +90,26 @@ class RecommenderModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 
-    def top_k(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """(B, k) item indices ranked by the exported head, with the run's seen filter, every item allowed."""
+    def top_k(self, x: torch.Tensor, ctx: torch.Tensor, older: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k) item indices ranked by the exported head, with the run's seen filter, every item allowed.
+
+        ``older`` (B, S) are history items before the input window (0 = none); with the seen filter on they
+        are removed too, as serving does: the head ranks k + S items and the older ones are dropped.
+        """
         flag = torch.full((x.shape[0],), float(self.exclude_seen), device=x.device)
-        return self.head(x, ctx, flag, self.head.is_item)[1]
+        if older is None or not self.exclude_seen or not bool(older.any()):
+            return self.head(x, ctx, flag, self.head.is_item)[1]
+        wide = SASRecTopK(self.model, self.k + older.shape[1]).to(x.device)
+        idx = wide(x, ctx, flag, self.head.is_item)[1]  # (B, k + S)
+        seen = torch.zeros_like(self.head.is_item, dtype=torch.bool).expand(len(x), -1).clone()  # (B, V+1)
+        seen.scatter_(1, older, True)
+        seen[:, 0] = False
+        keep_first = torch.argsort(seen.gather(1, idx).to(torch.int8), dim=1, stable=True)  # unseen first
+        return idx.gather(1, keep_first[:, : self.k])  # (B, k)
 
     def _rank_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
-        x, tx, target = batch
-        idx = self.top_k(x, tx)  # (B, k)
+        x, tx, target, older = batch
+        idx = self.top_k(x, tx, older)  # (B, k)
         self._eval["topk"].append(idx.cpu().numpy())
         self._eval["target"].append(target.cpu().numpy())
 

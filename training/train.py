@@ -34,6 +34,7 @@ from training.baselines import (
     ItemKNN,
     MostPopular,
     RepeatHistory,
+    drop_older_seen,
     logistic_regression_baseline,
     recent_popularity,
 )
@@ -60,13 +61,15 @@ class RunResult:
 
 def new_run_dir(runs_dir: Path, name: str) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir / f"{name}-{stamp}"
-    n = 1
-    while run_dir.exists():
-        n += 1
-        run_dir = runs_dir / f"{name}-{stamp}-{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        run_dir = runs_dir / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+        try:
+            run_dir.mkdir()  # atomic: two processes starting in the same second get different folders
+            return run_dir
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def _trainer(
@@ -234,8 +237,13 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
     """Most popular (all time, and the last N days of training), the customer's own items again (only
     when seen items are allowed) and ItemKNN; every setting of a baseline chosen on validation NDCG@k."""
     out: dict[str, Any] = {}
-    pop = MostPopular(k, exclude_seen).fit(dm.popularity)
-    out["most_popular"] = {s: _rank(pop.recommend, dm, s, k) for s in (S.SPLIT_VAL, S.SPLIT_TEST)}
+    # with the seen filter, baselines rank k + S items and history items older than the input window
+    # (up to S of them) are dropped afterwards, as for the model (:func:`_rank`)
+    kw = k + max(s.older_idx.shape[1] for s in dm.splits.values()) if exclude_seen else k
+    pop = MostPopular(kw, exclude_seen).fit(dm.popularity)
+    out["most_popular"] = {
+        s: _rank(pop.recommend, dm, s, k, exclude_seen) for s in (S.SPLIT_VAL, S.SPLIT_TEST)
+    }
     train = dm.tables.train
     if S.TIMESTAMPS_COL in train.column_names:
         item = dm.vocab.lookup(pc.list_flatten(train.column(S.ITEMS)).to_numpy(zero_copy_only=False))
@@ -244,25 +252,28 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
         out["most_popular_recent"] = _best_on_val(
             dm,
             k,
+            exclude_seen,
             [{"days": d} for d in RECENT_DAYS],
-            lambda p: MostPopular(k, exclude_seen).fit(recent_popularity(item, ts, dm.vocab.n_items, **p)),
+            lambda p: MostPopular(kw, exclude_seen).fit(recent_popularity(item, ts, dm.vocab.n_items, **p)),
         )
     if not exclude_seen:  # with the seen filter a customer's own items can never be recommended
         out["repeat_history"] = _best_on_val(
             dm,
             k,
+            exclude_seen,
             [{"decay": d} for d in (1.0, 0.9, 0.7)],
-            lambda p: RepeatHistory(k, exclude_seen, **p).fit(dm.popularity),
+            lambda p: RepeatHistory(kw, exclude_seen, **p).fit(dm.popularity),
         )
     flat = flatten_sequences(dm.tables.train.column(S.ITEMS), dm.vocab)  # whole histories, not windows
     out["item_knn"] = _best_on_val(
         dm,
         k,
+        exclude_seen,
         [
             {"neighbours": n, "decay": d, "window": w}
             for w, n, d in itertools.product(KNN_WINDOWS, (50, 200), (1.0, 0.7))
         ],
-        lambda p: ItemKNN(k, exclude_seen, **p).fit_events(
+        lambda p: ItemKNN(kw, exclude_seen, **p).fit_events(
             flat.row, flat.item, flat.n_rows, dm.vocab.n_items
         ),
     )
@@ -270,26 +281,38 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
 
 
 def _best_on_val(
-    dm: RecommenderDataModule, k: int, grid: Sequence[dict[str, Any]], make: Callable[[dict[str, Any]], Any]
+    dm: RecommenderDataModule,
+    k: int,
+    exclude_seen: bool,
+    grid: Sequence[dict[str, Any]],
+    make: Callable[[dict[str, Any]], Any],
 ) -> dict[str, Any]:
     """The grid point whose fitted baseline (``make(params)``) has the best validation NDCG@k, with its
     validation and test figures and its parameters."""
     best: tuple[float, dict[str, Any]] | None = None
     for params in grid:
         model = make(params)
-        val = _rank(model.recommend, dm, S.SPLIT_VAL, k)
+        val = _rank(model.recommend, dm, S.SPLIT_VAL, k, exclude_seen)
         if best is None or val[f"ndcg@{k}"] > best[0]:
-            test = _rank(model.recommend, dm, S.SPLIT_TEST, k)
+            test = _rank(model.recommend, dm, S.SPLIT_TEST, k, exclude_seen)
             best = (val[f"ndcg@{k}"], {S.SPLIT_VAL: val, S.SPLIT_TEST: test, "params": params})
     assert best is not None
     return best[1]
 
 
 def _rank(
-    recommend: Callable[[np.ndarray], np.ndarray], dm: RecommenderDataModule, split: str, k: int
+    recommend: Callable[[np.ndarray], np.ndarray],
+    dm: RecommenderDataModule,
+    split: str,
+    k: int,
+    exclude_seen: bool,
 ) -> dict[str, float]:
+    """Metrics@k of ``recommend``'s lists; with the seen filter, items of the whole history are removed
+    (the lists must be long enough: k + the split's ``older_idx`` width)."""
     s = dm.splits[split]
-    return ranking_metrics(recommend(s.item_idx), s.target, k)
+    top = recommend(s.item_idx)
+    top = drop_older_seen(top, s.older_idx, k) if exclude_seen else top[:, :k]
+    return ranking_metrics(top, s.target, k)
 
 
 def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True) -> RunResult:

@@ -69,3 +69,29 @@ def test_core_groups_split_the_cpus_without_overlap() -> None:
     assert core_groups(1) == [tuple(cpus)]
     with pytest.raises(ValueError, match="jobs must be in"):
         core_groups(len(cpus) + 1)
+
+
+def test_resume_reuses_only_jobs_finished_with_the_same_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from experiments.peer_bench import OURS, plan_jobs
+    from training.config import load_config
+
+    cfg = load_config("recommender")
+    pythons = {"recbole": tmp_path / "py", "rectools": tmp_path / "py", OURS: None}
+
+    def plan(base: dict, resume: bool):  # type: ignore[no-untyped-def]
+        return plan_jobs(
+            r1(), tmp_path, [0, 1], ["rectools", "recbole"], pythons, cfg, tmp_path, base, resume
+        )
+
+    todo, done = plan({"lr": 0.001}, resume=False)
+    assert not done
+    assert [(j.library, j.seed) for j in todo] == [
+        ("recbole", 0), ("recbole", 1), (OURS, 0), ("rectools", 0), (OURS, 1), ("rectools", 1)
+    ]  # fmt: skip
+    finished = next(j for j in todo if j.library == "rectools" and j.seed == 1)
+    finished.result_file.write_text(json.dumps({"test": {"ndcg@10": 0.5}}))
+    todo, done = plan({"lr": 0.001}, resume=True)
+    assert [(j.library, j.seed, r["test"]["ndcg@10"]) for j, r in done.items()] == [("rectools", 1, 0.5)]
+    assert len(todo) == 5
+    todo, done = plan({"lr": 0.002}, resume=True)  # other settings: nothing is reused, stale result gone
+    assert not done and len(todo) == 6 and not finished.result_file.exists()

@@ -72,3 +72,32 @@ def test_training_windows_cover_every_pair_once() -> None:
         assert all((w[np.argmax(w > 0) :] > 0).all() for w in items)  # left-padded, no holes
         if stride == 1:  # each window trains only its newest pair: the one with the most context
             assert (targets[:, :-1] == 0).all() and (targets[:, -1] > 0).all()
+
+
+def test_seen_filter_covers_the_whole_history_not_only_the_input_window() -> None:
+    import torch
+
+    from training.baselines import drop_older_seen
+    from training.data import older_items
+    from training.recommender import RecommenderModule
+
+    vocab = ItemVocabulary().fit(list("abcdefgh"))
+    table = pa.table({S.CUSTOMER_ID: ["u1", "u2", "u3"], S.ITEMS: [list("abcabde"), ["f"], list("gghx")]})
+    older = older_items(table, vocab, max_len=2)  # window: the newest 2 known items
+    assert older.tolist() == [[1, 2, 3], [0, 0, 0], [0, 0, 0]]  # u3's older g is also in its window
+    top = np.array([[1, 4, 2, 6, 3, 7], [6, 1, 2, 3, 4, 5], [7, 1, 2, 3, 4, 5]])
+    assert drop_older_seen(top, older, 3).tolist() == [[4, 6, 7], [6, 1, 2], [7, 1, 2]]
+
+    torch.manual_seed(0)
+    cfg = {"n_items": 12, "max_len": 2, "d_model": 8, "n_heads": 2, "n_layers": 1}
+    module = RecommenderModule(cfg, k=4).eval()
+    x = torch.tensor([[4, 5], [0, 6], [7, 8]])
+    ctx = torch.zeros((3, 2, 3), dtype=torch.long)
+    with torch.no_grad():
+        plain = module.top_k(x, ctx)
+        full = module.top_k(x, ctx, torch.from_numpy(older))
+        everything = module.top_k(x, ctx, torch.zeros_like(torch.from_numpy(older)))
+    assert torch.equal(everything, plain) and torch.equal(full[1:], plain[1:])
+    assert not set(full[0].tolist()) & {1, 2, 3, 4, 5}  # window items and older items all removed
+    kept = [i for i in plain[0].tolist() if i not in (1, 2, 3)]
+    assert full[0].tolist()[: len(kept)] == kept  # otherwise the same ranking, in the same order
