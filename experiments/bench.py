@@ -143,6 +143,8 @@ def bench_peers(
     if jobs > n_cpus:
         raise typer.BadParameter(f"--jobs {jobs} exceeds the {n_cpus} CPUs this process may use")
     threads = threads or max(1, n_cpus // jobs)
+    if threads * jobs > n_cpus:
+        raise typer.BadParameter(f"--threads {threads} × --jobs {jobs} exceeds the {n_cpus} CPUs")
     feats = _movielens_features(features)
     t0 = time.perf_counter()
     summary = run_peer_bench(
@@ -162,7 +164,7 @@ def bench_peers(
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     summary["command"] = (
         f"o2o bench peers --seeds {seeds} --libraries {libraries} --threads {threads} --jobs {jobs} "
-        f"--patience {patience} --max-epochs {max_epochs}"
+        f"--patience {patience} --max-epochs {max_epochs}" + (" --resume" if resume else "")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=float))

@@ -10,10 +10,12 @@ the best peer's mean, on our own training clock (validation included, the test p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -186,7 +188,11 @@ def core_groups(n_groups: int) -> list[tuple[int, ...]]:
 
 def run_jobs(todo: Sequence[Job], n_parallel: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Run the jobs one at a time here, or ``n_parallel`` at a time in worker processes, each pinned to
-    its own group of cores (:func:`core_groups`) so that no two jobs share a core."""
+    its own group of cores (:func:`core_groups`) so that no two jobs share a core.
+
+    A failed job is reported at once and the others go on (their results stay in their folders for
+    ``--resume``); the failures are raised together at the end.
+    """
     if n_parallel == 1:
         out = []
         for job in todo:
@@ -194,6 +200,8 @@ def run_jobs(todo: Sequence[Job], n_parallel: int, say: Callable[[str], None]) -
             out.append(run_job(job))
         return out
     ctx = multiprocessing.get_context("spawn")
+    results: dict[Job, dict[str, Any]] = {}
+    failed: list[str] = []
     with ctx.Manager() as manager:
         free = manager.Queue()
         for group in core_groups(n_parallel):
@@ -202,11 +210,17 @@ def run_jobs(todo: Sequence[Job], n_parallel: int, say: Callable[[str], None]) -
             futures = {pool.submit(_pinned, job, free): job for job in todo}
             for job in todo:
                 say(f"queued seed {job.seed}: {job.library}")
-            results = {}
             for fut in as_completed(futures):
                 job = futures[fut]
-                results[job] = fut.result()
+                try:
+                    results[job] = fut.result()
+                except Exception as exc:
+                    failed.append(f"seed {job.seed} {job.library}: {exc}")
+                    say(f"FAILED seed {job.seed}: {job.library}: {exc}")
+                    continue
                 say(f"done seed {job.seed}: {job.library} (NDCG@{K} {results[job]['test'][f'ndcg@{K}']:.4f})")
+    if failed:
+        raise RuntimeError(f"{len(failed)} benchmark job(s) failed:\n" + "\n".join(failed))
     return [results[job] for job in todo]
 
 
@@ -235,10 +249,12 @@ def run_peer_bench(
     its own cores with ``threads`` threads. ``resume`` reuses the results of jobs that finished earlier
     in ``work`` with the same settings.
     """
+    if jobs > 1 and threads > min(len(g) for g in core_groups(jobs)):
+        raise ValueError(f"{threads} threads per job exceed the CPUs of the smallest of {jobs} core groups")
     overrides = [
         f"data.features_dir={json.dumps(str(features_dir))}",
         f"train.threads={threads}",
-        f"train.patience={patience + 1}",  # Lightning counts the stopping epoch too
+        f"train.patience={patience + 1}",  # Lightning's count: RecBole's stopping_step p stops at check p + 1
         f"train.max_epochs={max_epochs}",
     ]
     cfg = load_config("recommender", config_path, overrides)
@@ -265,7 +281,7 @@ def run_peer_bench(
     todo, done = plan_jobs(r1, work, seeds, libraries, pythons, cfg, runs_dir, base, resume, say)
     done |= dict(zip(todo, run_jobs(todo, jobs, say), strict=True))
     per_seed: dict[str, list[dict[str, Any]]] = {lib: [] for lib in [*libraries, OURS]}
-    for job in sorted(done, key=lambda j: j.seed):
+    for job in sorted(done, key=lambda j: list(seeds).index(j.seed)):
         per_seed[job.library].append(done[job])
     return summarise(per_seed, libraries, base, seeds)
 
@@ -292,7 +308,7 @@ def plan_jobs(
             stamp = _stamp(job, base | {"seed": seed})
             if resume and job.result_file.is_file() and _read(job.out / STAMP_FILE) == stamp:
                 say(f"seed {seed}: {lib} (result of an earlier run reused)")
-                done[job] = json.loads(job.result_file.read_text())
+                done[job] = json.loads(job.result_file.read_text()) | {"reused": True}
             else:
                 job.result_file.unlink(missing_ok=True)
                 job.out.mkdir(parents=True, exist_ok=True)
@@ -308,8 +324,38 @@ STAMP_FILE = "bench-config.json"
 
 
 def _stamp(job: Job, config: dict[str, Any]) -> str:
-    """What a job's result depends on: the peer config and, for ours, the resolved run config."""
-    return json.dumps({"peer": config, "ours": job.cfg.model_dump(mode="json")}, sort_keys=True)
+    """What a job's result depends on: the peer config; for a peer its environment (named by a hash of
+    its requirements) and runner scripts; for ours the resolved run config and this checkout's code."""
+    doc: dict[str, Any] = {"peer": config, "library": job.library}
+    if job.library == OURS:
+        doc["ours"] = job.cfg.model_dump(mode="json")
+        doc["code"] = _code_version()
+    else:
+        doc["env"] = str(job.python)
+        doc["runner"] = _sha256(*(_PEERS_DIR / f for f in (f"run_{job.library}.py", "_common.py")))
+    return json.dumps(doc, sort_keys=True)
+
+
+_PEERS_DIR = Path(peers.__file__).parent
+
+
+def _sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _code_version() -> str:
+    """``git describe --always --dirty`` of this checkout, or a hash of the training code without git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return _sha256(*sorted((root / "training").glob("*.py")), *sorted((root / "models").glob("*.py")))
 
 
 def _read(path: Path) -> str | None:

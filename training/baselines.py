@@ -50,7 +50,7 @@ class RepeatHistory:
     def fit(self, popularity: np.ndarray) -> RepeatHistory:
         """``popularity`` (n_items,) training counts by item index order: the fallback after the history."""
         pop = np.asarray(popularity, dtype=np.float64)
-        self.prior_ = np.concatenate([[0.0], pop / max(pop.max(initial=0.0), 1.0)])  # in [0, 1]
+        self.prior_ = np.concatenate([[0.0], pop / max(pop.max(initial=0.0), 1.0)])  # (V+1,) in [0, 1]
         return self
 
     def recommend(self, item_idx: np.ndarray) -> np.ndarray:
@@ -62,7 +62,8 @@ class RepeatHistory:
         scores = np.zeros((n, len(self.prior_)))
         rows = np.repeat(np.arange(n), T)
         np.add.at(scores, (rows, item_idx.ravel()), np.tile(weight, n))
-        scores += 1e-6 * self.prior_  # below any history weight (≥ decay^T): history first, then popular
+        # popularity only orders the items the history does not hold: below the smallest history weight
+        scores += np.where(scores > 0, 0.0, 0.5 * weight[0] * self.prior_)
         return top_k(scores, item_idx, self.k, self.exclude_seen)
 
 
@@ -134,24 +135,19 @@ class ItemKNN:
         return self.fit_events(rows, item_idx[rows, cols], len(item_idx), n_items)
 
     def fit_events(self, row: np.ndarray, item: np.ndarray, n_rows: int, n_items: int) -> ItemKNN:
-        """Fit from flat (sequence row, item index) pairs in history order, row by row (e.g. whole
+        """Fit from flat (sequence row, item index) pairs in history order, rows contiguous (e.g. whole
         histories longer than any model window)."""
-        if self.window is None:
-            x = sp.csr_matrix(
-                (np.ones(len(row), dtype=np.float32), (row, item)),
-                shape=(n_rows, n_items + 1),
-            )
-            x.data[:] = 1.0  # duplicates summed by the constructor: back to 0/1
-            co = (x.T @ x).tocsr().astype(np.float32)
-            norm = np.sqrt(co.diagonal())
-        else:
-            co = _window_cooccurrence(row, item, n_items + 1, self.window)
-            norm = np.sqrt(np.bincount(item, minlength=n_items + 1).astype(np.float32))
-        co.setdiag(0)
-        co.eliminate_zeros()
+        return self.fit_cooccurrence(*cooccurrence(row, item, n_rows, n_items, self.window))
+
+    def fit_cooccurrence(self, co: sp.csr_matrix, counts: np.ndarray) -> ItemKNN:
+        """Fit from :func:`cooccurrence`'s output (computed with this instance's ``window``), so a grid over
+        neighbours and decay counts co-occurrence once."""
         co = co.tocoo()
-        co.data /= norm[co.row] * norm[co.col] + self.shrink
-        self.sim_ = _keep_top(co.tocsr(), self.neighbours)
+        keep = co.row != co.col
+        row, col, data = co.row[keep], co.col[keep], co.data[keep]
+        norm = np.sqrt(counts.astype(np.float32))
+        data = data / (norm[row] * norm[col] + self.shrink)
+        self.sim_ = _keep_top(sp.csr_matrix((data, (row, col)), shape=co.shape), self.neighbours)
         return self
 
     def recommend(self, item_idx: np.ndarray, batch: int = 2048) -> np.ndarray:
@@ -176,17 +172,31 @@ class ItemKNN:
         return (n - np.arange(n)) / n  # item indices are ordered by popularity (1 = most popular)
 
 
-def _window_cooccurrence(row: np.ndarray, item: np.ndarray, n: int, window: int) -> sp.csr_matrix:
-    """(n, n) symmetric counts of item pairs at most ``window`` events apart within the same row."""
-    a, b = [], []
+def cooccurrence(
+    row: np.ndarray, item: np.ndarray, n_rows: int, n_items: int, window: int | None
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Item × item co-occurrence counts (n_items + 1 square) and per-item counts (n_items + 1,) of flat
+    (row, item) events in history order, rows contiguous.
+
+    ``window`` None: the number of rows holding both items (a binary row × item matrix), per-item counts
+    = rows holding the item. ``window`` w: pairs of events at most w positions apart in the same row,
+    both orders, per-item counts = events. One distance at a time, so memory stays at one distance's pairs.
+    """
+    if len(row) > 1 and (np.diff(row) < 0).any():
+        raise ValueError("events must come row by row (rows contiguous, in order)")
+    n = n_items + 1
+    if window is None:
+        x = sp.csr_matrix((np.ones(len(row), dtype=np.float32), (row, item)), shape=(n_rows, n))
+        x.data[:] = 1.0  # duplicates summed by the constructor: back to 0/1
+        co = (x.T @ x).tocsr().astype(np.float32)
+        return co, co.diagonal().copy()
+    co = sp.csr_matrix((n, n), dtype=np.float32)
     for d in range(1, min(window, max(len(row) - 1, 0)) + 1):
         same = row[d:] == row[:-d]
-        a.append(item[:-d][same])
-        b.append(item[d:][same])
-    first = np.concatenate([*a, *b]) if a else np.zeros(0, dtype=np.int64)
-    second = np.concatenate([*b, *a]) if a else np.zeros(0, dtype=np.int64)
-    ones = np.ones(len(first), dtype=np.float32)
-    return sp.csr_matrix((ones, (first, second)), shape=(n, n))
+        a, b = item[:-d][same], item[d:][same]
+        pairs = sp.csr_matrix((np.ones(len(a), dtype=np.float32), (a, b)), shape=(n, n))
+        co = co + pairs + pairs.T
+    return co.tocsr(), np.bincount(item, minlength=n).astype(np.float32)
 
 
 def _keep_top(m: sp.csr_matrix, n: int) -> sp.csr_matrix:

@@ -64,7 +64,12 @@ class TrainConfig(_Strict):
     batch_size: int = Field(128, ge=1, description="sequences per optimiser step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    patience: int = Field(5, ge=1, description="epochs without validation improvement before stopping")
+    patience: int = Field(
+        5,
+        ge=1,
+        description="stop after this many validation checks in a row without improvement (Lightning's "
+        "count: RecBole's stopping_step p equals patience p + 1)",
+    )
     seed: int = Field(0, description="seed for torch, numpy and Python")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
     deterministic: bool = Field(True, description="Lightning deterministic mode (same seed → same metrics)")
@@ -120,6 +125,15 @@ class RecommenderRunConfig(_Strict):
     model: SequenceModelConfig = SequenceModelConfig()
     train: RecommenderTrainConfig = RecommenderTrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _seen_loss_needs_seen_filter(self) -> RecommenderRunConfig:
+        if self.train.loss_excludes_seen and not self.eval.exclude_seen:
+            raise ValueError(
+                "train.loss_excludes_seen trains the model never to repeat an item, but eval.exclude_seen "
+                "is false (repeats allowed): set one of them the other way"
+            )
+        return self
 
 
 class IntentRunConfig(_Strict):

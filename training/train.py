@@ -7,6 +7,7 @@ and ``metrics.json`` (validation and test metrics of the model and its baselines
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import shutil
@@ -34,6 +35,7 @@ from training.baselines import (
     ItemKNN,
     MostPopular,
     RepeatHistory,
+    cooccurrence,
     drop_older_seen,
     logistic_regression_baseline,
     recent_popularity,
@@ -265,6 +267,11 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
             lambda p: RepeatHistory(kw, exclude_seen, **p).fit(dm.popularity),
         )
     flat = flatten_sequences(dm.tables.train.column(S.ITEMS), dm.vocab)  # whole histories, not windows
+
+    @functools.lru_cache(maxsize=1)  # the grid below varies the window slowest: one matrix alive at a time
+    def counted(window: int | None) -> tuple[Any, np.ndarray]:
+        return cooccurrence(flat.row, flat.item, flat.n_rows, dm.vocab.n_items, window)
+
     out["item_knn"] = _best_on_val(
         dm,
         k,
@@ -273,9 +280,7 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
             {"neighbours": n, "decay": d, "window": w}
             for w, n, d in itertools.product(KNN_WINDOWS, (50, 200), (1.0, 0.7))
         ],
-        lambda p: ItemKNN(kw, exclude_seen, **p).fit_events(
-            flat.row, flat.item, flat.n_rows, dm.vocab.n_items
-        ),
+        lambda p: ItemKNN(kw, exclude_seen, **p).fit_cooccurrence(*counted(p["window"])),
     )
     return out
 

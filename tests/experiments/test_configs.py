@@ -51,6 +51,8 @@ def test_unknown_key_and_bad_values_are_errors() -> None:
         load_config("ranker")
     with pytest.raises(ValidationError, match="loss_excludes_seen needs loss 'ce'"):
         load_config("recommender", None, ["train.loss=gbce", "train.loss_excludes_seen=true"])
+    with pytest.raises(ValidationError, match=r"eval\.exclude_seen"):
+        load_config("recommender", None, ["train.loss_excludes_seen=true", "eval.exclude_seen=false"])
 
 
 def test_override_wins_over_file(tmp_path: Path) -> None:

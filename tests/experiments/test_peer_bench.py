@@ -4,6 +4,8 @@ top-k lists are scored, and the time-to-quality figure."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -11,6 +13,7 @@ import pytest
 
 from data_prep import schema as S
 from experiments.peer_bench import score_lists, time_to_reach, write_peer_input
+from training.config import RecommenderRunConfig
 from training.protocols import leave_one_out
 
 
@@ -71,14 +74,15 @@ def test_core_groups_split_the_cpus_without_overlap() -> None:
         core_groups(len(cpus) + 1)
 
 
-def test_resume_reuses_only_jobs_finished_with_the_same_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from experiments.peer_bench import OURS, plan_jobs
+def test_resume_reuses_only_jobs_finished_with_the_same_settings(tmp_path: Path) -> None:
+    from experiments.peer_bench import OURS, Job, plan_jobs
     from training.config import load_config
 
     cfg = load_config("recommender")
+    assert isinstance(cfg, RecommenderRunConfig)
     pythons = {"recbole": tmp_path / "py", "rectools": tmp_path / "py", OURS: None}
 
-    def plan(base: dict, resume: bool):  # type: ignore[no-untyped-def]
+    def plan(base: dict[str, Any], resume: bool) -> tuple[list[Job], dict[Job, dict[str, Any]]]:
         return plan_jobs(
             r1(), tmp_path, [0, 1], ["rectools", "recbole"], pythons, cfg, tmp_path, base, resume
         )
@@ -91,7 +95,23 @@ def test_resume_reuses_only_jobs_finished_with_the_same_settings(tmp_path) -> No
     finished = next(j for j in todo if j.library == "rectools" and j.seed == 1)
     finished.result_file.write_text(json.dumps({"test": {"ndcg@10": 0.5}}))
     todo, done = plan({"lr": 0.001}, resume=True)
-    assert [(j.library, j.seed, r["test"]["ndcg@10"]) for j, r in done.items()] == [("rectools", 1, 0.5)]
+    assert [(j.library, j.seed, r["test"]["ndcg@10"], r["reused"]) for j, r in done.items()] == [
+        ("rectools", 1, 0.5, True)
+    ]
     assert len(todo) == 5
     todo, done = plan({"lr": 0.002}, resume=True)  # other settings: nothing is reused, stale result gone
     assert not done and len(todo) == 6 and not finished.result_file.exists()
+
+
+def test_a_job_survives_the_trip_to_a_worker_process(tmp_path: Path) -> None:
+    import pickle
+
+    from experiments.peer_bench import OURS, Job
+    from training.config import load_config
+
+    inp = write_peer_input(r1(), tmp_path, {"seed": 0})
+    cfg = load_config("recommender")
+    assert isinstance(cfg, RecommenderRunConfig)
+    job = Job(OURS, 0, inp, tmp_path / "o2o", None, cfg, tmp_path, cores=(0,))
+    back = pickle.loads(pickle.dumps(job))
+    assert (back.library, back.cores, back.cfg, list(back.inp.targets)) == (OURS, (0,), job.cfg, ["d", "e"])

@@ -145,7 +145,7 @@ def test_ce_without_seen_items_is_ce_over_the_unseen_ones() -> None:
     torch.manual_seed(0)
     table, h = torch.randn(8, 4), torch.randn(3, 4)
     target = torch.tensor([5, 2, 3])
-    seen = torch.tensor([[1, 2, 0], [4, 0, 0], [3, 6, 7]])  # row 1: target 3 was seen before (a repeat)
+    seen = torch.tensor([[1, 2, 0], [4, 0, 0], [3, 6, 7]])  # last row: target 3 was seen before (a repeat)
     logits = h @ table.T
     logits[:, 0] = MASK_VALUE
     expected = []

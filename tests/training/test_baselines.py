@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.baselines import ItemKNN, top_k
 
@@ -61,3 +62,24 @@ def test_recent_popularity_counts_only_the_last_days() -> None:
     counts = recent_popularity(item, ts, n_items=3, days=7)
     assert np.argsort(-counts).tolist() == [1, 2, 0]  # item 2 (twice lately), item 3, then item 1
     assert counts[0] < 1e-3 and round(counts[1]) == 2
+
+
+def test_item_knn_window_boundary_is_inclusive() -> None:
+    from training.baselines import cooccurrence
+
+    row = np.zeros(4, dtype=np.int64)
+    co, counts = cooccurrence(row, np.array([1, 2, 3, 4]), 1, 4, window=2)
+    assert co[1, 3] == 1 and co[3, 1] == 1  # two events apart: inside w = 2
+    assert co[1, 4] == 0  # three events apart: outside
+    assert counts.tolist() == [0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="row by row"):
+        cooccurrence(np.array([1, 0]), np.array([1, 2]), 2, 2, window=1)
+
+
+def test_repeat_history_puts_every_history_item_before_popular_ones() -> None:
+    from training.baselines import RepeatHistory
+
+    popularity = np.arange(60, 0, -1, dtype=np.float64)  # item 1 most popular
+    history = np.concatenate([[59], np.full(49, 60)])[None, :]  # item 59 once, 49 events ago
+    top = RepeatHistory(k=3, decay=0.7).fit(popularity).recommend(history)
+    assert top.tolist() == [[60, 59, 1]]
