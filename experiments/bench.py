@@ -132,19 +132,18 @@ def bench_peers(
 ) -> None:
     """Ours vs RecTools and RecBole SASRec on R1 MovieLens-100k: quality, training time, ratios (not a test)."""
     from experiments import peers
-    from experiments.peer_bench import markdown, run_peer_bench
+    from experiments.peer_bench import check_parallel, markdown, run_peer_bench
 
     libs = [x.strip() for x in libraries.split(",") if x.strip()]
     unknown = sorted(set(libs) - set(peers.PEERS))
     if unknown:
         raise typer.BadParameter(f"unknown libraries {unknown}; choose from {list(peers.PEERS)}")
     seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    n_cpus = len(os.sched_getaffinity(0))
-    if jobs > n_cpus:
-        raise typer.BadParameter(f"--jobs {jobs} exceeds the {n_cpus} CPUs this process may use")
-    threads = threads or max(1, n_cpus // jobs)
-    if threads * jobs > n_cpus:
-        raise typer.BadParameter(f"--threads {threads} × --jobs {jobs} exceeds the {n_cpus} CPUs")
+    threads = threads or max(1, len(os.sched_getaffinity(0)) // jobs)
+    try:
+        check_parallel(jobs, threads)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--jobs {jobs} --threads {threads}: {exc}") from None
     feats = _movielens_features(features)
     t0 = time.perf_counter()
     summary = run_peer_bench(

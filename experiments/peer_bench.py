@@ -186,6 +186,14 @@ def core_groups(n_groups: int) -> list[tuple[int, ...]]:
     return [tuple(int(c) for c in part) for part in np.array_split(cpus, n_groups)]
 
 
+def check_parallel(jobs: int, threads: int) -> None:
+    """ValueError unless ``jobs`` jobs of ``threads`` threads each fit this process's CPUs, one core
+    group per job (:func:`core_groups`)."""
+    smallest = min(len(g) for g in core_groups(jobs))
+    if threads > smallest:
+        raise ValueError(f"{threads} threads per job exceed the {smallest} CPU(s) each of {jobs} job(s) gets")
+
+
 def run_jobs(todo: Sequence[Job], n_parallel: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Run the jobs one at a time here, or ``n_parallel`` at a time in worker processes, each pinned to
     its own group of cores (:func:`core_groups`) so that no two jobs share a core.
@@ -249,8 +257,7 @@ def run_peer_bench(
     its own cores with ``threads`` threads. ``resume`` reuses the results of jobs that finished earlier
     in ``work`` with the same settings.
     """
-    if jobs > 1 and threads > min(len(g) for g in core_groups(jobs)):
-        raise ValueError(f"{threads} threads per job exceed the CPUs of the smallest of {jobs} core groups")
+    check_parallel(jobs, threads)
     overrides = [
         f"data.features_dir={json.dumps(str(features_dir))}",
         f"train.threads={threads}",

@@ -111,6 +111,11 @@ class FlatSequences:
     row: np.ndarray
     n_rows: int
 
+    def from_end(self) -> np.ndarray:
+        """(N,) each event's place counted from its sequence's newest kept event (0 = newest)."""
+        counts = np.bincount(self.row, minlength=self.n_rows)
+        return np.cumsum(counts)[self.row] - np.arange(len(self.row)) - 1
+
 
 def flatten_sequences(
     items: ListInput,
@@ -159,9 +164,8 @@ def encode_sequences(
     :func:`gap_buckets` of ``timestamps`` (epoch seconds) between kept events.
     """
     f = flatten_sequences(items, vocab, event_types, type_names, channels, channel_names, timestamps)
-    counts = np.bincount(f.row, minlength=f.n_rows)
-    from_end = np.cumsum(counts)[f.row] - np.arange(len(f.row)) - 1  # 0 for each sequence's newest item
-    width = max(1, min(max_len, int(counts.max(initial=0))))
+    from_end = f.from_end()  # 0 for each sequence's newest item
+    width = max(1, min(max_len, int(np.bincount(f.row, minlength=f.n_rows).max(initial=0))))
     sel = from_end < width
     item_idx = np.zeros((f.n_rows, width), dtype=np.int64)
     ctx_idx = np.zeros((f.n_rows, width, N_CONTEXT), dtype=np.int64)

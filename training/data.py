@@ -93,8 +93,7 @@ def older_items(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> np.ndar
     """(N, S) distinct known items of each sequence before its newest ``max_len`` known items, left-aligned,
     0-padded, minus those items that also appear among the newest (the graph removes those itself)."""
     flat = flatten_sequences(table.column(S.ITEMS), vocab)
-    counts = np.bincount(flat.row, minlength=flat.n_rows)
-    from_end = np.cumsum(counts)[flat.row] - np.arange(len(flat.row)) - 1  # 0 = newest known item
+    from_end = flat.from_end()  # 0 = newest known item
     recent = pd.DataFrame({"row": flat.row[from_end < max_len], "item": flat.item[from_end < max_len]})
     old = pd.DataFrame({"row": flat.row[from_end >= max_len], "item": flat.item[from_end >= max_len]})
     old = old.drop_duplicates().merge(recent.drop_duplicates(), how="left", indicator=True)

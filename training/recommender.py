@@ -27,6 +27,7 @@ from models.sasrec import (
     input_prefixes,
     sampled_softmax_loss,
 )
+from training.baselines import drop_older_seen
 from training.metrics import ranking_metrics
 
 
@@ -101,11 +102,8 @@ class RecommenderModule(L.LightningModule):
             return self.head(x, ctx, flag, self.head.is_item)[1]
         wide = SASRecTopK(self.model, self.k + older.shape[1]).to(x.device)
         idx = wide(x, ctx, flag, self.head.is_item)[1]  # (B, k + S)
-        seen = torch.zeros_like(self.head.is_item, dtype=torch.bool).expand(len(x), -1).clone()  # (B, V+1)
-        seen.scatter_(1, older, True)
-        seen[:, 0] = False
-        keep_first = torch.argsort(seen.gather(1, idx).to(torch.int8), dim=1, stable=True)  # unseen first
-        return idx.gather(1, keep_first[:, : self.k])  # (B, k)
+        kept = drop_older_seen(idx.cpu().numpy(), older.cpu().numpy(), self.k)  # (B, k), as the baselines
+        return torch.from_numpy(kept).to(x.device)
 
     def _rank_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         x, tx, target, older = batch
