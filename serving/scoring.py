@@ -108,6 +108,24 @@ def _history_indices(model: OnnxModel, items: pa.ListArray, row: int) -> set[int
     return set(idx[idx > 0].tolist())
 
 
+def _rerank_without(
+    model: OnnxModel, feeds: dict[str, np.ndarray], row: int, allowed: np.ndarray, seen: set[int], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of one history with ``seen`` masked inside the graph.
+
+    The graph ranks only its ``max_k`` best candidates; when older history items (outside the ``max_len``
+    window the graph sees) fill most of them, the list would come back short. Passing them through the
+    ``allowed`` mask for this row alone lets the graph rank the next candidates instead.
+    """
+    mask = allowed.copy()
+    mask[list(seen)] = 0.0
+    one = {name: value[row : row + 1] for name, value in feeds.items() if name != "allowed"}
+    one["allowed"] = mask
+    scores, idx = model.session.run(None, one)
+    sel = scores[0] > float(model.config["masked_below"])
+    return idx[0][sel][:k], scores[0][sel][:k]
+
+
 def recommend(
     model: OnnxModel,
     items: ListInput,
@@ -156,6 +174,9 @@ def recommend(
         else:
             sel = keep[row] & ~np.isin(idx[row], list(seen))
             top, top_scores, source = idx[row][sel][:k], scores[row][sel][:k], SOURCE_HISTORY
+            short = len(top) < k and seen and (keep[row] & ~sel).any()
+            if short and "allowed" in model.config["inputs"]:
+                top, top_scores = _rerank_without(model, feeds, row, allowed, seen, k)
         out_ids.append(model.vocab.ids(top).tolist())
         out_scores.append(top_scores.astype(np.float32).tolist())
         sources.append(source)

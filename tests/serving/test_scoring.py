@@ -53,6 +53,25 @@ def test_excluded_items_and_categories_never_come_back(rec: OnnxModel, tiny_pipe
     assert category not in cats
 
 
+def test_a_long_history_still_gets_k_items_when_older_items_fill_the_graph_top_k(
+    rec: OnnxModel, tiny_pipeline
+) -> None:  # type: ignore[no-untyped-def]
+    items, types = histories(tiny_pipeline, 1)
+    reps = -(-rec.max_len // len(items[0]))
+    window, window_types = (items[0] * reps)[-rec.max_len :], (types[0] * reps)[-rec.max_len :]
+    max_k = int(rec.config["max_k"])
+    ranked = recommend(rec, [window], [window_types], max_k, exclude_seen=True).item_ids[0]
+    assert len(ranked) > 10, "the tiny catalogue is too small for this test"
+    # the customer's older events (before the window the graph sees) are all but 4 of the graph's candidates
+    older = ranked[:-4]
+    history, history_types = older + window, [window_types[0]] * len(older) + window_types
+    got = recommend(rec, [history], [history_types], 10, exclude_seen=True)
+    assert len(got.item_ids[0]) == 10
+    assert got.item_ids[0][:4] == ranked[-4:]
+    assert not set(got.item_ids[0]) & set(history)
+    assert got.scores[0] == sorted(got.scores[0], reverse=True)
+
+
 def test_store_filter_keeps_to_the_assortment(rec: OnnxModel, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
     assortment = pq.read_table(tiny_pipeline.features / S.ASSORTMENT_FILE).to_pandas()
     store = assortment[S.STORE_ID].value_counts().index[0]
