@@ -233,6 +233,48 @@ def evaluate(
     _wrote(result.out_dir, result.out_dir / EVALUATION_MD)
 
 
+@app.command()
+def ablate(
+    task: Annotated[str, typer.Argument(help="recommender | intent")],
+    config: Annotated[Path | None, typer.Option(help="YAML run config (experiments/configs/...)")] = None,
+    seeds: Annotated[
+        str, typer.Option(help="comma-separated training seeds, the same for every variant")
+    ] = "0,1,2",
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="'NAME: section.key=value; ...' (repeatable; the first is the reference)"),
+    ] = None,
+    side_features: Annotated[
+        str | None,
+        typer.Option(help="comma-separated side features: variants none, each alone, all together"),
+    ] = None,
+    features: Annotated[Path | None, typer.Option(help="override data.features_dir")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders are created")] = Path("runs"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override applied to every variant")
+    ] = None,
+) -> None:
+    """Variants of one config trained with the same seeds; paired differences (runs/<name>-ablation-<id>/)."""
+    from experiments.ablation import ABLATION_MD, parse_variant, side_feature_variants
+    from experiments.ablation import ablate as run_ablation
+    from experiments.ablation import table as ablation_table
+    from training.config import load_config
+
+    with user_errors():
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        if (variant is None) == (side_features is None):
+            raise ValueError("give either --variant (repeatable) or --side-features")
+        if side_features is not None:
+            variants = side_feature_variants([f.strip() for f in side_features.split(",") if f.strip()])
+        else:
+            variants = [parse_variant(v) for v in variant or []]
+        cfg = load_config(task, config, _overrides(set_, features))
+        result = run_ablation(cfg, variants, seed_list, runs_dir, progress=_say)
+    console.print(f"[bold]{result.summary['task']}[/] — {result.summary['protocol']}, seeds {seed_list}")
+    console.print(ablation_table(result.summary))
+    _wrote(result.out_dir, result.out_dir / ABLATION_MD)
+
+
 def _print_run(metrics: dict) -> None:
     from experiments.report import metrics_table
 

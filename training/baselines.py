@@ -199,6 +199,14 @@ def cooccurrence(
     return co.tocsr(), np.bincount(item, minlength=n).astype(np.float32)
 
 
+def whole_history_pairs(row: np.ndarray, item: np.ndarray, n_items: int) -> int:
+    """Σ over rows of (distinct items)²: the work, and an upper bound of the entries, of whole-history
+    co-occurrence (``window`` None) — the figure that decides whether it fits in memory."""
+    distinct = np.unique(row.astype(np.int64) * (n_items + 1) + item)
+    per_row = np.bincount(distinct // (n_items + 1))
+    return int((per_row.astype(np.int64) ** 2).sum())
+
+
 def _keep_top(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
     """Keep the ``n`` largest entries of every row of a CSR matrix."""
     m.sort_indices()

@@ -116,6 +116,11 @@ class EvalConfig(_Strict):
     )
     k: Annotated[int, Field(ge=1, le=1000)] = Field(10, description="cut-off of the ranking metrics")
     exclude_seen: bool = Field(True, description="remove items already in the history before top-k")
+    baselines: bool = Field(
+        True,
+        description="fit and score the baselines beside the model (an ablation fits them for one variant "
+        "only: they do not depend on the model's settings)",
+    )
 
 
 class RecommenderRunConfig(_Strict):
@@ -177,7 +182,16 @@ def load_config(task: str, path: Path | None = None, overrides: list[str] | None
     doc.setdefault("task", task)
     if doc["task"] != task:
         raise ValueError(f"{path} is a {doc['task']!r} config, not {task!r}")
-    for key, value in parse_overrides(overrides or []):
+    return _validated(task, doc, overrides or [])
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``cfg`` with dotted overrides applied and validated again (e.g. one variant of an ablation)."""
+    return _validated(cfg.task, cfg.model_dump(mode="json"), overrides)
+
+
+def _validated(task: str, doc: dict[str, Any], overrides: list[str]) -> RunConfig:
+    for key, value in parse_overrides(overrides):
         _set_dotted(doc, key, value)
     cls = RecommenderRunConfig if task == "recommender" else IntentRunConfig
     return cls.model_validate(doc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.baselines import ItemKNN, top_k
+from training.baselines import ItemKNN, cooccurrence, top_k, whole_history_pairs
 
 
 def test_top_k_removes_padding_and_seen() -> None:
@@ -83,3 +83,11 @@ def test_repeat_history_puts_every_history_item_before_popular_ones() -> None:
     history = np.concatenate([[59], np.full(49, 60)])[None, :]  # item 59 once, 49 events ago
     top = RepeatHistory(k=3, decay=0.7).fit(popularity).recommend(history)
     assert top.tolist() == [[60, 59, 1]]
+
+
+def test_whole_history_pairs_bounds_the_cooccurrence_entries() -> None:
+    # rows: [1, 2, 2, 3] (3 distinct) and [2, 4] (2 distinct): 9 + 4 pairs, repeats counted once
+    row, item = np.array([0, 0, 0, 0, 1, 1]), np.array([1, 2, 2, 3, 2, 4])
+    assert whole_history_pairs(row, item, n_items=4) == 13
+    co, _ = cooccurrence(row, item, 2, 4, window=None)
+    assert co.nnz <= 13
