@@ -80,7 +80,7 @@ def run_demo(
 def summarise(rec: dict, intent: dict, identity: dict | None, seconds: float) -> dict[str, Any]:
     r_model, r_pop = rec["model"]["test"], rec["baselines"]["most_popular"]["test"]
     names = headline(rec)
-    i_model, i_lr = intent["model"]["test"], intent["baselines"]["logistic_regression"]["test"]
+    i_model = intent["model"]["test"]
     return {
         "seconds": round(seconds, 1),
         "recommender": {
@@ -93,8 +93,13 @@ def summarise(rec: dict, intent: dict, identity: dict | None, seconds: float) ->
         "intent": {
             "protocol": intent["protocol"],
             "positive_rate": i_model["positive_rate"],
-            "sequence_model": {k: i_model[k] for k in ("roc_auc", "pr_auc", "log_loss", "n_examples")},
-            "logistic_regression": {k: i_lr[k] for k in ("roc_auc", "pr_auc", "log_loss")},
+            "calibration": intent.get("calibration", {}).get("method", "none"),
+            "sequence_model": {k: i_model[k] for k in ("roc_auc", "pr_auc", "log_loss", "ece", "n_examples")},
+            **{
+                b: {k: intent["baselines"][b]["test"][k] for k in ("roc_auc", "pr_auc", "log_loss", "ece")}
+                for b in ("logistic_regression", "gradient_boosting")
+                if b in intent["baselines"]
+            },
         },
         "identity": identity,
     }
@@ -108,11 +113,16 @@ def print_summary(console: Console, s: dict[str, Any], paths: list[Path]) -> Non
     for m in rec["metrics"][:2]:
         for base, label in (("most_popular", "most popular"), ("item_knn", "ItemKNN")):
             table.add_row("recommender (R2)", m, f"{rec['sasrec'][m]:.4f}", f"{rec[base][m]:.4f}", label)
-    for m in ("roc_auc", "pr_auc"):
-        ours, base = intent["sequence_model"][m], intent["logistic_regression"][m]
-        table.add_row("intent (I1)", m, f"{ours:.4f}", f"{base:.4f}", "logistic regression")
+    for m in ("roc_auc", "pr_auc", "ece"):
+        for base, label in (
+            ("logistic_regression", "logistic regression"),
+            ("gradient_boosting", "gradient boosting"),
+        ):
+            if base in intent:
+                ours, theirs = intent["sequence_model"][m], intent[base][m]
+                table.add_row("intent (I1)", m, f"{ours:.4f}", f"{theirs:.4f}", label)
     console.print(table)
-    console.print(f"intent positive rate {intent['positive_rate']:.3f}")
+    console.print(f"intent positive rate {intent['positive_rate']:.3f}; calibration: {intent['calibration']}")
     console.print("[bold green]paths[/]")
     for p in paths:
         console.print(f"  {p}")

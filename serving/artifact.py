@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
+from models.calibration import Calibration
 from models.encoding import ItemVocabulary, ListInput, encode_sequences
 
 THREADS_ENV = "O2O_ORT_THREADS"
@@ -42,6 +43,11 @@ class OnnxModel:
     @property
     def max_len(self) -> int:
         return int(self.config["model_config"]["max_len"])
+
+    @property
+    def calibration(self) -> Calibration:
+        """The intent model's probability calibration (identity for bundles exported before it existed)."""
+        return Calibration.from_dict(self.config.get("calibration"))
 
     @property
     def type_names(self) -> list[str]:

@@ -191,14 +191,17 @@ def intent_probability(
     channels: ListInput | None = None,
     timestamps: ListInput | None = None,
 ) -> np.ndarray:
-    """Purchase probability (B,) within the label horizon, from history and raw aggregates (B, F).
+    """Calibrated purchase probability (B,) within the label horizon, from history and raw aggregates (B, F).
+
+    The graph returns the network's probability; the bundle's calibration map (fitted on validation at
+    training time) is applied here, so the batch scorer and the API return the same calibrated figure.
 
     ``features`` columns must be in the model's ``feature_names`` order (see :func:`feature_matrix`).
     """
     item_idx, feeds = model.sequence_feeds(items, event_types, channels, timestamps)
     feeds["features"] = np.asarray(features, dtype=np.float32).reshape(len(item_idx), -1)
     (prob,) = model.session.run(None, feeds)
-    return prob.astype(np.float64)
+    return model.calibration.apply(prob.astype(np.float64))
 
 
 def feature_matrix(model: OnnxModel, columns: dict[str, Sequence[float] | np.ndarray]) -> np.ndarray:

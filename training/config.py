@@ -141,12 +141,20 @@ class RecommenderRunConfig(_Strict):
         return self
 
 
+class IntentTrainConfig(TrainConfig):
+    calibration: Literal["auto", "none", "temperature", "isotonic"] = Field(
+        "auto",
+        description="probability calibration fitted on validation: auto chooses none, temperature or "
+        "isotonic by cross-validated log-loss within the validation split",
+    )
+
+
 class IntentRunConfig(_Strict):
     task: Literal["intent"] = "intent"
     name: str = Field("intent", description="run name; the run id is <name>-<timestamp>")
     data: DataConfig = DataConfig()
     model: IntentModelConfig = IntentModelConfig()
-    train: TrainConfig = TrainConfig()
+    train: IntentTrainConfig = IntentTrainConfig()
     horizon_days: int = Field(14, ge=1, description="label window after the cutoff (must match prep)")
 
 

@@ -18,6 +18,7 @@ class IntentModule(L.LightningModule):
         self.model = IntentNet(IntentConfig(**model_config))
         self.lr, self.weight_decay = lr, weight_decay
         self.results: dict[str, dict[str, float]] = {}  # last metrics per prefix ("val", "test")
+        self.predictions: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # last (labels, probabilities)
         self._eval: dict[str, list[np.ndarray]] = {"p": [], "y": []}
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
@@ -34,8 +35,9 @@ class IntentModule(L.LightningModule):
     def _finish(self, prefix: str) -> dict[str, float]:
         if not self._eval["p"]:
             return {}
-        m = binary_metrics(np.concatenate(self._eval["y"]), np.concatenate(self._eval["p"]))
-        self.results[prefix] = m
+        y, p = np.concatenate(self._eval["y"]), np.concatenate(self._eval["p"])
+        m = binary_metrics(y, p)
+        self.results[prefix], self.predictions[prefix] = m, (y, p)
         self._eval = {"p": [], "y": []}
         for name in ("roc_auc", "pr_auc", "log_loss"):
             self.log(f"{prefix}_{name}", m[name], prog_bar=name == "roc_auc")

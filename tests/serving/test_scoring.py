@@ -3,6 +3,8 @@ shared scoring functions (API and batch scorer) on the tiny pipeline's real ONNX
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +12,15 @@ import pytest
 from data_prep import schema as S
 from serving.artifact import Bundle, OnnxModel, load_bundle
 from serving.batch import REC_ITEMS, REC_SOURCE, score_snapshot
-from serving.scoring import SOURCE_HISTORY, SOURCE_POPULAR, SOURCE_SEGMENT, ItemFilter, recommend
+from serving.scoring import (
+    SOURCE_HISTORY,
+    SOURCE_POPULAR,
+    SOURCE_SEGMENT,
+    ItemFilter,
+    feature_matrix,
+    intent_probability,
+    recommend,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +122,27 @@ def test_batch_scorer_applies_the_filters(bundle: Bundle, tiny_pipeline, tmp_pat
     scores = pq.read_table(path).to_pandas()
     assert len(scores) > 0 and {i for r in scores[REC_ITEMS] for i in r} <= sold
     assert set(scores[REC_SOURCE]) <= {SOURCE_HISTORY, SOURCE_SEGMENT, SOURCE_POPULAR}
+
+
+def test_intent_probability_is_the_graph_output_through_the_bundle_calibration(
+    bundle: Bundle, tiny_pipeline
+) -> None:  # type: ignore[no-untyped-def]
+    model = bundle.intent
+    assert model is not None
+    snap = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE).slice(0, 50)
+    items, types = snap.column(S.ITEMS), snap.column(S.EVENT_TYPES_COL)
+    feats = feature_matrix(model, {n: snap.column(n).to_numpy() for n in model.config["feature_names"]})
+    got = intent_probability(model, items, types, feats)
+    _, feeds = model.sequence_feeds(items, types)
+    feeds["features"] = feats
+    (raw,) = model.session.run(None, feeds)
+    assert np.allclose(got, model.calibration.apply(raw))
+    # the map itself: a bundle with a temperature map changes the figure the same way for everyone
+    hot = dataclasses.replace(
+        model, config={**model.config, "calibration": {"method": "temperature", "temperature": 2.0}}
+    )
+    assert np.allclose(
+        intent_probability(hot, items, types, feats),
+        1 / (1 + np.exp(-np.log(raw / (1 - raw)) / 2)),
+        atol=1e-6,
+    )

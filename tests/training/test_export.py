@@ -76,4 +76,21 @@ def test_trained_metrics_are_recorded_beside_baselines(tiny_pipeline) -> None:  
     assert 0.0 <= rec["model"]["test"]["ndcg@10"] <= rec["model"]["test"]["hr@10"] <= 1.0
     intent = json.loads((tiny_pipeline.intent_run / "metrics.json").read_text())
     assert 0.5 < intent["model"]["test"]["roc_auc"] <= 1.0
-    assert np.isfinite(intent["baselines"]["logistic_regression"]["test"]["log_loss"])
+    for name in ("logistic_regression", "gradient_boosting"):
+        assert np.isfinite(intent["baselines"][name]["test"]["log_loss"])
+    # the served (calibrated) figures, and how the map was chosen, beside the raw network's
+    cal = intent["calibration"]
+    assert cal["method"] in {"none", "temperature", "isotonic"} and cal["reason"]
+    assert set(cal["uncalibrated"]) == {"val", "test"}
+    # a monotone map keeps the ranking: ROC-AUC moves only by ties that clipping or isotonic steps create
+    assert intent["model"]["test"]["roc_auc"] == pytest.approx(
+        cal["uncalibrated"]["test"]["roc_auc"], abs=0.05
+    )
+
+
+def test_the_bundle_carries_the_calibration_it_serves(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    bundle = load_bundle(tiny_pipeline.bundle)
+    assert bundle.intent is not None
+    metrics = json.loads((tiny_pipeline.intent_run / "metrics.json").read_text())
+    assert bundle.intent.calibration.method == metrics["calibration"]["method"]
+    assert "Probability calibration" in (tiny_pipeline.bundle / "model_card.md").read_text()
