@@ -155,6 +155,11 @@ class IntentRunConfig(_Strict):
     data: DataConfig = DataConfig()
     model: IntentModelConfig = IntentModelConfig()
     train: IntentTrainConfig = IntentTrainConfig()
+    target: Literal["purchase", "session"] = Field(
+        "purchase",
+        description="purchase: protocol I1, a purchase in any channel within horizon_days of a cutoff; "
+        "session: protocol I2, an online session ends in an order, scored at its first add-to-cart",
+    )
     horizon_days: int = Field(14, ge=1, description="label window after the cutoff (must match prep)")
 
 

@@ -6,6 +6,7 @@ run and the exported artifact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,30 +222,55 @@ class IntentSplit:
     label: np.ndarray
 
 
-def load_intent_split(path: Path, vocab: ItemVocabulary, max_len: int) -> IntentSplit:
+# intent target → (file prefix in 04_features, aggregate feature columns)
+INTENT_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "purchase": ("intent", S.INTENT_FEATURES),  # I1: customers at a cutoff
+    "session": ("session", S.SESSION_FEATURES),  # I2: sessions at their first add-to-cart
+}
+
+
+def load_intent_split(
+    path: Path, vocab: ItemVocabulary, max_len: int, feature_names: Sequence[str] = S.INTENT_FEATURES
+) -> IntentSplit:
     item_idx, ctx_idx, table = _encode(path, vocab, max_len)
-    feats = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in S.INTENT_FEATURES])
+    feats = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in feature_names])
     label = table.column(S.LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
     return IntentSplit(item_idx, ctx_idx, feats.astype(np.float32), label)
 
 
 class IntentDataModule(L.LightningDataModule):
-    """I1 examples: train at the train cutoffs, val at T_val, test at T_test."""
+    """Intent examples of one target (:data:`INTENT_TARGETS`). I1: train at the train cutoffs, val at T_val,
+    test at T_test. I2: sessions whose add-to-cart falls before T_val, in [T_val, T_test), after T_test."""
 
     def __init__(
-        self, features_dir: Path, max_len: int, batch_size: int, num_workers: int = 0, seed: int = 0
+        self,
+        features_dir: Path,
+        max_len: int,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        target: str = "purchase",
     ):
         super().__init__()
+        if target not in INTENT_TARGETS:
+            raise ValueError(f"unknown intent target {target!r}: expected one of {sorted(INTENT_TARGETS)}")
         self.features_dir, self.max_len = Path(features_dir), max_len
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.prefix, self.feature_names = INTENT_TARGETS[target]
         self.vocab = load_vocabulary(self.features_dir)
         self.splits: dict[str, IntentSplit] = {}
 
     def setup(self, stage: str | None = None) -> None:
         for split in S.SPLITS:
             if split not in self.splits:
-                path = self.features_dir / S.split_file("intent", split)
-                self.splits[split] = load_intent_split(path, self.vocab, self.max_len)
+                path = self.features_dir / S.split_file(self.prefix, split)
+                s = load_intent_split(path, self.vocab, self.max_len, self.feature_names)
+                if len(s.label) == 0 or len(np.unique(s.label)) < 2:
+                    raise ValueError(
+                        f"{path} has {len(s.label)} examples and {int(s.label.sum())} positives: the "
+                        f"{split} split needs both classes (does this data have {self.prefix} examples?)"
+                    )
+                self.splits[split] = s
 
     def feature_scaling(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of ``log1p(features)`` on the training split only."""

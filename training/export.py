@@ -257,7 +257,13 @@ def _check_runs(run_dirs: list[Path]) -> None:
         for name in (MODEL_FILE, METRICS_FILE, CONFIG_FILE, S.ITEMS_FILE):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir / name} is missing: is {run_dir} a finished training run?")
-        task = json.loads((run_dir / MODEL_FILE).read_text())["task"]
+        doc = json.loads((run_dir / MODEL_FILE).read_text())
+        task = doc["task"]
+        if doc.get("target", "purchase") != "purchase":
+            raise ValueError(
+                f"{run_dir} is a {doc['target']!r} intent model; bundles serve customer-level purchase "
+                "intent (target purchase) only so far"
+            )
         if task in tasks:
             raise ValueError(f"{tasks[task]} and {run_dir} are both {task} runs; a bundle holds one per task")
         tasks[task] = run_dir

@@ -46,7 +46,7 @@ from training.calibration import choose_calibration
 from training.config import IntentRunConfig, RecommenderRunConfig, RunConfig, TrainConfig, dump_config
 from training.data import CHANNEL_NAMES, TYPE_NAMES, IntentDataModule, RecommenderDataModule
 from training.intent import IntentModule
-from training.metrics import binary_metrics, ranking_metrics
+from training.metrics import ranking_metrics, with_f1
 from training.protocols import R1
 from training.recommender import EpochClock, RecommenderModule
 
@@ -344,12 +344,14 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
         )
     run_dir = _prepare(cfg, runs_dir)
     tc, m = cfg.train, cfg.model
-    dm = IntentDataModule(cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed)
+    dm = IntentDataModule(
+        cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed, cfg.target
+    )
     dm.setup()
     categories, category_idx = item_categories(pq.read_table(cfg.data.features_dir / S.ITEMS_FILE))
     model_config = {
         "n_items": dm.vocab.n_items,
-        "n_features": len(S.INTENT_FEATURES),
+        "n_features": len(dm.feature_names),
         **side_sizes(m.side_features, n_categories=len(categories)),
         "max_len": m.max_len,
         "d_model": m.d_model,
@@ -369,14 +371,13 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
     trainer.validate(module, datamodule=dm, verbose=False)
     trainer.test(module, datamodule=dm, verbose=False)
     calibration, calibration_record = choose_calibration(*module.predictions["val"], tc.calibration, tc.seed)
-    calibrated = {
-        split: binary_metrics(y, calibration.apply(p)) for split, (y, p) in module.predictions.items()
-    }
-    calibration_record["uncalibrated"] = module.results  # val/test figures of the raw probabilities
+    (y_val, p_val), (y_test, p_test) = module.predictions["val"], module.predictions["test"]
+    calibration_record["uncalibrated"] = with_f1((y_val, p_val), (y_test, p_test))
     metrics: dict[str, Any] = {
         "task": "intent",
-        "protocol": f"I1 (purchase in any channel within {cfg.horizon_days} days after the cutoff)",
-        "model": {"val": calibrated["val"], "test": calibrated["test"]},
+        "target": cfg.target,
+        "protocol": _intent_protocol_text(cfg),
+        "model": with_f1((y_val, calibration.apply(p_val)), (y_test, calibration.apply(p_test))),
         "calibration": calibration_record,
         "baselines": _intent_baselines(dm, tc.seed),
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
@@ -390,7 +391,8 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
         "channel_names": list(CHANNEL_NAMES),
         "side_features": list(m.side_features),
         "category_names": categories,
-        "feature_names": list(S.INTENT_FEATURES),
+        "target": cfg.target,
+        "feature_names": list(dm.feature_names),
         "calibration": calibration.to_dict(),
     }
     return _finish(run_dir, cfg, doc, metrics, t0)
@@ -406,13 +408,18 @@ def _intent_baselines(dm: IntentDataModule, seed: int) -> dict[str, dict[str, di
         ("gradient_boosting", gradient_boosting_baseline(seed)),
     ):
         model.fit(train.features, train.label.astype(int))
-        out[name] = {
-            split: binary_metrics(
-                dm.splits[split].label, model.predict_proba(dm.splits[split].features)[:, 1]
-            )
-            for split in (S.SPLIT_VAL, S.SPLIT_TEST)
-        }
+        val, test = (
+            (dm.splits[s].label, model.predict_proba(dm.splits[s].features)[:, 1])
+            for s in (S.SPLIT_VAL, S.SPLIT_TEST)
+        )
+        out[name] = with_f1(val, test)
     return out
+
+
+def _intent_protocol_text(cfg: IntentRunConfig) -> str:
+    if cfg.target == "session":
+        return "I2 (an online session ends in an order; scored at its first add-to-cart)"
+    return f"I1 (purchase in any channel within {cfg.horizon_days} days after the cutoff)"
 
 
 def train(cfg: RunConfig, runs_dir: Path = Path("runs"), progress_bar: bool = True) -> RunResult:
