@@ -30,7 +30,7 @@ from data_prep.manifest import Manifest
 from data_prep.report import write_data_report
 
 Progress = Callable[[str], None]
-CHURN_HORIZON_DAYS = 60
+CHURN_HORIZON_DAYS = S.CHURN_HORIZON_DAYS
 
 
 @dataclass(frozen=True)
@@ -467,10 +467,49 @@ def build_features_layer(
             con, segments.churn_labels(events, churn_cutoff, CHURN_HORIZON_DAYS), out_dir / S.CHURN_FILE, m
         )
         m.extra["churn"] = {"cutoff": churn_cutoff.isoformat(), "horizon_days": CHURN_HORIZON_DAYS}
+    m.extra["churn_splits"] = write_churn_examples(con, events, evidence, splits, out_dir, m, progress)
     m.extra["clusters"] = write_clusters(out_dir, m)
     m.extra["splits"] = json.loads(splits.to_json())
     m.write(out_dir)
     return splits
+
+
+def write_churn_examples(
+    con: ibis.BaseBackend,
+    events: ir.Table,
+    evidence: idn.Evidence,
+    splits: fe.TimeSplits,
+    out_dir: Path,
+    m: Manifest,
+    progress: Progress,
+) -> dict[str, Any]:
+    """churn_{train,val,test}.parquet at cutoffs planned like the intent ones but with the churn horizon
+    (each split's cutoff later than the previous split's label window ends). Data too short for three
+    non-overlapping 60-day windows gets none, and the manifest says why."""
+    try:
+        plan = fe.plan_splits(
+            splits.data_start, splits.data_end - timedelta(days=1), CHURN_HORIZON_DAYS, min_history_days=28
+        )
+    except ValueError as e:
+        return {"skipped": f"no churn examples: {e}"}
+    progress("churn examples")
+    horizon = timedelta(days=CHURN_HORIZON_DAYS)
+    as_of = {
+        c: events_as_of(con, events, evidence, c, c + horizon)
+        for c in (*plan.train_cutoffs, plan.val, plan.test)
+    }
+    train = ibis.union(
+        *[
+            engine.materialize(con, segments.churn_examples(as_of[c], c, CHURN_HORIZON_DAYS))
+            for c in plan.train_cutoffs
+        ]
+    )
+    _write(con, train, out_dir / S.split_file(S.CHURN_PREFIX, S.SPLIT_TRAIN), m)
+    for split, c in ((S.SPLIT_VAL, plan.val), (S.SPLIT_TEST, plan.test)):
+        examples = segments.churn_examples(as_of[c], c, CHURN_HORIZON_DAYS)
+        _write(con, examples, out_dir / S.split_file(S.CHURN_PREFIX, split), m)
+    engine.release(list(as_of.values()))
+    return json.loads(plan.to_json())
 
 
 def write_clusters(out_dir: Path, m: Manifest) -> dict[str, Any]:

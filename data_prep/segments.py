@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 import ibis
 import ibis.expr.types as ir
 
+from data_prep import features as fe
 from data_prep import schema as S
 from data_prep.events import UTC_TS, epoch_seconds
 
@@ -99,3 +100,11 @@ def churn_labels(events: ir.Table, cutoff: datetime, horizon_days: int = 60) -> 
     j = buyers.left_join(returning, S.CUSTOMER_ID)
     churn = ibis.ifelse(j._back.isnull(), 1, 0).cast("int8")
     return j.select(S.CUSTOMER_ID, **{S.CHURN: churn}).order_by(S.CUSTOMER_ID)
+
+
+def churn_examples(events: ir.Table, cutoff: datetime, horizon_days: int = 60) -> ir.Table:
+    """Churn examples at one cutoff: the snapshot (aggregates and sequence before ``cutoff``) of every
+    customer who purchased before it, and ``label`` = :func:`churn_labels` (1 = no purchase in the horizon)."""
+    snap = fe.customer_snapshot(events, cutoff)
+    j = snap.join(churn_labels(events, cutoff, horizon_days), S.CUSTOMER_ID)
+    return j.select(*snap.columns, **{S.LABEL: j[S.CHURN]}).order_by(S.CUSTOMER_ID)

@@ -87,6 +87,7 @@ class Bundle:
     version: str
     recommender: OnnxModel | None
     intent: OnnxModel | None
+    churn: OnnxModel | None = None  # churn risk: probability of no purchase in the next 60 days
 
 
 def verify_checksums(bundle_dir: Path) -> None:
@@ -163,4 +164,6 @@ def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
         )
     meta = json.loads((bundle_dir / S.BUNDLE_FILE).read_text())
     models = {t: _load_model(bundle_dir / t, threads) for t in meta["models"]}
-    return Bundle(bundle_dir, meta["version"], models.get("recommender"), models.get("intent"))
+    return Bundle(
+        bundle_dir, meta["version"], models.get("recommender"), models.get("intent"), models.get("churn")
+    )

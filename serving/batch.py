@@ -1,4 +1,5 @@
-"""Batch scorer: every customer of a snapshot → top-k items and intent probability, as Parquet.
+"""Batch scorer: every customer of a snapshot → top-k items, intent probability, churn risk and RFM segment,
+as Parquet.
 
 Reads the snapshot in Arrow record batches and runs the same scoring functions as the API.
 """
@@ -23,6 +24,7 @@ REC_ITEMS = "recommended_items"
 REC_SCORES = "recommendation_scores"
 REC_SOURCE = "recommendation_source"
 INTENT_PROBABILITY = "intent_probability"
+CHURN_RISK = "churn_risk"  # probability of no purchase in the next 60 days (bundles with a churn model)
 
 
 def _score_batch(
@@ -38,12 +40,13 @@ def _score_batch(
         cols[REC_ITEMS] = pa.array(recs.item_ids, type=pa.list_(pa.string()))
         cols[REC_SCORES] = pa.array(recs.scores, type=pa.list_(pa.float32()))
         cols[REC_SOURCE] = pa.array(recs.source, type=pa.string())
-    if bundle.intent is not None:
-        names = bundle.intent.config["feature_names"]
-        feats = feature_matrix(
-            bundle.intent, {n: batch.column(n).to_numpy(zero_copy_only=False) for n in names}
-        )
-        cols[INTENT_PROBABILITY] = pa.array(intent_probability(bundle.intent, items, types, feats, *side))
+    for model, column in ((bundle.intent, INTENT_PROBABILITY), (bundle.churn, CHURN_RISK)):
+        if model is not None:
+            names = model.config["feature_names"]
+            feats = feature_matrix(model, {n: batch.column(n).to_numpy(zero_copy_only=False) for n in names})
+            cols[column] = pa.array(intent_probability(model, items, types, feats, *side))
+    if S.SEGMENT in present:
+        cols[S.SEGMENT] = batch.column(S.SEGMENT)  # RFM segment as of the end of the data
     return pa.table(cols)
 
 

@@ -51,8 +51,13 @@ class RecommendResponse(BaseModel):
 class IntentResponse(BaseModel):
     customer_id: str
     probability: float = Field(
-        description="probability of a purchase in any channel within the label horizon"
+        description="calibrated probability of a purchase in any channel within the label horizon"
     )
+    churn_risk: float | None = Field(
+        None,
+        description="probability of no purchase in the next 60 days (null: the bundle has no churn model)",
+    )
+    segment: str | None = Field(None, description="RFM segment as of the end of the data")
     bundle_version: str
 
 
@@ -125,15 +130,24 @@ class O2OService:
 
     @bentoml.api(route="/intent")
     def intent(self, customer_id: CustomerId) -> IntentResponse:
-        """Probability that a known customer purchases (any channel) within the label horizon."""
+        """Calibrated probability that a known customer purchases (any channel) within the label horizon, their
+        churn risk (no purchase in 60 days; when the bundle has a churn model) and RFM segment."""
         model = self.bundle.intent
         if model is None:
             raise NotFound("this bundle has no intent model")
         found = self.history.get(customer_id)
         if found is None:
             raise NotFound(f"unknown customer_id {customer_id!r}")
-        features = feature_matrix(model, {n: [v] for n, v in found.features.items()})
-        p = intent_probability(model, [found.items], [found.event_types], features, *found.side_lists())
+        probability = {}
+        for name, m in (("intent", model), ("churn", self.bundle.churn)):
+            if m is not None:
+                features = feature_matrix(m, {n: [v] for n, v in found.features.items()})
+                p = intent_probability(m, [found.items], [found.event_types], features, *found.side_lists())
+                probability[name] = float(p[0])
         return IntentResponse(
-            customer_id=customer_id, probability=float(p[0]), bundle_version=self.bundle.version
+            customer_id=customer_id,
+            probability=probability["intent"],
+            churn_risk=probability.get("churn"),
+            segment=found.segment,
+            bundle_version=self.bundle.version,
         )

@@ -155,10 +155,11 @@ class IntentRunConfig(_Strict):
     data: DataConfig = DataConfig()
     model: IntentModelConfig = IntentModelConfig()
     train: IntentTrainConfig = IntentTrainConfig()
-    target: Literal["purchase", "session"] = Field(
+    target: Literal["purchase", "session", "churn"] = Field(
         "purchase",
         description="purchase: protocol I1, a purchase in any channel within horizon_days of a cutoff; "
-        "session: protocol I2, an online session ends in an order, scored at its first add-to-cart",
+        "session: protocol I2, an online session ends in an order, scored at its first add-to-cart; "
+        "churn: a customer who purchased before a cutoff makes no purchase in the 60 days after it",
     )
     horizon_days: int = Field(14, ge=1, description="label window after the cutoff (must match prep)")
 

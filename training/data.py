@@ -226,6 +226,7 @@ class IntentSplit:
 INTENT_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "purchase": ("intent", S.INTENT_FEATURES),  # I1: customers at a cutoff
     "session": ("session", S.SESSION_FEATURES),  # I2: sessions at their first add-to-cart
+    "churn": (S.CHURN_PREFIX, S.INTENT_FEATURES),  # buyers at a cutoff: no purchase in 60 days
 }
 
 
@@ -264,6 +265,11 @@ class IntentDataModule(L.LightningDataModule):
         for split in S.SPLITS:
             if split not in self.splits:
                 path = self.features_dir / S.split_file(self.prefix, split)
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"{path} is missing: run `o2o prep` first (churn examples need three 60-day label "
+                        "windows after 28 days of history; 04_features/manifest.json says when prep skipped them)"
+                    )
                 s = load_intent_split(path, self.vocab, self.max_len, self.feature_names)
                 if len(s.label) == 0 or len(np.unique(s.label)) < 2:
                     raise ValueError(

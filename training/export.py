@@ -177,7 +177,7 @@ def _model_card(version: str, models: dict[str, dict[str, Any]]) -> str:
     lines = [f"# O2O Sequence Lab model bundle `{version}`", ""]
     for task, info in models.items():
         m = info["metrics"]
-        names = headline_metrics(task, int(m.get("k", 10)))
+        names = headline_metrics(m["task"], int(m.get("k", 10)))
         lines += [f"## {task}", "", f"- Source run: `{info['run_id']}`; protocol: {m['protocol']}"]
         lines += [f"- Inputs: {', '.join(info['inputs'])}; outputs: {', '.join(info['outputs'])}"]
         lines += [f"- Parity ONNX Runtime vs torch: max |diff| {info['parity']['max_abs_diff']:.2e}"]
@@ -224,7 +224,8 @@ def write_checksums(bundle_dir: Path) -> dict[str, str]:
 
 def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     e = rebuild(run_dir)
-    model_dir = bundle_dir / e.task
+    role = bundle_role(json.loads((run_dir / MODEL_FILE).read_text()), run_dir)
+    model_dir = bundle_dir / role
     model_dir.mkdir(parents=True)
     to_onnx(e, model_dir / ONNX_FILE)
     parity = check_parity(e, model_dir / ONNX_FILE)
@@ -242,12 +243,26 @@ def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(doc, indent=2))
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     return {
+        "role": role,
         "run_id": run_dir.name,
         "inputs": e.input_names,
         "outputs": e.output_names,
         "parity": parity,
         "metrics": metrics,
     }
+
+
+def bundle_role(doc: dict[str, Any], run_dir: Path) -> str:
+    """The folder a run's model takes in a bundle: recommender, intent (purchase) or churn."""
+    target = doc.get("target", "purchase")
+    if doc["task"] == "recommender" or target == "purchase":
+        return str(doc["task"])
+    if target == "churn":
+        return "churn"
+    raise ValueError(
+        f"{run_dir} is a {target!r} intent model; bundles serve customer-level models (recommender, "
+        "purchase intent, churn) only so far"
+    )
 
 
 def _check_runs(run_dirs: list[Path]) -> None:
@@ -257,13 +272,7 @@ def _check_runs(run_dirs: list[Path]) -> None:
         for name in (MODEL_FILE, METRICS_FILE, CONFIG_FILE, S.ITEMS_FILE):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir / name} is missing: is {run_dir} a finished training run?")
-        doc = json.loads((run_dir / MODEL_FILE).read_text())
-        task = doc["task"]
-        if doc.get("target", "purchase") != "purchase":
-            raise ValueError(
-                f"{run_dir} is a {doc['target']!r} intent model; bundles serve customer-level purchase "
-                "intent (target purchase) only so far"
-            )
+        task = bundle_role(json.loads((run_dir / MODEL_FILE).read_text()), run_dir)
         if task in tasks:
             raise ValueError(f"{tasks[task]} and {run_dir} are both {task} runs; a bundle holds one per task")
         tasks[task] = run_dir
@@ -281,7 +290,7 @@ def export_bundle(run_dirs: list[Path], out_root: Path, version: str | None = No
         raise FileExistsError(f"{bundle_dir} exists: choose another version")
     bundle_dir.mkdir(parents=True)
     try:
-        models = {info["metrics"]["task"]: info for info in (_export_one(r, bundle_dir) for r in run_dirs)}
+        models = {info["role"]: info for info in (_export_one(r, bundle_dir) for r in run_dirs)}
         bundle = {
             "version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -337,7 +337,7 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
     """Fit the intent net on train cutoffs; early-stop on val ROC-AUC; report val/test (I1) + logistic regression."""
     t0 = time.perf_counter()
     splits = TimeSplits.from_json((cfg.data.features_dir / S.SPLITS_FILE).read_text())
-    if splits.horizon_days != cfg.horizon_days:
+    if cfg.target == "purchase" and splits.horizon_days != cfg.horizon_days:
         raise ValueError(
             f"config horizon_days={cfg.horizon_days} but {cfg.data.features_dir} was prepared with "
             f"{splits.horizon_days}; re-run prep with --horizon-days or fix the config"
@@ -419,6 +419,11 @@ def _intent_baselines(dm: IntentDataModule, seed: int) -> dict[str, dict[str, di
 def _intent_protocol_text(cfg: IntentRunConfig) -> str:
     if cfg.target == "session":
         return "I2 (an online session ends in an order; scored at its first add-to-cart)"
+    if cfg.target == "churn":
+        return (
+            f"churn (no purchase in any channel within {S.CHURN_HORIZON_DAYS} days after the cutoff, "
+            "among customers who purchased before it)"
+        )
     return f"I1 (purchase in any channel within {cfg.horizon_days} days after the cutoff)"
 
 

@@ -135,3 +135,23 @@ def test_label_window_end_is_exclusive() -> None:
         .loc["c2", S.LABEL]
         == 1
     )
+
+
+def test_churn_examples_are_earlier_buyers_with_point_in_time_features() -> None:
+    from data_prep import segments as sg
+
+    rows = [
+        *PAST,
+        ev("c4", -30, S.EV_PURCHASE, "A", 3.0, "t4"),  # bought before, never again: churns
+        ev("c5", -10, S.EV_PURCHASE, "B", 3.0, "t5"),
+        ev("c5", 59, S.EV_ORDER, "B", 3.0, "o5"),  # back on day 59: inside the 60-day window
+        ev("c6", -10, S.EV_PURCHASE, "B", 3.0, "t6"),
+        ev("c6", 60, S.EV_ORDER, "B", 3.0, "o6"),  # day 60 is outside [cutoff, cutoff + 60 d)
+        *FUTURE,
+    ]
+    ex = sg.churn_examples(table(rows), CUTOFF, 60).to_pandas().set_index(S.CUSTOMER_ID)
+    # c2 never bought before the cutoff, c3 only exists after it: neither is a churn example
+    assert ex[S.LABEL].to_dict() == {"c1": 0, "c4": 1, "c5": 0, "c6": 1}
+    snap = fe.customer_snapshot(table([r for r in rows if r[S.TS] < CUTOFF]), CUTOFF).to_pandas()
+    same = snap.set_index(S.CUSTOMER_ID).loc[ex.index, list(S.INTENT_FEATURES)]
+    pd.testing.assert_frame_equal(ex[list(S.INTENT_FEATURES)], same)  # nothing after the cutoff leaks in

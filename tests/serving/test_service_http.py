@@ -13,7 +13,7 @@ import pytest
 
 from data_prep import schema as S
 from experiments.cli import REPO_ROOT, serve_command
-from serving.batch import REC_ITEMS
+from serving.batch import INTENT_PROBABILITY, REC_ITEMS
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,11 @@ def test_intent_known_customer(server: httpx.Client, tiny_pipeline) -> None:  # 
     customer, _ = known_customer(tiny_pipeline)
     r = server.post("/intent", json={"customer_id": customer})
     assert r.status_code == 200, r.text
-    assert 0.0 <= r.json()["probability"] <= 1.0
+    body = r.json()
+    row = pq.read_table(tiny_pipeline.scores).to_pandas().set_index(S.CUSTOMER_ID).loc[customer]
+    # the same calibrated probability and RFM segment as the batch scorer; no churn model in this bundle
+    assert body["probability"] == pytest.approx(row[INTENT_PROBABILITY], abs=1e-6)
+    assert body["segment"] == row[S.SEGMENT] and body["churn_risk"] is None
 
 
 def test_recommend_with_business_filters(server: httpx.Client, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
