@@ -428,13 +428,15 @@ def build_features_layer(
     # together in one query, would not fit DuckDB's memory cap at 10M events.
     train = ibis.union(
         *[
-            engine.materialize(con, fe.intent_examples(as_of[c], c, horizon_days))
+            engine.materialize(
+                con, segments.with_segment(fe.intent_examples(as_of[c], c, horizon_days), as_of[c], c)
+            )
             for c in splits.train_cutoffs
         ]
     )
     _write(con, train, out_dir / S.split_file("intent", S.SPLIT_TRAIN), m)
     for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
-        examples = fe.intent_examples(as_of[c], c, horizon_days)
+        examples = segments.with_segment(fe.intent_examples(as_of[c], c, horizon_days), as_of[c], c)
         _write(con, examples, out_dir / S.split_file("intent", split), m)
     engine.release(list(as_of.values()))  # the per-cutoff copies of the events: done with them
     progress("session intent examples (I2)")

@@ -407,6 +407,8 @@ RFM_F = "f_score"
 RFM_M = "m_score"
 RFM_CODE = "rfm_score"  # "545"
 SEGMENT = "segment"  # named RFM segment
+NO_PURCHASE_SEGMENT = "no purchase yet"  # segment of customers with no purchase before the cutoff
+CHANNEL_MIX = "channel_mix"  # online only / store only / omnichannel (scores, campaign breakdowns)
 CHURN = "churn"  # 1 = no purchase in the churn horizon after the cutoff
 CLUSTER = "cluster"  # behavioural cluster id (KMeans on the intent aggregates)
 

@@ -107,4 +107,15 @@ def churn_examples(events: ir.Table, cutoff: datetime, horizon_days: int = 60) -
     customer who purchased before it, and ``label`` = :func:`churn_labels` (1 = no purchase in the horizon)."""
     snap = fe.customer_snapshot(events, cutoff)
     j = snap.join(churn_labels(events, cutoff, horizon_days), S.CUSTOMER_ID)
-    return j.select(*snap.columns, **{S.LABEL: j[S.CHURN]}).order_by(S.CUSTOMER_ID)
+    return with_segment(j.select(*snap.columns, **{S.LABEL: j[S.CHURN]}), events, cutoff)
+
+
+def with_segment(examples: ir.Table, events: ir.Table, cutoff: datetime) -> ir.Table:
+    """``examples`` (one row per customer at ``cutoff``) plus ``segment``: the RFM segment as of the cutoff
+    (:data:`schema.NO_PURCHASE_SEGMENT` for customers with no purchase before it). For analysis (campaign
+    breakdowns), so it must be point-in-time like every other column."""
+    seg = rfm_segments(events, cutoff).select(S.CUSTOMER_ID, _seg=ibis._[S.SEGMENT])
+    j = examples.left_join(seg, S.CUSTOMER_ID)
+    return j.select(*examples.columns, **{S.SEGMENT: j._seg.fill_null(S.NO_PURCHASE_SEGMENT)}).order_by(
+        S.CUSTOMER_ID
+    )

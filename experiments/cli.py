@@ -326,15 +326,27 @@ def score(
         list[str] | None, typer.Option(help="never recommend this category (repeatable)")
     ] = None,
     store: Annotated[str | None, typer.Option(help="only items this store sold recently")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="val | test: score that cutoff's held-out customers (labels kept, into OUT/held_out_<split>) "
+            "instead of the snapshot, to evaluate a campaign with `o2o report campaign`"
+        ),
+    ] = None,
 ) -> None:
-    """Score every customer: top-k items (business filters applied before the top-k) and intent probability."""
+    """Score every customer: top-k items (business filters applied before the top-k), calibrated purchase
+    probability, churn risk and RFM segment. Customers without marketing consent are left out."""
     from serving.artifact import load_bundle
-    from serving.batch import score_snapshot
+    from serving.batch import held_out_examples, score_snapshot
     from serving.scoring import ItemFilter
 
     with user_errors():
         bundle = load_bundle(artifact)
-        snapshot = _snapshot(features)
+        if split is None:
+            snapshot = _snapshot(features)
+        else:
+            out = out / f"held_out_{split}"
+            snapshot = held_out_examples(features, split, out)
     cols = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with user_errors(), Progress(*cols, console=console) as bar:
         task_id = bar.add_task("score", total=None)
@@ -394,14 +406,56 @@ def serve(
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=REPO_ROOT))
 
 
-@app.command()
-def report(run: Annotated[Path, typer.Option(help="run folder")]) -> None:
-    """Write runs/<id>/report.md with the metrics table and PNG plots."""
+report_app = typer.Typer(help="Reports a person reads: a run's report (--run), or a campaign plan.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.callback(invoke_without_command=True)
+def report(
+    ctx: typer.Context,
+    run: Annotated[Path | None, typer.Option(help="run folder: writes runs/<id>/report.md")] = None,
+) -> None:
+    """Write runs/<id>/report.md with the metrics table and PNG plots (``o2o report --run``)."""
     from experiments.report import write_report
 
+    if ctx.invoked_subcommand is not None:
+        return
+    if run is None:
+        console.print("[red]error:[/] give --run RUN_FOLDER, or a subcommand: o2o report campaign --help")
+        raise typer.Exit(2)
     with user_errors():
         path = write_report(run)
     _wrote(path, *sorted(run.glob("*.png")))
+
+
+@report_app.command("campaign")
+def report_campaign(
+    scores: Annotated[Path, typer.Option(help="scores from `o2o score` (a scores.parquet or its folder)")],
+    budget: Annotated[int, typer.Option(min=1, help="customers the campaign can contact")],
+    out: Annotated[
+        Path | None, typer.Option(help="report folder (default: <scores folder>/campaign)")
+    ] = None,
+    score: Annotated[
+        str, typer.Option(help="column to rank by: intent_probability, or churn_risk for retention")
+    ] = "intent_probability",
+) -> None:
+    """Who to contact within a budget, expected conversions, and (on held-out scores from
+    `o2o score --split test`) the gain and lift curves, buyers captured, and the breakdown by segment and channel."""
+    from experiments.campaign import CAMPAIGN_MD, campaign_report
+
+    folder = scores if scores.is_dir() else scores.parent
+    with user_errors():
+        result = campaign_report(scores, budget, out or folder / "campaign", score)
+    s = result.summary
+    line = f"{s['targeted']:,} of {s['customers']:,} customers: expected conversions {s['expected_conversions']:.1f}"
+    line += f" (random {s['expected_conversions_random']:.1f})"
+    if s["labelled"]:
+        line += (
+            f"; held-out actual {s['actual_conversions']} (random {s['actual_conversions_random']:.1f}), "
+            f"{s['captured_at_budget']:.1%} of buyers captured, top-10% lift {s['lift@10%']:.2f}"
+        )
+    console.print(line)
+    _wrote(result.out_dir / CAMPAIGN_MD, *sorted(result.out_dir.glob("*.png")))
 
 
 @app.command()

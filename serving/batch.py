@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -24,6 +25,7 @@ REC_ITEMS = "recommended_items"
 REC_SCORES = "recommendation_scores"
 REC_SOURCE = "recommendation_source"
 INTENT_PROBABILITY = "intent_probability"
+PASS_THROUGH = (S.CUTOFF, S.LABEL)
 CHURN_RISK = "churn_risk"  # probability of no purchase in the next 60 days (bundles with a churn model)
 
 
@@ -46,8 +48,44 @@ def _score_batch(
             feats = feature_matrix(model, {n: batch.column(n).to_numpy(zero_copy_only=False) for n in names})
             cols[column] = pa.array(intent_probability(model, items, types, feats, *side))
     if S.SEGMENT in present:
-        cols[S.SEGMENT] = batch.column(S.SEGMENT)  # RFM segment as of the end of the data
+        cols[S.SEGMENT] = batch.column(S.SEGMENT)  # RFM segment as of the snapshot's (or examples') cutoff
+    if {S.F_N_ONLINE_ALL, S.F_N_STORE_ALL} <= present:
+        cols[S.CHANNEL_MIX] = channel_mix(
+            batch.column(S.F_N_ONLINE_ALL).to_numpy(zero_copy_only=False),
+            batch.column(S.F_N_STORE_ALL).to_numpy(zero_copy_only=False),
+        )
+    for name in PASS_THROUGH:  # held-out examples (``o2o score --split test``) keep their cutoff and label
+        if name in present:
+            cols[name] = batch.column(name)
     return pa.table(cols)
+
+
+def channel_mix(n_online: np.ndarray, n_store: np.ndarray) -> pa.Array:
+    """Per customer: ``online only``, ``store only``, ``omnichannel`` or ``none`` (no event counted)."""
+    online, store = np.nan_to_num(n_online) > 0, np.nan_to_num(n_store) > 0
+    mix = np.select([online & store, online, store], ["omnichannel", "online only", "store only"], "none")
+    return pa.array(mix, type=pa.string())
+
+
+def held_out_examples(features: Path, split: str, out_dir: Path) -> Path:
+    """The I1 examples of ``split`` (val or test: every customer at that cutoff, with the label from the
+    window after it) with the customers' consent flags, written as a table :func:`score_snapshot` reads.
+
+    Scoring these instead of the live snapshot lets a campaign be evaluated on outcomes the models never saw.
+    """
+    if split not in (S.SPLIT_VAL, S.SPLIT_TEST):
+        raise ValueError(f"split must be {S.SPLIT_VAL!r} or {S.SPLIT_TEST!r}, got {split!r}")
+    path = features / S.split_file("intent", split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `o2o prep` first or pass --features")
+    examples = pq.read_table(path)
+    flags = pq.read_table(features / S.SNAPSHOT_FILE, columns=[S.CUSTOMER_ID, S.CONSENT_MARKETING])
+    at = pc.index_in(examples.column(S.CUSTOMER_ID), value_set=flags.column(S.CUSTOMER_ID))
+    consent = pc.fill_null(pc.take(flags.column(S.CONSENT_MARKETING), at), False)  # unknown: no consent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"examples_{split}.parquet"
+    pq.write_table(examples.append_column(S.CONSENT_MARKETING, consent), out)
+    return out
 
 
 def score_snapshot(
