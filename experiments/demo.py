@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from data_prep import schema as S
 from data_prep.generate import RetailerSpec, generate_retailer
 from data_prep.pipeline import run_prep
+from experiments.campaign import CAMPAIGN_MD, campaign_report
 from experiments.report import headline, write_report
 from serving.artifact import load_bundle
-from serving.batch import score_snapshot
+from serving.batch import held_out_examples, score_snapshot
 from training.config import load_config
 from training.export import export_bundle
 from training.train import train
@@ -64,14 +66,32 @@ def run_demo(
     )
     _step(console, "3/6 train intent")
     intent = train(load_config("intent", CONFIG_DIR / "intent_synthetic.yaml", overrides), workdir / "runs")
+    runs = [rec.run_dir, intent.run_dir]
+    if (features / S.split_file(S.CHURN_PREFIX, S.SPLIT_TRAIN)).is_file():
+        _step(console, "3/6 train churn")
+        churn = train(load_config("intent", CONFIG_DIR / "churn_synthetic.yaml", overrides), workdir / "runs")
+        runs.append(churn.run_dir)
+    else:
+        console.print(
+            "no churn model: the data is too short for three 60-day windows (04_features/manifest.json)"
+        )
     _step(console, "4/6 export")
-    bundle_dir = export_bundle([rec.run_dir, intent.run_dir], workdir / "artifacts")
+    bundle_dir = export_bundle(runs, workdir / "artifacts")
     _step(console, "5/6 score")
-    scores = score_snapshot(load_bundle(bundle_dir), features / S.SNAPSHOT_FILE, data / "05_scores")
+    bundle = load_bundle(bundle_dir)
+    scores = score_snapshot(bundle, features / S.SNAPSHOT_FILE, data / "05_scores")
+    held_out = data / "05_scores" / f"held_out_{S.SPLIT_TEST}"
+    test_scores = score_snapshot(bundle, held_out_examples(features, S.SPLIT_TEST, held_out), held_out)
     _step(console, "6/6 report")
-    reports = [write_report(rec.run_dir), write_report(intent.run_dir)]
+    n_test = pq.ParquetFile(test_scores).metadata.num_rows
+    campaign = campaign_report(test_scores, max(1, n_test // 10), held_out / "campaign")
+    reports = [write_report(r) for r in runs] + [campaign.out_dir / CAMPAIGN_MD]
     seconds = time.perf_counter() - t0
     summary = summarise(rec.metrics, intent.metrics, prep.identity_metrics, seconds)
+    summary["campaign"] = {
+        k: campaign.summary.get(k)
+        for k in ("targeted", "customers", "expected_conversions", "actual_conversions", "captured_at_budget")
+    }
     (workdir / "runs" / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary, [data, *reports, bundle_dir, scores])
     return DemoResult(data, rec.run_dir, intent.run_dir, bundle_dir, scores, seconds, summary)
@@ -123,6 +143,13 @@ def print_summary(console: Console, s: dict[str, Any], paths: list[Path]) -> Non
                 table.add_row("intent (I1)", m, f"{ours:.4f}", f"{theirs:.4f}", label)
     console.print(table)
     console.print(f"intent positive rate {intent['positive_rate']:.3f}; calibration: {intent['calibration']}")
+    c = s.get("campaign")
+    if c and c.get("actual_conversions") is not None:
+        console.print(
+            f"campaign on the held-out test cutoff: top {c['targeted']:,} of {c['customers']:,} customers, "
+            f"expected {c['expected_conversions']:.1f} conversions, actual {c['actual_conversions']}, "
+            f"{c['captured_at_budget']:.1%} of buyers captured"
+        )
     console.print("[bold green]paths[/]")
     for p in paths:
         console.print(f"  {p}")
