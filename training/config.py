@@ -55,6 +55,11 @@ class IntentModelConfig(SequenceModelConfig):
         ["event_type"], description="side information added to each input item (see the recommender's)"
     )
     hidden: int = Field(64, ge=1, description="width of the classification head")
+    init_from: Path | None = Field(
+        None,
+        description="a finished recommender run folder: the sequence encoder starts from its weights (items "
+        "matched by id; needs the same d_model)",
+    )
 
 
 class TrainConfig(_Strict):

@@ -49,6 +49,7 @@ from training.intent import IntentModule
 from training.metrics import ranking_metrics, with_f1
 from training.protocols import R1
 from training.recommender import EpochClock, RecommenderModule
+from training.warm_start import warm_start_encoder
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.json"
@@ -364,6 +365,10 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
     module.model.set_feature_scaling(*dm.feature_scaling())
     if "category" in m.side_features:
         module.model.encoder.set_item_categories(torch.from_numpy(category_idx))
+    warm = None
+    if m.init_from is not None:
+        item_ids = dm.vocab.ids(np.arange(1, dm.vocab.n_items + 1)).tolist()
+        warm = warm_start_encoder(module.model.encoder, item_ids, categories, m.init_from)
     trainer = _trainer(tc, run_dir, "val_roc_auc", progress_bar)
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
@@ -379,6 +384,7 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
         "protocol": _intent_protocol_text(cfg),
         "model": with_f1((y_val, calibration.apply(p_val)), (y_test, calibration.apply(p_test))),
         "calibration": calibration_record,
+        "warm_start": warm,
         "baselines": _intent_baselines(dm, tc.seed),
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
