@@ -22,7 +22,8 @@ MASK_VALUE = -1e9  # finite, so a masked score is never -inf - -inf
 
 @dataclass(frozen=True)
 class SASRecConfig:
-    n_items: int  # real items; embedding table has n_items + 1 rows (row 0 = padding)
+    n_items: int  # real items; embedding table has n_items + 1 rows (row 0 = padding); 0 = an encoder for a
+    # source without item ids (order-level records only): every input is padding, the intent head uses aggregates
     max_len: int = 50  # longest input sequence (newest items kept)
     d_model: int = 64  # embedding and hidden width
     n_heads: int = 2  # attention heads (d_model must divide by it)
@@ -37,8 +38,8 @@ class SASRecConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.n_items < 1 or self.max_len < 1:
-            raise ValueError("n_items and max_len must be positive")
+        if self.n_items < 0 or self.max_len < 1:
+            raise ValueError(f"n_items must be ≥ 0 and max_len ≥ 1, got {self.n_items} and {self.max_len}")
 
 
 class CausalSelfAttention(nn.Module):

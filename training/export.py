@@ -92,7 +92,9 @@ def rebuild(run_dir: Path) -> Exported:
 def example_inputs(e: Exported, batch: int, length: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Random valid inputs: left-padded histories (some rows padding only), types, and the model's other
     inputs (recommender: seen flags and an allowed-items mask that blocks about a tenth of the catalogue)."""
-    items = rng.integers(1, e.n_items + 1, size=(batch, length))
+    items = (
+        rng.integers(1, e.n_items + 1, size=(batch, length)) if e.n_items else np.zeros((batch, length), int)
+    )
     n_pad = rng.integers(0, length + 1, size=batch)
     n_pad[0] = 0  # at least one full row
     items[np.arange(length)[None, :] < n_pad[:, None]] = 0

@@ -150,6 +150,11 @@ def train_recommender(
         tc.window_stride,
     )
     dm.setup()
+    if dm.vocab.n_items == 0:
+        raise ValueError(
+            f"{cfg.data.features_dir} has no items: the source has no item-level events (order totals only), "
+            "so there is nothing to recommend; intent and churn models still train on it"
+        )
     pq.write_table(dm.items, run_dir / S.ITEMS_FILE)  # the vocabulary this run trained with
     categories, category_idx = item_categories(dm.items)
     for name in SERVING_TABLES:  # optional in prep's output (older layers lack them)
