@@ -73,7 +73,8 @@ def campaign_report(scores: Path, budget: int, out_dir: Path, score: str = DEFAU
     df = df.sort_values([score, S.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
     top_n = min(budget, n)
     p = df[score].to_numpy(dtype=float)
-    labelled = S.LABEL in df.columns and df[S.LABEL].notna().all()
+    # held-out scores (``o2o score --split``) carry the I1 purchase outcome: it grades a purchase ranking only
+    labelled = S.LABEL in df.columns and df[S.LABEL].notna().all() and score == DEFAULT_SCORE
     summary: dict[str, Any] = {
         "scores": str(scores),
         "score_column": score,
@@ -84,8 +85,16 @@ def campaign_report(scores: Path, budget: int, out_dir: Path, score: str = DEFAU
         "expected_conversions_random": float(top_n * p.mean()),
         "labelled": bool(labelled),
     }
+    notes = []
     if budget > n:
-        summary["note"] = f"the budget ({budget}) exceeds the {n} customers scored: everyone is targeted"
+        notes.append(f"the budget ({budget}) exceeds the {n} customers scored: everyone is targeted")
+    if S.LABEL in df.columns and score != DEFAULT_SCORE:
+        notes.append(
+            f"the held-out outcomes are purchases, which do not grade a ranking by {score!r}: the report plans "
+            "from the probabilities only (the churn model's own test figures are in its run's metrics.json)"
+        )
+    if notes:
+        summary["note"] = "; ".join(notes)
     if labelled:
         summary.update(_evaluation(df[S.LABEL].to_numpy(dtype=int), p, top_n))
     summary["breakdown"] = {

@@ -74,6 +74,10 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     path = _scores(tmp_path)
     with pytest.raises(ValueError, match="no column 'churn_risk'"):
         campaign_report(path, 5, tmp_path / "c", score="churn_risk")
+    other = pd.read_parquet(path).assign(churn_risk=0.5)
+    other.to_parquet(tmp_path / "other.parquet")
+    r = campaign_report(tmp_path / "other.parquet", 5, tmp_path / "o", score="churn_risk")
+    assert not r.summary["labelled"] and "do not grade" in r.summary["note"]  # purchase labels, churn ranking
     df = pd.read_parquet(path)
     df.loc[0, "intent_probability"] = 1.5
     df.to_parquet(path)
