@@ -5,6 +5,7 @@ Shared by the online service and the batch scorer, so both see exactly the same 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ class OnnxModel:
     def max_len(self) -> int:
         return int(self.config["model_config"]["max_len"])
 
-    @property
+    @functools.cached_property
     def calibration(self) -> Calibration:
         """The intent model's probability calibration (identity for bundles exported before it existed)."""
         return Calibration.from_dict(self.config.get("calibration"))

@@ -266,10 +266,13 @@ class IntentDataModule(L.LightningDataModule):
             if split not in self.splits:
                 path = self.features_dir / S.split_file(self.prefix, split)
                 if not path.is_file():
-                    raise FileNotFoundError(
-                        f"{path} is missing: run `o2o prep` first (churn examples need three 60-day label "
-                        "windows after 28 days of history; 04_features/manifest.json says when prep skipped them)"
+                    why = (
+                        " (churn examples need three 60-day label windows after 28 days of history; "
+                        "04_features/manifest.json says when prep skipped them)"
+                        if self.prefix == S.CHURN_PREFIX
+                        else ""
                     )
+                    raise FileNotFoundError(f"{path} is missing: run `o2o prep` first{why}")
                 s = load_intent_split(path, self.vocab, self.max_len, self.feature_names)
                 if len(s.label) == 0 or len(np.unique(s.label)) < 2:
                     raise ValueError(

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -93,7 +92,7 @@ def warm_start_encoder(
         "run": str(run_dir),
         "items_matched": matched,
         "items": len(item_ids),
-        "share_matched": float(np.float64(matched) / max(len(item_ids), 1)),
+        "share_matched": matched / max(len(item_ids), 1),
         "tensors_copied": len(copied),
         "skipped": skipped,
     }
