@@ -99,6 +99,21 @@ def _window(events: ir.Table, start: datetime, end: datetime) -> ir.Table:
     return events.filter(known & (events[S.TS] >= _at(start)) & (events[S.TS] < _at(end)))
 
 
+def event_order(events: ir.Table) -> list[ir.Value]:
+    """Sort keys that put a customer's events in time order, ties broken reproducibly.
+
+    Lines of one basket (a POS transaction or an online order) share a timestamp and carry no order among
+    themselves: sorting them by ``event_id`` would sort them by product id, so "the first item of the next
+    basket" (protocol R2's target) would be the product with the smallest id and every sequence would list a
+    basket in id order. Their tie order is an MD5 of the event id instead: fixed, but unrelated to the item.
+    Other ties (e.g. ratings in the same second) keep the ``event_id`` order, which mappings set to the
+    source's row order.
+    """
+    in_basket = events[S.ORDER_ID].notnull()
+    tie = ibis.ifelse(in_basket, events[S.EVENT_ID].hexdigest("md5"), events[S.EVENT_ID])
+    return [events[S.TS], in_basket, tie]
+
+
 def _item_events(events: ir.Table) -> ir.Table:
     return events.filter(events[S.ITEM_ID].notnull() & events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES))
 
@@ -169,13 +184,13 @@ def unpack(t: ir.Table, column: str = SEQUENCE) -> ir.Table:
 def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = True) -> ir.Table:
     """customer_id, items, event_types: every item event before ``cutoff``, oldest first.
 
-    Ties in time are broken by ``event_id`` so the order is reproducible. ``detail`` (default) adds the
+    Ties in time are broken by :func:`event_order` so the order is reproducible. ``detail`` (default) adds the
     aligned ``channels`` and ``timestamps`` (whole epoch seconds) lists that side-information inputs need.
     """
     e = _item_events(_before(events, cutoff))
     # The position (a spillable window sort) replaces ts and event_id inside the collected structs: list
     # aggregates stay in memory, and 10M events of (ts, event_id, item, type) do not fit in 1 GB.
-    e = e.mutate(_pos=ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=[S.TS, S.EVENT_ID]))
+    e = e.mutate(_pos=ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=event_order(e)))
     fields = {"pos": e._pos, "item": e[S.ITEM_ID], "type": e[S.EVENT_TYPE]}
     if detail:
         fields |= {"channel": e[S.CHANNEL], "ts": epoch_seconds(e[S.TS]).cast("int64")}
@@ -195,7 +210,7 @@ def next_item_targets(events: ir.Table, start: datetime, end: datetime) -> ir.Ta
     """customer_id, target_item: the first add-to-cart / order / store purchase in ``[start, end)``."""
     e = _window(events, start, end)
     e = e.filter(e[S.ITEM_ID].notnull() & e[S.EVENT_TYPE].isin(S.TARGET_EVENT_TYPES))
-    rank = ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=[S.TS, S.EVENT_ID])
+    rank = ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=event_order(e))
     first = e.mutate(_rank=rank).filter(ibis._["_rank"] == 0)
     return first.select(S.CUSTOMER_ID, **{S.TARGET_ITEM: first[S.ITEM_ID]})
 

@@ -106,6 +106,23 @@ def test_labels_and_targets_come_only_from_the_horizon() -> None:
     assert t[[S.CUSTOMER_ID, S.TARGET_ITEM]].values.tolist() == [["c1", "Z"]]  # c2 has no item history
 
 
+def test_basket_lines_are_not_ordered_by_product_id() -> None:
+    """Lines of one basket share a timestamp: their order (and so R2's target) must not follow the ids."""
+    items = [f"P{i:02d}" for i in range(12)]
+    basket = [ev("c1", -3, S.EV_PURCHASE, it, 1.0, "t1") for it in items]
+    nxt = [ev("c1", 2, S.EV_PURCHASE, it, 1.0, "t2") for it in items]
+    seq = list(fe.customer_sequences(table(basket), CUTOFF).to_pandas()[S.ITEMS].iloc[0])
+    assert sorted(seq) == items and seq != items  # all lines kept, not in id order
+    again = list(fe.customer_sequences(table(basket[::-1]), CUTOFF).to_pandas()[S.ITEMS].iloc[0])
+    assert again == seq  # reproducible whatever the input order
+    target = fe.next_item_examples(table(basket + nxt), CUTOFF, 14).to_pandas()[S.TARGET_ITEM].iloc[0]
+    assert target != "P00"
+    # ties outside a basket (e.g. two views in the same second) keep the event_id order
+    views = [ev("c2", -1, S.EV_VIEW, it) for it in items]
+    seq2 = list(fe.customer_sequences(table(views[::-1]), CUTOFF).to_pandas()[S.ITEMS].iloc[0])
+    assert seq2 == items
+
+
 def test_vocabulary_ignores_items_first_seen_after_cutoff() -> None:
     cat = ibis.memtable(pd.DataFrame({S.CAT_ITEM_ID: list("ABCXYZ"), S.CAT_CATEGORY: ["k"] * 6}))
     vocab = fe.item_vocabulary(table(PAST + FUTURE), cat, CUTOFF).to_pandas()
