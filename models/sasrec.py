@@ -11,6 +11,7 @@ positions after left-padding to ``max_len`` and makes outputs independent of how
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MASK_VALUE = -1e9  # finite, so a masked score is never -inf - -inf
+REPEAT_AGE_INIT = math.log(math.e - 1.0)  # softplus⁻¹(1)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class SASRecConfig:
     n_channels: int = 0  # channel of each input event (CTX_CHANNEL)
     n_gap_buckets: int = 0  # time since the previous event, bucketed (CTX_TIME_GAP)
     n_categories: int = 0  # the item's catalogue category, looked up from the item (no input needed)
+    # repeat-aware head (grocery): an item already in the input gets g(h) · log(1 + Σ w[age] over its
+    # occurrences) added to its score; w per age (positions back from the query) and the gate g are learned
+    repeat_head: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -111,7 +116,12 @@ class SASRec(nn.Module):
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
+        if cfg.repeat_head:
+            self.repeat_gate = nn.Linear(cfg.d_model, 1)  # g(h) = softplus(·): how much this context repeats
         self.apply(self._init_weights)
+        if cfg.repeat_head:
+            # softplus(0.5413) = 1: every occurrence counts once at the start, whatever its age
+            self.repeat_age = nn.Parameter(torch.full((cfg.max_len,), REPEAT_AGE_INIT))
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -149,7 +159,48 @@ class SASRec(nn.Module):
     def forward(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Next-item logits (B, T, n_items + 1) at every position; output embeddings tied to the input."""
         h = self.encode(item_idx, ctx_idx)  # (B, T, D)
-        return h @ self.item_emb.weight.T  # (B, T, V+1)
+        logits = h @ self.item_emb.weight.T  # (B, T, V+1)
+        if self.cfg.repeat_head:
+            rows = torch.ones(item_idx.shape, dtype=torch.bool, device=item_idx.device)  # (B, T)
+            logits = logits + self.repeat_bonus(item_idx, h.reshape(-1, h.shape[-1]), rows)(None).view_as(
+                logits
+            )
+        return logits
+
+    def repeat_weights(self, item_idx: torch.Tensor) -> torch.Tensor:
+        """(B, T, T): the weight w[t − s] of input item s for query position t (0 where s > t or s is padding)."""
+        T = item_idx.shape[1]
+        pos = torch.arange(T, device=item_idx.device)
+        age = (pos[:, None] - pos[None, :]).clamp(0, self.cfg.max_len - 1)  # (T, T)
+        w = F.softplus(self.repeat_age)[age] * (pos[None, :] <= pos[:, None])  # (T, T)
+        return w[None] * (item_idx != 0)[:, None, :].to(w.dtype)  # (B, T, T)
+
+    def repeat_bonus(
+        self, item_idx: torch.Tensor, h: torch.Tensor, rows: torch.Tensor
+    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """The repeat head's score bonus for the ``rows`` (B, T) bool positions of ``item_idx`` (B, T), whose
+        hidden states are ``h`` (N, D), N = rows.sum(). The result maps candidates to (N, C) bonuses:
+        ``None`` = every item index (C = V+1), (C,) = one candidate list shared by all rows, (N, C) = a
+        list per row. Only occurrences at or before each row's position count."""
+        w = self.repeat_weights(item_idx)  # (B, T, S)
+        gate = F.softplus(self.repeat_gate(h))  # (N, 1)
+
+        def bonus(cand: torch.Tensor | None) -> torch.Tensor:
+            if cand is None:  # dense over the catalogue
+                B, T, S = w.shape
+                hist = item_idx[:, None, :].expand(B, T, S)  # (B, T, S)
+                full = torch.zeros(B, T, self.cfg.n_items + 1, dtype=w.dtype, device=w.device)
+                counts = full.scatter_add(2, hist, w)[rows]  # (N, V+1)
+            elif cand.dim() == 1:  # shared candidates: batched matmul over the history
+                eq = (item_idx[:, :, None] == cand[None, None, :]).to(w.dtype)  # (B, S, C)
+                counts = torch.bmm(w, eq)[rows]  # (N, C)
+            else:  # a candidate list per row
+                b, t = rows.nonzero(as_tuple=True)  # (N,), (N,)
+                eq = (cand[:, :, None] == item_idx[b][:, None, :]).to(w.dtype)  # (N, C, S)
+                counts = torch.einsum("ncs,ns->nc", eq, w[b, t])  # (N, C)
+            return gate * torch.log1p(counts)  # (N, C)
+
+        return bonus
 
 
 class SASRecTopK(nn.Module):
@@ -173,6 +224,10 @@ class SASRecTopK(nn.Module):
         (V+1,) float 0/1 (1 = may be recommended) → scores, indices (B, k)."""
         h = self.model.encode(item_idx, ctx_idx)[:, -1]  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
+        if self.model.cfg.repeat_head:
+            w = self.model.repeat_weights(item_idx)[:, -1]  # (B, T): weight of each input item for the next
+            counts = torch.zeros_like(logits).scatter_add(1, item_idx, w)  # (B, V+1)
+            logits = logits + F.softplus(self.model.repeat_gate(h)) * torch.log1p(counts)  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
         blocked = (1.0 - allowed) * self.is_item  # (V+1,)
         # seen (if asked) or blocked items sink by MASK_VALUE; padding sinks twice as far, so it ranks after
@@ -186,12 +241,20 @@ class SASRecTopK(nn.Module):
 # ---------------------------------------------------------------- losses
 # All three take hidden states ``h`` (N, D) at the positions that have a target, the targets (N,) as item
 # indices ≥ 1, and the item table (V+1, D) whose row 0 is padding; each returns a scalar mean loss.
+# ``bonus`` (optional, :meth:`SASRec.repeat_bonus`) maps candidates to extra logits (N, C): None = all
+# items, (C,) shared, (N, C) per row.
+
+Bonus = Callable[[torch.Tensor | None], torch.Tensor]
 
 LOSSES = ("ce", "sampled_softmax", "gbce")
 
 
 def full_ce_loss(
-    h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor, seen: torch.Tensor | None = None
+    h: torch.Tensor,
+    target: torch.Tensor,
+    item_emb: torch.Tensor,
+    seen: torch.Tensor | None = None,
+    bonus: Bonus | None = None,
 ) -> torch.Tensor:
     """Cross-entropy over the whole catalogue (SASRec+, Klenitskiy & Vasilev 2023); padding is no class.
 
@@ -199,6 +262,8 @@ def full_ce_loss(
     the loss then asks what ranking with the seen filter asks, "which *new* item comes next".
     """
     logits = h @ item_emb.T  # (N, V+1)
+    if bonus is not None:
+        logits = logits + bonus(None)  # (N, V+1)
     if seen is not None:
         own = logits.gather(1, target[:, None])  # (N, 1) kept even when the target repeats a seen item
         logits = logits.scatter(1, seen, MASK_VALUE).scatter(1, target[:, None], own)  # (N, V+1)
@@ -215,7 +280,12 @@ def input_prefixes(item_idx: torch.Tensor) -> torch.Tensor:
 
 
 def sampled_softmax_loss(
-    h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor, log_q: torch.Tensor, n_negatives: int
+    h: torch.Tensor,
+    target: torch.Tensor,
+    item_emb: torch.Tensor,
+    log_q: torch.Tensor,
+    n_negatives: int,
+    bonus: Bonus | None = None,
 ) -> torch.Tensor:
     """Softmax over the target and ``n_negatives`` items drawn from q (shared by the batch), log-q corrected.
 
@@ -227,13 +297,21 @@ def sampled_softmax_loss(
     neg = torch.multinomial(log_q.exp(), n_negatives, replacement=True)  # (M,)
     pos_logit = (h * item_emb[target]).sum(-1)  # (N,)
     neg_logit = h @ item_emb[neg].T - (log_q[neg] + math.log(n_negatives))  # (N, M)
+    if bonus is not None:
+        pos_logit = pos_logit + bonus(target[:, None])[:, 0]
+        neg_logit = neg_logit + bonus(neg)
     neg_logit = neg_logit.masked_fill(neg[None, :] == target[:, None], MASK_VALUE)
     logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (N, 1+M)
     return F.cross_entropy(logits, torch.zeros_like(target))
 
 
 def gbce_loss(
-    h: torch.Tensor, target: torch.Tensor, item_emb: torch.Tensor, n_negatives: int, t: float = 0.75
+    h: torch.Tensor,
+    target: torch.Tensor,
+    item_emb: torch.Tensor,
+    n_negatives: int,
+    t: float = 0.75,
+    bonus: Bonus | None = None,
 ) -> torch.Tensor:
     """Generalised BCE (gSASRec, Petrov & Macdonald 2023) with ``n_negatives`` uniform negatives per row.
 
@@ -246,6 +324,9 @@ def gbce_loss(
     beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
     pos_logit = (h * item_emb[target]).sum(-1)  # (N,)
     neg_logit = torch.einsum("nd,nmd->nm", h, item_emb[neg])  # (N, M)
+    if bonus is not None:
+        pos_logit = pos_logit + bonus(target[:, None])[:, 0]
+        neg_logit = neg_logit + bonus(neg)
     neg_logit = neg_logit.masked_fill(neg == target[:, None], MASK_VALUE)  # softplus(−1e9) = 0
     pos_term = -beta * F.logsigmoid(pos_logit)  # −log σ(s+)^β
     neg_term = F.softplus(neg_logit)  # −log(1 − σ(s−))

@@ -50,6 +50,15 @@ class SequenceModelConfig(_Strict):
         return self
 
 
+class RecommenderModelConfig(SequenceModelConfig):
+    repeat_head: bool = Field(
+        False,
+        description="repeat-aware scoring for data with repeat purchases (grocery): an item already in the "
+        "input gains g(h)·log(1 + Σ w[age]) over its occurrences, with the weight per age and the gate "
+        "learned; needs eval.exclude_seen false",
+    )
+
+
 class IntentModelConfig(SequenceModelConfig):
     side_features: list[SideFeature] = Field(
         ["event_type"], description="side information added to each input item (see the recommender's)"
@@ -132,7 +141,7 @@ class RecommenderRunConfig(_Strict):
     task: Literal["recommender"] = "recommender"
     name: str = Field("recommender", description="run name; the run id is <name>-<timestamp>")
     data: DataConfig = DataConfig()
-    model: SequenceModelConfig = SequenceModelConfig()
+    model: RecommenderModelConfig = RecommenderModelConfig()
     train: RecommenderTrainConfig = RecommenderTrainConfig()
     eval: EvalConfig = EvalConfig()
 
@@ -142,6 +151,11 @@ class RecommenderRunConfig(_Strict):
             raise ValueError(
                 "train.loss_excludes_seen trains the model never to repeat an item, but eval.exclude_seen "
                 "is false (repeats allowed): set one of them the other way"
+            )
+        if self.model.repeat_head and self.eval.exclude_seen:
+            raise ValueError(
+                "model.repeat_head scores items the customer already has, but eval.exclude_seen removes them "
+                "from every list: set eval.exclude_seen: false (repeats allowed) or drop the repeat head"
             )
         return self
 

@@ -81,13 +81,14 @@ class RecommenderModule(L.LightningModule):
         has_target = y > 0
         h, target = h[has_target], y[has_target]  # (N, D), (N,): every position with a next item
         table = self.model.item_emb.weight  # (V+1, D), tied input/output embeddings
+        bonus = self.model.repeat_bonus(x, h, has_target) if self.model.cfg.repeat_head else None
         if self.loss_name == "ce":
             seen = input_prefixes(x)[has_target] if self.loss_excludes_seen else None  # (N, T)
-            loss = full_ce_loss(h, target, table, seen)
+            loss = full_ce_loss(h, target, table, seen, bonus)
         elif self.loss_name == "sampled_softmax":
-            loss = sampled_softmax_loss(h, target, table, self.log_q, self.n_negatives)
+            loss = sampled_softmax_loss(h, target, table, self.log_q, self.n_negatives, bonus)
         else:
-            loss = gbce_loss(h, target, table, self.n_negatives, self.gbce_t)
+            loss = gbce_loss(h, target, table, self.n_negatives, self.gbce_t, bonus)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 

@@ -168,6 +168,7 @@ def train_recommender(
         "n_layers": m.n_layers,
         "dropout": m.dropout,
         **side_sizes(m.side_features, n_categories=len(categories)),
+        "repeat_head": m.repeat_head,
     }
     module = RecommenderModule(
         model_config,

@@ -159,3 +159,72 @@ def test_ce_without_seen_items_is_ce_over_the_unseen_ones() -> None:
     assert full_ce_loss(h, target, table, seen) < full_ce_loss(h, target, table)  # fewer competitors
     x = torch.tensor([[0, 4, 9]])
     assert input_prefixes(x).tolist() == [[[0, 0, 0], [0, 4, 0], [0, 4, 9]]]
+
+
+def _brute_repeat_counts(m: SASRec, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, V+1): Σ softplus(age weight) over each item's occurrences at or before every position."""
+    w = torch.nn.functional.softplus(m.repeat_age)
+    B, T = x.shape
+    out = torch.zeros(B, T, m.cfg.n_items + 1)
+    for b in range(B):
+        for t in range(T):
+            for s in range(t + 1):
+                if x[b, s]:
+                    out[b, t, x[b, s]] += w[min(t - s, m.cfg.max_len - 1)]
+    return out
+
+
+def test_repeat_head_bonus_is_causal_and_every_candidate_layout_agrees() -> None:
+    m = model(repeat_head=True)
+    with torch.no_grad():
+        m.repeat_age.copy_(torch.linspace(1.0, -2.0, 12))  # weights that differ by age
+        m.repeat_gate.bias.fill_(0.7)
+    x = torch.tensor([[0, 0, 3, 5, 3, 7, 3, 5], [1, 2, 3, 4, 5, 6, 7, 8]])
+    rows = torch.ones_like(x, dtype=torch.bool)
+    rows[0, :2] = False  # padding positions have no target
+    h = m.encode(x)[rows]  # (N, D)
+    gate = torch.nn.functional.softplus(m.repeat_gate(h))  # (N, 1)
+    expected = gate * torch.log1p(_brute_repeat_counts(m, x)[rows])  # (N, V+1)
+    bonus = m.repeat_bonus(x, h, rows)
+    cand = torch.tensor([3, 5, 7, 9, 1])
+    assert torch.allclose(bonus(None), expected, atol=1e-5)
+    assert torch.allclose(bonus(cand), expected[:, cand], atol=1e-5)
+    per_row = cand[None].repeat(h.shape[0], 1).roll(1, dims=1)  # (N, C)
+    assert torch.allclose(bonus(per_row), expected.gather(1, per_row), atol=1e-5)
+    assert expected[0, 3] > 0 and expected[0, 5] == 0  # row 0 = position 2: only item 3 so far
+
+
+def test_repeat_head_serving_scores_equal_the_last_position_logits() -> None:
+    m = model(repeat_head=True)
+    with torch.no_grad():
+        m.repeat_gate.bias.fill_(3.0)  # a strong pull to repeats
+    x = torch.tensor([[0, 0, 4, 9, 4, 2], [6, 6, 6, 6, 1, 2]])
+    logits = m(x)[:, -1]  # (B, V+1)
+    scores, idx = SASRecTopK(m, 5)(x, no_ctx(x), torch.zeros(2), torch.ones(51))
+    assert torch.allclose(scores, logits.gather(1, idx), atol=1e-5)
+    assert idx[0, 0] == 4 and idx[1, 0] == 6  # the most repeated item comes first
+    _, dropped = SASRecTopK(m, 5)(x, no_ctx(x), torch.ones(2), torch.ones(51))
+    assert not set(dropped[0].tolist()) & {4, 9, 2}  # the seen filter still wins over the bonus
+
+
+def test_losses_accept_the_repeat_bonus() -> None:
+    from models.sasrec import full_ce_loss, gbce_loss, sampled_softmax_loss
+
+    m = model(repeat_head=True).train()
+    x = torch.randint(1, 51, (3, 8))
+    y = torch.randint(1, 51, (3, 8))
+    rows = torch.ones_like(x, dtype=torch.bool)
+    table = m.item_emb.weight
+    log_q = torch.full((51,), -float(torch.log(torch.tensor(50.0))))
+    log_q[0] = -float("inf")
+    for loss_fn in (
+        lambda h, b: full_ce_loss(h, y[rows], table, None, b),
+        lambda h, b: sampled_softmax_loss(h, y[rows], table, log_q, 16, b),
+        lambda h, b: gbce_loss(h, y[rows], table, 16, 0.75, b),
+    ):
+        m.zero_grad()
+        h = m.encode(x)[rows]
+        loss = loss_fn(h, m.repeat_bonus(x, h, rows))
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert m.repeat_age.grad is not None and m.repeat_gate.weight.grad is not None
