@@ -78,7 +78,7 @@ def generate(
     ),
     customers: Annotated[int, typer.Option(min=10, help="number of persons")] = 5000,
     seed: Annotated[int, typer.Option(help="random seed; same seed → identical files")] = 0,
-    days: Annotated[int, typer.Option(min=60, help="days of history")] = 120,
+    days: Annotated[int, typer.Option(min=60, help="days of history (churn needs ≥ 208)")] = 240,
     faults: Annotated[
         bool, typer.Option(help="inject data-quality faults at realistic rates (ground_truth/faults.csv)")
     ] = True,

@@ -37,7 +37,7 @@ def normalised(path: Path) -> pd.DataFrame:
 @pytest.mark.skipif(not _java_available(), reason="Spark needs a Java runtime (java on PATH or JAVA_HOME)")
 def test_duckdb_and_spark_write_identical_layers(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    generate_retailer(raw, RetailerSpec(n_customers=120, seed=5))
+    generate_retailer(raw, RetailerSpec(n_customers=120, seed=5, n_days=120))
     duck, spark = tmp_path / "duck", tmp_path / "spark"
     for out in (duck, spark):
         shutil.copytree(raw, out)

@@ -16,7 +16,7 @@ from data_prep.pipeline import RawInputError, run_prep
 @pytest.fixture(scope="module")
 def raw_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("raw")
-    generate_retailer(root, RetailerSpec(n_customers=120, seed=3))
+    generate_retailer(root, RetailerSpec(n_customers=120, seed=3, n_days=120))
     return root
 
 
