@@ -379,6 +379,7 @@ def build_features_layer(
     out: Path,
     horizon_days: int,
     progress: Progress,
+    n_train_cutoffs: int = fe.N_TRAIN_CUTOFFS,
 ) -> fe.TimeSplits:
     """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, R1 sequences, I1 intent_{train,val,test}, I2 sessions,
     snapshot, RFM, churn and clusters.
@@ -399,7 +400,7 @@ def build_features_layer(
             "no events of a customer with analytics consent: nothing to build features from. Data without "
             "recorded consent (public research sets) needs `--consent-default grant`"
         )
-    splits = fe.plan_splits(span.lo.to_pydatetime(), span.hi.to_pydatetime(), horizon_days)
+    splits = fe.plan_splits(span.lo.to_pydatetime(), span.hi.to_pydatetime(), horizon_days, n_train_cutoffs)
     (out_dir / S.SPLITS_FILE).write_text(splits.to_json())
     catalog = engine.read_parquet(con, out / S.EVENTS_DIR / S.CATALOG_FILE)
     _write(con, fe.item_vocabulary(events, catalog, splits.val), out_dir / S.ITEMS_FILE, m)
@@ -536,6 +537,7 @@ def run_prep(
     progress: Progress | None = None,
     engine_name: str = engine.DUCKDB,
     consent_default: bool = False,
+    n_train_cutoffs: int = fe.N_TRAIN_CUTOFFS,
 ) -> PrepResult:
     """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark)."""
     say = progress or (lambda _msg: None)
@@ -546,7 +548,7 @@ def run_prep(
     say("resolve identities (03_customers)")
     resolved, evidence, metrics = build_customers_layer(con, events, profiles, raw, out, key, consent_default)
     say("features, labels and splits (04_features)")
-    splits = build_features_layer(con, resolved, evidence, out, horizon_days, say)
+    splits = build_features_layer(con, resolved, evidence, out, horizon_days, say, n_train_cutoffs)
     say("data report")
     report = write_data_report(out)
     return PrepResult(

@@ -145,6 +145,14 @@ def prep(
         Path | None, typer.Option(help="folder for 02_events..04_features (default: --raw)")
     ] = None,
     horizon_days: Annotated[int, typer.Option(min=1, help="label / target window after each cutoff")] = 14,
+    train_cutoffs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="weekly cutoffs that give intent and session training examples (more = more examples, "
+            "older ones; those with under 14 days of history before them are dropped)",
+        ),
+    ] = 4,
     engine: Annotated[str, typer.Option(help="duckdb (embedded) | spark (needs the spark extra)")] = "duckdb",
     consent_default: Annotated[
         str,
@@ -164,6 +172,7 @@ def prep(
             progress=_say,
             engine_name=engine,
             consent_default=consent_default == "grant",
+            n_train_cutoffs=train_cutoffs,
         )
     for source, entry in result.ledger["sources"].items():
         console.print(

@@ -136,6 +136,10 @@ def test_plan_splits_windows_do_not_overlap() -> None:
     assert s.test == s.data_end - timedelta(days=14) and s.val == s.test - timedelta(days=14)
     assert all(c + timedelta(days=14) <= s.val for c in s.train_cutoffs)
     assert fe.TimeSplits.from_json(s.to_json()) == s
+    many = fe.plan_splits(datetime(2026, 1, 5, 3, tzinfo=UTC), datetime(2026, 5, 4, 22, tzinfo=UTC), 14, 30)
+    gaps = {(b - a).days for a, b in zip(many.train_cutoffs, many.train_cutoffs[1:], strict=False)}
+    assert gaps == {7} and many.train_cutoffs[-1] == s.train_cutoffs[-1]  # weekly, newest unchanged
+    assert len(many.train_cutoffs) == 10  # older ones with < 14 days of history before them dropped
     with pytest.raises(ValueError, match="too short"):
         fe.plan_splits(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 20, tzinfo=UTC), 14)
 
