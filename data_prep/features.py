@@ -18,7 +18,7 @@ from data_prep import schema as S
 from data_prep.events import UTC_TS, epoch_seconds
 
 SECONDS_PER_DAY = 86_400.0
-N_TRAIN_CUTOFFS = 4  # weekly intent / session training cutoffs before validation (`o2o prep --train-cutoffs`)
+N_TRAIN_CUTOFFS = S.N_TRAIN_CUTOFFS
 NO_PURCHASE_DAYS = 365.0  # days_since_purchase for a customer who never bought before the cutoff
 
 

@@ -149,10 +149,10 @@ def prep(
         int,
         typer.Option(
             min=1,
-            help="weekly cutoffs that give intent and session training examples (more = more examples, "
+            help="weekly cutoffs that give purchase-intent (I1) training examples (more = more examples, "
             "older ones; those with under 14 days of history before them are dropped)",
         ),
-    ] = 4,
+    ] = S.N_TRAIN_CUTOFFS,
     engine: Annotated[str, typer.Option(help="duckdb (embedded) | spark (needs the spark extra)")] = "duckdb",
     consent_default: Annotated[
         str,

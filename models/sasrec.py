@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,14 @@ def attention_mask(item_idx: torch.Tensor) -> torch.Tensor:
     allowed = (causal[None, None] & key_real) | torch.eye(T, dtype=torch.bool, device=item_idx.device)
     zero = torch.zeros((), dtype=torch.float32, device=item_idx.device)
     return torch.where(allowed, zero, zero + MASK_VALUE)  # (B, 1, T, T)
+
+
+def full_precision(device: torch.device) -> AbstractContextManager[object]:
+    """Autocast off where it is on (bf16/fp16 training): the repeat head's counts and gate stay float32,
+    as they are in the exported graph, and its scatter never mixes dtypes."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return nullcontext()
 
 
 def _side_table(n: int, d: int) -> nn.Embedding | None:
@@ -182,23 +191,23 @@ class SASRec(nn.Module):
         hidden states are ``h`` (N, D), N = rows.sum(). The result maps candidates to (N, C) bonuses:
         ``None`` = every item index (C = V+1), (C,) = one candidate list shared by all rows, (N, C) = a
         list per row. Only occurrences at or before each row's position count."""
-        w = self.repeat_weights(item_idx)  # (B, T, S)
-        gate = F.softplus(self.repeat_gate(h))  # (N, 1)
+        with full_precision(h.device):
+            w = self.repeat_weights(item_idx)  # (B, T, S)
+            gate = F.softplus(self.repeat_gate(h.float()))  # (N, 1)
+        b, t = rows.nonzero(as_tuple=True)  # (N,), (N,): the rows' batch and position
 
         def bonus(cand: torch.Tensor | None) -> torch.Tensor:
-            if cand is None:  # dense over the catalogue
-                B, T, S = w.shape
-                hist = item_idx[:, None, :].expand(B, T, S)  # (B, T, S)
-                full = torch.zeros(B, T, self.cfg.n_items + 1, dtype=w.dtype, device=w.device)
-                counts = full.scatter_add(2, hist, w)[rows]  # (N, V+1)
-            elif cand.dim() == 1:  # shared candidates: batched matmul over the history
-                eq = (item_idx[:, :, None] == cand[None, None, :]).to(w.dtype)  # (B, S, C)
-                counts = torch.bmm(w, eq)[rows]  # (N, C)
-            else:  # a candidate list per row
-                b, t = rows.nonzero(as_tuple=True)  # (N,), (N,)
-                eq = (cand[:, :, None] == item_idx[b][:, None, :]).to(w.dtype)  # (N, C, S)
-                counts = torch.einsum("ncs,ns->nc", eq, w[b, t])  # (N, C)
-            return gate * torch.log1p(counts)  # (N, C)
+            with full_precision(h.device):
+                if cand is None:  # dense over the catalogue, built for the selected rows only
+                    full = torch.zeros(b.shape[0], self.cfg.n_items + 1, dtype=w.dtype, device=w.device)
+                    counts = full.scatter_add(1, item_idx[b], w[b, t])  # (N, V+1)
+                elif cand.dim() == 1:  # shared candidates: batched matmul over the history
+                    eq = (item_idx[:, :, None] == cand[None, None, :]).to(w.dtype)  # (B, S, C)
+                    counts = torch.bmm(w, eq)[rows]  # (N, C)
+                else:  # a candidate list per row
+                    eq = (cand[:, :, None] == item_idx[b][:, None, :]).to(w.dtype)  # (N, C, S)
+                    counts = torch.einsum("ncs,ns->nc", eq, w[b, t])  # (N, C)
+                return gate * torch.log1p(counts)  # (N, C) float32
 
         return bonus
 
@@ -225,9 +234,14 @@ class SASRecTopK(nn.Module):
         h = self.model.encode(item_idx, ctx_idx)[:, -1]  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         if self.model.cfg.repeat_head:
-            w = self.model.repeat_weights(item_idx)[:, -1]  # (B, T): weight of each input item for the next
-            counts = torch.zeros_like(logits).scatter_add(1, item_idx, w)  # (B, V+1)
-            logits = logits + F.softplus(self.model.repeat_gate(h)) * torch.log1p(counts)  # (B, V+1)
+            with full_precision(h.device):
+                w = self.model.repeat_weights(item_idx)[
+                    :, -1
+                ]  # (B, T): each input item's weight for the next
+                counts = torch.zeros(logits.shape, dtype=w.dtype, device=w.device).scatter_add(1, item_idx, w)
+                logits = logits + F.softplus(self.model.repeat_gate(h.float())) * torch.log1p(
+                    counts
+                )  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
         blocked = (1.0 - allowed) * self.is_item  # (V+1,)
         # seen (if asked) or blocked items sink by MASK_VALUE; padding sinks twice as far, so it ranks after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.intent import IntentConfig, IntentNet
@@ -25,21 +26,23 @@ def test_shapes() -> None:
     assert scores.shape == idx.shape == (4, 10)
 
 
-def test_causality_future_item_does_not_change_the_past() -> None:
-    m = model()
+@pytest.mark.parametrize("repeat_head", [False, True])
+def test_causality_future_item_does_not_change_the_past(repeat_head: bool) -> None:
+    m = model(repeat_head=repeat_head)
     x = torch.randint(1, 51, (2, 8))
     y = x.clone()
     y[:, 5] = (y[:, 5] % 50) + 1  # change item t = 5
-    a, b = m.encode(x), m.encode(y)
-    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)
+    a, b = m(x), m(y)  # logits, repeat bonus included
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-5)
     assert not torch.allclose(a[:, 5:], b[:, 5:])
 
 
-def test_padding_invariance() -> None:
-    m = model()
+@pytest.mark.parametrize("repeat_head", [False, True])
+def test_padding_invariance(repeat_head: bool) -> None:
+    m = model(repeat_head=repeat_head)
     x = torch.randint(1, 51, (1, 5))
     padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], dim=1)
-    assert torch.allclose(m.encode(x), m.encode(padded)[:, 4:], atol=1e-5)
+    assert torch.allclose(m(x), m(padded)[:, 4:], atol=1e-5)
 
 
 def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
@@ -227,4 +230,23 @@ def test_losses_accept_the_repeat_bonus() -> None:
         loss = loss_fn(h, m.repeat_bonus(x, h, rows))
         loss.backward()
         assert torch.isfinite(loss)
-        assert m.repeat_age.grad is not None and m.repeat_gate.weight.grad is not None
+        assert m.repeat_age.grad is not None and m.repeat_age.grad.abs().sum() > 0
+        assert m.repeat_gate.weight.grad is not None and m.repeat_gate.weight.grad.abs().sum() > 0
+
+
+def test_repeat_head_runs_under_bf16_autocast_and_keeps_its_bonus_in_float32() -> None:
+    """Mixed-precision training: the bonus's scatter must not mix dtypes, and its counts stay float32."""
+    m = model(repeat_head=True)
+    x = torch.tensor([[0, 3, 5, 3, 7, 3]])
+    rows = x > 0
+    with torch.no_grad():
+        exact = m.repeat_bonus(x, m.encode(x)[rows], rows)(None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = m.encode(x)
+            bonus = m.repeat_bonus(x, h[rows], rows)
+            dense, shared = bonus(None), bonus(torch.tensor([3, 5, 9]))
+            scores, idx = SASRecTopK(m, 5)(x, no_ctx(x), torch.zeros(1), torch.ones(51))
+    assert dense.dtype == shared.dtype == torch.float32
+    assert torch.allclose(dense, exact, atol=0.05)  # only the gate's input went through bf16
+    assert torch.allclose(shared, dense[:, [3, 5, 9]])
+    assert torch.isfinite(scores).all() and idx.shape == (1, 5)
