@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -25,10 +25,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import yaml
 
-from experiments.evaluate import evaluate
+from experiments.evaluate import EVALUATION_JSON, evaluate
 from training.config import RunConfig, SideFeature, with_overrides
-from training.train import new_run_dir
+from training.train import CONFIG_FILE, new_run_dir
 
 ABLATION_JSON = "ablation.json"
 ABLATION_MD = "ablation.md"
@@ -71,28 +72,78 @@ def side_feature_variants(features: Sequence[str]) -> list[Variant]:
     return variants
 
 
+# Settings that may differ between a reused evaluation's runs and the variant: they do not change the model.
+REUSE_IGNORED = {("eval", "baselines"), ("train", "threads"), ("train", "num_workers")}
+
+
+def reused_evaluation(eval_dir: Path, expected: RunConfig, seeds: Sequence[int]) -> dict[str, Any]:
+    """The summary of a finished ``o2o evaluate`` folder, after checking that it ran ``seeds`` and that
+    every run's resolved config is ``expected`` with that seed (threads and baselines aside).
+
+    Its runs are looked up beside it (``eval_dir.parent/<run>/config.yaml``), where evaluate puts them.
+    """
+    path = eval_dir / EVALUATION_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{eval_dir} is not an evaluation folder (no {EVALUATION_JSON})")
+    summary: dict[str, Any] = json.loads(path.read_text())
+    if summary["seeds"] != list(seeds):
+        raise ValueError(f"{eval_dir} ran seeds {summary['seeds']}, this ablation asks {list(seeds)}")
+    for run, seed in zip(summary["runs"], summary["seeds"], strict=True):
+        got = yaml.safe_load((eval_dir.parent / run / CONFIG_FILE).read_text())
+        want = json.loads(expected.model_dump_json())
+        want["train"]["seed"] = seed
+        for section, values in want.items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                if (section, key) not in REUSE_IGNORED and got.get(section, {}).get(key) != value:
+                    raise ValueError(
+                        f"{eval_dir}: run {run} has {section}.{key} = {got.get(section, {}).get(key)!r}, "
+                        f"the variant asks {value!r}"
+                    )
+    return summary
+
+
 def ablate(
     cfg: RunConfig,
     variants: Sequence[Variant],
     seeds: Sequence[int],
     runs_dir: Path = Path("runs"),
     progress: Callable[[str], None] = lambda _: None,
+    reuse: Mapping[str, Path] | None = None,
 ) -> Ablation:
-    """Evaluate every variant of ``cfg`` with ``seeds``; write the ablation folder; return it."""
+    """Evaluate every variant of ``cfg`` with ``seeds``; write the ablation folder; return it.
+
+    ``reuse`` maps variant names to finished evaluation folders (an interrupted ablation, or variants
+    evaluated on another core or machine): those variants are checked (:func:`reused_evaluation`) and
+    read instead of trained.
+    """
     if not variants:
         raise ValueError("give at least one variant")
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must differ: {names}")
+    reuse = dict(reuse or {})
+    if unknown := sorted(set(reuse) - set(names)):
+        raise ValueError(f"--reuse names variants that are not in the ablation: {unknown}; variants: {names}")
     configs = []  # validated up front: a typo in the last variant must not cost the first ones' training
     for i, v in enumerate(variants):
         extra = [] if i == 0 or cfg.task != "recommender" else ["eval.baselines=false"]
         configs.append(with_overrides(cfg, [*v.overrides, *extra]))
+    reused = {
+        v.name: reused_evaluation(reuse[v.name], c, seeds)
+        for v, c in zip(variants, configs, strict=True)
+        if v.name in reuse
+    }
     evaluations = []
     for i, (v, c) in enumerate(zip(variants, configs, strict=True)):
+        if v.name in reused:
+            progress(f"variant {v.name!r} ({i + 1}/{len(variants)}): reusing {reuse[v.name]}")
+            evaluations.append(reused[v.name])
+            continue
         progress(f"variant {v.name!r} ({i + 1}/{len(variants)})")
-        evaluations.append(evaluate(c, seeds, runs_dir, progress))
-    summary = summarise(variants, [e.summary for e in evaluations])
+        evaluations.append(evaluate(c, seeds, runs_dir, progress).summary)
+    summary = summarise(variants, evaluations)
     summary["config"] = cfg.name
     out_dir = new_run_dir(runs_dir, f"{cfg.name}-ablation")
     (out_dir / ABLATION_JSON).write_text(json.dumps(summary, indent=2, default=float))

@@ -262,6 +262,14 @@ def ablate(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="dotted override applied to every variant")
     ] = None,
+    reuse: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="'VARIANT=EVAL_DIR' (repeatable): take that variant from a finished `o2o evaluate` folder "
+            "(checked: same seeds, same settings) instead of training it, e.g. to finish an interrupted "
+            "ablation or gather variants run on other cores"
+        ),
+    ] = None,
 ) -> None:
     """Variants of one config trained with the same seeds; paired differences (runs/<name>-ablation-<id>/)."""
     from experiments.ablation import ABLATION_MD, parse_variant, side_feature_variants
@@ -278,7 +286,13 @@ def ablate(
         else:
             variants = [parse_variant(v) for v in variant or []]
         cfg = load_config(task, config, _overrides(set_, features))
-        result = run_ablation(cfg, variants, seed_list, runs_dir, progress=_say)
+        reused = {}
+        for item in reuse or []:
+            name, sep, folder = item.rpartition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"--reuse {item!r} is not of the form 'VARIANT=EVAL_DIR'")
+            reused[name.strip()] = Path(folder)
+        result = run_ablation(cfg, variants, seed_list, runs_dir, progress=_say, reuse=reused)
     console.print(f"[bold]{result.summary['task']}[/] — {result.summary['protocol']}, seeds {seed_list}")
     console.print(ablation_table(result.summary))
     _wrote(result.out_dir, result.out_dir / ABLATION_MD)

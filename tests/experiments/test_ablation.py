@@ -56,6 +56,23 @@ def test_ablation_compares_variants_seed_by_seed(tiny_pipeline, tmp_path: Path) 
     evals = sorted((tmp_path / "runs").glob("tiny-eval-*"))
     assert len(evals) == 2 and all((e / EVALUATION_JSON).is_file() for e in evals)
 
+    # --reuse: finished evaluation folders stand in for their variants, after a check of their settings
+    runs_before = set((tmp_path / "runs").iterdir())
+    folder = {
+        name: next(
+            e for e in evals if json.loads((e / EVALUATION_JSON).read_text())["runs"] == r["evaluation"]
+        )
+        for name, r in zip(["none", "channel"], s["variants"], strict=True)
+    }
+    again = ablate(_cfg(tiny_pipeline.features), variants, [0, 1], tmp_path / "runs", reuse=folder)
+    assert [r["per_seed"] for r in again.summary["variants"]] == [r["per_seed"] for r in s["variants"]]
+    assert set((tmp_path / "runs").iterdir()) - runs_before == {again.out_dir}  # nothing was trained
+    wrong = [variants[0], Variant("channel", ("model.side_features=[category]",))]
+    with pytest.raises(ValueError, match="side_features"):
+        ablate(_cfg(tiny_pipeline.features), wrong, [0, 1], tmp_path / "runs", reuse=folder)
+    with pytest.raises(ValueError, match="seeds"):
+        ablate(_cfg(tiny_pipeline.features), variants, [0], tmp_path / "runs", reuse=folder)
+
 
 def test_a_bad_variant_fails_before_any_training(tiny_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     variants = [Variant("none", ()), Variant("typo", ("model.side_features=[colour]",))]
