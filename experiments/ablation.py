@@ -241,8 +241,8 @@ def _plot(summary: dict[str, Any], title: str, path: Path) -> None:
     rows = summary["variants"]
     labels = [r["variant"] for r in rows]
     mean = [r["test"][metric]["mean"] for r in rows]
-    lo = [r["test"][metric]["mean"] - r["test"][metric]["min"] for r in rows]
-    hi = [r["test"][metric]["max"] - r["test"][metric]["mean"] for r in rows]
+    lo = [max(0.0, r["test"][metric]["mean"] - r["test"][metric]["min"]) for r in rows]  # ≥ 0 (rounding)
+    hi = [max(0.0, r["test"][metric]["max"] - r["test"][metric]["mean"]) for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     bars = ax.bar(labels, mean, yerr=[lo, hi], capsize=4, color="tab:green")
     ax.bar_label(bars, fmt="%.4f", padding=3)

@@ -75,8 +75,9 @@ def _plot(summary: dict[str, dict[str, dict[str, float]]], title: str, path: Pat
     name = next(iter(next(iter(summary.values()))))
     labels = list(summary)
     mean = [summary[m][name]["mean"] for m in labels]
-    lo = [summary[m][name]["mean"] - summary[m][name]["min"] for m in labels]
-    hi = [summary[m][name]["max"] - summary[m][name]["mean"] for m in labels]
+    # max(0, ·): the mean of equal figures can differ from them in the last bit, and yerr must be ≥ 0
+    lo = [max(0.0, summary[m][name]["mean"] - summary[m][name]["min"]) for m in labels]
+    hi = [max(0.0, summary[m][name]["max"] - summary[m][name]["mean"]) for m in labels]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     bars = ax.bar(
         labels, mean, yerr=[lo, hi], capsize=4, color=["tab:green"] + ["tab:gray"] * (len(labels) - 1)

@@ -100,3 +100,19 @@ def test_cli_wants_variants_or_side_features(tmp_path: Path) -> None:
     for args in (["ablate", "recommender"], both):
         r = runner.invoke(app, [*args, "--runs-dir", str(tmp_path)])
         assert r.exit_code == 2 and "--side-features" in r.output and "Traceback" not in r.output
+
+
+def test_plots_survive_means_that_round_past_their_extremes(tmp_path: Path) -> None:
+    """Three equal figures can average to one bit below them; the error bars must not go negative."""
+    import math
+
+    from experiments import ablation, evaluate
+
+    mean = 0.0522
+    stats = {"ndcg@10": {"mean": mean, "std": 0.0, "min": math.nextafter(mean, 1.0), "max": mean, "n": 3}}
+    evaluate._plot({"ours": stats, "most_popular": stats}, "t", tmp_path / "e.png")
+    row = {"variant": "none", "test": stats}
+    ablation._plot(
+        {"metric": "ndcg@10", "variants": [row], "baselines": {"x": stats}}, "t", tmp_path / "a.png"
+    )
+    assert (tmp_path / "e.png").stat().st_size > 0 and (tmp_path / "a.png").stat().st_size > 0
