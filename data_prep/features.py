@@ -18,7 +18,6 @@ from data_prep import schema as S
 from data_prep.events import UTC_TS, epoch_seconds
 
 SECONDS_PER_DAY = 86_400.0
-N_TRAIN_CUTOFFS = S.N_TRAIN_CUTOFFS
 NO_PURCHASE_DAYS = 365.0  # days_since_purchase for a customer who never bought before the cutoff
 
 
@@ -59,7 +58,7 @@ def plan_splits(
     first_ts: datetime,
     last_ts: datetime,
     horizon_days: int = 14,
-    n_train_cutoffs: int = N_TRAIN_CUTOFFS,
+    n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
     stride_days: int = 7,
     min_history_days: int = 14,
 ) -> TimeSplits:

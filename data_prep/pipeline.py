@@ -379,7 +379,7 @@ def build_features_layer(
     out: Path,
     horizon_days: int,
     progress: Progress,
-    n_train_cutoffs: int = fe.N_TRAIN_CUTOFFS,
+    n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
 ) -> fe.TimeSplits:
     """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, R1 sequences, I1 intent_{train,val,test}, I2 sessions,
     snapshot, RFM, churn and clusters.
@@ -537,7 +537,7 @@ def run_prep(
     progress: Progress | None = None,
     engine_name: str = engine.DUCKDB,
     consent_default: bool = False,
-    n_train_cutoffs: int = fe.N_TRAIN_CUTOFFS,
+    n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
 ) -> PrepResult:
     """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark)."""
     say = progress or (lambda _msg: None)

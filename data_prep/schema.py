@@ -394,9 +394,8 @@ INTENT_FEATURES = (
 
 # RFM and segments (04_features/rfm.parquet, as of the end of the data), churn, behavioural clusters.
 RFM_FILE = "rfm.parquet"
-N_TRAIN_CUTOFFS = (
-    4  # weekly I1 (purchase intent) training cutoffs before validation (`o2o prep --train-cutoffs`)
-)
+# weekly I1 (purchase intent) training cutoffs before validation (`o2o prep --train-cutoffs`)
+N_TRAIN_CUTOFFS = 4
 CHURN_HORIZON_DAYS = 60  # churn = no purchase in this many days after the cutoff
 CHURN_PREFIX = "churn"  # churn_{train,val,test}.parquet: snapshot + label (1 = no purchase in 60 days)
 CHURN_FILE = "churn.parquet"  # churn labels at the latest cutoff whose 60-day window fits in the data

@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import yaml
 
-from experiments.evaluate import EVALUATION_JSON, evaluate
+from experiments.evaluate import EVALUATION_JSON, evaluate, min_max_bars
 from training.config import RunConfig, SideFeature, with_overrides
 from training.train import CONFIG_FILE, new_run_dir
 
@@ -88,19 +88,21 @@ def reused_evaluation(eval_dir: Path, expected: RunConfig, seeds: Sequence[int])
     summary: dict[str, Any] = json.loads(path.read_text())
     if summary["seeds"] != list(seeds):
         raise ValueError(f"{eval_dir} ran seeds {summary['seeds']}, this ablation asks {list(seeds)}")
+    want = json.loads(expected.model_dump_json())
+    settings = [
+        (section, key, value)
+        for section, values in want.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if (section, key) not in REUSE_IGNORED | {("train", "seed")}
+    ]
     for run, seed in zip(summary["runs"], summary["seeds"], strict=True):
         got = yaml.safe_load((eval_dir.parent / run / CONFIG_FILE).read_text())
-        want = json.loads(expected.model_dump_json())
-        want["train"]["seed"] = seed
-        for section, values in want.items():
-            if not isinstance(values, dict):
-                continue
-            for key, value in values.items():
-                if (section, key) not in REUSE_IGNORED and got.get(section, {}).get(key) != value:
-                    raise ValueError(
-                        f"{eval_dir}: run {run} has {section}.{key} = {got.get(section, {}).get(key)!r}, "
-                        f"the variant asks {value!r}"
-                    )
+        for section, key, value in [*settings, ("train", "seed", seed)]:
+            if (found := got.get(section, {}).get(key)) != value:
+                raise ValueError(
+                    f"{eval_dir}: run {run} has {section}.{key} = {found!r}, the variant asks {value!r}"
+                )
     return summary
 
 
@@ -241,8 +243,7 @@ def _plot(summary: dict[str, Any], title: str, path: Path) -> None:
     rows = summary["variants"]
     labels = [r["variant"] for r in rows]
     mean = [r["test"][metric]["mean"] for r in rows]
-    lo = [max(0.0, r["test"][metric]["mean"] - r["test"][metric]["min"]) for r in rows]  # ≥ 0 (rounding)
-    hi = [max(0.0, r["test"][metric]["max"] - r["test"][metric]["mean"]) for r in rows]
+    lo, hi = min_max_bars([r["test"][metric] for r in rows])
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     bars = ax.bar(labels, mean, yerr=[lo, hi], capsize=4, color="tab:green")
     ax.bar_label(bars, fmt="%.4f", padding=3)

@@ -71,13 +71,19 @@ def summary_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def min_max_bars(stats: Sequence[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """matplotlib ``yerr`` (below, above) spanning min–max around each mean. Clamped at 0: the mean of equal
+    figures can come out one bit beyond them, and matplotlib refuses a negative error bar."""
+    lo = [max(0.0, s["mean"] - s["min"]) for s in stats]
+    hi = [max(0.0, s["max"] - s["mean"]) for s in stats]
+    return lo, hi
+
+
 def _plot(summary: dict[str, dict[str, dict[str, float]]], title: str, path: Path) -> None:
     name = next(iter(next(iter(summary.values()))))
     labels = list(summary)
     mean = [summary[m][name]["mean"] for m in labels]
-    # max(0, ·): the mean of equal figures can differ from them in the last bit, and yerr must be ≥ 0
-    lo = [max(0.0, summary[m][name]["mean"] - summary[m][name]["min"]) for m in labels]
-    hi = [max(0.0, summary[m][name]["max"] - summary[m][name]["mean"]) for m in labels]
+    lo, hi = min_max_bars([summary[m][name] for m in labels])
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     bars = ax.bar(
         labels, mean, yerr=[lo, hi], capsize=4, color=["tab:green"] + ["tab:gray"] * (len(labels) - 1)

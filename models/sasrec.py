@@ -170,10 +170,9 @@ class SASRec(nn.Module):
         h = self.encode(item_idx, ctx_idx)  # (B, T, D)
         logits = h @ self.item_emb.weight.T  # (B, T, V+1)
         if self.cfg.repeat_head:
-            rows = torch.ones(item_idx.shape, dtype=torch.bool, device=item_idx.device)  # (B, T)
-            logits = logits + self.repeat_bonus(item_idx, h.reshape(-1, h.shape[-1]), rows)(None).view_as(
-                logits
-            )
+            every = torch.ones_like(item_idx, dtype=torch.bool)  # (B, T): all positions, in row-major order
+            bonus = self.repeat_bonus(item_idx, h.flatten(0, 1), every)(None)  # (B·T, V+1)
+            logits = logits + bonus.view_as(logits)
         return logits
 
     def repeat_weights(self, item_idx: torch.Tensor) -> torch.Tensor:
@@ -211,6 +210,15 @@ class SASRec(nn.Module):
 
         return bonus
 
+    def next_repeat_bonus(self, item_idx: torch.Tensor, h_last: torch.Tensor) -> torch.Tensor:
+        """(B, V+1) float32: the repeat bonus of every item after the newest position, from ``h_last`` (B, D).
+        The serving head's form: one scatter, no data-dependent shapes, so it exports to ONNX."""
+        with full_precision(h_last.device):
+            w = self.repeat_weights(item_idx)[:, -1]  # (B, T): each input item's weight for the next one
+            counts = torch.zeros(w.shape[0], self.cfg.n_items + 1, dtype=w.dtype, device=w.device)
+            counts = counts.scatter_add(1, item_idx, w)  # (B, V+1)
+            return F.softplus(self.repeat_gate(h_last.float())) * torch.log1p(counts)
+
 
 class SASRecTopK(nn.Module):
     """Serving head: top-k items after the newest position, with padding, seen items (optionally) and
@@ -234,14 +242,7 @@ class SASRecTopK(nn.Module):
         h = self.model.encode(item_idx, ctx_idx)[:, -1]  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         if self.model.cfg.repeat_head:
-            with full_precision(h.device):
-                w = self.model.repeat_weights(item_idx)[
-                    :, -1
-                ]  # (B, T): each input item's weight for the next
-                counts = torch.zeros(logits.shape, dtype=w.dtype, device=w.device).scatter_add(1, item_idx, w)
-                logits = logits + F.softplus(self.model.repeat_gate(h.float())) * torch.log1p(
-                    counts
-                )  # (B, V+1)
+            logits = logits + self.model.next_repeat_bonus(item_idx, h)  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
         blocked = (1.0 - allowed) * self.is_item  # (V+1,)
         # seen (if asked) or blocked items sink by MASK_VALUE; padding sinks twice as far, so it ranks after
