@@ -114,7 +114,8 @@ def event_order(events: ir.Table) -> list[ir.Value]:
     return [events[S.TS], in_basket, tie]
 
 
-def _item_events(events: ir.Table) -> ir.Table:
+def item_events(events: ir.Table) -> ir.Table:
+    """The events that name an item and can be in a sequence (views, cart changes, orders, purchases)."""
     return events.filter(events[S.ITEM_ID].notnull() & events[S.EVENT_TYPE].isin(S.ITEM_EVENT_TYPES))
 
 
@@ -123,7 +124,7 @@ def item_vocabulary(events: ir.Table, catalog_items: ir.Table, cutoff: datetime)
 
     Index 0 is reserved for padding. Items first seen after the cutoff are unknown to the model.
     """
-    seen = _item_events(events.filter(events[S.TS] < _at(cutoff)))
+    seen = item_events(events.filter(events[S.TS] < _at(cutoff)))
     pop = seen.group_by(S.ITEM_ID).aggregate(**{S.POPULARITY: seen.count()})
     ranked = pop.mutate(
         **{S.ITEM_IDX: ibis.row_number().over(order_by=[ibis.desc(S.POPULARITY), S.ITEM_ID]) + 1}
@@ -154,7 +155,7 @@ def store_assortment(events: ir.Table, cutoff: datetime, days: int = 90) -> ir.T
 def segment_popularity(events: ir.Table, segments: ir.Table, cutoff: datetime) -> ir.Table:
     """segment, item_id, popularity: item events before ``cutoff`` by the customers of each segment (as
     segmented at ``cutoff``), the cold-start fallback's "popular in the customer's segment"."""
-    e = _item_events(_before(events, cutoff))
+    e = item_events(_before(events, cutoff))
     j = e.join(segments.select(S.CUSTOMER_ID, S.SEGMENT), S.CUSTOMER_ID)
     agg = j.group_by([S.SEGMENT, S.ITEM_ID]).aggregate(**{S.POPULARITY: j.count()})
     return agg.order_by([S.SEGMENT, ibis.desc(S.POPULARITY), S.ITEM_ID])
@@ -187,7 +188,7 @@ def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = True) 
     Ties in time are broken by :func:`event_order` so the order is reproducible. ``detail`` (default) adds the
     aligned ``channels`` and ``timestamps`` (whole epoch seconds) lists that side-information inputs need.
     """
-    e = _item_events(_before(events, cutoff))
+    e = item_events(_before(events, cutoff))
     # The position (a spillable window sort) replaces ts and event_id inside the collected structs: list
     # aggregates stay in memory, and 10M events of (ts, event_id, item, type) do not fit in 1 GB.
     e = e.mutate(_pos=ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=event_order(e)))

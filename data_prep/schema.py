@@ -414,13 +414,29 @@ CHANNEL_MIX = "channel_mix"  # online only / store only / omnichannel (scores, c
 CHURN = "churn"  # 1 = no purchase in the churn horizon after the cutoff
 CLUSTER = "cluster"  # behavioural cluster id (KMeans on the intent aggregates)
 
-# Session intent (I2) inputs, computed from the session's events up to its first add-to-cart.
+# Session intent (I2) inputs at the session's first add-to-cart: the session's own events up to it, and the
+# customer's history before it (any channel; an unresolved session's history is the session itself).
 SI_N_EVENTS = "session_n_events"
 SI_N_VIEWS = "session_n_views"
 SI_N_ITEMS = "session_n_items"
 SI_SECONDS = "session_seconds"  # from the session's first event to the add-to-cart
 SI_CART_PRICE = "cart_price"  # unit price of the item added to the cart
-SESSION_FEATURES = (SI_N_EVENTS, SI_N_VIEWS, SI_N_ITEMS, SI_SECONDS, SI_CART_PRICE)
+SI_EVENTS_28D = "customer_events_28d"  # the customer's item events outside this session, last 28 days
+SI_SESSIONS_7D = "customer_sessions_7d"  # the customer's other online sessions in the last 7 days
+SI_PURCHASES = "customer_purchases"  # distinct orders / baskets before the add-to-cart, any channel
+SI_DAYS_SINCE_PURCHASE = "customer_days_since_purchase"  # 365 when none
+SESSION_FEATURES = (
+    SI_N_EVENTS,
+    SI_N_VIEWS,
+    SI_N_ITEMS,
+    SI_SECONDS,
+    SI_CART_PRICE,
+    SI_EVENTS_28D,
+    SI_SESSIONS_7D,
+    SI_PURCHASES,
+    SI_DAYS_SINCE_PURCHASE,
+)
+SESSION_HISTORY_DAYS = 28  # the I2 input sequence: the customer's item events in the days before the cart
 
 # Split names; files are "<task>_<split>.parquet" (e.g. rec_train.parquet, intent_test.parquet).
 SPLIT_TRAIN = "train"

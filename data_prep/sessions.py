@@ -1,8 +1,15 @@
 """Protocol I2 examples: online sessions with an add-to-cart, scored at their first add-to-cart.
 
-Inputs are the session's own events up to and including that add-to-cart (ordered by time, then event id);
-the label is 1 when the session later contains an order. Sessions are split by the time of the
-add-to-cart. No event after the add-to-cart reaches an input column.
+A session's inputs are what the platform knows at that add-to-cart: the session's own events up to and
+including it (the session aggregates), and the customer's history before it — the item events of the
+last :data:`schema.SESSION_HISTORY_DAYS` days in any channel, up to the add-to-cart (the input sequence,
+with channels and timestamps for side information), their other recent sessions and their purchases so
+far (the customer aggregates). A session no resolved customer owns has only itself as history. The label
+is 1 when the session later contains an order. Sessions are split by the time of the add-to-cart. No event
+after the add-to-cart reaches an input column.
+
+Customers are the identity graph's as of the end of the data (``03_customers``), so a device first linked
+to an account after the session already counts as that customer's here.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from data_prep.events import UTC_TS, epoch_seconds
 
 ATC_TS = "atc_ts"
 ATC_EVENT = "_atc_event"
+_KEY = "_history_key"  # the customer id, or the session id of a session no customer owns
+
+
+def _history_key(t: ir.Table) -> ir.StringValue:
+    return t[S.CUSTOMER_ID].fill_null("session:" + t[S.SESSION_ID].fill_null(""))
 
 
 def _first_add_to_cart(online: ir.Table, start: datetime, end: datetime) -> ir.Table:
@@ -30,19 +42,22 @@ def _first_add_to_cart(online: ir.Table, start: datetime, end: datetime) -> ir.T
     return first.select(
         S.SESSION_ID,
         S.CUSTOMER_ID,
-        **{ATC_TS: first[S.TS], ATC_EVENT: first[S.EVENT_ID], S.SI_CART_PRICE: first[S.PRICE]},
+        **{
+            ATC_TS: first[S.TS],
+            ATC_EVENT: first[S.EVENT_ID],
+            S.SI_CART_PRICE: first[S.PRICE],
+            _KEY: _history_key(first),
+        },
     )
 
 
-def session_intent_examples(events: ir.Table, start: datetime, end: datetime) -> ir.Table:
-    """One row per session whose first add-to-cart falls in ``[start, end)``.
+def _up_to(t: ir.Table, ts: ir.Column, event_id: ir.Column) -> ir.BooleanValue:
+    """Rows at or before the add-to-cart: earlier in time, or at its time with an event id up to its own."""
+    return (ts < t[ATC_TS]) | ((ts == t[ATC_TS]) & (event_id <= t[ATC_EVENT]))
 
-    Columns: session_id, customer_id (may be null), atc_ts, items / event_types up to the add-to-cart,
-    session aggregates (events, views, distinct items, seconds since the session began, cart price) and
-    ``label`` (an order after the add-to-cart in the same session).
-    """
-    online = events.filter((events[S.SOURCE] == "online") & events[S.SESSION_ID].notnull())
-    first = _first_add_to_cart(online, start, end)
+
+def _session_aggregates(online: ir.Table, first: ir.Table) -> tuple[ir.Table, ir.Table]:
+    """(the session aggregates up to the add-to-cart, the sessions that order after it)."""
     j = online.join(first, S.SESSION_ID).select(
         online[S.SESSION_ID],
         online[S.TS],
@@ -52,27 +67,130 @@ def session_intent_examples(events: ir.Table, start: datetime, end: datetime) ->
         first[ATC_TS],
         first[ATC_EVENT],
     )
-    upto = (j[S.TS] < j[ATC_TS]) | ((j[S.TS] == j[ATC_TS]) & (j[S.EVENT_ID] <= j[ATC_EVENT]))
+    upto = _up_to(j, j[S.TS], j[S.EVENT_ID])
     before, after = j.filter(upto), j.filter(~upto)
     inputs = before.group_by(S.SESSION_ID).aggregate(
         **{
-            fe.SEQUENCE: fe.ordered_collect(before, where=before[S.ITEM_ID].notnull()),
             S.SI_N_EVENTS: before.count().cast("float64"),
             S.SI_N_VIEWS: (before[S.EVENT_TYPE] == S.EV_VIEW).sum().cast("float64"),
             S.SI_N_ITEMS: before[S.ITEM_ID].nunique().cast("float64"),
             S.SI_SECONDS: epoch_seconds(before[ATC_TS].max()) - epoch_seconds(before[S.TS].min()),
         }
     )
-    inputs = fe.unpack(inputs)
     bought = after.filter(after[S.EVENT_TYPE] == S.EV_ORDER).select(S.SESSION_ID).distinct()
-    bought = bought.mutate(_bought=ibis.literal(1, "int8"))
-    out = first.join(inputs, S.SESSION_ID).left_join(bought, S.SESSION_ID)
+    return inputs, bought.mutate(_bought=ibis.literal(1, "int8"))
+
+
+def _customer_history(events: ir.Table, first: ir.Table, history_days: int) -> ir.Table:
+    """Per session: the history sequence (items, event_types, channels, timestamps, oldest first, ties
+    broken as :func:`features.event_order` does), and the customer's item events outside the session
+    (last ``history_days``) and other online sessions (last 7 days) before the add-to-cart."""
+    e = fe.item_events(events)
+    e = e.mutate(**{_KEY: _history_key(e)})
+    in_basket = e[S.ORDER_ID].notnull()
+    h = e.join(first, e[_KEY] == first[_KEY]).select(
+        sid=first[S.SESSION_ID],
+        own_session=e[S.SESSION_ID],
+        ts=e[S.TS],
+        event_id=e[S.EVENT_ID],
+        in_basket=in_basket,
+        tie=ibis.ifelse(in_basket, e[S.EVENT_ID].hexdigest("md5"), e[S.EVENT_ID]),
+        item=e[S.ITEM_ID],
+        type=e[S.EVENT_TYPE],
+        channel=e[S.CHANNEL],
+        online=e[S.SOURCE] == "online",
+        **{ATC_TS: first[ATC_TS], ATC_EVENT: first[ATC_EVENT]},
+    )
+    h = h.filter((h.ts >= h[ATC_TS] - ibis.interval(days=history_days)) & _up_to(h, h.ts, h.event_id))
+    other = h.own_session.isnull() | (h.own_session != h.sid)
+    last7 = h.ts >= h[ATC_TS] - ibis.interval(days=7)
+    fields = {
+        "ts": h.ts,
+        "in_basket": h.in_basket,
+        "tie": h.tie,
+        "item": h.item,
+        "type": h.type,
+        "channel": h.channel,
+        "sec": epoch_seconds(h.ts).cast("int64"),
+    }
+    agg = h.group_by(h.sid).aggregate(
+        **{
+            fe.SEQUENCE: ibis.struct(fields).collect(),
+            S.SI_EVENTS_28D: other.sum().cast("float64"),
+            S.SI_SESSIONS_7D: h.own_session.nunique(where=other & last7 & h.online).cast("float64"),
+        }
+    )
+    ordered = agg[fe.SEQUENCE].sort()
+    return agg.select(
+        **{
+            S.SESSION_ID: agg.sid,
+            S.ITEMS: ordered.map(lambda v: v["item"]),
+            S.EVENT_TYPES_COL: ordered.map(lambda v: v["type"]),
+            S.CHANNELS_COL: ordered.map(lambda v: v["channel"]),
+            S.TIMESTAMPS_COL: ordered.map(lambda v: v["sec"]),
+            S.SI_EVENTS_28D: agg[S.SI_EVENTS_28D],
+            S.SI_SESSIONS_7D: agg[S.SI_SESSIONS_7D],
+        }
+    )
+
+
+def _purchases_before(events: ir.Table, first: ir.Table) -> ir.Table:
+    """Per session: the customer's distinct orders / baskets before the add-to-cart and days since the last."""
+    p = events.filter(events[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES))
+    p = p.mutate(**{_KEY: _history_key(p), "_order": p[S.ORDER_ID].fill_null(p[S.EVENT_ID])})
+    orders = p.group_by([_KEY, "_order"]).aggregate(_ts=p[S.TS].min())
+    j = orders.join(first, (orders[_KEY] == first[_KEY]) & (orders._ts < first[ATC_TS]))
+    j = j.select(sid=first[S.SESSION_ID], ts=orders._ts, atc=first[ATC_TS])
+    agg = j.group_by(j.sid).aggregate(n=j.count(), last=j.ts.max(), atc=j.atc.max())
+    return agg.select(
+        **{
+            S.SESSION_ID: agg.sid,
+            S.SI_PURCHASES: agg.n.cast("float64"),
+            S.SI_DAYS_SINCE_PURCHASE: (epoch_seconds(agg.atc) - epoch_seconds(agg.last)) / fe.SECONDS_PER_DAY,
+        }
+    )
+
+
+def session_intent_examples(
+    events: ir.Table, start: datetime, end: datetime, history_days: int = S.SESSION_HISTORY_DAYS
+) -> ir.Table:
+    """One row per session whose first add-to-cart falls in ``[start, end)``.
+
+    Columns: session_id, customer_id (may be null), atc_ts, the history sequence (items, event_types,
+    channels, timestamps), :data:`schema.SESSION_FEATURES` and ``label`` (an order after the add-to-cart in
+    the same session).
+    """
+    online = events.filter((events[S.SOURCE] == "online") & events[S.SESSION_ID].notnull())
+    first = _first_add_to_cart(online, start, end)
+    inputs, bought = _session_aggregates(online, first)
+    history = _customer_history(events, first, history_days)
+    purchases = _purchases_before(events, first)
+    out = (
+        first.join(inputs, S.SESSION_ID)
+        .left_join(history, S.SESSION_ID)
+        .left_join(purchases, S.SESSION_ID)
+        .left_join(bought, S.SESSION_ID)
+    )
+    empty = ibis.literal([], type="array<string>")
+    zero = ibis.literal(0.0)
     return out.select(
         S.SESSION_ID,
         S.CUSTOMER_ID,
         ATC_TS,
-        S.ITEMS,
-        S.EVENT_TYPES_COL,
-        *S.SESSION_FEATURES,
-        **{S.LABEL: out._bought.fill_null(0).cast("int8")},
+        **{
+            S.ITEMS: out[S.ITEMS].fill_null(empty),
+            S.EVENT_TYPES_COL: out[S.EVENT_TYPES_COL].fill_null(empty),
+            S.CHANNELS_COL: out[S.CHANNELS_COL].fill_null(empty),
+            S.TIMESTAMPS_COL: out[S.TIMESTAMPS_COL].fill_null(ibis.literal([], type="array<int64>")),
+            S.SI_N_EVENTS: out[S.SI_N_EVENTS],
+            S.SI_N_VIEWS: out[S.SI_N_VIEWS],
+            S.SI_N_ITEMS: out[S.SI_N_ITEMS],
+            S.SI_SECONDS: out[S.SI_SECONDS],
+            S.SI_CART_PRICE: out[S.SI_CART_PRICE],
+            S.SI_EVENTS_28D: out[S.SI_EVENTS_28D].fill_null(zero),
+            S.SI_SESSIONS_7D: out[S.SI_SESSIONS_7D].fill_null(zero),
+            S.SI_PURCHASES: out[S.SI_PURCHASES].fill_null(zero),
+            S.SI_DAYS_SINCE_PURCHASE: out[S.SI_DAYS_SINCE_PURCHASE].fill_null(fe.NO_PURCHASE_DAYS),
+            S.LABEL: out._bought.fill_null(0).cast("int8"),
+        },
     ).order_by([ATC_TS, S.SESSION_ID])

@@ -29,6 +29,7 @@ class IntentConfig:
     n_channels: int = 0  # > 0: channel embedding on each event
     n_gap_buckets: int = 0  # > 0: time-gap embedding on each event
     n_categories: int = 0  # > 0: the item's category embedding
+    item_identity: bool = True  # False: one shared embedding for every item (see SASRecConfig)
 
     def encoder_config(self) -> SASRecConfig:
         return SASRecConfig(
@@ -42,6 +43,7 @@ class IntentConfig:
             n_channels=self.n_channels,
             n_gap_buckets=self.n_gap_buckets,
             n_categories=self.n_categories,
+            item_identity=self.item_identity,
         )
 
 

@@ -40,6 +40,10 @@ class SASRecConfig:
     # repeat-aware head (grocery): an item already in the input gets g(h) · log(1 + Σ w[age] over its
     # occurrences) added to its score; w per age (positions back from the query) and the gate g are learned
     repeat_head: bool = False
+    # False: every real item shares one input embedding (the encoder sees each event's side information,
+    # position and the category looked up from its item, not which item it was): far fewer parameters to
+    # overfit for classifiers trained on few customers. Needs no output head (the recommender keeps it True).
+    item_identity: bool = True
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -114,7 +118,7 @@ class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        self.item_emb = nn.Embedding(cfg.n_items + 1 if cfg.item_identity else 2, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.type_emb = _side_table(cfg.n_event_types, cfg.d_model)
         self.channel_emb = _side_table(cfg.n_channels, cfg.d_model)
@@ -151,7 +155,8 @@ class SASRec(nn.Module):
         (B, T, C) from :func:`models.encoding.encode_sequences`; position t sees items ≤ t only."""
         T = item_idx.shape[1]
         from_end = torch.arange(T - 1, -1, -1, device=item_idx.device).clamp(max=self.cfg.max_len - 1)  # (T,)
-        x = self.item_emb(item_idx) * math.sqrt(self.cfg.d_model)  # (B, T, D)
+        ids = item_idx if self.cfg.item_identity else (item_idx != 0).long()  # (B, T)
+        x = self.item_emb(ids) * math.sqrt(self.cfg.d_model)  # (B, T, D)
         x = x + self.pos_emb(from_end)[None]  # (B, T, D)
         if self.category_emb is not None:
             x = x + self.category_emb(self.item_category[item_idx])  # (B, T, D)

@@ -64,6 +64,12 @@ class IntentModelConfig(SequenceModelConfig):
         ["event_type"], description="side information added to each input item (see the recommender's)"
     )
     hidden: int = Field(64, ge=1, description="width of the classification head")
+    item_identity: bool = Field(
+        True,
+        description="false: the encoder does not see which item each event was, only its side information "
+        "(category, time gap, ...) and position — one shared item embedding instead of one per item, so "
+        "little to overfit when there are few customers",
+    )
     init_from: Path | None = Field(
         None,
         description="a finished recommender run folder: the sequence encoder starts from its weights (items "

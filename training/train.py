@@ -366,6 +366,7 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
         "n_layers": m.n_layers,
         "dropout": m.dropout,
         "hidden": m.hidden,
+        "item_identity": m.item_identity,
     }
     module = IntentModule(model_config, tc.lr, tc.weight_decay)
     module.model.set_feature_scaling(*dm.feature_scaling())

@@ -65,7 +65,14 @@ def warm_start_encoder(
     own = encoder.state_dict()
     copied, skipped = [], {}
     with torch.no_grad():
-        matched = _rows_by_name(own["item_emb.weight"], weights["item_emb.weight"], item_ids, source_items)
+        if encoder.cfg.item_identity:
+            matched = _rows_by_name(
+                own["item_emb.weight"], weights["item_emb.weight"], item_ids, source_items
+            )
+            copied.append("item_emb.weight")
+        else:  # one shared item row: nothing to match by id
+            matched = 0
+            skipped["item_emb.weight"] = "model.item_identity is false"
         if "category_emb.weight" in own and "category_emb.weight" in weights:
             _rows_by_name(
                 own["category_emb.weight"],
@@ -76,7 +83,7 @@ def warm_start_encoder(
             copied.append("category_emb.weight")
         n = min(len(own["pos_emb.weight"]), len(weights["pos_emb.weight"]))
         own["pos_emb.weight"][:n] = weights["pos_emb.weight"][:n]  # row p = the p-th newest event in both
-        copied += ["item_emb.weight", "pos_emb.weight"]
+        copied.append("pos_emb.weight")
         for name, value in own.items():
             if name in MATCHED_BY_KEY:
                 continue

@@ -1,4 +1,5 @@
-"""I2 session examples: inputs stop at the first add-to-cart; the label is a later order in the session."""
+"""I2 session examples: inputs stop at the first add-to-cart; the history is the customer's, in any channel;
+the label is a later order in the session."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import ibis
 import pandas as pd
+import pytest
 
 from data_prep import schema as S
 from data_prep.sessions import session_intent_examples
@@ -13,14 +15,21 @@ from data_prep.sessions import session_intent_examples
 T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
 
 
-def events(rows: list[tuple[str, int, str, str | None]]) -> ibis.Table:
-    """(session, minute, event type, item) → online events."""
+def events(rows: list[tuple[str, int, str, str | None]], customer: str | None = "c1") -> ibis.Table:
+    """(session, minute, event type, item) → online events of ``customer``; session "pos" rows are store
+    purchases (one basket per minute)."""
+    store = [r[0] == "pos" for r in rows]
     df = pd.DataFrame(
         {
             S.EVENT_ID: [f"e{i:02d}" for i in range(len(rows))],
-            S.SOURCE: "online",
-            S.SESSION_ID: [r[0] for r in rows],
-            S.CUSTOMER_ID: "c1",
+            S.SOURCE: ["pos" if p else "online" for p in store],
+            S.CHANNEL: ["store" if p else "web" for p in store],
+            S.SESSION_ID: [None if p else r[0] for p, r in zip(store, rows, strict=True)],
+            S.ORDER_ID: [
+                f"b{r[1]}" if p else (f"o-{r[0]}" if r[2] == S.EV_ORDER else None)
+                for p, r in zip(store, rows, strict=True)
+            ],
+            S.CUSTOMER_ID: customer,
             S.TS: [T0 + timedelta(minutes=r[1]) for r in rows],
             S.EVENT_TYPE: [r[2] for r in rows],
             S.ITEM_ID: [r[3] for r in rows],
@@ -29,6 +38,14 @@ def events(rows: list[tuple[str, int, str, str | None]]) -> ibis.Table:
     )
     schema = {c: "string" for c in df.columns} | {S.TS: "timestamp('UTC')", S.PRICE: "float64"}
     return ibis.memtable(df, schema=schema)
+
+
+def examples(rows: list[tuple[str, int, str, str | None]], customer: str | None = "c1") -> pd.DataFrame:
+    return (
+        session_intent_examples(events(rows, customer), T0 - timedelta(days=40), T0 + timedelta(days=1))
+        .to_pandas()
+        .set_index(S.SESSION_ID)
+    )
 
 
 ROWS = [
@@ -46,15 +63,42 @@ ROWS = [
 
 
 def test_inputs_stop_at_first_add_to_cart_and_label_is_a_later_order() -> None:
-    out = (
-        session_intent_examples(events(ROWS), T0, T0 + timedelta(days=1)).to_pandas().set_index(S.SESSION_ID)
-    )
+    out = examples(ROWS, customer=None)  # sessions no customer owns: each is its own history
     assert sorted(out.index) == ["s1", "s2"]
     s1 = out.loc["s1"]
     assert list(s1[S.ITEMS]) == ["A", "A"] and list(s1[S.EVENT_TYPES_COL]) == ["view", "add_to_cart"]
+    assert list(s1[S.CHANNELS_COL]) == ["web", "web"]
+    assert list(s1[S.TIMESTAMPS_COL]) == [int(T0.timestamp()), int(T0.timestamp()) + 120]
     assert (s1[S.SI_N_EVENTS], s1[S.SI_N_VIEWS], s1[S.SI_N_ITEMS], s1[S.SI_SECONDS]) == (3, 1, 1, 120)
     assert s1[S.SI_CART_PRICE] == 9.5 and s1[S.LABEL] == 1
+    assert (s1[S.SI_EVENTS_28D], s1[S.SI_SESSIONS_7D], s1[S.SI_PURCHASES]) == (0, 0, 0)
+    assert s1[S.SI_DAYS_SINCE_PURCHASE] == 365.0
     assert out.loc["s2", S.LABEL] == 0
+
+
+def test_the_history_is_the_customers_in_every_channel_before_the_add_to_cart() -> None:
+    day = 24 * 60
+    out = examples(
+        [
+            ("old", -40 * day, S.EV_VIEW, "X"),  # older than the 28-day history: not in the sequence
+            ("pos", -10 * day, S.EV_PURCHASE, "P"),  # a store basket of two lines
+            ("pos", -10 * day, S.EV_PURCHASE, "Q"),
+            ("s0", -3 * day, S.EV_VIEW, "A"),  # research the days before
+            ("s0", -3 * day + 1, S.EV_ADD_TO_CART, "A"),
+            *ROWS,
+        ]
+    )
+    s1 = out.loc["s1"]
+    items = list(s1[S.ITEMS])
+    assert sorted(items[:2]) == ["P", "Q"] and list(s1[S.CHANNELS_COL][:2]) == ["store", "store"]
+    # then s0, then minute 0 of s1, s2 and s3 (the same customer in three tabs), s2's cart, s1's cart
+    assert items[2:] == ["A", "A", "A", "C", "D", "C", "A"] and "X" not in items
+    assert s1[S.SI_EVENTS_28D] == 7 and s1[S.SI_SESSIONS_7D] == 3  # s0, s2, s3; store lines are no session
+    assert s1[S.SI_PURCHASES] == 1  # one basket (two lines), 10 days and 2 minutes before the cart
+    assert s1[S.SI_DAYS_SINCE_PURCHASE] == pytest.approx(10 + 2 / day)
+    assert (s1[S.SI_N_EVENTS], s1[S.SI_N_VIEWS]) == (3, 1)  # the session aggregates stay the session's
+    s2 = out.loc["s2"]  # nothing after s2's cart (minute 1) reaches it: not s1's cart, view of B or order
+    assert list(s2[S.ITEMS])[2:] == ["A", "A", "A", "C", "D", "C"] and s2[S.SI_PURCHASES] == 1
 
 
 def test_window_is_by_add_to_cart_time() -> None:

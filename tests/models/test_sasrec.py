@@ -99,6 +99,25 @@ def test_side_information_changes_the_encoding() -> None:
     assert torch.allclose(m.encode(x, ctx), m.encode(x, ignored))
 
 
+def test_without_item_identity_only_categories_and_context_tell_items_apart() -> None:
+    torch.manual_seed(0)
+    cfg = SASRecConfig(
+        n_items=50, max_len=12, d_model=16, n_gap_buckets=8, n_categories=5, item_identity=False
+    )
+    m = SASRec(cfg).eval()
+    assert m.item_emb.weight.shape == (2, 16)  # padding + one shared row, not one per item
+    m.set_item_categories(torch.arange(51) % 5 + 1)  # item i has category i % 5 + 1
+    x = torch.tensor([[0, 3, 7, 12], [0, 0, 9, 21]])
+    same_categories = x + 5 * (x != 0)  # other items, same categories
+    ctx = torch.randint(0, 8, (2, 4, 3))
+    assert torch.allclose(m.encode(x, ctx), m.encode(same_categories, ctx), atol=1e-6)
+    assert not torch.allclose(m.encode(x, ctx), m.encode(x + (x != 0), ctx))  # other categories
+    net = IntentNet(
+        IntentConfig(n_items=50, n_features=3, n_event_types=0, d_model=8, hidden=8, item_identity=False)
+    )
+    assert net.encoder.item_emb.weight.shape == (2, 8)
+
+
 def test_intent_net_ignores_sequence_of_empty_history() -> None:
     torch.manual_seed(0)
     net = IntentNet(IntentConfig(n_items=20, n_features=4, n_event_types=2, d_model=8, hidden=8)).eval()

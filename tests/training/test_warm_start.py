@@ -41,6 +41,10 @@ def test_weights_are_copied_by_item_id_and_by_name(tiny_pipeline) -> None:  # ty
     assert torch.equal(enc.pos_emb.weight, weights["pos_emb.weight"][:10])  # the 10 newest positions
     assert torch.equal(enc.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
     assert record["skipped"]["type_emb.weight"] == "not in the recommender"
+    shared = SASRec(SASRecConfig(**{**enc.cfg.__dict__, "item_identity": False}))
+    record = warm_start_encoder(shared, item_ids, [], tiny_pipeline.rec_run)  # one shared item row
+    assert record["items_matched"] == 0 and "item_emb.weight" in record["skipped"]
+    assert torch.equal(shared.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
 
 
 def test_intent_trains_from_the_recommender_and_records_it(tiny_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
