@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.sasrec import SASRec, SASRecConfig
+from models.sasrec import REPEAT_AGE_INIT, SASRec, SASRecConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class IntentConfig:
     n_gap_buckets: int = 0  # > 0: time-gap embedding on each event
     n_categories: int = 0  # > 0: the item's category embedding
     item_identity: bool = True  # False: one shared embedding for every item (see SASRecConfig)
+    # > 0: the head also gets this many learned, age-weighted counts of the newest item's earlier
+    # occurrences in the input (I2: was the item just carted looked at before, and how recently)
+    revisit_features: int = 0
 
     def encoder_config(self) -> SASRecConfig:
         return SASRecConfig(
@@ -57,8 +61,12 @@ class IntentNet(nn.Module):
         self.encoder = SASRec(cfg.encoder_config())
         self.register_buffer("feat_mean", torch.zeros(cfg.n_features))  # fitted on train, log1p space
         self.register_buffer("feat_std", torch.ones(cfg.n_features))
+        if cfg.revisit_features:
+            # (max_len, R) weight of an earlier occurrence by its distance from the newest event, softplus'd;
+            # starts at 1 for every age, so each count begins as the plain number of earlier occurrences
+            self.revisit_age = nn.Parameter(torch.full((cfg.max_len, cfg.revisit_features), REPEAT_AGE_INIT))
         self.head = nn.Sequential(
-            nn.Linear(cfg.d_model + cfg.n_features, cfg.hidden),
+            nn.Linear(cfg.d_model + cfg.n_features + cfg.revisit_features, cfg.hidden),
             nn.GELU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, 1),
@@ -75,7 +83,19 @@ class IntentNet(nn.Module):
         has_history = (item_idx[:, -1:] != 0).float()  # (B, 1): all-padding rows carry no sequence signal
         h = h * has_history  # (B, D)
         f = (torch.log1p(features.clamp(min=0.0)) - self.feat_mean) / self.feat_std  # (B, F)
-        return self.head(torch.cat([h, f], dim=1)).squeeze(1)  # (B,)
+        parts = [h, f]
+        if self.cfg.revisit_features:
+            parts.append(self.revisits(item_idx))
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)  # (B,)
+
+    def revisits(self, item_idx: torch.Tensor) -> torch.Tensor:
+        """(B, R): log(1 + Σ w_r[age]) over the earlier occurrences of each row's newest item (0 when none)."""
+        T = item_idx.shape[1]
+        newest = item_idx[:, -1:]  # (B, 1)
+        earlier = (item_idx == newest) & (newest != 0)  # (B, T)
+        from_end = torch.arange(T - 1, -1, -1, device=item_idx.device).clamp(max=self.cfg.max_len - 1)  # (T,)
+        w = F.softplus(self.revisit_age)[from_end] * (from_end > 0)[:, None]  # (T, R): the newest itself is 0
+        return torch.log1p(earlier.to(w.dtype) @ w)  # (B, R)
 
 
 class IntentProbability(nn.Module):

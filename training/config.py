@@ -70,6 +70,14 @@ class IntentModelConfig(SequenceModelConfig):
         "(category, time gap, ...) and position — one shared item embedding instead of one per item, so "
         "little to overfit when there are few customers",
     )
+    revisit_features: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="> 0: the head also gets this many learned age-weighted counts of the newest item's "
+        "earlier occurrences in the sequence (session intent: was the item just carted looked at before, "
+        "and how recently); 0 = off",
+    )
     init_from: Path | None = Field(
         None,
         description="a finished recommender run folder: the sequence encoder starts from its weights (items "

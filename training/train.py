@@ -367,6 +367,7 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
         "dropout": m.dropout,
         "hidden": m.hidden,
         "item_identity": m.item_identity,
+        "revisit_features": m.revisit_features,
     }
     module = IntentModule(model_config, tc.lr, tc.weight_decay)
     module.model.set_feature_scaling(*dm.feature_scaling())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -116,6 +118,22 @@ def test_without_item_identity_only_categories_and_context_tell_items_apart() ->
         IntentConfig(n_items=50, n_features=3, n_event_types=0, d_model=8, hidden=8, item_identity=False)
     )
     assert net.encoder.item_emb.weight.shape == (2, 8)
+
+
+def test_revisit_features_count_the_newest_items_earlier_occurrences_by_age() -> None:
+    torch.manual_seed(0)
+    cfg = IntentConfig(
+        n_items=20, n_features=2, n_event_types=0, max_len=6, d_model=8, hidden=8, revisit_features=3
+    )
+    net = IntentNet(cfg).eval()
+    x = torch.tensor([[0, 5, 3, 5, 7, 5], [0, 0, 4, 3, 2, 1], [0, 0, 0, 0, 0, 0]])
+    got = net.revisits(x)  # every age weighs 1 at the start: log(1 + the number of earlier occurrences)
+    assert torch.allclose(got[0], torch.full((3,), math.log(3.0)))
+    assert torch.equal(got[1], torch.zeros(3)) and torch.equal(got[2], torch.zeros(3))  # none; padding only
+    with torch.no_grad():
+        net.revisit_age[4] = -30.0  # the occurrence 4 events back stops counting
+    assert torch.allclose(net.revisits(x)[0], torch.full((3,), math.log(2.0)), atol=1e-6)
+    assert net(x, no_ctx(x), torch.rand(3, 2)).shape == (3,)
 
 
 def test_intent_net_ignores_sequence_of_empty_history() -> None:
