@@ -1,16 +1,66 @@
-"""Customer-history store behind the API: the embedded default loads the prep snapshot into memory.
+"""Customer-history stores behind the API: prep's snapshot plus the events apps append after it.
 
-Keys are the pseudonymous ``customer_id`` values that prep resolved; no raw identifier is stored.
+Three stores share one interface (:class:`HistoryStore`), picked by :func:`open_history_store`: in memory (one
+process, lost on exit), SQLite (embedded default that survives restarts; several threads or worker processes on
+one host) and Redis (shared by replicas on many hosts).
+
+Keys are pseudonymous ``customer_id`` values: those prep resolved, or what the service derives from a raw
+identifier with :mod:`data_prep.pii` before calling. No raw identifier reaches a store, and nothing here logs a
+customer id, an item id or a store URL (it may carry a password).
+
+How :meth:`HistoryStore.append` changes a history:
+
+- **Order.** The snapshot's events are a fixed prefix in prep's order. Appended events follow it, in time order
+  among themselves: each batch is sorted by ``ts`` and merged into the events appended before it (equal times
+  keep arrival order). An appended event older than the snapshot's newest event (a late till upload, a replay)
+  still goes after the snapshot: prep's history is never reordered online; the next prep run rebuilds it.
+- **Cap.** A stored history keeps its newest :data:`MAX_HISTORY_EVENTS` events (the oldest drop, snapshot ones
+  first), so a chatty client cannot grow a row without limit. The models read far fewer; only ``exclude_seen``
+  looks further back. Snapshot rows are loaded whole (online and batch scores agree until the first append).
+- **Side lists.** ``channels`` and ``timestamps`` grow with the items when the history has them (every snapshot
+  prep writes today, and every customer an append creates); a row from an older snapshot without them keeps None.
+- **Aggregates.** ``features`` and ``segment`` stay prep's, as of the end of its data: appends do not recompute
+  them. A customer an append creates gets every aggregate at 0.0 and no segment (the cold-start fallback).
+
+Reloading a snapshot into a persistent store (:meth:`SqliteHistoryStore.load_snapshot`,
+:meth:`RedisHistoryStore.load_snapshot`) is skipped when the store already holds that exact file (by content
+hash), so a restart or another replica keeps what was appended since. A different snapshot replaces the rows of
+the customers it holds, appended events included (it is assumed to contain them: apps send the same events to
+the raw sources prep reads); customers that only appends created are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import json
+import logging
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
 
 import pyarrow.parquet as pq
+import redis
 
 from data_prep import schema as S
+
+log = logging.getLogger(__name__)
+
+MAX_HISTORY_EVENTS = 2_000  # newest events kept per customer once appends start
+MAX_EPOCH_SECONDS = 10**11  # year ~5100: a larger ``ts`` is almost surely milliseconds
+SNAPSHOT_BATCH_ROWS = 10_000  # customers read from the snapshot file at a time
+REDIS_CHUNK_ROWS = 1_000  # customers written per Redis pipeline round trip
+APPENDED_TS = "appended_ts"  # stored beside a history: times of its appended tail (the newest events)
+STORE_URL_FORMS = (
+    "None or 'memory', 'sqlite:///relative/path.db' (sqlite:////absolute/path.db), 'redis://host:port/db'"
+)
 
 
 @dataclass(frozen=True)
@@ -29,33 +79,371 @@ class CustomerHistory:
         return [self.channels], [self.timestamps]
 
 
-class InMemoryHistoryStore:
-    """customer_id → :class:`CustomerHistory`, read once from ``04_features/snapshot.parquet``."""
+@dataclass(frozen=True)
+class NewEvent:
+    """One item event an app reports after the snapshot; checked on construction (ValueError)."""
 
-    def __init__(self, snapshot: Path) -> None:
-        table = pq.read_table(snapshot)
-        feats = table.select(list(S.INTENT_FEATURES)).to_pylist()
-        ids = table.column(S.CUSTOMER_ID).to_pylist()
-        items = table.column(S.ITEMS).to_pylist()
-        types = table.column(S.EVENT_TYPES_COL).to_pylist()
+    item_id: str
+    event_type: str  # one of schema.ITEM_EVENT_TYPES
+    channel: str  # one of schema.CHANNELS
+    ts: int  # epoch seconds
 
-        def column(name: str) -> list:
-            return table.column(name).to_pylist() if name in table.column_names else [None] * len(ids)
+    def __post_init__(self) -> None:
+        if not isinstance(self.item_id, str) or not self.item_id.strip():
+            raise ValueError(f"item_id must be a non-empty string, got {self.item_id!r}")
+        if self.event_type not in S.ITEM_EVENT_TYPES:
+            raise ValueError(f"event_type {self.event_type!r} is not an item event type {S.ITEM_EVENT_TYPES}")
+        if self.channel not in S.CHANNELS:
+            raise ValueError(f"channel {self.channel!r} is not one of {S.CHANNELS}")
+        if isinstance(self.ts, bool) or not isinstance(self.ts, int) or not 0 <= self.ts < MAX_EPOCH_SECONDS:
+            raise ValueError(f"ts must be whole epoch seconds in [0, {MAX_EPOCH_SECONDS}), got {self.ts!r}")
 
+
+def empty_history() -> CustomerHistory:
+    """A customer the snapshot does not know: no events, every aggregate 0.0, no segment."""
+    return CustomerHistory([], [], dict.fromkeys(S.INTENT_FEATURES, 0.0), None, [], [])
+
+
+def merge_events(
+    history: CustomerHistory, appended_ts: list[int], events: Sequence[NewEvent]
+) -> tuple[CustomerHistory, list[int]]:
+    """``history`` with ``events`` merged by time into its appended tail (its last ``len(appended_ts)``
+    events, whose times ``appended_ts`` holds), cut to its newest :data:`MAX_HISTORY_EVENTS` events.
+
+    Returns the new history and the times of its appended tail. Pure: the inputs are left unchanged, so a
+    reader still holding the old history sees a consistent one.
+    """
+    n_base = len(history.items) - len(appended_ts)
+    channels, timestamps = history.channels, history.timestamps
+    tail_channels = channels[n_base:] if channels is not None else [""] * len(appended_ts)
+    tail = zip(appended_ts, history.items[n_base:], history.event_types[n_base:], tail_channels, strict=True)
+    new = sorted(((e.ts, e.item_id, e.event_type, e.channel) for e in events), key=_by_time)
+    merged = list(heapq.merge(tail, new, key=_by_time))  # stable: on equal times the earlier event first
+    merged_ts = [r[0] for r in merged]
+    cut = max(0, n_base + len(merged) - MAX_HISTORY_EVENTS)
+
+    def keep(base: list[Any], appended: list[Any]) -> list[Any]:
+        return (base[:n_base] + appended)[cut:]
+
+    if channels is not None and timestamps is not None:
+        sides: tuple[list[str] | None, list[int] | None] = (
+            keep(channels, [r[3] for r in merged]),
+            keep(timestamps, merged_ts),
+        )
+    else:  # an older snapshot without side lists: the appended channels and times are not aligned to any
+        sides = (None, None)
+    merged_history = CustomerHistory(
+        keep(history.items, [r[1] for r in merged]),
+        keep(history.event_types, [r[2] for r in merged]),
+        history.features,
+        history.segment,
+        *sides,
+    )
+    return merged_history, merged_ts[max(0, cut - n_base) :]
+
+
+def _by_time(row: tuple[int, str, str, str]) -> int:
+    return row[0]
+
+
+def check_append(customer_id: str, events: Sequence[NewEvent]) -> None:
+    """Raise ValueError (TypeError for a wrong kind of event) unless ``append`` may store ``events``."""
+    if not isinstance(customer_id, str) or not customer_id.strip():
+        raise ValueError("customer_id must be a non-empty string")
+    if not events:
+        raise ValueError("events must hold at least one event")
+    for e in events:
+        if not isinstance(e, NewEvent):
+            raise TypeError(f"events must be NewEvent instances, got {type(e).__name__}")
+
+
+def encode_history(history: CustomerHistory, appended_ts: list[int]) -> str:
+    """The JSON a persistent store keeps per customer: the history's fields plus :data:`APPENDED_TS`."""
+    return json.dumps({**vars(history), APPENDED_TS: appended_ts}, separators=(",", ":"))
+
+
+def decode_history(text: str | bytes | None) -> tuple[CustomerHistory, list[int]]:
+    """Inverse of :func:`encode_history`; None (an unknown customer) gives :func:`empty_history`."""
+    if text is None:
+        return empty_history(), []
+    fields = json.loads(text)
+    appended_ts = fields.pop(APPENDED_TS, [])
+    return CustomerHistory(**fields), appended_ts
+
+
+def read_snapshot(snapshot: Path) -> Iterator[tuple[str, CustomerHistory]]:
+    """(customer_id, history) for every row of ``04_features/snapshot.parquet``, read in batches.
+
+    ``segment``, ``channels`` and ``timestamps`` are optional columns (None when absent); null lists read as
+    empty ones.
+    """
+    file = pq.ParquetFile(snapshot)
+    names = set(file.schema_arrow.names)
+    required = (S.CUSTOMER_ID, S.ITEMS, S.EVENT_TYPES_COL, *S.INTENT_FEATURES)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ValueError(f"snapshot {snapshot} lacks the columns {missing}")
+    optional = [c for c in (S.SEGMENT, S.CHANNELS_COL, S.TIMESTAMPS_COL) if c in names]
+    for batch in file.iter_batches(SNAPSHOT_BATCH_ROWS, columns=[*required, *optional]):
+        lists = (S.CUSTOMER_ID, S.ITEMS, S.EVENT_TYPES_COL, *optional)
+        cols = {name: batch.column(name).to_pylist() for name in lists}
+        none = [None] * batch.num_rows
         rows = zip(
-            ids,
-            items,
-            types,
-            feats,
-            column(S.SEGMENT),
-            column(S.CHANNELS_COL),
-            column(S.TIMESTAMPS_COL),
+            cols[S.CUSTOMER_ID],
+            cols[S.ITEMS],
+            cols[S.EVENT_TYPES_COL],
+            batch.select(list(S.INTENT_FEATURES)).to_pylist(),
+            cols.get(S.SEGMENT, none),
+            cols.get(S.CHANNELS_COL, none),
+            cols.get(S.TIMESTAMPS_COL, none),
             strict=True,
         )
-        self._rows = {c: CustomerHistory(i or [], t or [], f, g, ch, ts) for c, i, t, f, g, ch, ts in rows}
+        for c, i, t, f, g, ch, ts in rows:
+            yield c, CustomerHistory(i or [], t or [], f, g, ch, ts)
+
+
+def snapshot_fingerprint(snapshot: Path) -> str:
+    """SHA-256 of the snapshot file's bytes: tells a persistent store whether it already holds this file."""
+    digest = hashlib.sha256()
+    with open(snapshot, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HistoryStore(ABC):
+    """customer_id → :class:`CustomerHistory`; safe to call from several threads at once."""
+
+    @abstractmethod
+    def get(self, customer_id: str) -> CustomerHistory | None:
+        """The customer's history, or None for a customer neither the snapshot nor an append created."""
+
+    @abstractmethod
+    def append(self, customer_id: str, events: Sequence[NewEvent]) -> CustomerHistory:
+        """Add ``events`` atomically (see the module notes on order and cap); return the new history.
+
+        An unknown customer is created. Raises ValueError for an empty ``customer_id`` or ``events``.
+        """
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of customers stored."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+    def __enter__(self) -> HistoryStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class InMemoryHistoryStore(HistoryStore):
+    """In-process dict, read once from ``04_features/snapshot.parquet`` (empty without one); appends are lost
+    when the process exits and are not seen by other workers."""
+
+    def __init__(self, snapshot: Path | None = None) -> None:
+        self._rows = dict(read_snapshot(snapshot)) if snapshot is not None else {}
+        self._appended_ts: dict[str, list[int]] = {}  # only for customers with appended events
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def get(self, customer_id: str) -> CustomerHistory | None:
         return self._rows.get(customer_id)
+
+    def append(self, customer_id: str, events: Sequence[NewEvent]) -> CustomerHistory:
+        check_append(customer_id, events)
+        with self._lock:
+            old = self._rows.get(customer_id) or empty_history()
+            history, tail = merge_events(old, self._appended_ts.get(customer_id, []), events)
+            self._rows[customer_id], self._appended_ts[customer_id] = history, tail
+        return history
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteHistoryStore(HistoryStore):
+    """One SQLite file (WAL mode): table ``history`` holds each customer's JSON (:func:`encode_history`).
+
+    One connection behind a lock serves this object's threads; each append is one ``BEGIN IMMEDIATE``
+    transaction, so other processes appending to the same file lose nothing either. ``path`` may be
+    ``":memory:"`` (one connection, so one store).
+    """
+
+    def __init__(self, path: Path | str, snapshot: Path | None = None) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # autocommit mode: every transaction below is opened explicitly
+        self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=NORMAL")  # WAL keeps the file consistent on a crash
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS history (customer_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
+            )
+            self._con.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if snapshot is not None:
+            self.load_snapshot(snapshot)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")  # take the write lock before reading: no lost updates
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+
+    def load_snapshot(self, snapshot: Path) -> int:
+        """Write every snapshot row in one transaction, unless this file is already loaded (see the module
+        notes); returns the number of customers written (0 when skipped)."""
+        fingerprint = snapshot_fingerprint(snapshot)
+        with self._transaction() as con:
+            loaded = con.execute("SELECT value FROM meta WHERE name = 'snapshot'").fetchone()
+            if loaded is not None and loaded[0] == fingerprint:
+                return 0
+            before = con.total_changes
+            rows = ((c, encode_history(h, [])) for c, h in read_snapshot(snapshot))
+            con.executemany("INSERT OR REPLACE INTO history (customer_id, record) VALUES (?, ?)", rows)
+            n = con.total_changes - before
+            con.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('snapshot', ?)", (fingerprint,))
+        log.info("loaded %d snapshot customers into the SQLite history store", n)
+        return n
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._con.execute("SELECT COUNT(*) FROM history").fetchone()[0])
+
+    def get(self, customer_id: str) -> CustomerHistory | None:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT record FROM history WHERE customer_id = ?", (customer_id,)
+            ).fetchone()
+        return None if row is None else decode_history(row[0])[0]
+
+    def append(self, customer_id: str, events: Sequence[NewEvent]) -> CustomerHistory:
+        check_append(customer_id, events)
+        with self._transaction() as con:
+            row = con.execute("SELECT record FROM history WHERE customer_id = ?", (customer_id,)).fetchone()
+            history, tail = merge_events(*decode_history(None if row is None else row[0]), events)
+            con.execute(
+                "INSERT OR REPLACE INTO history (customer_id, record) VALUES (?, ?)",
+                (customer_id, encode_history(history, tail)),
+            )
+        return history
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+class RedisHistoryStore(HistoryStore):
+    """One Redis string per customer (``<prefix>c:<customer_id>``, JSON as :func:`encode_history`), shared by
+    every replica that opens the same ``url`` and ``prefix``.
+
+    Appends are optimistic transactions (WATCH the key, read, MULTI/EXEC the write; retried when another
+    writer got in between), so no append is lost. The connection is checked on construction.
+    """
+
+    def __init__(self, url: str, snapshot: Path | None = None, prefix: str = "o2o:history:") -> None:
+        self.prefix = prefix
+        self._client = redis.Redis.from_url(url)
+        self._client.ping()
+        if snapshot is not None:
+            self.load_snapshot(snapshot)
+
+    def _key(self, customer_id: str) -> str:
+        return f"{self.prefix}c:{customer_id}"
+
+    def load_snapshot(self, snapshot: Path) -> int:
+        """Write every snapshot row, :data:`REDIS_CHUNK_ROWS` per pipeline round trip, unless this file is
+        already loaded (see the module notes); returns the number of customers written (0 when skipped).
+
+        Not one transaction: replicas starting together may load the same file twice (same result), and an
+        append made while a new snapshot loads may be overwritten by it.
+        """
+        fingerprint = snapshot_fingerprint(snapshot)
+        marker = f"{self.prefix}snapshot"
+        if self._client.get(marker) == fingerprint.encode():
+            return 0
+        n = 0
+        for chunk in _batched(read_snapshot(snapshot), REDIS_CHUNK_ROWS):
+            with self._client.pipeline(transaction=False) as pipe:
+                for customer_id, history in chunk:
+                    pipe.set(self._key(customer_id), encode_history(history, []))
+                pipe.execute()
+            n += len(chunk)
+        self._client.set(marker, fingerprint)
+        log.info("loaded %d snapshot customers into the Redis history store", n)
+        return n
+
+    def __len__(self) -> int:
+        pattern = _glob_escape(self.prefix) + "c:*"
+        return sum(1 for _ in self._client.scan_iter(match=pattern, count=1_000))
+
+    def get(self, customer_id: str) -> CustomerHistory | None:
+        text = cast(
+            "bytes | None", self._client.get(self._key(customer_id))
+        )  # the sync client's types are loose
+        return None if text is None else decode_history(text)[0]
+
+    def append(self, customer_id: str, events: Sequence[NewEvent]) -> CustomerHistory:
+        check_append(customer_id, events)
+        key = self._key(customer_id)
+        with self._client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # until MULTI the pipeline runs each command at once
+                    stored = cast("bytes | None", pipe.get(key))
+                    history, tail = merge_events(*decode_history(stored), events)
+                    pipe.multi()
+                    pipe.set(key, encode_history(history, tail))
+                    pipe.execute()
+                    return history
+                except redis.WatchError:
+                    continue  # another append changed the row after we read it: read it again
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(rows)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def open_history_store(url: str | None, snapshot: Path | None) -> HistoryStore:
+    """The store a URL names, loading ``snapshot`` into it when given.
+
+    None or ``"memory"``: :class:`InMemoryHistoryStore`. ``sqlite:///<path>``: :class:`SqliteHistoryStore` at
+    ``<path>`` (SQLAlchemy's form: ``sqlite:///data/h.db`` is relative, ``sqlite:////srv/h.db`` absolute).
+    ``redis://host:port/db`` (or ``rediss://`` for TLS): :class:`RedisHistoryStore`. Anything else: ValueError.
+    """
+    if url is None or url == "memory":
+        return InMemoryHistoryStore(snapshot)
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
+        return SqliteHistoryStore(rest[1:], snapshot)
+    if sep and scheme in ("redis", "rediss") and rest:
+        return RedisHistoryStore(url, snapshot)
+    # the URL itself is not echoed: a Redis URL may carry a password
+    raise ValueError(
+        f"unsupported history store URL (scheme {scheme if sep else '?'!r}): use {STORE_URL_FORMS}"
+    )
