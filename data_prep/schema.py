@@ -457,6 +457,7 @@ BUNDLE_FILE = "bundle.json"  # version, models, source runs, data manifest
 CHECKSUMS_FILE = "checksums.json"  # SHA-256 of every other file of the bundle
 MODEL_CARD_FILE = "model_card.md"
 ONNX_FILE = "model.onnx"  # in each model's folder (recommender/, intent/)
+ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"  # recommender/: float32 (n_items + 1, d_model), row = index
 MODEL_CONFIG_FILE = "config.json"  # in each model's folder: how to encode inputs and read outputs
 MAX_K = 100  # top-k computed inside the recommender graph; requests ask for k ≤ min(MAX_K, n_items)
 RETRAIN_MARKER = (

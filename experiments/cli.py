@@ -395,17 +395,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve_command(
-    bundle: Path, snapshot: Path, host: str, port: int, threads: int = 1
+    bundle: Path, snapshot: Path, host: str, port: int, threads: int = 1, history_url: str | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """The ``bentoml serve`` command line and environment that run the service (run it in REPO_ROOT)."""
+    """The ``bentoml serve`` command line and environment that run the service (run it in REPO_ROOT).
+
+    The environment is this process's (``O2O_API_KEYS`` passes through) plus the service's settings;
+    ``history_url`` None leaves the customer-history store in memory.
+    """
     env = {
         **os.environ,
         "O2O_BUNDLE": str(bundle.resolve()),
         "O2O_SNAPSHOT": str(snapshot.resolve()),
         "O2O_ORT_THREADS": str(threads),
     }
+    env.pop("O2O_HISTORY_URL", None)
+    if history_url:
+        env["O2O_HISTORY_URL"] = _absolute_sqlite_url(history_url)
     app_ref = "serving.service:O2OService"
     return [sys.executable, "-m", "bentoml", "serve", app_ref, "--host", host, "--port", str(port)], env
+
+
+def _absolute_sqlite_url(url: str) -> str:
+    """``sqlite:///relative.db`` made absolute from this directory (the server runs in REPO_ROOT); any other
+    URL unchanged."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and len(url) > len(prefix):
+        return prefix + str(Path(url.removeprefix(prefix)).resolve())
+    return url
 
 
 @app.command()
@@ -417,14 +433,24 @@ def serve(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads")] = 1,
+    history_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="O2O_HISTORY_URL",
+            help="customer-history store that /events appends to: 'sqlite:///data/history.db' (survives "
+            "restarts), 'redis://127.0.0.1:6379/0' (shared by replicas); default: in memory, lost on exit",
+        ),
+    ] = None,
 ) -> None:
-    """Run the BentoML HTTP service (/recommend, /intent, /livez, /readyz) until interrupted."""
+    """Run the BentoML HTTP service (/recommend, /intent, /events, /similar-items, /livez, /readyz, /metrics)
+    until interrupted. Set O2O_API_KEYS (comma-separated) to require an X-API-Key header; unset, the API
+    is open."""
     from serving.artifact import verify_checksums
 
     with user_errors():
         verify_checksums(artifact)
         snapshot = _snapshot(features)
-    cmd, env = serve_command(artifact, snapshot, host, port, threads)
+    cmd, env = serve_command(artifact, snapshot, host, port, threads, history_url)
     console.print(f"serving {artifact} on http://{host}:{port}  (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=REPO_ROOT))
 

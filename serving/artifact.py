@@ -23,6 +23,7 @@ from models.calibration import Calibration
 from models.encoding import ItemVocabulary, ListInput, encode_sequences
 
 THREADS_ENV = "O2O_ORT_THREADS"
+ITEM_EMBEDDINGS_FILE = S.ITEM_EMBEDDINGS_FILE
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +41,9 @@ class OnnxModel:
     categories: np.ndarray  # (n_items + 1,) object: each item's category (None when unknown or padding)
     segment_popularity: dict[str, np.ndarray] = field(default_factory=dict)  # segment → (n_items + 1,)
     assortment: dict[str, np.ndarray] = field(default_factory=dict)  # store_id → item indices it sells
+    # (n_items + 1, D) float32 item table of the recommender, row = item index (0 = padding); None when the
+    # bundle predates it or the model has no per-item rows
+    item_embeddings: np.ndarray | None = None
 
     @property
     def max_len(self) -> int:
@@ -49,6 +53,14 @@ class OnnxModel:
     def calibration(self) -> Calibration:
         """The intent model's probability calibration (identity for bundles exported before it existed)."""
         return Calibration.from_dict(self.config.get("calibration"))
+
+    @functools.cached_property
+    def unit_item_embeddings(self) -> np.ndarray | None:
+        """``item_embeddings`` with every row scaled to unit length (the padding row stays zero)."""
+        if self.item_embeddings is None:
+            return None
+        norms = np.linalg.norm(self.item_embeddings, axis=1, keepdims=True)  # (V+1, 1)
+        return self.item_embeddings / np.maximum(norms, np.finfo(np.float32).tiny)  # (V+1, D)
 
     @property
     def type_names(self) -> list[str]:
@@ -126,7 +138,21 @@ def _load_model(model_dir: Path, threads: int | None) -> OnnxModel:
         providers=["CPUExecutionProvider"],
     )
     seg_pop, stores = _serving_tables(model_dir, vocab)
-    return OnnxModel(config["task"], sess, config, vocab, pop, cats, seg_pop, stores)
+    embeddings = _item_embeddings(model_dir, vocab)
+    return OnnxModel(config["task"], sess, config, vocab, pop, cats, seg_pop, stores, embeddings)
+
+
+def _item_embeddings(model_dir: Path, vocab: ItemVocabulary) -> np.ndarray | None:
+    """The exported item table (n_items + 1, D) float32, or None when the bundle has none."""
+    path = model_dir / ITEM_EMBEDDINGS_FILE
+    if not path.is_file():
+        return None
+    table = np.load(path, allow_pickle=False)
+    if table.ndim != 2 or table.shape[0] != vocab.n_items + 1:
+        raise BundleError(
+            f"{path}: shape {table.shape} does not match {vocab.n_items} items (+ padding); re-export the bundle"
+        )
+    return table.astype(np.float32, copy=False)
 
 
 def _serving_tables(

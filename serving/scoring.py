@@ -183,6 +183,32 @@ def recommend(
     return Recommendations(out_ids, out_scores, sources)
 
 
+def similar_items(model: OnnxModel, item_id: str, k: int) -> tuple[list[str], list[float]]:
+    """The ``k`` items nearest to ``item_id`` by cosine similarity of the recommender's item embeddings, best
+    first (ties: lower item index first), with their similarities in [-1, 1].
+
+    Never the item itself or padding, so fewer than ``k`` only when the catalogue has fewer other items.
+    Raises LookupError for an item the model does not know; ValueError for ``k`` out of range or a bundle
+    exported without item embeddings.
+    """
+    unit = model.unit_item_embeddings  # (V+1, D)
+    if unit is None:
+        raise ValueError("this bundle has no item embeddings: re-export it to serve similar items")
+    check_k(model, k)
+    idx = int(model.vocab.lookup([item_id])[0])
+    if idx == 0:
+        raise LookupError(f"unknown item_id {item_id!r}: not in this model's vocabulary")
+    sims = unit @ unit[idx]  # (V+1,)
+    sims[[0, idx]] = -np.inf
+    n = min(k, len(sims) - 2)  # every real item but this one
+    if n == 0:
+        return [], []
+    nth = np.partition(sims, len(sims) - n)[len(sims) - n]  # the n-th largest similarity
+    cand = np.flatnonzero(sims >= nth)  # ascending index, ties at the cut included
+    top = cand[np.argsort(-sims[cand], kind="stable")][:n]  # (n,)
+    return model.vocab.ids(top).tolist(), sims[top].astype(np.float32).tolist()
+
+
 def intent_probability(
     model: OnnxModel,
     items: ListInput,

@@ -8,6 +8,8 @@ Bundle layout (``artifacts/o2o/<version>/``)::
     recommender/model.onnx top-k head: (item_idx, ctx_idx, exclude_seen, allowed) → (scores, indices)
     recommender/config.json, recommender/items.parquet
     recommender/segment_popularity.parquet, recommender/assortment.parquet  (cold start, store filter)
+    recommender/item_embeddings.npy  float32 (n_items + 1, d_model): the tied item table, row = item index
+                           (row 0 padding); nearest neighbours for /similar-items
     intent/model.onnx      (item_idx, ctx_idx, features) → probability
     intent/config.json, intent/items.parquet
 """
@@ -44,6 +46,7 @@ MODEL_CONFIG_FILE = S.MODEL_CONFIG_FILE
 OPSET = 18
 PARITY_ATOL = 1e-4
 MAX_K = S.MAX_K
+ITEM_EMBEDDINGS_FILE = S.ITEM_EMBEDDINGS_FILE
 
 
 class ExportParityError(RuntimeError):
@@ -60,6 +63,7 @@ class Exported:
     n_items: int
     n_types: int
     n_features: int
+    item_embeddings: np.ndarray | None = None  # (n_items + 1, D) float32; recommenders with item identity
 
 
 def _state_dict(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:
@@ -73,12 +77,15 @@ def rebuild(run_dir: Path) -> Exported:
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     weights = _state_dict(run_dir, metrics["checkpoint"])
     mc = doc["model_config"]
+    embeddings = None
     if doc["task"] == "recommender":
         net = SASRec(SASRecConfig(**mc))
         net.load_state_dict(weights)
         head: torch.nn.Module = SASRecTopK(net, MAX_K)
         names = (["item_idx", "ctx_idx", "exclude_seen", "allowed"], ["scores", "indices"])
         n_features = 0
+        if net.cfg.item_identity:  # else one shared row: no per-item vectors to compare
+            embeddings = net.item_emb.weight.detach().cpu().numpy().astype(np.float32)  # (V+1, D)
     else:
         inet = IntentNet(IntentConfig(**mc))
         inet.load_state_dict(weights)
@@ -86,7 +93,9 @@ def rebuild(run_dir: Path) -> Exported:
         names = (["item_idx", "ctx_idx", "features"], ["probability"])
         n_features = mc["n_features"]
     n_types = len(doc["type_names"])
-    return Exported(doc["task"], head.eval(), *names, mc["max_len"], mc["n_items"], n_types, n_features)
+    return Exported(
+        doc["task"], head.eval(), *names, mc["max_len"], mc["n_items"], n_types, n_features, embeddings
+    )
 
 
 def example_inputs(e: Exported, batch: int, length: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -237,6 +246,8 @@ def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
         for name in SERVING_TABLES:  # cold-start and store-filter tables the run kept from prep
             if (run_dir / name).is_file():
                 shutil.copy(run_dir / name, model_dir / name)
+        if e.item_embeddings is not None:
+            np.save(model_dir / ITEM_EMBEDDINGS_FILE, e.item_embeddings, allow_pickle=False)
     if e.task == "recommender":
         doc["max_k"] = min(MAX_K, e.n_items)  # the graph's top-k; requests may ask for 1..max_k
         doc["masked_below"] = MASK_VALUE / 2  # scores under this are removed items (seen, blocked, padding)

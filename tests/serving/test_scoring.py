@@ -20,6 +20,7 @@ from serving.scoring import (
     feature_matrix,
     intent_probability,
     recommend,
+    similar_items,
 )
 
 
@@ -146,3 +147,34 @@ def test_intent_probability_is_the_graph_output_through_the_bundle_calibration(
         1 / (1 + np.exp(-np.log(raw / (1 - raw)) / 2)),
         atol=1e-6,
     )
+
+
+def test_similar_items_are_the_nearest_by_cosine_never_the_item_or_padding(rec: OnnxModel) -> None:
+    table = rec.item_embeddings
+    assert table is not None and table.shape == (rec.vocab.n_items + 1, 16)  # d_model of the tiny run
+    assert not table[0].any()  # padding row
+    item = str(rec.vocab.ids(np.array([3]))[0])
+    ids, scores = similar_items(rec, item, 10)
+    assert len(ids) == 10 and item not in ids
+    # brute force over the raw table: cosine of every other real item, best first
+    unit = table[1:] / np.linalg.norm(table[1:], axis=1, keepdims=True)
+    sims = unit @ unit[2]
+    sims[2] = -np.inf
+    best = np.argsort(-sims, kind="stable")[:10] + 1
+    assert ids == rec.vocab.ids(best).tolist()
+    np.testing.assert_allclose(scores, sims[best - 1], atol=1e-5)
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 + 1e-6 for s in scores)
+    # asking for more than the catalogue's other items returns every one of them, still not the item
+    everything, _ = similar_items(rec, item, int(rec.config["max_k"]))
+    assert len(everything) == min(int(rec.config["max_k"]), rec.vocab.n_items - 1) and item not in everything
+
+
+def test_similar_items_reject_unknown_items_and_k_out_of_range(rec: OnnxModel) -> None:
+    with pytest.raises(LookupError, match="unknown item_id 'no-such-item'"):
+        similar_items(rec, "no-such-item", 5)
+    item = str(rec.vocab.ids(np.array([1]))[0])
+    for k in (0, int(rec.config["max_k"]) + 1):
+        with pytest.raises(ValueError, match="k must be between 1 and"):
+            similar_items(rec, item, k)
+    with pytest.raises(ValueError, match="no item embeddings"):
+        similar_items(dataclasses.replace(rec, item_embeddings=None), item, 5)

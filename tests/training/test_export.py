@@ -47,6 +47,7 @@ def test_bundle_layout_and_model_card(tiny_pipeline) -> None:  # type: ignore[no
         "intent/model.onnx",
         "recommender/config.json",
         "recommender/items.parquet",
+        f"recommender/{ex.ITEM_EMBEDDINGS_FILE}",
     ]:
         assert (b / rel).is_file(), rel
     card = (b / "model_card.md").read_text()
@@ -94,3 +95,17 @@ def test_the_bundle_carries_the_calibration_it_serves(tiny_pipeline) -> None:  #
     metrics = json.loads((tiny_pipeline.intent_run / "metrics.json").read_text())
     assert bundle.intent.calibration.method == metrics["calibration"]["method"]
     assert "Probability calibration" in (tiny_pipeline.bundle / "model_card.md").read_text()
+
+
+def test_the_bundle_carries_the_recommender_item_table(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    """Row i of ``item_embeddings.npy`` is the trained embedding of item index i, checksummed like the rest."""
+    rel = f"recommender/{ex.ITEM_EMBEDDINGS_FILE}"
+    assert rel in json.loads((tiny_pipeline.bundle / "checksums.json").read_text())
+    table = np.load(tiny_pipeline.bundle / rel)
+    weights = ex.rebuild(tiny_pipeline.rec_run).item_embeddings
+    assert table.dtype == np.float32 and weights is not None
+    np.testing.assert_array_equal(table, weights)
+    rec = load_bundle(tiny_pipeline.bundle).recommender
+    assert rec is not None and rec.item_embeddings is not None
+    assert rec.item_embeddings.shape == (rec.vocab.n_items + 1, table.shape[1])
+    assert not (tiny_pipeline.bundle / "intent" / ex.ITEM_EMBEDDINGS_FILE).exists()
