@@ -164,22 +164,30 @@ def segment_popularity(events: ir.Table, segments: ir.Table, cutoff: datetime) -
 SEQUENCE = "_sequence"
 
 
-def ordered_collect(t: ir.Table, where: ir.BooleanValue | None = None) -> ir.ArrayValue:
-    """Aggregate: the rows' (ts, event_id, item_id, event_type) as an array of structs, for :func:`unpack`.
+def collect_sequence(t: ir.Table, position: ir.IntegerValue, detail: bool = True) -> ir.ArrayValue:
+    """Aggregate: the rows' (position, item, event type[, channel, epoch seconds]) as an array of structs,
+    for :func:`unpack`. ``position`` orders the rows: a column computed beforehand with a window ``row_number``
+    over :func:`event_order` (an aggregate cannot hold a window).
 
     Ordered aggregation (``collect(order_by=...)``) is not available on every engine (Spark); sorting an
-    array of structs is, and sorts by ts, then event_id, the same way everywhere.
+    array of structs is. The position (a spillable window sort) stands in for ts and event_id inside the
+    structs: list aggregates stay in memory, and 10M events of (ts, event_id, item, type) do not fit in 1 GB.
     """
-    fields = {"ts": t[S.TS], "event_id": t[S.EVENT_ID], "item": t[S.ITEM_ID], "type": t[S.EVENT_TYPE]}
-    return ibis.struct(fields).collect(where=where)
+    fields = {"pos": position, "item": t[S.ITEM_ID], "type": t[S.EVENT_TYPE]}
+    if detail:
+        fields |= {"channel": t[S.CHANNEL], "epoch": epoch_seconds(t[S.TS]).cast("int64")}
+    return ibis.struct(fields).collect()
 
 
-def unpack(t: ir.Table, column: str = SEQUENCE) -> ir.Table:
-    """Replace a :func:`ordered_collect` column by ``items`` and ``event_types`` lists, oldest first."""
+def unpack(t: ir.Table, column: str = SEQUENCE, detail: bool = True) -> ir.Table:
+    """Replace a :func:`collect_sequence` column by ``items`` and ``event_types`` lists, oldest first, and with
+    ``detail`` the aligned ``channels`` and ``timestamps`` (whole epoch seconds)."""
     ordered = t[column].sort()
-    return t.mutate(
-        **{S.ITEMS: ordered.map(lambda v: v["item"]), S.EVENT_TYPES_COL: ordered.map(lambda v: v["type"])}
-    ).drop(column)
+    lists = {S.ITEMS: ordered.map(lambda v: v["item"]), S.EVENT_TYPES_COL: ordered.map(lambda v: v["type"])}
+    if detail:
+        lists[S.CHANNELS_COL] = ordered.map(lambda v: v["channel"])
+        lists[S.TIMESTAMPS_COL] = ordered.map(lambda v: v["epoch"])
+    return t.mutate(**lists).drop(column)
 
 
 def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = True) -> ir.Table:
@@ -189,22 +197,9 @@ def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = True) 
     aligned ``channels`` and ``timestamps`` (whole epoch seconds) lists that side-information inputs need.
     """
     e = item_events(_before(events, cutoff))
-    # The position (a spillable window sort) replaces ts and event_id inside the collected structs: list
-    # aggregates stay in memory, and 10M events of (ts, event_id, item, type) do not fit in 1 GB.
     e = e.mutate(_pos=ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=event_order(e)))
-    fields = {"pos": e._pos, "item": e[S.ITEM_ID], "type": e[S.EVENT_TYPE]}
-    if detail:
-        fields |= {"channel": e[S.CHANNEL], "ts": epoch_seconds(e[S.TS]).cast("int64")}
-    seqs = e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: ibis.struct(fields).collect()})
-    if detail:
-        ordered = seqs[SEQUENCE].sort()
-        seqs = seqs.mutate(
-            **{
-                S.CHANNELS_COL: ordered.map(lambda v: v["channel"]),
-                S.TIMESTAMPS_COL: ordered.map(lambda v: v["ts"]),
-            }
-        )
-    return unpack(seqs)
+    seqs = e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: collect_sequence(e, e._pos, detail)})
+    return unpack(seqs, detail=detail)
 
 
 def next_item_targets(events: ir.Table, start: datetime, end: datetime) -> ir.Table:

@@ -83,55 +83,35 @@ def _session_aggregates(online: ir.Table, first: ir.Table) -> tuple[ir.Table, ir
 
 def _customer_history(events: ir.Table, first: ir.Table, history_days: int) -> ir.Table:
     """Per session: the history sequence (items, event_types, channels, timestamps, oldest first, ties
-    broken as :func:`features.event_order` does), and the customer's item events outside the session
-    (last ``history_days``) and other online sessions (last 7 days) before the add-to-cart."""
+    broken by :func:`features.event_order`), and the customer's item events outside the session (last
+    ``history_days``) and other online sessions (last 7 days) before the add-to-cart."""
     e = fe.item_events(events)
     e = e.mutate(**{_KEY: _history_key(e)})
-    in_basket = e[S.ORDER_ID].notnull()
     h = e.join(first, e[_KEY] == first[_KEY]).select(
+        e[S.TS],
+        e[S.EVENT_ID],
+        e[S.ORDER_ID],
+        e[S.ITEM_ID],
+        e[S.EVENT_TYPE],
+        e[S.CHANNEL],
         sid=first[S.SESSION_ID],
         own_session=e[S.SESSION_ID],
-        ts=e[S.TS],
-        event_id=e[S.EVENT_ID],
-        in_basket=in_basket,
-        tie=ibis.ifelse(in_basket, e[S.EVENT_ID].hexdigest("md5"), e[S.EVENT_ID]),
-        item=e[S.ITEM_ID],
-        type=e[S.EVENT_TYPE],
-        channel=e[S.CHANNEL],
         online=e[S.SOURCE] == "online",
         **{ATC_TS: first[ATC_TS], ATC_EVENT: first[ATC_EVENT]},
     )
-    h = h.filter((h.ts >= h[ATC_TS] - ibis.interval(days=history_days)) & _up_to(h, h.ts, h.event_id))
+    since = h[ATC_TS] - ibis.interval(days=history_days)
+    h = h.filter((h[S.TS] >= since) & _up_to(h, h[S.TS], h[S.EVENT_ID]))
     other = h.own_session.isnull() | (h.own_session != h.sid)
-    last7 = h.ts >= h[ATC_TS] - ibis.interval(days=7)
-    fields = {
-        "ts": h.ts,
-        "in_basket": h.in_basket,
-        "tie": h.tie,
-        "item": h.item,
-        "type": h.type,
-        "channel": h.channel,
-        "sec": epoch_seconds(h.ts).cast("int64"),
-    }
+    last7 = h[S.TS] >= h[ATC_TS] - ibis.interval(days=7)
+    h = h.mutate(_pos=ibis.row_number().over(group_by=h.sid, order_by=fe.event_order(h)))
     agg = h.group_by(h.sid).aggregate(
         **{
-            fe.SEQUENCE: ibis.struct(fields).collect(),
+            fe.SEQUENCE: fe.collect_sequence(h, h._pos),
             S.SI_EVENTS_28D: other.sum().cast("float64"),
             S.SI_SESSIONS_7D: h.own_session.nunique(where=other & last7 & h.online).cast("float64"),
         }
     )
-    ordered = agg[fe.SEQUENCE].sort()
-    return agg.select(
-        **{
-            S.SESSION_ID: agg.sid,
-            S.ITEMS: ordered.map(lambda v: v["item"]),
-            S.EVENT_TYPES_COL: ordered.map(lambda v: v["type"]),
-            S.CHANNELS_COL: ordered.map(lambda v: v["channel"]),
-            S.TIMESTAMPS_COL: ordered.map(lambda v: v["sec"]),
-            S.SI_EVENTS_28D: agg[S.SI_EVENTS_28D],
-            S.SI_SESSIONS_7D: agg[S.SI_SESSIONS_7D],
-        }
-    )
+    return fe.unpack(agg).rename({S.SESSION_ID: "sid"})
 
 
 def _purchases_before(events: ir.Table, first: ir.Table) -> ir.Table:

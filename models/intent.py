@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.sasrec import REPEAT_AGE_INIT, SASRec, SASRecConfig
+from models.sasrec import REPEAT_AGE_INIT, SASRec, SASRecConfig, positions_from_end
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,9 @@ class IntentNet(nn.Module):
 
     def revisits(self, item_idx: torch.Tensor) -> torch.Tensor:
         """(B, R): log(1 + Σ w_r[age]) over the earlier occurrences of each row's newest item (0 when none)."""
-        T = item_idx.shape[1]
         newest = item_idx[:, -1:]  # (B, 1)
         earlier = (item_idx == newest) & (newest != 0)  # (B, T)
-        from_end = torch.arange(T - 1, -1, -1, device=item_idx.device).clamp(max=self.cfg.max_len - 1)  # (T,)
+        from_end = positions_from_end(item_idx, self.cfg.max_len)  # (T,)
         w = F.softplus(self.revisit_age)[from_end] * (from_end > 0)[:, None]  # (T, R): the newest itself is 0
         return torch.log1p(earlier.to(w.dtype) @ w)  # (B, R)
 

@@ -100,6 +100,12 @@ def attention_mask(item_idx: torch.Tensor) -> torch.Tensor:
     return torch.where(allowed, zero, zero + MASK_VALUE)  # (B, 1, T, T)
 
 
+def positions_from_end(item_idx: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(T,) int64: each input position counted from the newest (0 = newest), capped at ``max_len`` − 1."""
+    T = item_idx.shape[1]
+    return torch.arange(T - 1, -1, -1, device=item_idx.device).clamp(max=max_len - 1)
+
+
 def full_precision(device: torch.device) -> AbstractContextManager[object]:
     """Autocast off where it is on (bf16/fp16 training): the repeat head's counts and gate stay float32,
     as they are in the exported graph, and its scatter never mixes dtypes."""
@@ -153,8 +159,7 @@ class SASRec(nn.Module):
     def encode(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, D) for left-padded ``item_idx`` (B, T) and its context ``ctx_idx``
         (B, T, C) from :func:`models.encoding.encode_sequences`; position t sees items ≤ t only."""
-        T = item_idx.shape[1]
-        from_end = torch.arange(T - 1, -1, -1, device=item_idx.device).clamp(max=self.cfg.max_len - 1)  # (T,)
+        from_end = positions_from_end(item_idx, self.cfg.max_len)  # (T,)
         ids = item_idx if self.cfg.item_identity else (item_idx != 0).long()  # (B, T)
         x = self.item_emb(ids) * math.sqrt(self.cfg.d_model)  # (B, T, D)
         x = x + self.pos_emb(from_end)[None]  # (B, T, D)

@@ -23,7 +23,6 @@ from models.calibration import Calibration
 from models.encoding import ItemVocabulary, ListInput, encode_sequences
 
 THREADS_ENV = "O2O_ORT_THREADS"
-ITEM_EMBEDDINGS_FILE = S.ITEM_EMBEDDINGS_FILE
 log = logging.getLogger(__name__)
 
 
@@ -144,7 +143,7 @@ def _load_model(model_dir: Path, threads: int | None) -> OnnxModel:
 
 def _item_embeddings(model_dir: Path, vocab: ItemVocabulary) -> np.ndarray | None:
     """The exported item table (n_items + 1, D) float32, or None when the bundle has none."""
-    path = model_dir / ITEM_EMBEDDINGS_FILE
+    path = model_dir / S.ITEM_EMBEDDINGS_FILE
     if not path.is_file():
         return None
     table = np.load(path, allow_pickle=False)

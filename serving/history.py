@@ -31,7 +31,6 @@ the raw sources prep reads); customers that only appends created are kept.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import logging
@@ -50,6 +49,7 @@ import pyarrow.parquet as pq
 import redis
 
 from data_prep import schema as S
+from data_prep.manifest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +202,6 @@ def read_snapshot(snapshot: Path) -> Iterator[tuple[str, CustomerHistory]]:
             yield c, CustomerHistory(i or [], t or [], f, g, ch, ts)
 
 
-def snapshot_fingerprint(snapshot: Path) -> str:
-    """SHA-256 of the snapshot file's bytes: tells a persistent store whether it already holds this file."""
-    digest = hashlib.sha256()
-    with open(snapshot, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class HistoryStore(ABC):
     """customer_id → :class:`CustomerHistory`; safe to call from several threads at once."""
 
@@ -308,7 +299,7 @@ class SqliteHistoryStore(HistoryStore):
     def load_snapshot(self, snapshot: Path) -> int:
         """Write every snapshot row in one transaction, unless this file is already loaded (see the module
         notes); returns the number of customers written (0 when skipped)."""
-        fingerprint = snapshot_fingerprint(snapshot)
+        fingerprint = file_sha256(snapshot)
         with self._transaction() as con:
             loaded = con.execute("SELECT value FROM meta WHERE name = 'snapshot'").fetchone()
             if loaded is not None and loaded[0] == fingerprint:
@@ -373,7 +364,7 @@ class RedisHistoryStore(HistoryStore):
         Not one transaction: replicas starting together may load the same file twice (same result), and an
         append made while a new snapshot loads may be overwritten by it.
         """
-        fingerprint = snapshot_fingerprint(snapshot)
+        fingerprint = file_sha256(snapshot)
         marker = f"{self.prefix}snapshot"
         if self._client.get(marker) == fingerprint.encode():
             return 0

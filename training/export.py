@@ -46,7 +46,6 @@ MODEL_CONFIG_FILE = S.MODEL_CONFIG_FILE
 OPSET = 18
 PARITY_ATOL = 1e-4
 MAX_K = S.MAX_K
-ITEM_EMBEDDINGS_FILE = S.ITEM_EMBEDDINGS_FILE
 
 
 class ExportParityError(RuntimeError):
@@ -247,7 +246,7 @@ def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
             if (run_dir / name).is_file():
                 shutil.copy(run_dir / name, model_dir / name)
         if e.item_embeddings is not None:
-            np.save(model_dir / ITEM_EMBEDDINGS_FILE, e.item_embeddings, allow_pickle=False)
+            np.save(model_dir / S.ITEM_EMBEDDINGS_FILE, e.item_embeddings, allow_pickle=False)
     if e.task == "recommender":
         doc["max_k"] = min(MAX_K, e.n_items)  # the graph's top-k; requests may ask for 1..max_k
         doc["masked_below"] = MASK_VALUE / 2  # scores under this are removed items (seen, blocked, padding)

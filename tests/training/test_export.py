@@ -10,6 +10,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from data_prep import schema as S
 from serving.artifact import BundleError, load_bundle
 from training import export as ex
 
@@ -47,7 +48,7 @@ def test_bundle_layout_and_model_card(tiny_pipeline) -> None:  # type: ignore[no
         "intent/model.onnx",
         "recommender/config.json",
         "recommender/items.parquet",
-        f"recommender/{ex.ITEM_EMBEDDINGS_FILE}",
+        f"recommender/{S.ITEM_EMBEDDINGS_FILE}",
     ]:
         assert (b / rel).is_file(), rel
     card = (b / "model_card.md").read_text()
@@ -99,7 +100,7 @@ def test_the_bundle_carries_the_calibration_it_serves(tiny_pipeline) -> None:  #
 
 def test_the_bundle_carries_the_recommender_item_table(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
     """Row i of ``item_embeddings.npy`` is the trained embedding of item index i, checksummed like the rest."""
-    rel = f"recommender/{ex.ITEM_EMBEDDINGS_FILE}"
+    rel = f"recommender/{S.ITEM_EMBEDDINGS_FILE}"
     assert rel in json.loads((tiny_pipeline.bundle / "checksums.json").read_text())
     table = np.load(tiny_pipeline.bundle / rel)
     weights = ex.rebuild(tiny_pipeline.rec_run).item_embeddings
@@ -108,4 +109,4 @@ def test_the_bundle_carries_the_recommender_item_table(tiny_pipeline) -> None:  
     rec = load_bundle(tiny_pipeline.bundle).recommender
     assert rec is not None and rec.item_embeddings is not None
     assert rec.item_embeddings.shape == (rec.vocab.n_items + 1, table.shape[1])
-    assert not (tiny_pipeline.bundle / "intent" / ex.ITEM_EMBEDDINGS_FILE).exists()
+    assert not (tiny_pipeline.bundle / "intent" / S.ITEM_EMBEDDINGS_FILE).exists()
