@@ -93,13 +93,17 @@ def f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def with_f1(
-    val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray] | None
 ) -> dict[str, dict[str, float]]:
     """:func:`binary_metrics` of the val and test (labels, probabilities), each with ``f1`` at the threshold
-    that maximises F1 on validation (recorded as ``threshold``): the test F1 is an honest estimate."""
+    that maximises F1 on validation (recorded as ``threshold``): the test F1 is an honest estimate.
+    ``test`` None (a run that must not touch test): validation only."""
     threshold = f1_threshold(*val)
     out = {}
-    for split, (y, p) in (("val", val), ("test", test)):
+    for split, pair in (("val", val), ("test", test)):
+        if pair is None:
+            continue
+        y, p = pair
         m = binary_metrics(y, p)
         m["f1"] = float(f1_score(np.asarray(y).astype(int), np.asarray(p) >= threshold, zero_division=0))
         m["threshold"] = threshold

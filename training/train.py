@@ -133,9 +133,13 @@ def train_recommender(
     runs_dir: Path,
     progress_bar: bool = True,
     probe: Callable[[RecommenderModule, RecommenderDataModule], dict[str, float]] | None = None,
+    callbacks: Sequence[L.Callback] = (),
+    evaluate_test: bool = True,
 ) -> RunResult:
     """Fit SASRec on the protocol's training sequences; early-stop on val NDCG@k; report val/test beside the
     baselines. ``probe`` (benchmarks only) runs after every epoch, off the clock (:class:`EpochClock`).
+    ``callbacks`` join the trainer's (a tuning trial's pruner); ``evaluate_test=False`` leaves the test
+    split untouched (tuning trials select on validation only).
     """
     t0 = time.perf_counter()
     run_dir = _prepare(cfg, runs_dir)
@@ -186,22 +190,28 @@ def train_recommender(
     if "category" in m.side_features:
         module.model.set_item_categories(torch.from_numpy(category_idx))
     clock = EpochClock(None if probe is None else lambda mod: probe(mod, dm))
-    trainer = _trainer(tc, run_dir, f"val_ndcg{ev.k}", progress_bar, [clock])
+    trainer = _trainer(tc, run_dir, f"val_ndcg{ev.k}", progress_bar, [clock, *callbacks])
     t_fit = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     fit_seconds = time.perf_counter() - t_fit
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = RecommenderModule.load_from_checkpoint(best)
     trainer.validate(module, datamodule=dm, verbose=False)
-    trainer.test(module, datamodule=dm, verbose=False)
+    if evaluate_test:
+        trainer.test(module, datamodule=dm, verbose=False)
     n_pairs = int((dm.train_tensors[2] > 0).sum())
     metrics: dict[str, Any] = {
         "task": "recommender",
         "k": ev.k,
         "protocol": _protocol_text(ev.protocol, ev.exclude_seen),
         "loss": tc.loss,
-        "model": {"val": module.results["val"], "test": module.results["test"]},
-        "baselines": recommender_baselines(dm, ev.k, ev.exclude_seen) if ev.baselines else {},
+        "model": {
+            split: module.results[split] for split in (S.SPLIT_VAL, S.SPLIT_TEST) if split in module.results
+        },
+        # baselines report test figures too: a run that must not touch test (a tuning trial) has none
+        "baselines": recommender_baselines(dm, ev.k, ev.exclude_seen)
+        if ev.baselines and evaluate_test
+        else {},
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 2),
@@ -340,8 +350,15 @@ def _rank(
     return ranking_metrics(top, s.target, k)
 
 
-def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True) -> RunResult:
-    """Fit the intent net on train cutoffs; early-stop on val ROC-AUC; report val/test (I1) + logistic regression."""
+def train_intent(
+    cfg: IntentRunConfig,
+    runs_dir: Path,
+    progress_bar: bool = True,
+    callbacks: Sequence[L.Callback] = (),
+    evaluate_test: bool = True,
+) -> RunResult:
+    """Fit the intent net on train cutoffs; early-stop on val ROC-AUC; calibrate on val; report val/test beside
+    logistic regression and gradient boosting. ``callbacks`` and ``evaluate_test``: as :func:`train_recommender`."""
     t0 = time.perf_counter()
     splits = TimeSplits.from_json((cfg.data.features_dir / S.SPLITS_FILE).read_text())
     if cfg.target == "purchase" and splits.horizon_days != cfg.horizon_days:
@@ -377,23 +394,26 @@ def train_intent(cfg: IntentRunConfig, runs_dir: Path, progress_bar: bool = True
     if m.init_from is not None:
         item_ids = dm.vocab.ids(np.arange(1, dm.vocab.n_items + 1)).tolist()
         warm = warm_start_encoder(module.model.encoder, item_ids, categories, m.init_from)
-    trainer = _trainer(tc, run_dir, "val_roc_auc", progress_bar)
+    trainer = _trainer(tc, run_dir, "val_roc_auc", progress_bar, list(callbacks))
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = IntentModule.load_from_checkpoint(best)
     trainer.validate(module, datamodule=dm, verbose=False)
-    trainer.test(module, datamodule=dm, verbose=False)
+    if evaluate_test:
+        trainer.test(module, datamodule=dm, verbose=False)
     calibration, calibration_record = choose_calibration(*module.predictions["val"], tc.calibration, tc.seed)
-    (y_val, p_val), (y_test, p_test) = module.predictions["val"], module.predictions["test"]
-    calibration_record["uncalibrated"] = with_f1((y_val, p_val), (y_test, p_test))
+    y_val, p_val = module.predictions["val"]
+    test = module.predictions.get("test")
+    calibration_record["uncalibrated"] = with_f1((y_val, p_val), test)
+    calibrated_test = None if test is None else (test[0], calibration.apply(test[1]))
     metrics: dict[str, Any] = {
         "task": "intent",
         "target": cfg.target,
         "protocol": _intent_protocol_text(cfg),
-        "model": with_f1((y_val, calibration.apply(p_val)), (y_test, calibration.apply(p_test))),
+        "model": with_f1((y_val, calibration.apply(p_val)), calibrated_test),
         "calibration": calibration_record,
         "warm_start": warm,
-        "baselines": _intent_baselines(dm, tc.seed),
+        "baselines": _intent_baselines(dm, tc.seed) if evaluate_test else {},
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
         "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
@@ -441,11 +461,20 @@ def _intent_protocol_text(cfg: IntentRunConfig) -> str:
     return f"I1 (purchase in any channel within {cfg.horizon_days} days after the cutoff)"
 
 
-def train(cfg: RunConfig, runs_dir: Path = Path("runs"), progress_bar: bool = True) -> RunResult:
-    """Train the model a config describes; returns the run directory and its metrics."""
+def train(
+    cfg: RunConfig,
+    runs_dir: Path = Path("runs"),
+    progress_bar: bool = True,
+    callbacks: Sequence[L.Callback] = (),
+    evaluate_test: bool = True,
+) -> RunResult:
+    """Train the model a config describes; returns the run directory and its metrics. ``callbacks`` join
+    the trainer's; ``evaluate_test=False`` never touches the test split (and fits no baselines)."""
     if isinstance(cfg, RecommenderRunConfig):
-        return train_recommender(cfg, runs_dir, progress_bar)
-    return train_intent(cfg, runs_dir, progress_bar)
+        return train_recommender(
+            cfg, runs_dir, progress_bar, callbacks=callbacks, evaluate_test=evaluate_test
+        )
+    return train_intent(cfg, runs_dir, progress_bar, callbacks=callbacks, evaluate_test=evaluate_test)
 
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "MODEL_FILE", "RunResult", "train"]
