@@ -41,6 +41,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # `o2o train --resume` reopens the run's folders on purpose (its CSV log is set aside, not lost)
+    warnings.filterwarnings("ignore", message=".*directory .* exists and is not empty.*")
 
 
 console = Console()
@@ -205,14 +207,27 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="dotted override, e.g. train.lr=3e-4")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="a killed run's folder: continue it there from checkpoints/last.ckpt with its saved "
+            "config.yaml (--config/--set/--features may only repeat it)"
+        ),
+    ] = None,
 ) -> None:
-    """Train a model with Lightning; writes runs/<id>/ with checkpoints, logs, metrics.json."""
+    """Train a model with Lightning; writes runs/<id>/ with checkpoints, logs (CSV, TensorBoard),
+    provenance.json and metrics.json."""
     from training.config import load_config
+    from training.train import CONFIG_FILE
     from training.train import train as run_training
 
     with user_errors():
+        if resume is not None and not (resume / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{resume} is not a run folder: no {CONFIG_FILE} in it")
+        if resume is not None and config is None:
+            config = resume / CONFIG_FILE
         cfg = load_config(task, config, _overrides(set_, features))
-        result = run_training(cfg, runs_dir)
+        result = run_training(cfg, runs_dir, resume_from=resume)
     _print_run(result.metrics)
     _wrote(result.run_dir, result.run_dir / "metrics.json")
 
@@ -296,6 +311,53 @@ def ablate(
     console.print(f"[bold]{result.summary['task']}[/] — {result.summary['protocol']}, seeds {seed_list}")
     console.print(ablation_table(result.summary))
     _wrote(result.out_dir, result.out_dir / ABLATION_MD)
+
+
+@app.command()
+def tune(
+    task: Annotated[str, typer.Argument(help="recommender | intent")],
+    config: Annotated[Path | None, typer.Option(help="YAML run config with a tune: section")] = None,
+    trials: Annotated[
+        int,
+        typer.Option(min=1, help="the study's target: finished (complete or pruned) trials over all workers"),
+    ] = 20,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="study storage URL (default sqlite:///<runs-dir>/optuna.db); postgresql://... to share"
+        ),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="study name (default: the config's name)")] = None,
+    worker: Annotated[
+        int, typer.Option(min=0, help="this worker's number when several share a study (seeds its sampler)")
+    ] = 0,
+    retrain: Annotated[
+        bool,
+        typer.Option(help="retrain the best config (recommender: on train + validation) and test it once"),
+    ] = False,
+    features: Annotated[Path | None, typer.Option(help="override data.features_dir")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where the study folder and trial runs are created")] = Path(
+        "runs"
+    ),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, e.g. tune.pruner=hyperband")
+    ] = None,
+) -> None:
+    """Optuna study over the config's tune.space: pruned on the per-epoch validation metric, resumable, shared
+    by workers through PostgreSQL; writes runs/tune-<study>/ (best config YAML, plots, study.md)."""
+    from experiments.tuning import STUDY_MD
+    from experiments.tuning import tune as run_tune
+    from training.config import load_config
+
+    with user_errors():
+        cfg = load_config(task, config, _overrides(set_, features))
+        result = run_tune(cfg, trials, runs_dir, storage, study, worker, retrain, progress=_say)
+    best = result.summary.get("best")
+    if best:
+        console.print(
+            f"[bold]best[/]: trial {best['trial']}, {result.summary['metric']} = {best['value']:.4f}, {best['params']}"
+        )
+    _wrote(result.out_dir / STUDY_MD, *([result.best_config] if result.best_config else []))
 
 
 def _print_run(metrics: dict) -> None:
@@ -505,6 +567,41 @@ def report_campaign(
         )
     console.print(line)
     _wrote(result.out_dir / CAMPAIGN_MD, *sorted(result.out_dir.glob("*.png")))
+
+
+runs_app = typer.Typer(help="Training runs side by side: list them, compare them.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run: Annotated[list[Path], typer.Argument(help="finished run folders (runs/<id>)")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="markdown file, a .json beside it (default: compare-<time>.md beside the runs)"),
+    ] = None,
+) -> None:
+    """A table across runs: task, validation/test headline metrics, best epoch, steps, seed, git commit and
+    every config key that differs between them (blank where a run has no such value)."""
+    from experiments.runs import compare_runs, comparison_table, default_compare_path, write_comparison
+
+    with user_errors():
+        comparison = compare_runs(run)
+        paths = write_comparison(comparison, out or default_compare_path(run))
+    console.print(comparison_table(comparison))
+    _wrote(*paths)
+
+
+@runs_app.command("list")
+def runs_list(
+    runs_dir: Annotated[Path, typer.Option(help="folder holding the run folders")] = Path("runs"),
+) -> None:
+    """Every run under --runs-dir, newest first, finished or not (a killed one: `o2o train --resume`)."""
+    from experiments.runs import list_runs, runs_table
+
+    with user_errors():
+        rows = list_runs(runs_dir)
+    console.print(runs_table(rows))
 
 
 @app.command()

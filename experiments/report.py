@@ -63,7 +63,7 @@ def plot_comparison(metrics: dict[str, Any], path: Path) -> None:
     """Bar chart of the headline metric on the test split: ours vs every baseline."""
     task = metrics["task"]
     name = headline(metrics)[0]
-    rows = [("ours", metrics["model"]), *metrics["baselines"].items()]
+    rows = [(n, r) for n, r in [("ours", metrics["model"]), *metrics["baselines"].items()] if "test" in r]
     labels = [r[0] for r in rows]
     values = [r[1]["test"][name] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -87,6 +87,8 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     lines = ["| model | split | " + " | ".join(names) + " | n |", "|---|---|" + "---|" * (len(names) + 1)]
     for model, res in [("ours", metrics["model"]), *metrics["baselines"].items()]:
         for split in ("val", "test"):
+            if split not in res:  # a tuning trial has no test split; a train+val retrain no validation
+                continue
             r = res[split]
             vals = " | ".join(_fmt(r.get(n, float("nan"))) for n in names)
             lines.append(f"| {model} | {split} | {vals} | {r.get('n_examples', '')} |")

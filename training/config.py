@@ -125,6 +125,12 @@ class RecommenderTrainConfig(TrainConfig):
         description="long histories are cut into max_len windows starting every this many items, each "
         "training its newest targets only (default max_len; smaller = more context per target, more compute)",
     )
+    fit_on: Literal["train", "train+val"] = Field(
+        "train",
+        description="train: fit on the training window, early-stop and select on validation; train+val: "
+        "retrain a chosen config on training and validation together for exactly max_epochs (no early "
+        "stopping, nothing held out to select on) and evaluate once on test — what `o2o tune --retrain` does",
+    )
     loss_excludes_seen: bool = Field(
         False,
         description="ce only: each position's softmax leaves out the items already in its input (not its "
@@ -151,6 +157,69 @@ class EvalConfig(_Strict):
     )
 
 
+class ParamSpec(_Strict):
+    """One dimension of a tuning search space: a float or int range (optionally log-scaled or stepped), or
+    a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = Field(None, description="float/int: lower bound (inclusive)")
+    high: float | None = Field(None, description="float/int: upper bound (inclusive)")
+    log: bool = Field(False, description="float/int: sample on a log scale")
+    step: float | None = Field(None, gt=0, description="float/int: grid step (not with log)")
+    choices: list[Any] | None = Field(None, description="categorical: the values to choose from")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical parameter takes 'choices', not low/high")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} is above high={self.high}")
+        if self.log and (self.step is not None or self.low <= 0):
+            raise ValueError("a log-scaled parameter needs low > 0 and no step")
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low/high, not 'choices'")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int parameter needs whole bounds, got {self.low}..{self.high}")
+        return self
+
+
+class TuneConfig(_Strict):
+    """How ``o2o tune`` searches this config: the space (dotted config keys → distributions), the metric,
+    the sampler and the pruner. The space lives here, in the config file, not in code."""
+
+    metric: str | None = Field(
+        None,
+        description="validation metric to optimise, as named in metrics.json (recommender: ndcg@k, hr@k, "
+        "mrr@k; intent: roc_auc, pr_auc, log_loss); default: the one early stopping watches (ndcg@k, "
+        "roc_auc). log_loss is minimised, the others maximised",
+    )
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median",
+        description="stops unpromising trials on the per-epoch validation metric: median (below the "
+        "median of earlier trials at the same epoch) or hyperband (successive halving brackets)",
+    )
+    startup_trials: int = Field(
+        5, ge=0, description="trials sampled at random before TPE, and finished before median pruning starts"
+    )
+    warmup_epochs: int = Field(1, ge=0, description="median pruner: epochs a trial always gets")
+    sampler_seed: int = Field(0, description="seed of the TPE sampler (same seed, same proposals)")
+    heartbeat_seconds: int = Field(
+        10,
+        ge=1,
+        description="a running trial writes a heartbeat this often; one silent for 3× this (its worker was "
+        "killed) is marked failed and retried once with the same parameters",
+    )
+    space: dict[str, ParamSpec] = Field(
+        {}, description="dotted config key (train.lr, model.dropout, ...) → its distribution"
+    )
+
+
 class RecommenderRunConfig(_Strict):
     task: Literal["recommender"] = "recommender"
     name: str = Field("recommender", description="run name; the run id is <name>-<timestamp>")
@@ -158,6 +227,7 @@ class RecommenderRunConfig(_Strict):
     model: RecommenderModelConfig = RecommenderModelConfig()
     train: RecommenderTrainConfig = RecommenderTrainConfig()
     eval: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _seen_loss_needs_seen_filter(self) -> RecommenderRunConfig:
@@ -195,6 +265,7 @@ class IntentRunConfig(_Strict):
         "churn: a customer who purchased before a cutoff makes no purchase in the 60 days after it",
     )
     horizon_days: int = Field(14, ge=1, description="label window after the cutoff (must match prep)")
+    tune: TuneConfig = TuneConfig()
 
 
 RunConfig = RecommenderRunConfig | IntentRunConfig

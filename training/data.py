@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from data_prep import schema as S
 from models.encoding import N_CONTEXT, ItemVocabulary, encode_sequences, flatten_sequences
-from training.protocols import R2, NextItemTables, item_counts, load_tables
+from training.protocols import R2, NextItemTables, item_counts, load_tables, through_validation
 
 TYPE_NAMES = S.ITEM_EVENT_TYPES
 CHANNEL_NAMES = S.CHANNELS
@@ -164,7 +164,7 @@ class RecommenderDataModule(L.LightningDataModule):
     """Train: every position of each training sequence; val/test: one next-item example per customer.
 
     ``protocol`` R2 reads prep's global-time-split tables, R1 the leave-one-out split of the full
-    sequences (:mod:`training.protocols`).
+    sequences (:mod:`training.protocols`). ``through_val`` trains through the validation window too.
     """
 
     def __init__(
@@ -176,12 +176,15 @@ class RecommenderDataModule(L.LightningDataModule):
         seed: int = 0,
         protocol: str = R2,
         window_stride: int | None = None,
+        through_val: bool = False,
     ):
         super().__init__()
         self.window_stride = window_stride
         self.features_dir, self.max_len = Path(features_dir), max_len
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.tables = load_tables(self.features_dir, protocol)
+        if through_val:  # retraining on train + validation (the vocabulary stays the training window's)
+            self.tables = through_validation(self.tables)
         self.items = recommender_items(self.features_dir, self.tables)
         self.vocab = ItemVocabulary().fit(self.items.column(S.ITEM_ID).to_pylist())
         self.popularity = self.items.column(S.POPULARITY).to_numpy().astype(np.float64)

@@ -41,6 +41,19 @@ class NextItemTables:
     test: pa.Table
 
 
+def through_validation(tables: NextItemTables) -> NextItemTables:
+    """The tables with training extended over the validation window (retraining a tuned config on train +
+    validation): each customer's training sequence becomes their test input — everything before T_test
+    (R2), or all but the last item (R1) — which holds the validation targets; customers with no test example
+    keep their training sequence. Validation examples stay as they are but are now seen in training."""
+    cols = tables.train.column_names
+    test = tables.test.select(cols)
+    in_test = pc.is_in(tables.train.column(S.CUSTOMER_ID), value_set=test.column(S.CUSTOMER_ID))
+    rest = tables.train.filter(pc.invert(in_test))
+    train = pa.concat_tables([test.cast(tables.train.schema), rest]).combine_chunks()
+    return NextItemTables(tables.protocol, train, tables.val, tables.test)
+
+
 def drop_last(lists: pa.ListArray | pa.ChunkedArray, n: int) -> pa.ListArray:
     """Each list without its last ``n`` entries (empty when shorter); nulls become empty lists."""
     if isinstance(lists, pa.ChunkedArray):

@@ -1,8 +1,11 @@
 """``train(config)``: one entry point that fits a model, evaluates it beside its baselines, and leaves a run.
 
 A run directory ``runs/<run_id>/`` holds: ``config.yaml`` (resolved), ``model.json`` (what export needs to
-rebuild the network), ``items.parquet`` (the fitted vocabulary), ``checkpoints/``, ``logs/`` (CSV),
-and ``metrics.json`` (validation and test metrics of the model and its baselines, data manifest hashes).
+rebuild the network), ``items.parquet`` (the fitted vocabulary), ``checkpoints/`` (``last.ckpt``: a killed
+run resumes from it, :mod:`training.resume`), ``logs/metrics.csv`` and ``tensorboard/`` (Lightning's logs),
+``provenance.json`` (git commit, package versions, seed, host: :mod:`training.provenance`) and
+``metrics.json`` (validation and test metrics of the model and its baselines, data manifest hashes,
+provenance).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from data_prep import schema as S
 from data_prep.features import TimeSplits
@@ -48,12 +51,15 @@ from training.data import CHANNEL_NAMES, TYPE_NAMES, IntentDataModule, Recommend
 from training.intent import IntentModule
 from training.metrics import ranking_metrics, with_f1
 from training.protocols import R1
+from training.provenance import PROVENANCE_FILE, write_provenance
 from training.recommender import EpochClock, RecommenderModule
+from training.resume import LOGS_DIR, check_resumable, last_checkpoint, merge_log, set_aside_log
 from training.warm_start import warm_start_encoder
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.json"
 CONFIG_FILE = "config.yaml"
+TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir runs` shows every run
 RECENT_DAYS = (7, 30, 90)  # recent-popularity windows tried on validation
 KNN_WINDOWS = (None, 50, 10)  # ItemKNN co-occurrence: whole history, or events this close (validated)
 # Whole-history co-occurrence builds up to Σ distinct² entries (about 40 bytes each at its peak): above
@@ -84,20 +90,26 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
 def _trainer(
     tc: TrainConfig,
     run_dir: Path,
-    monitor: str,
+    monitor: str | None,
     progress_bar: bool,
     callbacks: list[L.Callback] | None = None,
 ) -> L.Trainer:
+    """Lightning trainer; ``monitor`` None (training through validation): no validation, no early stopping,
+    the last epoch's weights are the model."""
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor=monitor, mode="max", save_last=True)
-    stop = EarlyStopping(monitor=monitor, mode="max", patience=tc.patience)
+    stop = [] if monitor is None else [EarlyStopping(monitor=monitor, mode="max", patience=tc.patience)]
     return L.Trainer(
+        limit_val_batches=None if monitor is not None else 0,
         max_epochs=tc.max_epochs,
         accelerator=tc.accelerator,
         devices=1,
         precision=tc.precision,
         deterministic=tc.deterministic,
-        callbacks=[ckpt, stop, *(callbacks or [])],
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=[ckpt, *stop, *(callbacks or [])],
+        logger=[
+            CSVLogger(run_dir, name=LOGS_DIR, version=""),
+            TensorBoardLogger(run_dir, name=TENSORBOARD_DIR, version="", default_hp_metric=False),
+        ],
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
         default_root_dir=run_dir,
@@ -105,7 +117,9 @@ def _trainer(
     )
 
 
-def _prepare(cfg: RunConfig, runs_dir: Path) -> Path:
+def _prepare(cfg: RunConfig, runs_dir: Path, resume_from: Path | None = None) -> tuple[Path, Path | None]:
+    """Seed everything; a new run folder (config, vocabulary and provenance written) and no checkpoint, or
+    with ``resume_from`` that killed run's folder and the checkpoint its training continues from."""
     needed = [cfg.data.features_dir / f for f in (S.ITEMS_FILE, S.SPLITS_FILE, S.MANIFEST_FILE)]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
@@ -113,16 +127,34 @@ def _prepare(cfg: RunConfig, runs_dir: Path) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if resume_from is not None:
+        return resume_from, _reopen(resume_from, cfg)
     run_dir = new_run_dir(runs_dir, cfg.name)
     (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
     shutil.copy(cfg.data.features_dir / S.ITEMS_FILE, run_dir / S.ITEMS_FILE)
-    return run_dir
+    write_provenance(run_dir, cfg.train.seed)
+    return run_dir, None
+
+
+def _reopen(run_dir: Path, cfg: RunConfig) -> Path:
+    """Check ``run_dir`` is an unfinished run of ``cfg`` with a readable last checkpoint, set its CSV log
+    aside (:mod:`training.resume`) and add this process to its provenance; returns the checkpoint."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir / CONFIG_FILE} not found: {run_dir} is not a run folder")
+    if (run_dir / METRICS_FILE).is_file():
+        raise ValueError(f"{run_dir} has finished ({METRICS_FILE} is there): there is nothing to resume")
+    epoch = check_resumable(run_dir, (run_dir / CONFIG_FILE).read_text(), dump_config(cfg))
+    set_aside_log(run_dir, epoch)
+    write_provenance(run_dir, cfg.train.seed, resumed_from_epoch=epoch)
+    return last_checkpoint(run_dir)
 
 
 def _finish(run_dir: Path, cfg: RunConfig, model_doc: dict, metrics: dict, t0: float) -> RunResult:
-    metrics["train_seconds"] = round(time.perf_counter() - t0, 2)
+    merge_log(run_dir)  # a resumed run's CSV log: the epochs before the kill back in front
+    metrics["train_seconds"] = round(time.perf_counter() - t0, 2)  # a resumed run: since the resume
     metrics["run_id"] = run_dir.name
     metrics["data_manifest"] = read_manifest(cfg.data.features_dir).get("outputs", {})
+    metrics["provenance"] = json.loads((run_dir / PROVENANCE_FILE).read_text())
     (run_dir / MODEL_FILE).write_text(json.dumps(model_doc, indent=2))
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
     return RunResult(run_dir, metrics)
@@ -135,14 +167,16 @@ def train_recommender(
     probe: Callable[[RecommenderModule, RecommenderDataModule], dict[str, float]] | None = None,
     callbacks: Sequence[L.Callback] = (),
     evaluate_test: bool = True,
+    resume_from: Path | None = None,
 ) -> RunResult:
     """Fit SASRec on the protocol's training sequences; early-stop on val NDCG@k; report val/test beside the
     baselines. ``probe`` (benchmarks only) runs after every epoch, off the clock (:class:`EpochClock`).
     ``callbacks`` join the trainer's (a tuning trial's pruner); ``evaluate_test=False`` leaves the test
-    split untouched (tuning trials select on validation only).
+    split untouched (tuning trials select on validation only). ``resume_from``: a killed run's folder,
+    continued from its last checkpoint (``cfg`` must be its saved config).
     """
     t0 = time.perf_counter()
-    run_dir = _prepare(cfg, runs_dir)
+    run_dir, resume_ckpt = _prepare(cfg, runs_dir, resume_from)
     tc, m, ev = cfg.train, cfg.model, cfg.eval
     dm = RecommenderDataModule(
         cfg.data.features_dir,
@@ -152,6 +186,7 @@ def train_recommender(
         tc.seed,
         ev.protocol,
         tc.window_stride,
+        through_val=tc.fit_on == "train+val",
     )
     dm.setup()
     if dm.vocab.n_items == 0:
@@ -190,20 +225,24 @@ def train_recommender(
     if "category" in m.side_features:
         module.model.set_item_categories(torch.from_numpy(category_idx))
     clock = EpochClock(None if probe is None else lambda mod: probe(mod, dm))
-    trainer = _trainer(tc, run_dir, f"val_ndcg{ev.k}", progress_bar, [clock, *callbacks])
+    through_val = tc.fit_on == "train+val"
+    monitor = None if through_val else f"val_ndcg{ev.k}"
+    trainer = _trainer(tc, run_dir, monitor, progress_bar, [clock, *callbacks])
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_ckpt)
     fit_seconds = time.perf_counter() - t_fit
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = RecommenderModule.load_from_checkpoint(best)
-    trainer.validate(module, datamodule=dm, verbose=False)
+    if not through_val:  # validation examples are training data when training through validation
+        trainer.validate(module, datamodule=dm, verbose=False)
     if evaluate_test:
         trainer.test(module, datamodule=dm, verbose=False)
     n_pairs = int((dm.train_tensors[2] > 0).sum())
     metrics: dict[str, Any] = {
         "task": "recommender",
         "k": ev.k,
-        "protocol": _protocol_text(ev.protocol, ev.exclude_seen),
+        "protocol": _protocol_text(ev.protocol, ev.exclude_seen)
+        + ("; trained on train + validation, validation not held out" if through_val else ""),
         "loss": tc.loss,
         "model": {
             split: module.results[split] for split in (S.SPLIT_VAL, S.SPLIT_TEST) if split in module.results
@@ -214,6 +253,7 @@ def train_recommender(
         else {},
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
+        "global_step": trainer.global_step,
         "fit_seconds": round(fit_seconds, 2),
         "training_pairs": n_pairs,
         "training_pairs_per_second": round(n_pairs * trainer.current_epoch / max(fit_seconds, 1e-9)),
@@ -356,9 +396,11 @@ def train_intent(
     progress_bar: bool = True,
     callbacks: Sequence[L.Callback] = (),
     evaluate_test: bool = True,
+    resume_from: Path | None = None,
 ) -> RunResult:
     """Fit the intent net on train cutoffs; early-stop on val ROC-AUC; calibrate on val; report val/test beside
-    logistic regression and gradient boosting. ``callbacks`` and ``evaluate_test``: as :func:`train_recommender`."""
+    logistic regression and gradient boosting. ``callbacks``, ``evaluate_test`` and ``resume_from``: as
+    :func:`train_recommender`."""
     t0 = time.perf_counter()
     splits = TimeSplits.from_json((cfg.data.features_dir / S.SPLITS_FILE).read_text())
     if cfg.target == "purchase" and splits.horizon_days != cfg.horizon_days:
@@ -366,7 +408,7 @@ def train_intent(
             f"config horizon_days={cfg.horizon_days} but {cfg.data.features_dir} was prepared with "
             f"{splits.horizon_days}; re-run prep with --horizon-days or fix the config"
         )
-    run_dir = _prepare(cfg, runs_dir)
+    run_dir, resume_ckpt = _prepare(cfg, runs_dir, resume_from)
     tc, m = cfg.train, cfg.model
     dm = IntentDataModule(
         cfg.data.features_dir, m.max_len, tc.batch_size, tc.num_workers, tc.seed, cfg.target
@@ -395,7 +437,7 @@ def train_intent(
         item_ids = dm.vocab.ids(np.arange(1, dm.vocab.n_items + 1)).tolist()
         warm = warm_start_encoder(module.model.encoder, item_ids, categories, m.init_from)
     trainer = _trainer(tc, run_dir, "val_roc_auc", progress_bar, list(callbacks))
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_ckpt)
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = IntentModule.load_from_checkpoint(best)
     trainer.validate(module, datamodule=dm, verbose=False)
@@ -416,6 +458,7 @@ def train_intent(
         "baselines": _intent_baselines(dm, tc.seed) if evaluate_test else {},
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
+        "global_step": trainer.global_step,
         "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
     }
     doc = {
@@ -467,14 +510,24 @@ def train(
     progress_bar: bool = True,
     callbacks: Sequence[L.Callback] = (),
     evaluate_test: bool = True,
+    resume_from: Path | None = None,
 ) -> RunResult:
     """Train the model a config describes; returns the run directory and its metrics. ``callbacks`` join
-    the trainer's; ``evaluate_test=False`` never touches the test split (and fits no baselines)."""
+    the trainer's; ``evaluate_test=False`` never touches the test split (and fits no baselines);
+    ``resume_from`` continues a killed run in its own folder from its last checkpoint (``cfg`` must be the
+    run's saved config)."""
     if isinstance(cfg, RecommenderRunConfig):
         return train_recommender(
-            cfg, runs_dir, progress_bar, callbacks=callbacks, evaluate_test=evaluate_test
+            cfg,
+            runs_dir,
+            progress_bar,
+            callbacks=callbacks,
+            evaluate_test=evaluate_test,
+            resume_from=resume_from,
         )
-    return train_intent(cfg, runs_dir, progress_bar, callbacks=callbacks, evaluate_test=evaluate_test)
+    return train_intent(
+        cfg, runs_dir, progress_bar, callbacks=callbacks, evaluate_test=evaluate_test, resume_from=resume_from
+    )
 
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "MODEL_FILE", "RunResult", "train"]

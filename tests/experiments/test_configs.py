@@ -30,7 +30,8 @@ def test_every_config_loads_and_names_its_command(path: Path) -> None:
 def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     for k, v in d.items():
-        out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+        leaf = not isinstance(v, dict) or f"{prefix}{k}" == "tune.space"  # its keys are dotted themselves
+        out += [(f"{prefix}{k}", v)] if leaf else _flat(v, f"{prefix}{k}.")
     return out
 
 
