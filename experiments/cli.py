@@ -228,8 +228,11 @@ def train(
             config = resume / CONFIG_FILE
         cfg = load_config(task, config, _overrides(set_, features))
         result = run_training(cfg, runs_dir, resume_from=resume)
-    _print_run(result.metrics)
-    _wrote(result.run_dir, result.run_dir / "metrics.json")
+    from training.distributed import process_rank
+
+    if process_rank() == 0:  # data-parallel workers (train.strategy ddp) share rank 0's run
+        _print_run(result.metrics)
+        _wrote(result.run_dir, result.run_dir / "metrics.json")
 
 
 @app.command()

@@ -105,10 +105,26 @@ class TrainConfig(_Strict):
     accelerator: Literal["cpu", "gpu", "auto"] = Field(
         "cpu", description="Lightning accelerator (one device)"
     )
+    strategy: Literal["auto", "ddp"] = Field(
+        "auto",
+        description="ddp: data-parallel over train.devices processes per node (CPU: gloo; GPU: NCCL), training "
+        "data sharded, every process evaluating the whole validation split (training.distributed)",
+    )
+    devices: int = Field(1, ge=1, description="processes (CPU) or GPUs per node; > 1 needs strategy ddp")
+    num_nodes: int = Field(1, ge=1, description="machines; > 1 needs strategy ddp")
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
         "32-true", description="Lightning precision; bf16-mixed where the hardware supports bfloat16"
     )
     compile: bool = Field(False, description="torch.compile the encoder for training")
+
+    @model_validator(mode="after")
+    def _parallel_needs_ddp(self) -> TrainConfig:
+        if (self.devices > 1 or self.num_nodes > 1) and self.strategy != "ddp":
+            raise ValueError(
+                f"train.devices={self.devices}, train.num_nodes={self.num_nodes} run several processes: "
+                "set train.strategy=ddp"
+            )
+        return self
 
 
 class RecommenderTrainConfig(TrainConfig):

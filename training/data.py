@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from data_prep import schema as S
 from models.encoding import N_CONTEXT, ItemVocabulary, encode_sequences, flatten_sequences
+from training.distributed import train_sampler
 from training.protocols import R2, NextItemTables, item_counts, load_tables, through_validation
 
 TYPE_NAMES = S.ITEM_EVENT_TYPES
@@ -54,13 +55,23 @@ def _encode_table(table: pa.Table, vocab: ItemVocabulary, max_len: int) -> tuple
 
 
 def _loader(
-    tensors: list[torch.Tensor], batch_size: int, shuffle: bool, workers: int, seed: int
+    tensors: list[torch.Tensor],
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    trainer: L.Trainer | None = None,
 ) -> DataLoader:
+    """Training (``shuffle``): under data-parallel training each process gets its shard
+    (:func:`training.distributed.train_sampler`); evaluation always reads every example."""
+    dataset = TensorDataset(*tensors)
+    sampler = train_sampler(dataset, trainer, seed) if shuffle else None
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
-        TensorDataset(*tensors),
+        dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         generator=g,
         persistent_workers=workers > 0,
@@ -206,7 +217,7 @@ class RecommenderDataModule(L.LightningDataModule):
         return _loader(tensors, 512, False, 0, self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(self.train_tensors, self.batch_size, True, self.num_workers, self.seed)
+        return _loader(self.train_tensors, self.batch_size, True, self.num_workers, self.seed, self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(S.SPLIT_VAL)
@@ -294,7 +305,8 @@ class IntentDataModule(L.LightningDataModule):
         s = self.splits[split]
         tensors = [torch.from_numpy(a) for a in (s.item_idx, s.ctx_idx, s.features, s.label)]
         bs = self.batch_size if shuffle else 1024
-        return _loader(tensors, bs, shuffle, self.num_workers if shuffle else 0, self.seed)
+        workers = self.num_workers if shuffle else 0
+        return _loader(tensors, bs, shuffle, workers, self.seed, self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(S.SPLIT_TRAIN, True)

@@ -40,7 +40,8 @@ class IntentModule(L.LightningModule):
         self.results[prefix], self.predictions[prefix] = m, (y, p)
         self._eval = {"p": [], "y": []}
         for name in ("roc_auc", "pr_auc", "log_loss"):
-            self.log(f"{prefix}_{name}", m[name], prog_bar=name == "roc_auc")
+            # every rank evaluates the whole split (training.distributed): the mean over ranks is the figure
+            self.log(f"{prefix}_{name}", m[name], prog_bar=name == "roc_auc", sync_dist=True)
         return m
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:

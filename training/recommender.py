@@ -120,7 +120,10 @@ class RecommenderModule(L.LightningModule):
         self._eval = {"topk": [], "target": []}
         k = self.k
         for name in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"):
-            self.log(f"{prefix}_{name.replace('@', '')}", m[name], prog_bar=name.startswith("ndcg"))
+            # every rank evaluates the whole split (training.distributed): the mean over ranks is the figure
+            self.log(
+                f"{prefix}_{name.replace('@', '')}", m[name], prog_bar=name.startswith("ndcg"), sync_dist=True
+            )
         return m
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:

@@ -34,6 +34,7 @@ from data_prep import schema as S
 from data_prep.features import TimeSplits
 from data_prep.manifest import read_manifest
 from models.encoding import N_GAP_BUCKETS, flatten_sequences
+from training import distributed
 from training.baselines import (
     ItemKNN,
     MostPopular,
@@ -102,7 +103,10 @@ def _trainer(
         limit_val_batches=None if monitor is not None else 0,
         max_epochs=tc.max_epochs,
         accelerator=tc.accelerator,
-        devices=1,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=distributed.strategy(tc),
+        use_distributed_sampler=False,  # the DataModules shard training only (training.distributed)
         precision=tc.precision,
         deterministic=tc.deterministic,
         callbacks=[ckpt, *stop, *(callbacks or [])],
@@ -127,9 +131,16 @@ def _prepare(cfg: RunConfig, runs_dir: Path, resume_from: Path | None = None) ->
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if distributed.process_rank() > 0:  # a data-parallel worker: rank 0's folder, nothing written
+        run_dir = distributed.shared_run_dir()
+        return run_dir, None if resume_from is None else last_checkpoint(run_dir)
     if resume_from is not None:
+        if distributed.world_size(cfg.train) > 1:
+            distributed.shared_run_dir(resume_from)
         return resume_from, _reopen(resume_from, cfg)
     run_dir = new_run_dir(runs_dir, cfg.name)
+    if distributed.world_size(cfg.train) > 1:
+        distributed.shared_run_dir(run_dir)
     (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
     shutil.copy(cfg.data.features_dir / S.ITEMS_FILE, run_dir / S.ITEMS_FILE)
     write_provenance(run_dir, cfg.train.seed)
@@ -150,6 +161,8 @@ def _reopen(run_dir: Path, cfg: RunConfig) -> Path:
 
 
 def _finish(run_dir: Path, cfg: RunConfig, model_doc: dict, metrics: dict, t0: float) -> RunResult:
+    if distributed.process_rank() > 0:  # rank 0 writes the run
+        return RunResult(run_dir, metrics)
     merge_log(run_dir)  # a resumed run's CSV log: the epochs before the kill back in front
     metrics["train_seconds"] = round(time.perf_counter() - t0, 2)  # a resumed run: since the resume
     metrics["run_id"] = run_dir.name
@@ -233,8 +246,10 @@ def train_recommender(
     fit_seconds = time.perf_counter() - t_fit
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = RecommenderModule.load_from_checkpoint(best)
+    ranks = None
     if not through_val:  # validation examples are training data when training through validation
         trainer.validate(module, datamodule=dm, verbose=False)
+        ranks = distributed.rank_figures(trainer, module.results["val"][f"ndcg@{ev.k}"])
     if evaluate_test:
         trainer.test(module, datamodule=dm, verbose=False)
     n_pairs = int((dm.train_tensors[2] > 0).sum())
@@ -249,8 +264,9 @@ def train_recommender(
         },
         # baselines report test figures too: a run that must not touch test (a tuning trial) has none
         "baselines": recommender_baselines(dm, ev.k, ev.exclude_seen)
-        if ev.baselines and evaluate_test
+        if ev.baselines and evaluate_test and distributed.process_rank() == 0
         else {},
+        "distributed": ranks,
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -441,6 +457,7 @@ def train_intent(
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = IntentModule.load_from_checkpoint(best)
     trainer.validate(module, datamodule=dm, verbose=False)
+    ranks = distributed.rank_figures(trainer, module.results["val"]["roc_auc"])
     if evaluate_test:
         trainer.test(module, datamodule=dm, verbose=False)
     calibration, calibration_record = choose_calibration(*module.predictions["val"], tc.calibration, tc.seed)
@@ -455,7 +472,10 @@ def train_intent(
         "model": with_f1((y_val, calibration.apply(p_val)), calibrated_test),
         "calibration": calibration_record,
         "warm_start": warm,
-        "baselines": _intent_baselines(dm, tc.seed) if evaluate_test else {},
+        "baselines": _intent_baselines(dm, tc.seed)
+        if evaluate_test and distributed.process_rank() == 0
+        else {},
+        "distributed": ranks,
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
         "global_step": trainer.global_step,
