@@ -5,6 +5,9 @@
    keys only — the registry holds no raw value), so every later ``prep`` drops their rows at ingestion;
 2. deletes their rows from every Parquet file of 02_events … 05_scores and from the raw exports in 01_raw;
 3. writes ``RETRAIN_REQUIRED.json`` into every run and bundle that was built from the data before erasure.
+
+Serving's customer-history stores are not data_prep's to open: ``o2o erase --history-url`` deletes the
+returned ``customer_ids`` from them (``experiments/cli.py``).
 """
 
 from __future__ import annotations
@@ -156,10 +159,15 @@ def _purge_raw(
 def _stale_markers(
     data: Path, old_hashes: set[str], roots: Iterable[Path], note: dict[str, Any]
 ) -> list[Path]:
-    """Write a retrain marker into every run / bundle whose data manifest names a pre-erasure file."""
+    """Write a retrain marker into every run / bundle whose data manifest names a pre-erasure file.
+
+    A root holds runs (``<root>/<id>/metrics.json``) or bundles (``<root>/o2o/<version>/bundle.json``), or is
+    a bundle folder itself (a model-store copy: ``<root>/bundle.json``).
+    """
     marked = []
     for root in roots:
-        for doc_path in [*root.glob("*/metrics.json"), *root.glob("o2o/*/bundle.json")]:
+        docs = [*root.glob("*/metrics.json"), *root.glob(f"o2o/*/{S.BUNDLE_FILE}"), *root.glob(S.BUNDLE_FILE)]
+        for doc_path in docs:
             doc = json.loads(doc_path.read_text())
             hashes = {v.get("sha256") for v in doc.get("data_manifest", {}).values() if isinstance(v, dict)}
             if hashes & old_hashes:

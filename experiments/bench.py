@@ -174,3 +174,126 @@ def bench_peers(
     )
     console.print(table)
     console.print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@bench_app.command("score")
+def bench_score(
+    artifact: Annotated[Path, typer.Option(help="bundle folder from `o2o export`")],
+    run: Annotated[
+        list[Path],
+        typer.Option(help="the training run of a bundle model (repeatable): torch eager is rebuilt from it"),
+    ],
+    features: Annotated[Path, typer.Option(help="04_features whose snapshot is replicated")] = Path(
+        "data/synthetic/04_features"
+    ),
+    customers: Annotated[int, typer.Option(min=1, help="customers to score")] = 100_000,
+    chunk_size: Annotated[int, typer.Option(min=1, help="customers per Arrow batch")] = 20_000,
+    batch: Annotated[
+        int, typer.Option(min=2, help="customers per call in the batched ORT/torch comparison")
+    ] = 512,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="ONNX Runtime and torch threads [default: the CPUs]")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="JSON result file")] = Path("runs/bench_score.json"),
+) -> None:
+    """Batch scoring throughput on N customers, and ONNX Runtime vs torch eager on the same model."""
+    from experiments.bench_serving import bench_scoring
+
+    n_threads = threads or len(os.sched_getaffinity(0))
+    result = bench_scoring(artifact, run, features / S.SNAPSHOT_FILE, customers, chunk_size, batch, n_threads)
+    result["machine"] = _machine()
+    result["command"] = " ".join(["o2o", "bench", "score", *sys.argv[3:]])
+    t = result["throughput"]
+    table = Table(title=f"batch scoring, {n_threads} threads")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("customers scored", f"{t['customers']:,}")
+    table.add_row("seconds", str(t["seconds"]))
+    table.add_row("customers / s", f"{t['customers_per_second']:,}")
+    for cmp in result["ort_vs_torch"]:
+        for mode in ("batched", "single"):
+            c = cmp[mode]
+            table.add_row(
+                f"{cmp['task']} {mode} (batch {c['batch']}): ORT / torch ms",
+                f"{c['ort_ms']} / {c['torch_ms']} → {c['speedup']}×",
+            )
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    artifact: Annotated[Path, typer.Option(help="bundle folder from `o2o export`")],
+    features: Annotated[Path, typer.Option(help="04_features with snapshot.parquet")] = Path(
+        "data/synthetic/04_features"
+    ),
+    endpoint: Annotated[
+        list[str] | None, typer.Option(help="endpoint to load (repeatable) [default: all three]")
+    ] = None,
+    seconds: Annotated[float, typer.Option(min=1, help="measured seconds per endpoint")] = 60,
+    warmup: Annotated[float, typer.Option(min=0, help="unmeasured seconds first")] = 5,
+    concurrency: Annotated[int, typer.Option(min=1, help="clients sending back to back")] = 16,
+    port: Annotated[int, typer.Option(help="port of the server this command starts")] = 3123,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads of the server")] = None,
+    server_cpus: Annotated[
+        str | None,
+        typer.Option(help="pin the server to these CPUs (taskset list, e.g. 0), the load elsewhere"),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="JSON result file")] = Path("runs/bench_serve.json"),
+) -> None:
+    """A bounded load test: start `bentoml serve` on localhost, load each endpoint for --seconds, report
+    throughput, p50/p95/p99 latency and errors per endpoint (the load generator runs on this machine too)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from experiments.bench_serving import bench_http, machine, start_server
+    from experiments.cli import REPO_ROOT, serve_command
+    from serving.artifact import load_bundle
+
+    endpoints = endpoint or ["/recommend", "/intent", "/similar-items"]
+    bundle = load_bundle(artifact)
+    snapshot = features / S.SNAPSHOT_FILE
+    customers = pq.read_table(snapshot, columns=[S.CUSTOMER_ID]).column(S.CUSTOMER_ID).to_pylist()
+    rec = bundle.recommender
+    n_items = min(1000, int(rec.config["model_config"]["n_items"])) if rec else 0
+    items = rec.vocab.ids(np.arange(1, n_items + 1)).tolist() if rec else []
+    api_key = "bench-key"
+    cmd, env = serve_command(artifact, snapshot, "127.0.0.1", port, threads, None)
+    env["O2O_API_KEYS"] = api_key
+    if server_cpus:
+        cmd = ["taskset", "-c", server_cpus, *cmd]
+    log = out.with_suffix(".server.log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    server = start_server(cmd, env, port, log, REPO_ROOT)
+    try:
+        result = bench_http(port, endpoints, customers, items, concurrency, seconds, warmup, api_key)
+    finally:
+        server.terminate()
+        server.wait(30)
+    summary = {
+        "endpoints": result,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "server_cpus": server_cpus,
+        "threads": threads,
+        "machine": machine(),
+        "command": " ".join(["o2o", "bench", "serve", *sys.argv[3:]]),
+    }
+    table = Table(title=f"HTTP load, {concurrency} clients, {seconds:g} s per endpoint")
+    for col in ("endpoint", "req/s", "p50 ms", "p95 ms", "p99 ms", "non-200", "errors"):
+        table.add_column(col, justify="right")
+    for name, r in result.items():
+        table.add_row(
+            name,
+            f"{r['requests_per_second']:,}",
+            str(r["p50_ms"]),
+            str(r["p95_ms"]),
+            str(r["p99_ms"]),
+            str(sum(r["non_200"].values())),
+            str(r["transport_errors"]),
+        )
+    console.print(table)
+    out.write_text(json.dumps(summary, indent=2))
+    console.print(f"wrote {out} (server log {log})")

@@ -49,9 +49,10 @@ class CampaignReport:
 
 
 def load_scores(path: Path, score: str) -> pd.DataFrame:
-    """The scores table (a file or a folder holding ``scores.parquet``), checked for what the report needs."""
-    file = path / "scores.parquet" if path.is_dir() else path
-    if not file.is_file():
+    """The scores table (``o2o score``'s output folder, its ``scores.parquet`` dataset folder, or one Parquet
+    file), checked for what the report needs."""
+    file = path / "scores.parquet" if (path / "scores.parquet").exists() else path
+    if not file.exists() or (file.is_dir() and not any(file.glob("*.parquet"))):
         raise FileNotFoundError(f"{file} not found: run `o2o score` (or `o2o score --split test`) first")
     df = pd.read_parquet(file)
     if score not in df.columns:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -20,6 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from data_prep import schema as S
 from experiments.bench import bench_app
+
+if TYPE_CHECKING:
+    from serving.history import HistoryStore
 
 app = typer.Typer(help="O2O Sequence Lab: unified online/offline customer data → served predictions.")
 
@@ -43,6 +47,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     # `o2o train --resume` reopens the run's folders on purpose (its CSV log is set aside, not lost)
     warnings.filterwarnings("ignore", message=".*directory .* exists and is not empty.*")
+    # BentoML posts usage events to the internet (model registration, `o2o serve`'s server) unless told not
+    # to; nothing here calls out at run time. BENTOML_DO_NOT_TRACK=False in the environment opts back in.
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 
 console = Console()
@@ -375,13 +382,32 @@ def export(
     run: Annotated[list[Path], typer.Option(help="run folder to export (repeat for recommender + intent)")],
     out: Annotated[Path, typer.Option(help="artifact root")] = Path("artifacts"),
     version: Annotated[str | None, typer.Option(help="bundle version (default: timestamp)")] = None,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="also register the bundle in the BentoML model store ($BENTOML_HOME) as o2o-bundle:VERSION"
+        ),
+    ] = True,
 ) -> None:
-    """Export runs to an ONNX bundle; a failed torch/ONNX Runtime parity check fails the export."""
+    """Export runs to an ONNX bundle; a failed torch/ONNX Runtime parity check fails the export. The bundle is
+    registered in the BentoML model store too (`o2o serve --artifact o2o-bundle:VERSION`, `bentoml build`)."""
+    from serving.artifact import check_unregistered, register_bundle
     from training.export import export_bundle
 
+    with user_errors():
+        if register and version is not None:
+            check_unregistered(version)  # before minutes of export, not after
     with user_errors(), console.status("exporting to ONNX and checking parity"):
         bundle = export_bundle(run, out, version)
+    with user_errors():
+        try:
+            tag = register_bundle(bundle) if register else None
+        except BaseException:  # as for a failed export: nothing left behind, the same command can be rerun
+            shutil.rmtree(bundle)
+            raise
     _wrote(bundle, *sorted(p for p in bundle.rglob("*") if p.is_file()))
+    if tag is not None:
+        console.print(f"[bold green]registered[/] {tag}")
 
 
 def _snapshot(features: Path) -> Path:
@@ -393,7 +419,10 @@ def _snapshot(features: Path) -> Path:
 
 @app.command()
 def score(
-    artifact: Annotated[Path, typer.Option(help="bundle folder printed by `o2o export`")],
+    artifact: Annotated[
+        str,
+        typer.Option(help="bundle folder printed by `o2o export`, or its model-store tag o2o-bundle:VERSION"),
+    ],
     features: Annotated[
         Path, typer.Option(help="04_features folder (its snapshot.parquet is scored)")
     ] = Path("data/synthetic/04_features"),
@@ -421,6 +450,10 @@ def score(
             "instead of the snapshot, to evaluate a campaign with `o2o report campaign`"
         ),
     ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(help="start over instead of resuming an interrupted run into the same folder"),
+    ] = False,
 ) -> None:
     """Score every customer: top-k items (business filters applied before the top-k), calibrated purchase
     probability, churn risk and RFM segment. Customers without marketing consent are left out."""
@@ -452,6 +485,7 @@ def score(
             chunk_size=chunk_size,
             progress=tick,
             rules=rules,
+            restart=restart,
         )
     _wrote(path, out / S.MANIFEST_FILE)
 
@@ -460,19 +494,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve_command(
-    bundle: Path, snapshot: Path, host: str, port: int, threads: int = 1, history_url: str | None = None
+    bundle: Path,
+    snapshot: Path,
+    host: str,
+    port: int,
+    threads: int | None = None,
+    history_url: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and environment that run the service (run it in REPO_ROOT).
 
     The environment is this process's (``O2O_API_KEYS`` passes through) plus the service's settings;
-    ``history_url`` None leaves the customer-history store in memory.
+    ``threads`` None lets the service size ONNX Runtime to its cores ÷ workers; ``history_url`` None leaves
+    the customer-history store in memory.
     """
-    env = {
-        **os.environ,
-        "O2O_BUNDLE": str(bundle.resolve()),
-        "O2O_SNAPSHOT": str(snapshot.resolve()),
-        "O2O_ORT_THREADS": str(threads),
-    }
+    env = {**os.environ, "O2O_BUNDLE": str(bundle.resolve()), "O2O_SNAPSHOT": str(snapshot.resolve())}
+    env.pop("O2O_ORT_THREADS", None)
+    if threads is not None:
+        env["O2O_ORT_THREADS"] = str(threads)
     env.pop("O2O_HISTORY_URL", None)
     if history_url:
         env["O2O_HISTORY_URL"] = _absolute_sqlite_url(history_url)
@@ -491,13 +529,19 @@ def _absolute_sqlite_url(url: str) -> str:
 
 @app.command()
 def serve(
-    artifact: Annotated[Path, typer.Option(help="bundle folder printed by `o2o export`")],
+    artifact: Annotated[
+        str,
+        typer.Option(help="bundle folder printed by `o2o export`, or its model-store tag o2o-bundle:VERSION"),
+    ],
     features: Annotated[Path, typer.Option(help="04_features folder with snapshot.parquet")] = Path(
         "data/synthetic/04_features"
     ),
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
-    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="ONNX Runtime intra-op threads (default: the cores ÷ BentoML workers)"),
+    ] = None,
     history_url: Annotated[
         str | None,
         typer.Option(
@@ -510,12 +554,12 @@ def serve(
     """Run the BentoML HTTP service (/recommend, /intent, /events, /similar-items, /livez, /readyz, /metrics)
     until interrupted. Set O2O_API_KEYS (comma-separated) to require an X-API-Key header; unset, the API
     is open."""
-    from serving.artifact import verify_checksums
+    from serving.artifact import bundle_path
 
     with user_errors():
-        verify_checksums(artifact)
+        bundle = bundle_path(artifact)  # a tag → its folder in the model store, checksums verified
         snapshot = _snapshot(features)
-    cmd, env = serve_command(artifact, snapshot, host, port, threads, history_url)
+    cmd, env = serve_command(bundle, snapshot, host, port, threads, history_url)
     console.print(f"serving {artifact} on http://{host}:{port}  (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=REPO_ROOT))
 
@@ -607,6 +651,33 @@ def runs_list(
     console.print(runs_table(rows))
 
 
+def _store_name(urls: list[str], i: int) -> str:
+    """``#<n> (<scheme>)``: a store URL is not printed (a Redis URL may carry a password)."""
+    return f"#{i + 1} ({urls[i].partition('://')[0]})"
+
+
+def _existing_history_store(url: str, i: int) -> HistoryStore:
+    """Open a store a service has written; a server that cannot be reached is a one-line error."""
+    import redis
+
+    from serving.history import open_history_store
+
+    try:
+        return open_history_store(url, None, existing=True)
+    except redis.RedisError as e:
+        raise RuntimeError(f"history store #{i + 1} cannot be reached ({e}); nothing was erased") from None
+
+
+def _delete_from_store(store: HistoryStore, customer_ids: list[str], i: int) -> int:
+    try:
+        return store.delete(customer_ids)
+    except Exception as e:  # the data layers are erased already: say what is left to delete by hand
+        raise RuntimeError(
+            f"the data layers are erased, but deleting customer(s) {', '.join(customer_ids)} from history store "
+            f"#{i + 1} failed ({type(e).__name__}: {e}): delete them there by hand"
+        ) from None
+
+
 @app.command()
 def erase(
     identifier: Annotated[
@@ -617,19 +688,34 @@ def erase(
     ),
     runs_dir: Annotated[Path, typer.Option(help="runs to check for retraining")] = Path("runs"),
     artifacts: Annotated[Path, typer.Option(help="bundles to check for retraining")] = Path("artifacts"),
+    history_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a service's customer-history store to delete the person from too: 'sqlite:///data/history.db' "
+            "or 'redis://127.0.0.1:6379/0' (repeatable; each is opened before anything is erased)"
+        ),
+    ] = None,
 ) -> None:
-    """Erase a person from every layer, keep them out of later runs, and flag models built on them."""
+    """Erase a person from every layer and the service's history stores, keep them out of later runs, and flag
+    models built on them (bundle folders and their copies in the BentoML model store)."""
     from data_prep.erasure import erase_person
+    from serving.artifact import registered_bundles
 
     id_type, sep, value = identifier.partition(":")
-    with user_errors():
+    with user_errors(), ExitStack() as stack:
         if not sep or not value:
             raise ValueError(f"--identifier must be TYPE:VALUE, got {identifier!r}")
-        result = erase_person(data, id_type, value, [runs_dir, artifacts])
+        stores = [
+            stack.enter_context(_existing_history_store(url, i)) for i, url in enumerate(history_url or [])
+        ]
+        result = erase_person(data, id_type, value, [runs_dir, artifacts, *registered_bundles()])
+        deleted = [_delete_from_store(store, result.customer_ids, i) for i, store in enumerate(stores)]
     console.print(
         f"erased {len(result.customer_ids)} customer(s), {result.n_identifiers} identifier key(s); "
         f"{sum(result.rows_removed.values()):,} rows removed from {len(result.rows_removed)} file(s)"
     )
+    for i, n in enumerate(deleted):
+        console.print(f"  history store {_store_name(history_url or [], i)}: {n} customer(s) deleted")
     for path in result.marked_for_retraining:
         console.print(f"  [yellow]retrain required:[/] {path}")
 

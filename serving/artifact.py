@@ -1,6 +1,11 @@
 """Load an exported bundle for ONNX Runtime: verify checksums, open sessions, fit vocabularies.
 
 Shared by the online service and the batch scorer, so both see exactly the same models. No torch here.
+
+A bundle is named by its folder (``artifacts/o2o/<version>``) or by its tag in the BentoML model store
+(``o2o-bundle:<version>``, ``o2o-bundle:latest``), where :func:`register_bundle` copies it. The store copy is
+checked exactly like a folder, and its ``checksums.json`` must also match the digest recorded at registration.
+BentoML is imported only when the store is used: the batch scorer on Spark executors never needs it.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ import functools
 import json
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,11 @@ from models.calibration import Calibration
 from models.encoding import ItemVocabulary, ListInput, encode_sequences
 
 THREADS_ENV = "O2O_ORT_THREADS"
+BUNDLE_MODEL_NAME = "o2o-bundle"  # model-store name of exported bundles; the tag's version = bundle version
+CHECKSUMS_DIGEST = "checksums_sha256"  # model metadata: SHA-256 of checksums.json when registered
+# a BentoML tag's name or version (bentoml._internal.tag.tag_regex, at most 63 characters); BentoML would
+# lowercase "V1" with only a warning, so it is refused here instead: tag version = bundle version, exactly
+_TAG_PART = re.compile(r"[a-z0-9](?:[-._a-z0-9]{0,61}[a-z0-9])?")
 log = logging.getLogger(__name__)
 
 
@@ -178,12 +190,137 @@ def _serving_tables(
     return seg_pop, stores
 
 
-def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
-    """Open a bundle folder (``artifacts/o2o/<version>``) after verifying every checksum."""
-    bundle_dir = Path(path)
+def _verify_folder(bundle_dir: Path) -> None:
     if not (bundle_dir / S.BUNDLE_FILE).exists():
         raise BundleError(f"{bundle_dir}: no {S.BUNDLE_FILE}; pass the folder that `o2o export` printed")
     verify_checksums(bundle_dir)
+
+
+def _is_tag(ref: str) -> bool:
+    name, sep, version = ref.partition(":")
+    return bool(_TAG_PART.fullmatch(name)) and (not sep or bool(_TAG_PART.fullmatch(version)))
+
+
+def bundle_path(ref: Path | str) -> Path:
+    """The local folder of a bundle, every checksum verified.
+
+    ``ref`` is a bundle folder, or a model-store tag: ``o2o-bundle:<version>``, ``o2o-bundle:latest`` or
+    ``o2o-bundle`` (latest), looked up in the store of ``$BENTOML_HOME`` (inside a bento: the bento's own
+    models). An existing folder wins over a tag spelled the same. Raises :class:`BundleError` when neither
+    exists, or a file is missing or altered.
+    """
+    folder = Path(ref)
+    if isinstance(ref, Path) or folder.is_dir() or not _is_tag(ref):
+        _verify_folder(folder)
+        return folder
+    return _store_bundle(ref)
+
+
+def _store_bundle(tag: str) -> Path:
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    try:
+        model = bentoml.models.get(tag)
+    except NotFound as e:
+        raise BundleError(
+            f"{tag} is neither a bundle folder nor a model in the BentoML model store: {e}"
+        ) from None
+    except BentoMLException as e:  # a version prefix that matches several versions
+        raise BundleError(f"{tag}: {e}") from None
+    version = tag.partition(":")[2]
+    if version not in ("", "latest") and model.tag.version != version:  # BentoML matches version prefixes
+        raise BundleError(
+            f"{tag} is not in the model store (only {model.tag} starts with it): give the full tag"
+        )
+    folder = Path(model.path)
+    hint = f" (this is the model store's copy: `bentoml models delete {model.tag}` first)"
+    try:
+        _verify_folder(folder)
+    except BundleError as e:
+        raise BundleError(f"model {model.tag}: {e}{hint}") from None
+    registered = model.info.metadata.get(CHECKSUMS_DIGEST)
+    if registered is not None and registered != file_sha256(folder / S.CHECKSUMS_FILE):
+        raise BundleError(
+            f"model {model.tag}: {folder / S.CHECKSUMS_FILE} differs from the one registered "
+            f"(file altered); re-export the bundle{hint}"
+        )
+    return folder
+
+
+def bundle_tag(version: str, name: str = BUNDLE_MODEL_NAME) -> str:
+    """``name:version``; BundleError unless ``version`` can be a BentoML version as it is (lowercase letters,
+    digits, ``-``, ``_``, ``.``; alphanumeric at both ends; at most 63 characters)."""
+    if not _TAG_PART.fullmatch(version):
+        raise BundleError(
+            f"bundle version {version!r} cannot be a BentoML model version (lowercase letters, digits, '-', "
+            "'_' or '.', alphanumeric at both ends, at most 63 characters): choose another version"
+        )
+    return f"{name}:{version}"
+
+
+def check_unregistered(version: str, name: str = BUNDLE_MODEL_NAME) -> str:
+    """The tag ``version`` would be registered under; BundleError when it is invalid or already taken."""
+    import bentoml
+
+    tag = bundle_tag(version, name)
+    taken = bentoml.models.list(tag)  # exact version (get() would also match a longer one)
+    if taken:
+        raise BundleError(
+            f"{tag} is already in the BentoML model store ({taken[0].path}): export with another --version, "
+            f"or remove it first with `bentoml models delete {tag}`"
+        )
+    return tag
+
+
+def register_bundle(bundle_dir: Path, name: str = BUNDLE_MODEL_NAME) -> str:
+    """Copy a bundle folder (checksums verified first) into the BentoML model store as
+    ``name:<bundle version>`` and return that tag. BundleError when the tag is taken (see
+    :func:`check_unregistered`).
+
+    Labels (strings, for ``bentoml models list``): ``bundle_version``, ``tasks`` (comma-separated),
+    ``schema_version``. Metadata: the same, plus ``checksums_sha256`` (the manifest digest :func:`bundle_path`
+    checks), ``created_at``, ``source_runs`` (task → run id) and ``exported_from`` (the folder).
+    """
+    import bentoml
+
+    folder = bundle_path(Path(bundle_dir))  # an altered bundle is never registered
+    meta = json.loads((folder / S.BUNDLE_FILE).read_text())
+    tag = check_unregistered(str(meta["version"]), name)
+    tasks = sorted(meta["models"])
+    labels = {
+        "bundle_version": str(meta["version"]),
+        "tasks": ",".join(tasks),
+        "schema_version": str(meta.get("schema_version", "")),
+    }
+    metadata = {
+        **labels,
+        "tasks": tasks,
+        CHECKSUMS_DIGEST: file_sha256(folder / S.CHECKSUMS_FILE),
+        "created_at": str(meta.get("created_at", "")),
+        "source_runs": {t: str(m.get("run_id", "")) for t, m in meta["models"].items()},
+        "exported_from": str(folder.resolve()),
+    }
+    with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
+        shutil.copytree(folder, model.path, dirs_exist_ok=True)
+    return tag
+
+
+def registered_bundles(name: str = BUNDLE_MODEL_NAME) -> list[Path]:
+    """The folders of every version of ``name`` in the BentoML model store (empty when none)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return [Path(m.path) for m in bentoml.models.list(name)]
+    except NotFound:
+        return []
+
+
+def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
+    """Open a bundle after verifying every checksum: a folder (``artifacts/o2o/<version>``) or a model-store
+    tag (``o2o-bundle:<version>``; see :func:`bundle_path`)."""
+    bundle_dir = bundle_path(path)
     if (bundle_dir / S.RETRAIN_MARKER).exists():
         log.warning(
             "%s was built from data that has since had people erased: retrain and re-export", bundle_dir

@@ -1,7 +1,8 @@
 """API-key check for the HTTP service: ASGI middleware in front of every route but health and metrics.
 
 Keys come from ``O2O_API_KEYS`` (comma-separated; spaces around a key are dropped). When it is set, a request
-must carry one of them in the ``X-API-Key`` header, or it gets 401 with a JSON body ``{"error": ...}``; the
+must carry one of them in the ``X-API-Key`` header, or it gets 401 with the service's JSON error body
+(:func:`serving.logs.error_body`: ``{"error": "unauthorized", "message": ..., "fields": []}``); the
 probes and Prometheus (:data:`EXEMPT_PATHS`) stay open. When it is unset or empty there is no check (the
 demo), and one warning says so when the app starts. Keys are compared in constant time, and neither a
 key nor the header's value is ever logged.
@@ -16,6 +17,8 @@ from collections.abc import Mapping, Sequence
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving.logs import error_body
 
 API_KEYS_ENV = "O2O_API_KEYS"
 API_KEY_HEADER = "X-API-Key"
@@ -68,4 +71,5 @@ class ApiKeyMiddleware:
             await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION})
         else:
             headers = {"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'}
-            await JSONResponse({"error": reason}, status_code=401, headers=headers)(scope, receive, send)
+            body = error_body("unauthorized", reason)
+            await JSONResponse(body, status_code=401, headers=headers)(scope, receive, send)

@@ -1,5 +1,5 @@
 """Batch scorer: every customer of a snapshot → top-k items, intent probability, churn risk and RFM segment,
-as Parquet.
+as a Parquet dataset (one part per chunk), resumable after a kill.
 
 Reads the snapshot in Arrow record batches and runs the same scoring functions as the API.
 """
@@ -7,6 +7,8 @@ Reads the snapshot in Arrow record batches and runs the same scoring functions a
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep import schema as S
+from data_prep.manifest import file_sha256
 from serving.artifact import Bundle
 from serving.scoring import ItemFilter, allowed_items, check_k, feature_matrix, intent_probability, recommend
 
-SCORES_FILE = "scores.parquet"
+SCORES_FILE = "scores.parquet"  # a Parquet dataset folder: part-NNNNN.parquet, one per chunk
+STATE_FILE = "_scoring.json"  # settings of the run writing the dataset (``_``: Parquet readers skip it)
+ROWS_IN_KEY = (
+    "o2o_rows_in"  # Parquet metadata of a part: snapshot rows of its chunk, consent-excluded included
+)
 REC_ITEMS = "recommended_items"
 REC_SCORES = "recommendation_scores"
 REC_SOURCE = "recommendation_source"
@@ -88,6 +95,44 @@ def held_out_examples(features: Path, split: str, out_dir: Path) -> Path:
     return out
 
 
+class ScoringStateError(RuntimeError):
+    """The output folder holds a scoring run with other inputs or settings: resuming it would mix them."""
+
+
+def part_name(i: int) -> str:
+    return f"part-{i:05d}.parquet"
+
+
+def _empty_marker(i: int) -> str:
+    return f"_part-{i:05d}.empty"  # a chunk with nobody to score (``_``: readers skip it)
+
+
+def _part_counts(dataset: Path, i: int) -> tuple[int, int] | None:
+    """(rows read, rows scored) of chunk ``i`` if it was finished, else None."""
+    marker = dataset / _empty_marker(i)
+    if marker.is_file():
+        return int(json.loads(marker.read_text())["rows_in"]), 0
+    part = dataset / part_name(i)
+    if not part.is_file():
+        return None
+    meta = pq.read_metadata(part)  # a file cut short by a kill never gets its final name (os.replace)
+    rows_in = (meta.metadata or {}).get(ROWS_IN_KEY.encode())
+    if rows_in is None:
+        raise ScoringStateError(f"{part} was not written by this scorer (no {ROWS_IN_KEY}): use --restart")
+    return int(rows_in), meta.num_rows
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")  # ``.``: readers skip it
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _run_settings(bundle: Bundle, snapshot: Path, **settings: object) -> dict[str, object]:
+    """What makes two scoring runs the same (paths left out: the same files may be reached two ways)."""
+    return {"bundle_version": bundle.version, "snapshot_sha256": file_sha256(snapshot), **settings}
+
+
 def score_snapshot(
     bundle: Bundle,
     snapshot: Path,
@@ -98,61 +143,88 @@ def score_snapshot(
     progress: Callable[[int, int], None] | None = None,
     campaign: bool = True,
     rules: ItemFilter | None = None,
+    restart: bool = False,
 ) -> Path:
-    """Score the customers in ``snapshot`` into ``out_dir/scores.parquet`` (one row per customer scored).
+    """Score the customers in ``snapshot`` into the Parquet dataset ``out_dir/scores.parquet/`` (one
+    ``part-NNNNN.parquet`` per chunk of ``chunk_size`` customers; one row per customer scored).
 
-    With ``campaign`` (the default: these scores feed marketing), customers without marketing consent are
-    left out; the manifest counts them. ``exclude_seen`` defaults to the setting the recommender was
-    evaluated with.
+    Resumable: every part is written under a temporary name and renamed when complete, and the settings of
+    the run (snapshot checksum, bundle, k, filters, chunk size) are recorded first; a rerun after a kill
+    skips the chunks already written, so the output holds every customer exactly once. A rerun with other
+    inputs or settings is refused unless ``restart`` (which starts over). With ``campaign`` (the default:
+    these scores feed marketing), customers without marketing consent are left out; the manifest counts
+    them. ``exclude_seen`` defaults to the setting the recommender was evaluated with.
     """
     rules = rules or ItemFilter()
     if bundle.recommender is not None:
         check_k(bundle.recommender, k)
         allowed_items(bundle.recommender, rules)  # unknown store or category: fail before any work
     t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / SCORES_FILE
+    dataset = out_dir / SCORES_FILE
+    settings = _run_settings(
+        bundle,
+        snapshot,
+        k=k,
+        exclude_seen=exclude_seen,
+        chunk_size=chunk_size,
+        campaign=campaign,
+        filters={
+            "exclude_items": list(rules.exclude_items),
+            "exclude_categories": list(rules.exclude_categories),
+            "store_id": rules.store_id,
+        },
+    )
+    state = dataset / STATE_FILE
+    if restart or (dataset.exists() and not state.is_file()):  # an old single-file output, or asked to
+        shutil.rmtree(dataset) if dataset.is_dir() else dataset.unlink(missing_ok=True)
+    if state.is_file():
+        before = json.loads(state.read_text())
+        if before != settings:
+            differs = sorted(key for key in settings if before.get(key) != settings[key])
+            raise ScoringStateError(
+                f"{dataset} holds scores made with other inputs or settings ({', '.join(differs)}): "
+                "score into another folder, or start over with --restart"
+            )
+    else:
+        dataset.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps(settings, indent=2))
     pf = pq.ParquetFile(snapshot)
-    total, done, excluded = pf.metadata.num_rows, 0, 0
+    total, done, excluded, resumed = pf.metadata.num_rows, 0, 0, 0
     gate = campaign and S.CONSENT_MARKETING in pf.schema_arrow.names
-    writer: pq.ParquetWriter | None = None
-    try:
-        for raw_batch in pf.iter_batches(batch_size=chunk_size):
+    for i, raw_batch in enumerate(pf.iter_batches(batch_size=chunk_size)):
+        finished = _part_counts(dataset, i)
+        if finished is not None:  # written before a kill: kept as it is
+            rows_in, rows_scored = finished
+            resumed += rows_in
+        else:
             batch = (
                 raw_batch.filter(pc.fill_null(raw_batch.column(S.CONSENT_MARKETING), False))
                 if gate
                 else raw_batch
             )
-            excluded += raw_batch.num_rows - batch.num_rows
+            rows_in, rows_scored = raw_batch.num_rows, batch.num_rows
             if batch.num_rows == 0:
-                done += raw_batch.num_rows
-                continue
-            table = _score_batch(bundle, batch, k, exclude_seen, rules)
-            writer = writer or pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-            done += raw_batch.num_rows
-            if progress:
-                progress(done, total)
-    finally:
-        if writer is not None:
-            writer.close()
+                (dataset / _empty_marker(i)).write_text(json.dumps({"rows_in": rows_in}))
+            else:
+                table = _score_batch(bundle, batch, k, exclude_seen, rules)
+                meta = {ROWS_IN_KEY: str(rows_in)}
+                _write_atomic(table.replace_schema_metadata(meta), dataset / part_name(i))
+        done += rows_in
+        excluded += rows_in - rows_scored
+        if progress:
+            progress(done, total)
     manifest = {
         "layer": "05_scores",
         "bundle": str(bundle.path),
-        "bundle_version": bundle.version,
         "snapshot": str(snapshot),
+        **settings,
+        "output": str(dataset),
+        "parts": len(list(dataset.glob("part-*.parquet"))),
         "rows_in": done,
         "rows_scored": done - excluded,
         "excluded_no_marketing_consent": excluded,
-        "campaign": campaign,
-        "k": k,
-        "exclude_seen": exclude_seen,
-        "filters": {
-            "exclude_items": list(rules.exclude_items),
-            "exclude_categories": list(rules.exclude_categories),
-            "store_id": rules.store_id,
-        },
+        "rows_from_earlier_attempt": resumed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (out_dir / S.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    return path
+    return dataset

@@ -217,6 +217,14 @@ class HistoryStore(ABC):
         """
 
     @abstractmethod
+    def delete(self, customer_ids: Iterable[str]) -> int:
+        """Remove these customers (snapshot rows and appended events alike); return how many were stored.
+
+        Unknown ids are skipped. For erasure (``o2o erase --history-url``): a later snapshot load does not
+        bring them back unless that snapshot holds them, but a later ``append`` creates them anew.
+        """
+
+    @abstractmethod
     def __len__(self) -> int:
         """Number of customers stored."""
 
@@ -255,6 +263,14 @@ class InMemoryHistoryStore(HistoryStore):
             history, tail = merge_events(old, self._appended_ts.get(customer_id, []), events)
             self._rows[customer_id], self._appended_ts[customer_id] = history, tail
         return history
+
+    def delete(self, customer_ids: Iterable[str]) -> int:
+        with self._lock:
+            n = 0
+            for customer_id in set(customer_ids):
+                n += self._rows.pop(customer_id, None) is not None
+                self._appended_ts.pop(customer_id, None)
+        return n
 
     def close(self) -> None:
         pass
@@ -334,6 +350,12 @@ class SqliteHistoryStore(HistoryStore):
             )
         return history
 
+    def delete(self, customer_ids: Iterable[str]) -> int:
+        with self._transaction() as con:
+            before = con.total_changes
+            con.executemany("DELETE FROM history WHERE customer_id = ?", ((c,) for c in set(customer_ids)))
+            return con.total_changes - before
+
     def close(self) -> None:
         with self._lock:
             self._con.close()
@@ -405,6 +427,12 @@ class RedisHistoryStore(HistoryStore):
                 except redis.WatchError:
                     continue  # another append changed the row after we read it: read it again
 
+    def delete(self, customer_ids: Iterable[str]) -> int:
+        n = 0
+        for chunk in _batched(sorted(set(customer_ids)), REDIS_CHUNK_ROWS):
+            n += int(cast("int", self._client.delete(*(self._key(c) for c in chunk))))
+        return n
+
     def close(self) -> None:
         self._client.close()
 
@@ -420,17 +448,28 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def open_history_store(url: str | None, snapshot: Path | None) -> HistoryStore:
+def open_history_store(url: str | None, snapshot: Path | None, existing: bool = False) -> HistoryStore:
     """The store a URL names, loading ``snapshot`` into it when given.
 
     None or ``"memory"``: :class:`InMemoryHistoryStore`. ``sqlite:///<path>``: :class:`SqliteHistoryStore` at
     ``<path>`` (SQLAlchemy's form: ``sqlite:///data/h.db`` is relative, ``sqlite:////srv/h.db`` absolute).
     ``redis://host:port/db`` (or ``rediss://`` for TLS): :class:`RedisHistoryStore`. Anything else: ValueError.
+
+    ``existing``: open only a store a service may already have written (to delete from it): ValueError for
+    an in-memory store (it lives inside the server process), FileNotFoundError for a SQLite file that does
+    not exist (a mistyped path would otherwise open a new, empty store).
     """
     if url is None or url == "memory":
+        if existing:
+            raise ValueError(
+                "an in-memory history store lives inside its server process and cannot be opened from outside; "
+                "it forgets erased customers when the server restarts on the new snapshot"
+            )
         return InMemoryHistoryStore(snapshot)
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
+        if existing and not Path(rest[1:]).is_file():
+            raise FileNotFoundError(f"no SQLite history store at {rest[1:]}")
         return SqliteHistoryStore(rest[1:], snapshot)
     if sep and scheme in ("redis", "rediss") and rest:
         return RedisHistoryStore(url, snapshot)

@@ -3,34 +3,48 @@ customer did since the snapshot), ``/similar-items``; plus BentoML's /livez, /re
 
 Configured from the environment (set by ``o2o serve``):
 ``O2O_BUNDLE`` — exported bundle folder; ``O2O_SNAPSHOT`` — ``04_features/snapshot.parquet`` holding each
-known customer's history and aggregates; ``O2O_ORT_THREADS`` — ONNX Runtime intra-op threads;
+known customer's history and aggregates; ``O2O_ORT_THREADS`` — ONNX Runtime intra-op threads (unset: the
+cores this process may use divided by BentoML's worker count, at least 1);
 ``O2O_HISTORY_URL`` — the customer-history store (:func:`serving.history.open_history_store`): unset or
 ``memory`` keeps it in this process (appended events are lost on exit and unseen by other workers),
 ``sqlite:///path.db`` (``sqlite:////abs/path.db``) survives restarts, ``redis://127.0.0.1:6379/0`` is shared
 by replicas; ``O2O_API_KEYS`` — comma-separated API keys required in the ``X-API-Key`` header of every route
 but the probes and /metrics (:mod:`serving.auth`; unset: no check, with a warning at startup).
 
-Bad requests get a 4xx whose JSON body says what is wrong: pydantic validation (types, ranges, lengths;
-unknown fields in the bodies of /events and /similar-items) answers 400, a request that names no history
-answers 400, an unknown customer or item answers 404, a missing or wrong API key answers 401.
+Every endpoint takes one JSON object whose unknown fields are refused. A failed request gets one JSON shape,
+``{"error": <code>, "message": <text>, "fields": [<dotted paths>]}`` (:mod:`serving.logs`): pydantic
+validation (types, ranges, lengths, unknown fields, exactly one of ``customer_id``/``items``) and invalid JSON
+answer 400, a rule checked against the bundle 400, an unknown customer or item 404, a missing or wrong API key
+401, a body over 1 MiB 413, a content type other than JSON 415. Logs name the endpoint, status, code and
+fields of a failed request, never its values; client errors log no traceback.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import bentoml
-from bentoml.exceptions import InvalidArgument, NotFound
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_prep import schema as S
-from serving.artifact import Bundle, load_bundle
-from serving.auth import ApiKeyMiddleware
+from serving.artifact import THREADS_ENV, Bundle, OnnxModel, load_bundle
+from serving.auth import EXEMPT_PATHS, ApiKeyMiddleware
 from serving.history import MAX_HISTORY_EVENTS, HistoryStore, NewEvent, open_history_store
-from serving.scoring import ItemFilter, feature_matrix, intent_probability, recommend, similar_items
+from serving.logs import ApiError, ErrorResponseMiddleware, install_logging, log_event
+from serving.scoring import (
+    ItemFilter,
+    check_k,
+    feature_matrix,
+    intent_probability,
+    recommend,
+    similar_items,
+)
 
+SERVICE_NAME = "O2OService"
 BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
 HISTORY_URL_ENV = "O2O_HISTORY_URL"
@@ -41,6 +55,37 @@ CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-
 ItemId = Annotated[str, Field(min_length=1, max_length=64)]
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 MAX_FILTER_ENTRIES = 1000
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerId | None = Field(None, description="pseudonymous customer id; give this or 'items'")
+    items: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_SESSION_ITEMS)] | None = Field(
+        None, description="an anonymous session's item ids, oldest first; give this or 'customer_id'"
+    )
+    k: Annotated[int, Field(ge=1, le=S.MAX_K)] = Field(10, description="at most the bundle's max_k")
+    exclude_seen: bool | None = Field(None, description="default: the setting the model was evaluated with")
+    exclude_items: Annotated[list[ItemId], Field(max_length=MAX_FILTER_ENTRIES)] | None = None
+    exclude_categories: Annotated[list[Name], Field(max_length=MAX_FILTER_ENTRIES)] | None = None
+    store_id: Name | None = Field(
+        None, description="only items this store sold in the last 90 days of the data"
+    )
+    segment: Name | None = Field(None, description="RFM segment for the cold-start fallback")
+
+    @model_validator(mode="after")
+    def _one_history(self) -> RecommendRequest:
+        if (self.customer_id is None) == (self.items is None):
+            raise ValueError(
+                "give exactly one of 'customer_id' (known customer) or 'items' (anonymous session)"
+            )
+        return self
+
+
+class IntentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerId = Field(description="pseudonymous customer id, as in /recommend")
 
 
 class ScoredItem(BaseModel):
@@ -64,7 +109,9 @@ class EventIn(BaseModel):
     item_id: ItemId
     event_type: Name = Field(description=f"one of {', '.join(S.ITEM_EVENT_TYPES)}")
     channel: Name = Field(description=f"one of {', '.join(S.CHANNELS)}")
-    ts: int = Field(description="when it happened, whole epoch seconds (UTC)")
+    ts: int = Field(
+        strict=True, description="when it happened, whole epoch seconds (UTC); not true, 1.0 or '1'"
+    )
 
 
 class EventsRequest(BaseModel):
@@ -115,29 +162,63 @@ def _env_path(name: str) -> str:
     return value
 
 
-@bentoml.service(traffic={"timeout": 10}, workers=1)
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under ``taskset``; else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def bentoml_workers(service_name: str = SERVICE_NAME) -> int:
+    """Worker processes BentoML runs for the service: the decorator's ``workers`` merged with overrides
+    (``BENTOML_CONFIG_OPTIONS``, a configuration file), read where BentoML's own scheduler reads it (an
+    internal container: bentoml is pinned below 1.5). ``"cpu_count"`` counts as :func:`available_cores`."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    workers = BentoMLContainer.config.services[service_name].get().get("workers") or 1
+    return available_cores() if workers == "cpu_count" else int(workers)
+
+
+def ort_threads(environ: Mapping[str, str], n_cores: int, n_workers: int) -> tuple[int, str]:
+    """ONNX Runtime intra-op threads per worker and where the figure came from: ``O2O_ORT_THREADS`` when set,
+    else ``max(1, n_cores // n_workers)`` so that the workers together use each core once. Raises ValueError
+    for a setting that is not a whole number ≥ 1."""
+    raw = environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return max(1, n_cores // max(1, n_workers)), "cores/workers"
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, got {raw!r}")
+    return threads, THREADS_ENV
+
+
+@bentoml.service(name=SERVICE_NAME, traffic={"timeout": 10}, workers=1)
 class O2OService:
     def __init__(self) -> None:
-        self.bundle: Bundle = load_bundle(_env_path(BUNDLE_ENV))
+        install_logging()
+        n_cores, n_workers = available_cores(), bentoml_workers()
+        threads, source = ort_threads(os.environ, n_cores, n_workers)
+        self.bundle: Bundle = load_bundle(_env_path(BUNDLE_ENV), threads)
         url = os.environ.get(HISTORY_URL_ENV) or None
         self.history: HistoryStore = open_history_store(url, Path(_env_path(SNAPSHOT_ENV)))
+        log_event(
+            "service_loaded",
+            bundle_version=self.bundle.version,
+            ort_intra_op_threads=threads,
+            threads_from=source,
+            cores=n_cores,
+            workers=n_workers,
+        )
 
     @bentoml.on_shutdown
     def close_history(self) -> None:
         self.history.close()
 
     @bentoml.api(route="/recommend")
-    def recommend(
-        self,
-        customer_id: CustomerId | None = None,
-        items: Annotated[list[ItemId], Field(max_length=MAX_SESSION_ITEMS)] | None = None,
-        k: Annotated[int, Field(ge=1, le=S.MAX_K)] = 10,
-        exclude_seen: bool | None = None,
-        exclude_items: Annotated[list[ItemId], Field(max_length=MAX_FILTER_ENTRIES)] | None = None,
-        exclude_categories: Annotated[list[Name], Field(max_length=MAX_FILTER_ENTRIES)] | None = None,
-        store_id: Name | None = None,
-        segment: Name | None = None,
-    ) -> RecommendResponse:
+    def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
         """Top-k items for a known customer (``customer_id``) or an anonymous visitor (``items``, oldest first).
 
         ``exclude_seen`` defaults to the setting the model was evaluated with (see the model card).
@@ -147,34 +228,34 @@ class O2OService:
         """
         model = self.bundle.recommender
         if model is None:
-            raise NotFound("this bundle has no recommender model")
-        if (customer_id is None) == (items is None):
-            raise InvalidArgument(
-                "give exactly one of 'customer_id' (known customer) or 'items' (anonymous session)"
-            )
-        if items is not None:
-            if not items:
-                raise InvalidArgument("'items' must hold at least one item id (the session's recent items)")
+            raise _not_in_bundle("recommender model")
+        segment = request.segment
+        if request.items is not None:
             side: tuple[Any, Any] = (None, None)  # an anonymous session carries no channel or time
-            history, types = items, [S.EV_VIEW] * len(items)
+            history, types = request.items, [S.EV_VIEW] * len(request.items)
         else:
-            found = self.history.get(customer_id)  # type: ignore[arg-type]
+            found = self.history.get(request.customer_id)  # type: ignore[arg-type]
             if found is None:
-                raise NotFound(f"unknown customer_id {customer_id!r}")
+                raise _unknown_customer(request.customer_id)  # type: ignore[arg-type]
             history, types = found.items, found.event_types
             side = found.side_lists()
             segment = segment or found.segment
-        rules = ItemFilter(tuple(exclude_items or ()), tuple(exclude_categories or ()), store_id)
+        _check_k(model, request.k)
+        rules = ItemFilter(
+            tuple(request.exclude_items or ()), tuple(request.exclude_categories or ()), request.store_id
+        )
         try:
-            recs = recommend(model, [history], [types], k, exclude_seen, rules, [segment], *side)
-        except ValueError as e:  # k out of range, unknown store or category: the caller's to fix
-            raise InvalidArgument(str(e)) from None
+            recs = recommend(
+                model, [history], [types], request.k, request.exclude_seen, rules, [segment], *side
+            )
+        except ValueError as e:  # unknown store or category: the caller's to fix
+            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e)) from None
         scored = [
             ScoredItem(item_id=i, score=float(s))
             for i, s in zip(recs.item_ids[0], recs.scores[0], strict=True)
         ]
         return RecommendResponse(
-            customer_id=customer_id,
+            customer_id=request.customer_id,
             items=scored,
             source=str(recs.source[0]),
             bundle_version=self.bundle.version,
@@ -185,11 +266,11 @@ class O2OService:
         """Append what a customer did after the snapshot (at most 100 events a call, any time order); the next
         /recommend and /intent for that customer read them. An unknown ``customer_id`` is created (a new
         customer: no aggregates, no segment). Aggregates and the RFM segment stay as of the snapshot."""
+        new = [_new_event(i, e) for i, e in enumerate(request.events)]
         try:
-            new = [_new_event(i, e) for i, e in enumerate(request.events)]
             history = self.history.append(request.customer_id, new)
         except ValueError as e:
-            raise InvalidArgument(str(e)) from None
+            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e)) from None
         return EventsResponse(customer_id=request.customer_id, n_events=len(history.items), accepted=len(new))
 
     @bentoml.api(route="/similar-items")
@@ -198,15 +279,12 @@ class O2OService:
         nearest first; never the item itself. ``k`` is bounded like /recommend's."""
         model = self.bundle.recommender
         if model is None or model.item_embeddings is None:
-            raise NotFound(
-                "this bundle has no recommender item embeddings: re-export it to serve similar items"
-            )
+            raise _not_in_bundle("recommender item embeddings (re-export it to serve similar items)")
+        _check_k(model, request.k)
         try:
             ids, scores = similar_items(model, request.item_id, request.k)
         except LookupError as e:
-            raise NotFound(str(e)) from None
-        except ValueError as e:  # k out of range for this catalogue
-            raise InvalidArgument(str(e)) from None
+            raise ApiError(HTTPStatus.NOT_FOUND, "unknown_item", str(e), ("item_id",)) from None
         return SimilarItemsResponse(
             item_id=request.item_id,
             items=[ScoredItem(item_id=i, score=s) for i, s in zip(ids, scores, strict=True)],
@@ -214,15 +292,15 @@ class O2OService:
         )
 
     @bentoml.api(route="/intent")
-    def intent(self, customer_id: CustomerId) -> IntentResponse:
+    def intent(self, request: IntentRequest, /) -> IntentResponse:
         """Calibrated probability that a known customer purchases (any channel) within the label horizon, their
         churn risk (no purchase in 60 days; when the bundle has a churn model) and RFM segment."""
         model = self.bundle.intent
         if model is None:
-            raise NotFound("this bundle has no intent model")
-        found = self.history.get(customer_id)
+            raise _not_in_bundle("intent model")
+        found = self.history.get(request.customer_id)
         if found is None:
-            raise NotFound(f"unknown customer_id {customer_id!r}")
+            raise _unknown_customer(request.customer_id)
         probability = {}
         for name, m in (("intent", model), ("churn", self.bundle.churn)):
             if m is not None:
@@ -230,7 +308,7 @@ class O2OService:
                 p = intent_probability(m, [found.items], [found.event_types], features, *found.side_lists())
                 probability[name] = float(p[0])
         return IntentResponse(
-            customer_id=customer_id,
+            customer_id=request.customer_id,
             probability=probability["intent"],
             churn_risk=probability.get("churn"),
             segment=found.segment,
@@ -239,12 +317,39 @@ class O2OService:
 
 
 # mypy ignores what a class decorator returns; at runtime O2OService is the bentoml.Service it built
-cast("bentoml.Service[O2OService]", O2OService).add_asgi_middleware(ApiKeyMiddleware)
+_service = cast("bentoml.Service[O2OService]", O2OService)
+# the error middleware goes first (outermost of ours) so that it also rewrites and logs the API-key 401s
+_service.add_asgi_middleware(
+    ErrorResponseMiddleware,
+    api_paths=[api.route for api in _service.apis.values()],
+    exempt_paths=EXEMPT_PATHS,
+)
+_service.add_asgi_middleware(ApiKeyMiddleware)
 
 
 def _new_event(position: int, event: EventIn) -> NewEvent:
-    """The store's event for ``events[position]``; a ValueError names the position."""
+    """The store's event for ``events[position]``; a 400 names the position."""
     try:
         return NewEvent(event.item_id, event.event_type, event.channel, event.ts)
     except ValueError as e:
-        raise ValueError(f"events[{position}]: {e}") from None
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, "invalid_request", f"events[{position}]: {e}", (f"events.{position}",)
+        ) from None
+
+
+def _check_k(model: OnnxModel, k: int) -> None:
+    """400 for a ``k`` above this bundle's ``max_k`` (the schema already bounds it by :data:`S.MAX_K`)."""
+    try:
+        check_k(model, k)
+    except ValueError as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e), ("k",)) from None
+
+
+def _unknown_customer(customer_id: str) -> ApiError:
+    return ApiError(
+        HTTPStatus.NOT_FOUND, "unknown_customer", f"unknown customer_id {customer_id!r}", ("customer_id",)
+    )
+
+
+def _not_in_bundle(what: str) -> ApiError:
+    return ApiError(HTTPStatus.NOT_FOUND, "not_in_bundle", f"this bundle has no {what}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,3 +51,30 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     bundle = export_bundle([rec.run_dir, intent.run_dir], root / "artifacts", version="test")
     scores = score_snapshot(load_bundle(bundle), prep.features_dir / S.SNAPSHOT_FILE, data / "05_scores")
     return Pipeline(data, prep.features_dir, rec.run_dir, intent.run_dir, bundle, scores)
+
+
+@pytest.fixture
+def bentoml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private, empty BentoML home: ``$BENTOML_HOME`` for subprocesses, and for BentoML in this process too.
+
+    BentoML reads ``$BENTOML_HOME`` once per process and caches the stores, so they are pointed at the new home
+    the way BentoML's own pytest plugin does it, and restored afterwards. Usage tracking stays off.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home = tmp_path / "bentoml"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "True")
+    providers = (
+        BentoMLContainer.bentoml_home,
+        BentoMLContainer.model_store_dir,
+        BentoMLContainer.model_store,
+    )
+    BentoMLContainer.bentoml_home.set(str(home))
+    BentoMLContainer.model_store_dir.set(str(home / "models"))
+    BentoMLContainer.model_store.set(ModelStore(str(home / "models")))
+    yield home
+    for provider in providers:
+        provider.reset()

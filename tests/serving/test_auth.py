@@ -57,7 +57,8 @@ def test_a_request_without_a_valid_key_gets_401_json(headers: dict[str, str], re
     for path in ("/recommend", "/docs"):
         r = c.post(path, headers=headers)
         assert r.status_code == 401
-        assert r.json() == {"error": r.json()["error"]} and reason in r.json()["error"]
+        assert r.json() == {"error": "unauthorized", "message": r.json()["message"], "fields": []}
+        assert reason in r.json()["message"]
         assert "X-API-Key" in r.headers["www-authenticate"]
 
 

@@ -297,3 +297,39 @@ def test_an_unknown_url_is_not_echoed() -> None:
     with pytest.raises(ValueError) as raised:
         open_history_store("redis:/:secret@host/0", None)
     assert "secret" not in str(raised.value)
+
+
+@all_kinds
+def test_delete_removes_snapshot_and_appended_customers(open_store: OpenStore, snapshot: Path) -> None:
+    store = open_store(snapshot)
+    store.append("c1", [ev("x", 300)])
+    store.append("c9", [ev("y", 300)])  # a customer only an append created
+    assert store.delete(["c1", "c9", "c1", "unknown"]) == 2  # duplicates and unknown ids are skipped
+    assert store.get("c1") is None and store.get("c9") is None
+    assert store.get("c2") == SNAPSHOT_ROWS["c2"] and len(store) == 2
+    assert store.delete([]) == 0 and len(store) == 2
+    again = store.append("c1", [ev("z", 400)])  # deleted means gone: a new append starts from nothing
+    assert again.items == ["z"] and again.features == ZERO_FEATURES
+
+
+@persistent_kinds
+def test_a_deleted_customer_stays_deleted_for_other_openers_and_a_reload(
+    open_store: OpenStore, snapshot: Path
+) -> None:
+    serving = open_store(snapshot)  # a running service's store
+    eraser = open_store(None)  # `o2o erase --history-url` opens the same database
+    assert eraser.delete(["c1"]) == 1
+    assert serving.get("c1") is None
+    assert open_store(snapshot).get("c1") is None  # the same snapshot again: the load is skipped
+
+
+def test_open_existing_refuses_memory_and_a_missing_sqlite_file(tmp_path: Path) -> None:
+    for url in (None, "memory"):
+        with pytest.raises(ValueError, match="in-memory history store lives inside its server process"):
+            open_history_store(url, None, existing=True)
+    with pytest.raises(FileNotFoundError, match="no SQLite history store"):
+        open_history_store(f"sqlite:///{tmp_path}/typo.db", None, existing=True)
+    assert not (tmp_path / "typo.db").exists()
+    SqliteHistoryStore(tmp_path / "h.db").close()
+    with open_history_store(f"sqlite:///{tmp_path}/h.db", None, existing=True) as store:
+        assert isinstance(store, SqliteHistoryStore)

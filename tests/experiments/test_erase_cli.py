@@ -1,0 +1,133 @@
+"""`o2o erase` reaches serving: the person leaves the history stores a service reads (SQLite and Redis), and
+bundle copies in the BentoML model store are flagged for retraining like the exported folders."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from data_prep import pii
+from data_prep import schema as S
+from data_prep.erasure import RETRAIN_MARKER, erased_keys
+from data_prep.generate import RetailerSpec, generate_retailer
+from data_prep.manifest import file_sha256
+from data_prep.pipeline import run_prep
+from experiments.cli import app
+from serving.artifact import bundle_path, register_bundle
+from serving.history import RedisHistoryStore, SqliteHistoryStore, read_snapshot
+
+REDIS_URL = "redis://127.0.0.1:6379/15"  # the test database of tests/serving/test_history.py
+REDIS_PREFIX = "o2o:history:"  # what `open_history_store` (the service, o2o erase) uses
+runner = CliRunner()
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
+    data = tmp_path / "data"
+    generate_retailer(data, RetailerSpec(n_customers=150, seed=11))
+    run_prep(data, data)
+    return data
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    """The test database, without the service's keys before and after (skipped when no server answers)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        pytest.skip(f"no Redis server at {REDIS_URL} ({e})")
+
+    def clear() -> None:
+        keys = list(client.scan_iter(match=REDIS_PREFIX + "*"))
+        if keys:
+            client.delete(*keys)
+
+    clear()
+    yield client
+    clear()
+    client.close()
+
+
+def snapshot_person(data: Path) -> tuple[str, str]:
+    """(raw email, customer_id) of a CRM member whose history is in the snapshot the service loads."""
+    snapshot = {c for c, _ in read_snapshot(data / S.FEATURES_DIR / S.SNAPSHOT_FILE)}
+    id_map = pd.read_parquet(data / S.CUSTOMERS_DIR / S.IDENTITY_MAP_FILE)
+    by_key = dict(zip(id_map[S.IDENTIFIER_KEY], id_map[S.CUSTOMER_ID], strict=True))
+    crm = pd.read_csv(data / S.RAW_DIR / S.RAW_CRM_DIR / S.RAW_CRM_FILE, dtype=str)
+    key = pii.load_key()
+    for email in crm[S.CRM_EMAIL].dropna():
+        customer = by_key.get(pii.pseudonymise(S.ID_EMAIL, email, key))
+        if customer in snapshot:
+            return email, customer
+    raise AssertionError("no CRM member with a snapshot history in the tiny retailer")
+
+
+def stale_bundle(folder: Path, data: Path) -> Path:
+    """A bundle folder built on the current features (its data manifest names their hashes)."""
+    folder.mkdir(parents=True)
+    manifest = json.loads((data / S.FEATURES_DIR / S.MANIFEST_FILE).read_text())["outputs"]
+    doc = {"version": "e1", "models": {}, "data_manifest": manifest}
+    (folder / S.BUNDLE_FILE).write_text(json.dumps(doc))
+    (folder / S.CHECKSUMS_FILE).write_text(json.dumps({S.BUNDLE_FILE: file_sha256(folder / S.BUNDLE_FILE)}))
+    return folder
+
+
+def test_erase_deletes_the_person_from_sqlite_and_redis_stores_and_flags_store_bundles(
+    prepared: Path, redis_db: redis.Redis, bentoml_home: Path, tmp_path: Path
+) -> None:
+    data = prepared
+    snapshot = data / S.FEATURES_DIR / S.SNAPSHOT_FILE
+    email, customer = snapshot_person(data)
+    sqlite = SqliteHistoryStore(tmp_path / "history.db", snapshot)  # what a running service holds
+    shared = RedisHistoryStore(REDIS_URL, snapshot)
+    n = len(sqlite)
+    assert customer in {c for c, _ in read_snapshot(snapshot)} and shared.get(customer) is not None
+    exported = stale_bundle(tmp_path / "artifacts" / "o2o" / "e1", data)
+    tag = register_bundle(exported)
+    urls = ["--history-url", f"sqlite:///{tmp_path}/history.db", "--history-url", REDIS_URL]
+
+    r = _erase(email, data, *urls, "--artifacts", str(tmp_path / "artifacts"))
+
+    assert r.exit_code == 0, r.output
+    assert "history store #1 (sqlite): 1 customer(s) deleted" in r.output
+    assert "history store #2 (redis): 1 customer(s) deleted" in r.output
+    assert "127.0.0.1" not in r.output  # store URLs are not printed (a Redis URL may carry a password)
+    assert sqlite.get(customer) is None and shared.get(customer) is None
+    assert len(sqlite) == n - 1 and len(shared) == n - 1  # nobody else
+    copy = bundle_path(tag)  # still loads: the marker is not one of the bundle's checksummed files
+    assert (copy / RETRAIN_MARKER).exists() and (exported / RETRAIN_MARKER).exists()
+    assert r.output.count("retrain required:") == 2
+    sqlite.close()
+    shared.close()
+
+
+def _erase(email: str, data: Path, *options: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["erase", "--identifier", f"email:{email}", "--data", str(data), *options])
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:1/0", "history store #1 cannot be reached"),
+        ("sqlite:///{tmp}/typo.db", "no SQLite history store"),
+        ("memory", "in-memory history store lives inside its server process"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_stops_erasure_before_anything_is_erased(
+    prepared: Path, bentoml_home: Path, tmp_path: Path, url: str, message: str
+) -> None:
+    data = prepared
+    email, _ = snapshot_person(data)
+    before = {p: file_sha256(p) for p in sorted(data.rglob("*.parquet"))}
+    r = _erase(email, data, "--history-url", url.format(tmp=tmp_path))
+    assert r.exit_code == 2 and message in " ".join(r.output.split()) and "Traceback" not in r.output
+    assert {p: file_sha256(p) for p in sorted(data.rglob("*.parquet"))} == before
+    assert erased_keys().empty
