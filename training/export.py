@@ -201,7 +201,7 @@ def _model_card(version: str, models: dict[str, dict[str, Any]]) -> str:
         lines += [""]
         lines += ["| model | split | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for name, res in [("ours", m["model"]), *m["baselines"].items()]:
-            for split in ("val", "test"):
+            for split in (s for s in ("val", "test") if s in res):  # a train+val retrain has no val
                 lines.append(
                     f"| {name} | {split} | " + " | ".join(f"{res[split][h]:.4f}" for h in names) + " |"
                 )
