@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from training.config import ParamSpec, RecommenderRunConfig, RunConfig, dump_config, with_overrides
+from training.resume import changed_keys
 from training.train import train
 
 STUDY_MD = "study.md"
@@ -279,20 +280,11 @@ def _check_same_config(study: optuna.Study, cfg: RunConfig) -> None:
     if saved is None:
         study.set_user_attr("config", doc)
     elif saved != doc:
-        differs = sorted(_diff_keys(saved, doc))
+        differs = changed_keys(saved, doc)
         raise ValueError(
             f"study {study.study_name!r} was started with a different config (differs in {differs}): "
             "use the same config, or a new --study name"
         )
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _write_outputs(
