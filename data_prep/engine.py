@@ -15,9 +15,11 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
@@ -25,6 +27,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ibis.expr.types.relations import CachedTable
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 DUCKDB = "duckdb"
 SPARK = "spark"
@@ -66,25 +71,41 @@ def connect(engine: str = DUCKDB) -> ibis.BaseBackend:
     raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
 
 
-def _spark() -> ibis.BaseBackend:
+def spark_session(app_name: str = "o2o-prep", conf: dict[str, str] | None = None) -> SparkSession:
+    """The Spark session of this process (created on first use): master ``$O2O_SPARK_MASTER`` (default
+    ``local[*]``), UTC session time zone, no web UI, few shuffle partitions (a small machine), driver memory
+    ``$O2O_SPARK_DRIVER_MEMORY`` (default 2g), plus ``conf``.
+
+    In local mode the Python workers run this interpreter (unless ``$PYSPARK_PYTHON`` says otherwise), so they
+    see the same packages as the driver even when the virtual environment is not activated.
+    """
     try:
         from pyspark.sql import SparkSession
     except ImportError as e:
         raise RuntimeError(
             "the spark engine needs the spark extra: pip install -e '.[spark]' (and Java 17+)"
         ) from e
-    session = (
-        SparkSession.builder.master(os.environ.get(SPARK_MASTER_ENV, "local[*]"))
-        .appName("o2o-prep")
+    master = os.environ.get(SPARK_MASTER_ENV, "local[*]")
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="o2o-spark-"))
         .config("spark.driver.memory", os.environ.get("O2O_SPARK_DRIVER_MEMORY", "2g"))
-        .getOrCreate()
     )
+    if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        builder = builder.config("spark.pyspark.python", sys.executable)
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
-    return ibis.pyspark.connect(session)
+    return session
+
+
+def _spark() -> ibis.BaseBackend:
+    return ibis.pyspark.connect(spark_session())
 
 
 def temp_table(con: ibis.BaseBackend, data: pa.Table | pd.DataFrame) -> ir.Table:

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 import yaml
@@ -388,6 +388,13 @@ def export(
             help="also register the bundle in the BentoML model store ($BENTOML_HOME) as o2o-bundle:VERSION"
         ),
     ] = True,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            help="serve the recommender as an int8 dynamically quantised graph; its NDCG@10 change on "
+            "validation and test goes into the model card"
+        ),
+    ] = False,
 ) -> None:
     """Export runs to an ONNX bundle; a failed torch/ONNX Runtime parity check fails the export. The bundle is
     registered in the BentoML model store too (`o2o serve --artifact o2o-bundle:VERSION`, `bentoml build`)."""
@@ -399,6 +406,19 @@ def export(
             check_unregistered(version)  # before minutes of export, not after
     with user_errors(), console.status("exporting to ONNX and checking parity"):
         bundle = export_bundle(run, out, version)
+    if int8:
+        from experiments.quantize import quantize_bundle
+
+        with user_errors(), console.status("quantising the recommender to int8 and measuring NDCG@10"):
+            try:
+                q = quantize_bundle(bundle)
+            except BaseException:
+                shutil.rmtree(bundle)
+                raise
+        for split, f in q["served_by_scorer"].items():
+            console.print(
+                f"int8 {split}: NDCG@10 {f['ndcg@10_fp32']:.4f} → {f['ndcg@10_int8']:.4f} ({f['ndcg@10_change']:+.4f})"
+            )
     with user_errors():
         try:
             tag = register_bundle(bundle) if register else None
@@ -452,8 +472,16 @@ def score(
     ] = None,
     restart: Annotated[
         bool,
-        typer.Option(help="start over instead of resuming an interrupted run into the same folder"),
+        typer.Option(
+            help="arrow engine: start over instead of resuming an interrupted run into the same folder"
+        ),
     ] = False,
+    engine: Annotated[
+        Literal["arrow", "spark"],
+        typer.Option(
+            help="arrow: one process, resumable | spark: the same scorer on Spark (spark extra), overwrites OUT"
+        ),
+    ] = "arrow",
 ) -> None:
     """Score every customer: top-k items (business filters applied before the top-k), calibrated purchase
     probability, churn risk and RFM segment. Customers without marketing consent are left out."""
@@ -468,6 +496,16 @@ def score(
         else:
             out = out / f"held_out_{split}"
             snapshot = held_out_examples(features, split, out)
+    rules = ItemFilter(tuple(exclude_item or ()), tuple(exclude_category or ()), store)
+    if engine == "spark":
+        from serving.batch_spark import score_snapshot_spark
+
+        with user_errors(), console.status("scoring on Spark"):
+            path = score_snapshot_spark(
+                bundle, snapshot, out, k=k, exclude_seen=exclude_seen, rules=rules, chunk_size=chunk_size
+            )
+        _wrote(path, out / S.MANIFEST_FILE)
+        return
     cols = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with user_errors(), Progress(*cols, console=console) as bar:
         task_id = bar.add_task("score", total=None)
@@ -475,7 +513,6 @@ def score(
         def tick(done: int, total: int) -> None:
             bar.update(task_id, completed=done, total=total)
 
-        rules = ItemFilter(tuple(exclude_item or ()), tuple(exclude_category or ()), store)
         path = score_snapshot(
             bundle,
             snapshot,

@@ -36,9 +36,12 @@ PASS_THROUGH = (S.CUTOFF, S.LABEL)
 CHURN_RISK = "churn_risk"  # probability of no purchase in the next 60 days (bundles with a churn model)
 
 
-def _score_batch(
+def score_batch(
     bundle: Bundle, batch: pa.RecordBatch, k: int, exclude_seen: bool | None, rules: ItemFilter
 ) -> pa.Table:
+    """One row per customer of ``batch`` (at least one row): top-k items, intent probability, churn risk,
+    segment, channel mix, and any held-out cutoff and label. Both batch engines call this (the arrow engine
+    here, the spark engine on its executors: :mod:`serving.batch_spark`), so they give the same scores."""
     items, types = batch.column(S.ITEMS), batch.column(S.EVENT_TYPES_COL)
     cols: dict[str, pa.Array] = {S.CUSTOMER_ID: batch.column(S.CUSTOMER_ID)}
     present = set(batch.schema.names)
@@ -206,7 +209,7 @@ def score_snapshot(
             if batch.num_rows == 0:
                 (dataset / _empty_marker(i)).write_text(json.dumps({"rows_in": rows_in}))
             else:
-                table = _score_batch(bundle, batch, k, exclude_seen, rules)
+                table = score_batch(bundle, batch, k, exclude_seen, rules)
                 meta = {ROWS_IN_KEY: str(rows_in)}
                 _write_atomic(table.replace_schema_metadata(meta), dataset / part_name(i))
         done += rows_in
@@ -215,6 +218,7 @@ def score_snapshot(
             progress(done, total)
     manifest = {
         "layer": "05_scores",
+        "engine": "arrow",
         "bundle": str(bundle.path),
         "snapshot": str(snapshot),
         **settings,

@@ -51,6 +51,37 @@ CODES = {  # error code for a status when no exception says more
     504: "timeout",
 }
 INTERNAL_MESSAGE = "unexpected error; the server log has the details"
+# :meth:`Problem.body` as an OpenAPI 3.0 schema (the service's OpenAPI document names it for every error status)
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "description": "every error response of the service",
+    "required": ["error", "message", "fields"],
+    "properties": {
+        "error": {"type": "string", "description": "short code: match on it, not on the message"},
+        "message": {"type": "string", "description": "what is wrong, naming the field"},
+        "fields": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "the request fields at fault, as dotted paths (events.0.ts)",
+        },
+        "detail": {
+            "type": "array",
+            "description": "validation errors only: one entry per problem",
+            "items": {
+                "type": "object",
+                "required": ["field", "type", "message"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+                "additionalProperties": False,
+            },
+        },
+    },
+    "additionalProperties": False,
+}
 
 log = logging.getLogger(__name__)
 

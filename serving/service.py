@@ -11,7 +11,10 @@ cores this process may use divided by BentoML's worker count, at least 1);
 by replicas; ``O2O_API_KEYS`` — comma-separated API keys required in the ``X-API-Key`` header of every route
 but the probes and /metrics (:mod:`serving.auth`; unset: no check, with a warning at startup).
 
-Every endpoint takes one JSON object whose unknown fields are refused. A failed request gets one JSON shape,
+Every endpoint takes one JSON object whose unknown fields are refused; its values are read strictly (a JSON
+integer where the schema says integer, not ``"5"`` or ``5.0``; ``true``/``false``, not ``1`` or ``"yes"``), so
+that the OpenAPI document at ``/docs.json`` (:func:`openapi_document`) says exactly what is accepted. A failed
+request gets one JSON shape,
 ``{"error": <code>, "message": <text>, "fields": [<dotted paths>]}`` (:mod:`serving.logs`): pydantic
 validation (types, ranges, lengths, unknown fields, exactly one of ``customer_id``/``items``) and invalid JSON
 answer 400, a rule checked against the bundle 400, an unknown customer or item 404, a missing or wrong API key
@@ -21,20 +24,31 @@ fields of a failed request, never its values; client errors log no traceback.
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast, get_args
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import core_schema
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from data_prep import schema as S
 from serving.artifact import THREADS_ENV, Bundle, OnnxModel, load_bundle
-from serving.auth import EXEMPT_PATHS, ApiKeyMiddleware
-from serving.history import MAX_HISTORY_EVENTS, HistoryStore, NewEvent, open_history_store
-from serving.logs import ApiError, ErrorResponseMiddleware, install_logging, log_event
+from serving.auth import API_KEY_HEADER, EXEMPT_PATHS, ApiKeyMiddleware, api_keys_from_env
+from serving.history import MAX_EPOCH_SECONDS, MAX_HISTORY_EVENTS, HistoryStore, NewEvent, open_history_store
+from serving.logs import (
+    ERROR_BODY_SCHEMA,
+    ApiError,
+    ErrorResponseMiddleware,
+    install_logging,
+    log_event,
+)
 from serving.scoring import (
     ItemFilter,
     check_k,
@@ -55,10 +69,61 @@ CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-
 ItemId = Annotated[str, Field(min_length=1, max_length=64)]
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 MAX_FILTER_ENTRIES = 1000
+# spelled out for the type checker and the schema's enums; checked against data_prep.schema below
+ItemEventType = Literal["view", "add_to_cart", "remove_from_cart", "order", "purchase"]
+Channel = Literal["web", "app", "miniprogram", "store"]
+if get_args(ItemEventType) != S.ITEM_EVENT_TYPES or get_args(Channel) != S.CHANNELS:
+    raise RuntimeError("serving.service's ItemEventType/Channel differ from data_prep.schema's")
+OPENAPI_PATH = "/docs.json"  # where BentoML serves the OpenAPI document (its UI at / reads it)
+API_KEY_SCHEME = "ApiKey"
 
 
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OpenApi30JsonSchema(GenerateJsonSchema):
+    """JSON Schema in OpenAPI 3.0's dialect, which has no ``null`` type: an optional value is the value's
+    schema plus ``nullable: true`` instead of ``anyOf: [<schema>, {"type": "null"}]`` (BentoML, inlining a
+    body's schema into the OpenAPI document, keeps only the first ``anyOf`` branch, which would publish such
+    a field as never null)."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        inner = self.generate_inner(schema["schema"])
+        if "$ref" in inner:  # 3.0 ignores a $ref's siblings
+            return {"allOf": [inner], "nullable": True}
+        return {**inner, "nullable": True}
+
+
+class ApiModel(BaseModel):
+    """A request or response body: its JSON schema is in OpenAPI 3.0's dialect (:class:`OpenApi30JsonSchema`)."""
+
+    @classmethod
+    def model_json_schema(
+        cls,
+        by_alias: bool | None = None,
+        ref_template: str = DEFAULT_REF_TEMPLATE,
+        schema_generator: type[GenerateJsonSchema] = OpenApi30JsonSchema,
+        mode: JsonSchemaMode = "validation",
+        *,
+        union_format: Literal["any_of", "primitive_type_array"] = "any_of",
+    ) -> dict[str, Any]:
+        return super().model_json_schema(
+            by_alias, ref_template, schema_generator, mode, union_format=union_format
+        )
+
+
+# request bodies: unknown fields refused, JSON types taken as they are (no "5" for 5, no 1 for true)
+REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
+
+
+class RecommendRequest(ApiModel):
+    model_config = ConfigDict(
+        **REQUEST_CONFIG,
+        # the schema's form of _one_history: exactly one of the two is present and not null
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["customer_id"], "properties": {"customer_id": {"type": "string"}}},
+                {"required": ["items"], "properties": {"items": {"type": "array"}}},
+            ]
+        },
+    )
 
     customer_id: CustomerId | None = Field(None, description="pseudonymous customer id; give this or 'items'")
     items: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_SESSION_ITEMS)] | None = Field(
@@ -82,18 +147,18 @@ class RecommendRequest(BaseModel):
         return self
 
 
-class IntentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IntentRequest(ApiModel):
+    model_config = REQUEST_CONFIG
 
     customer_id: CustomerId = Field(description="pseudonymous customer id, as in /recommend")
 
 
-class ScoredItem(BaseModel):
+class ScoredItem(ApiModel):
     item_id: str
     score: float
 
 
-class RecommendResponse(BaseModel):
+class RecommendResponse(ApiModel):
     customer_id: str | None
     items: list[ScoredItem]
     source: str = Field(
@@ -103,25 +168,28 @@ class RecommendResponse(BaseModel):
     bundle_version: str
 
 
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EventIn(ApiModel):
+    model_config = REQUEST_CONFIG
 
-    item_id: ItemId
-    event_type: Name = Field(description=f"one of {', '.join(S.ITEM_EVENT_TYPES)}")
-    channel: Name = Field(description=f"one of {', '.join(S.CHANNELS)}")
+    item_id: ItemId = Field(pattern=r"\S", description="not blank")
+    event_type: ItemEventType
+    channel: Channel
     ts: int = Field(
-        strict=True, description="when it happened, whole epoch seconds (UTC); not true, 1.0 or '1'"
+        ge=0,
+        le=MAX_EPOCH_SECONDS - 1,  # not lt: 3.0's exclusiveMaximum is a flag, pydantic writes a number
+        description="when it happened, whole epoch seconds (UTC; milliseconds are out of range); "
+        "not true, 1.0 or '1'",
     )
 
 
-class EventsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EventsRequest(ApiModel):
+    model_config = REQUEST_CONFIG
 
     customer_id: CustomerId = Field(description="pseudonymous customer id, as in /recommend")
     events: Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS_PER_CALL)]
 
 
-class EventsResponse(BaseModel):
+class EventsResponse(ApiModel):
     customer_id: str
     n_events: int = Field(
         description=f"events in the customer's stored history now (its newest {MAX_HISTORY_EVENTS} are kept)"
@@ -129,20 +197,20 @@ class EventsResponse(BaseModel):
     accepted: int = Field(description="events of this call stored (all of them: a call is all or nothing)")
 
 
-class SimilarItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SimilarItemsRequest(ApiModel):
+    model_config = REQUEST_CONFIG
 
     item_id: ItemId
     k: Annotated[int, Field(ge=1, le=S.MAX_K)] = 10
 
 
-class SimilarItemsResponse(BaseModel):
+class SimilarItemsResponse(ApiModel):
     item_id: str
     items: list[ScoredItem] = Field(description="nearest first; score = cosine similarity of item embeddings")
     bundle_version: str
 
 
-class IntentResponse(BaseModel):
+class IntentResponse(ApiModel):
     customer_id: str
     probability: float = Field(
         description="calibrated probability of a purchase in any channel within the label horizon"
@@ -325,6 +393,69 @@ _service.add_asgi_middleware(
     exempt_paths=EXEMPT_PATHS,
 )
 _service.add_asgi_middleware(ApiKeyMiddleware)
+
+
+# what an endpoint may answer besides 200; 401 only when API keys are required
+ERROR_RESPONSES = {
+    400: "invalid JSON, a body the schema refuses, or a rule checked against the bundle or the store",
+    401: f"missing or wrong {API_KEY_HEADER} header",
+    404: "unknown customer or item, or a model the bundle lacks",
+    413: "a body over 1 MiB",
+    415: "a content type other than application/json",
+    500: "a bug: the message is generic, the server log has the traceback",
+}
+
+
+def openapi_document(
+    spec: Mapping[str, Any], api_routes: Collection[str], keys_required: bool
+) -> dict[str, Any]:
+    """BentoML's OpenAPI document (``Service.openapi_spec.asdict()``) made true to this service: for each
+    endpoint in ``api_routes``, every error status it answers, each with the service's error body
+    (:data:`serving.logs.ERROR_BODY_SCHEMA`) instead of BentoML's ``{"error", "detail": string}``; its body
+    marked required; and, when ``keys_required``, the ``X-API-Key`` header as its security scheme."""
+    doc = copy.deepcopy(dict(spec))
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for bentoml_error in ("InvalidArgument", "NotFound", "InternalServerError"):
+        schemas.pop(bentoml_error, None)
+    schemas["Error"] = copy.deepcopy(ERROR_BODY_SCHEMA)
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    if keys_required:
+        scheme = {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
+        doc["components"]["securitySchemes"] = {API_KEY_SCHEME: scheme}
+    for route in api_routes:
+        operation = doc["paths"][route]["post"]
+        responses = {str(s): r for s, r in operation["responses"].items() if str(s).startswith("2")}
+        for status, when in ERROR_RESPONSES.items():
+            if status != HTTPStatus.UNAUTHORIZED or keys_required:
+                responses[str(status)] = {"description": when, "content": copy.deepcopy(error)}
+        operation["responses"] = responses
+        operation["requestBody"]["required"] = True  # no body reads as {}, which no endpoint accepts
+        if keys_required:
+            operation["security"] = [{API_KEY_SCHEME: []}]
+    return doc
+
+
+class OpenApiDocumentMiddleware:
+    """Answers ``GET /docs.json`` with :func:`openapi_document` instead of BentoML's own document (built once,
+    on the first request). Register it after :class:`ApiKeyMiddleware`, which then guards it as before."""
+
+    def __init__(self, app: ASGIApp, service: bentoml.Service[Any]) -> None:
+        self.app = app
+        self.service = service
+        self.keys_required = bool(api_keys_from_env())
+        self.document: dict[str, Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != OPENAPI_PATH or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        if self.document is None:
+            routes = [api.route for api in self.service.apis.values()]
+            self.document = openapi_document(self.service.openapi_spec.asdict(), routes, self.keys_required)
+        await JSONResponse(self.document)(scope, receive, send)
+
+
+_service.add_asgi_middleware(OpenApiDocumentMiddleware, service=_service)
 
 
 def _new_event(position: int, event: EventIn) -> NewEvent:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("O2O_PII_KEY", "test-key-not-secret")
@@ -51,6 +57,63 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     bundle = export_bundle([rec.run_dir, intent.run_dir], root / "artifacts", version="test")
     scores = score_snapshot(load_bundle(bundle), prep.features_dir / S.SNAPSHOT_FILE, data / "05_scores")
     return Pipeline(data, prep.features_dir, rec.run_dir, intent.run_dir, bundle, scores)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serve(pipeline: Pipeline, name: str, api_keys: Sequence[str]) -> Iterator[httpx.Client]:
+    from data_prep import schema as S
+    from experiments.cli import REPO_ROOT, serve_command
+    from serving.auth import API_KEY_HEADER, API_KEYS_ENV
+
+    port = free_port()
+    snapshot = pipeline.features / S.SNAPSHOT_FILE
+    history_url = f"sqlite:///{pipeline.data.parent / f'{name}-history.db'}"
+    cmd, env = serve_command(pipeline.bundle, snapshot, "127.0.0.1", port, 1, history_url)
+    env[API_KEYS_ENV] = ",".join(api_keys)
+    log = open(pipeline.data.parent / f"{name}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    headers = {API_KEY_HEADER: api_keys[0]}
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}; see {log.name}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready in 90 s")
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def bentoml_server(
+    tiny_pipeline: Pipeline,
+) -> Callable[[str, Sequence[str]], AbstractContextManager[httpx.Client]]:
+    """Starts a real ``bentoml serve`` (``o2o serve``'s command line) on the tiny pipeline's bundle, on a free
+    local port: ``with bentoml_server(name, api_keys) as client:``. The keys are required; the customer
+    histories go to the SQLite file ``<name>-history.db`` and the server's output to ``<name>.log``, both
+    beside the pipeline's data folder, so servers of different names share no state. ``client`` is an
+    ``httpx.Client`` on the server sending the first key; the server stops when the block ends."""
+    return partial(_serve, tiny_pipeline)
 
 
 @pytest.fixture
