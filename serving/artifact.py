@@ -196,6 +196,11 @@ def _verify_folder(bundle_dir: Path) -> None:
     verify_checksums(bundle_dir)
 
 
+def is_store_tag(ref: str) -> bool:
+    """``ref`` names a model-store bundle (``o2o-bundle:<version>``, ``o2o-bundle``), not an existing folder."""
+    return not Path(ref).is_dir() and _is_tag(ref)
+
+
 def _is_tag(ref: str) -> bool:
     name, sep, version = ref.partition(":")
     return bool(_TAG_PART.fullmatch(name)) and (not sep or bool(_TAG_PART.fullmatch(version)))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast, get_args
 
 import bentoml
+from bentoml.models import BentoModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
@@ -39,7 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from data_prep import schema as S
-from serving.artifact import THREADS_ENV, Bundle, OnnxModel, load_bundle
+from serving.artifact import THREADS_ENV, Bundle, OnnxModel, is_store_tag, load_bundle
 from serving.auth import API_KEY_HEADER, EXEMPT_PATHS, ApiKeyMiddleware, api_keys_from_env
 from serving.history import MAX_EPOCH_SECONDS, MAX_HISTORY_EVENTS, HistoryStore, NewEvent, open_history_store
 from serving.logs import (
@@ -263,13 +264,29 @@ def ort_threads(environ: Mapping[str, str], n_cores: int, n_workers: int) -> tup
     return threads, THREADS_ENV
 
 
+def bundle_model() -> BentoModel | None:
+    """The bundle as a BentoML model of the service when ``O2O_BUNDLE`` names a model-store tag (then
+    ``bentoml build`` packs that model into the bento and the service resolves it from the bento's store);
+    None for a bundle folder."""
+    ref = os.environ.get(BUNDLE_ENV, "")
+    return BentoModel(ref) if ref and is_store_tag(ref) else None
+
+
 @bentoml.service(name=SERVICE_NAME, traffic={"timeout": 10}, workers=1)
 class O2OService:
+    bundle_model = bundle_model()
+
     def __init__(self) -> None:
         install_logging()
         n_cores, n_workers = available_cores(), bentoml_workers()
         threads, source = ort_threads(os.environ, n_cores, n_workers)
-        self.bundle: Bundle = load_bundle(_env_path(BUNDLE_ENV), threads)
+        if (
+            type(self).bundle_model is not None
+        ):  # resolved through BentoML's model store, then verified as a tag
+            ref = str(cast(Any, self.bundle_model).tag)
+        else:
+            ref = _env_path(BUNDLE_ENV)
+        self.bundle: Bundle = load_bundle(ref, threads)
         url = os.environ.get(HISTORY_URL_ENV) or None
         self.history: HistoryStore = open_history_store(url, Path(_env_path(SNAPSHOT_ENV)))
         log_event(

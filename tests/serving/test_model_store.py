@@ -4,7 +4,10 @@ and a store copy is checked like a folder (a tampered file is refused)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import bentoml
@@ -180,3 +183,27 @@ def test_refs_that_name_no_bundle(
     with pytest.raises(BundleError, match=r"no bundle\.json"):
         bundle_path(f"{BUNDLE_MODEL_NAME}:t50")  # an existing folder wins over the tag spelled the same
     assert registered_bundles() == [bentoml_home / "models" / BUNDLE_MODEL_NAME / "t50"]
+
+
+def test_a_tagged_bundle_is_a_bentoml_model_of_the_service(bentoml_home: Path, tmp_path: Path) -> None:
+    """O2O_BUNDLE naming a tag makes the bundle a class-level BentoModel of the service (what `bentoml build`
+    packs into the bento); a folder declares no model."""
+    tag = register_bundle(fake_bundle(tmp_path / "b", "m1"))
+    probe = (
+        "from serving.service import O2OService as s; m = s.inner.bundle_model; "
+        "print([str(x.tag) for x in s.models], None if m is None else m.resolve().path)"
+    )
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
+    tagged = subprocess.run(
+        [sys.executable, "-c", probe], env={**env, "O2O_BUNDLE": str(tag)}, capture_output=True, text=True
+    )
+    assert tagged.returncode == 0, tagged.stderr[-2000:]
+    models, path = tagged.stdout.strip().split("] ")
+    assert models == f"['{tag}'" and Path(path) == bundle_path(str(tag))
+    folder = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "O2O_BUNDLE": str(tmp_path / "b")},
+        capture_output=True,
+        text=True,
+    )
+    assert folder.returncode == 0 and folder.stdout.strip() == "[] None", folder.stderr[-2000:]
