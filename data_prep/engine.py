@@ -96,6 +96,10 @@ def spark_session(app_name: str = "o2o-prep", conf: dict[str, str] | None = None
         .config("spark.driver.memory", os.environ.get("O2O_SPARK_DRIVER_MEMORY", "2g"))
     )
     if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        # PySpark starts its Python workers with $PYSPARK_PYTHON (default: `python3` on PATH, which is not
+        # this virtual environment's when it is not activated); the spark.pyspark.python setting alone
+        # only reaches spark-submit
+        os.environ["PYSPARK_PYTHON"] = sys.executable
         builder = builder.config("spark.pyspark.python", sys.executable)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)

@@ -103,9 +103,15 @@ def _popular(
     return np.concatenate(chosen), np.concatenate(chosen_scores), source
 
 
-def _history_indices(model: OnnxModel, items: pa.ListArray, row: int) -> set[int]:
-    idx = model.vocab.lookup(items[row].values.to_numpy(zero_copy_only=False))
-    return set(idx[idx > 0].tolist())
+def _history_indices(model: OnnxModel, items: pa.ListArray, rows: np.ndarray) -> dict[int, set[int]]:
+    """Known item indices of the whole history of each of ``rows`` (one vocabulary lookup for all)."""
+    if len(rows) == 0:
+        return {}
+    sub = items.take(pa.array(rows, type=pa.int64()))
+    flat = model.vocab.lookup(pc.list_flatten(sub).to_numpy(zero_copy_only=False))
+    lengths = pc.fill_null(pc.list_value_length(sub), 0).to_numpy(zero_copy_only=False)
+    parts = np.split(flat, np.cumsum(lengths)[:-1])
+    return {int(r): set(p[p > 0].tolist()) for r, p in zip(rows, parts, strict=True)}
 
 
 def _rerank_without(
@@ -164,10 +170,13 @@ def recommend(
     out_ids: list[list[str]] = []
     out_scores: list[list[float]] = []
     sources: list[str] = []
+    cold_rows = np.asarray(~item_idx.any(axis=1), dtype=bool)  # (B,) no known item
+    # the whole history counts as seen: needed where the graph saw only part of it (or none)
+    needs_full_history = np.asarray(exclude & (cold_rows | (lengths > model.max_len)), dtype=bool)
+    history = _history_indices(model, arr, np.flatnonzero(needs_full_history))
     for row in range(len(item_idx)):
-        cold = not item_idx[row].any()
-        needs_full_history = exclude and (cold or lengths[row] > model.max_len)
-        seen = _history_indices(model, arr, row) if needs_full_history else set()
+        cold = bool(cold_rows[row])
+        seen = history.get(row, set())
         if cold:
             segment = segments[row] if segments is not None else None
             top, top_scores, source = _popular(model, seen, k, allowed, segment)
