@@ -103,6 +103,24 @@ def _popular(
     return np.concatenate(chosen), np.concatenate(chosen_scores), source
 
 
+GRAPH_ROWS = 1024  # rows per ONNX Runtime call: a big batch's activations (rows × length × width) stay small
+SHARED_INPUTS = ("allowed",)  # graph inputs that are not per row (the catalogue mask)
+
+
+def run_rows(model: OnnxModel, feeds: dict[str, np.ndarray], rows: int = GRAPH_ROWS) -> list[np.ndarray]:
+    """The graph's outputs for every row of ``feeds``, run ``rows`` rows at a time and concatenated: a batch
+    scorer chunk of 20,000 customers would otherwise hold all of their attention and feed-forward
+    activations at once."""
+    n = len(next(v for k, v in feeds.items() if k not in SHARED_INPUTS))
+    if n <= rows:
+        return list(model.session.run(None, feeds))
+    parts = [
+        model.session.run(None, {k: v if k in SHARED_INPUTS else v[i : i + rows] for k, v in feeds.items()})
+        for i in range(0, n, rows)
+    ]
+    return [np.concatenate(out) for out in zip(*parts, strict=True)]
+
+
 def _history_indices(model: OnnxModel, items: pa.ListArray, rows: np.ndarray) -> dict[int, set[int]]:
     """Known item indices of the whole history of each of ``rows`` (one vocabulary lookup for all)."""
     if len(rows) == 0:
@@ -164,7 +182,7 @@ def recommend(
         feeds["allowed"] = allowed
     elif rules.active:
         raise ValueError("this bundle was exported before business filters existed: re-export it to use them")
-    scores, idx = model.session.run(None, feeds)
+    scores, idx = run_rows(model, feeds)
     keep = scores > float(model.config["masked_below"])  # (B, max_k): drop removed items
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
     out_ids: list[list[str]] = []
@@ -235,7 +253,7 @@ def intent_probability(
     """
     item_idx, feeds = model.sequence_feeds(items, event_types, channels, timestamps)
     feeds["features"] = np.asarray(features, dtype=np.float32).reshape(len(item_idx), -1)
-    (prob,) = model.session.run(None, feeds)
+    (prob,) = run_rows(model, feeds)
     return model.calibration.apply(prob.astype(np.float64))
 
 
