@@ -248,7 +248,7 @@ def bench_serve(
     import numpy as np
     import pyarrow.parquet as pq
 
-    from experiments.bench_serving import bench_http, machine, start_server
+    from experiments.bench_serving import bench_http, start_server
     from experiments.cli import REPO_ROOT, serve_command
     from serving.artifact import load_bundle
 
@@ -278,7 +278,7 @@ def bench_serve(
         "seconds": seconds,
         "server_cpus": server_cpus,
         "threads": threads,
-        "machine": machine(),
+        "machine": _machine(),
         "command": " ".join(["o2o", "bench", "serve", *sys.argv[3:]]),
     }
     table = Table(title=f"HTTP load, {concurrency} clients, {seconds:g} s per endpoint")

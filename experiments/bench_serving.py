@@ -8,11 +8,9 @@ latest figures with the machine and the command).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -195,10 +193,13 @@ async def _load(
 
 
 def start_server(
-    command: list[str], env: dict[str, str], port: int, log: Path, cwd: Path
+    command: list[str], env: dict[str, str], port: int, log: Path, cwd: Path, timeout: float = 120.0
 ) -> subprocess.Popen:
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    """Start ``bentoml serve`` (``command``, output to ``log``) and return once ``/readyz`` answers 200;
+    RuntimeError naming the log when it exits or is not ready within ``timeout`` seconds (then killed)."""
+    with log.open("w") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode}; its log: {log}")
@@ -209,7 +210,7 @@ def start_server(
             pass
         time.sleep(0.5)
     proc.kill()
-    raise RuntimeError(f"the server was not ready within 120 s; its log: {log}")
+    raise RuntimeError(f"the server was not ready within {timeout:g} s; its log: {log}")
 
 
 def bench_http(
@@ -230,10 +231,3 @@ def bench_http(
         asyncio.run(_load(url, payload, concurrency, warmup, headers))  # connections, caches, JIT
         out[endpoint] = asyncio.run(_load(url, payload, concurrency, seconds, headers))
     return out
-
-
-def machine() -> str:
-    import platform
-
-    cpus = len(os.sched_getaffinity(0))
-    return f"{platform.processor() or platform.machine()}, {cpus} CPUs, Python {platform.python_version()}, {sys.platform}"

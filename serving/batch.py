@@ -136,6 +136,16 @@ def _run_settings(bundle: Bundle, snapshot: Path, **settings: object) -> dict[st
     return {"bundle_version": bundle.version, "snapshot_sha256": file_sha256(snapshot), **settings}
 
 
+def check_request(bundle: Bundle, k: int, rules: ItemFilter | None) -> ItemFilter:
+    """The rules (none: an empty filter) once ``k``, the store and the categories are known to be valid for
+    the bundle: a scoring run fails before any work, not at its first chunk."""
+    rules = rules or ItemFilter()
+    if bundle.recommender is not None:
+        check_k(bundle.recommender, k)
+        allowed_items(bundle.recommender, rules)
+    return rules
+
+
 def score_snapshot(
     bundle: Bundle,
     snapshot: Path,
@@ -158,10 +168,7 @@ def score_snapshot(
     these scores feed marketing), customers without marketing consent are left out; the manifest counts
     them. ``exclude_seen`` defaults to the setting the recommender was evaluated with.
     """
-    rules = rules or ItemFilter()
-    if bundle.recommender is not None:
-        check_k(bundle.recommender, k)
-        allowed_items(bundle.recommender, rules)  # unknown store or category: fail before any work
+    rules = check_request(bundle, k, rules)
     t0 = time.perf_counter()
     dataset = out_dir / SCORES_FILE
     settings = _run_settings(
@@ -171,11 +178,7 @@ def score_snapshot(
         exclude_seen=exclude_seen,
         chunk_size=chunk_size,
         campaign=campaign,
-        filters={
-            "exclude_items": list(rules.exclude_items),
-            "exclude_categories": list(rules.exclude_categories),
-            "store_id": rules.store_id,
-        },
+        filters=rules.to_dict(),
     )
     state = dataset / STATE_FILE
     if restart or (dataset.exists() and not state.is_file()):  # an old single-file output, or asked to

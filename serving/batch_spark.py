@@ -33,8 +33,8 @@ import pyarrow as pa
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from serving.artifact import THREADS_ENV, Bundle, load_bundle
-from serving.batch import SCORES_FILE, score_batch
-from serving.scoring import ItemFilter, allowed_items, check_k
+from serving.batch import SCORES_FILE, check_request, score_batch
+from serving.scoring import ItemFilter
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -142,11 +142,8 @@ def score_snapshot_spark(
     from data_prep.engine import spark_session
 
     t0 = time.perf_counter()
-    rules = rules or ItemFilter()
     bundle = bundle_ref if isinstance(bundle_ref, Bundle) else load_bundle(bundle_ref)
-    if bundle.recommender is not None:
-        check_k(bundle.recommender, k)
-        allowed_items(bundle.recommender, rules)  # unknown store or category: fail before any work
+    rules = check_request(bundle, k, rules)
     threads = threads or int(os.environ.get(THREADS_ENV, 0)) or 1
     spark = session or spark_session("o2o-score", {"spark.ui.showConsoleProgress": "false"})
     dataset = out_dir / SCORES_FILE
@@ -191,11 +188,7 @@ def score_snapshot_spark(
         "exclude_seen": exclude_seen,
         "chunk_size": chunk_size,
         "campaign": campaign,
-        "filters": {
-            "exclude_items": list(rules.exclude_items),
-            "exclude_categories": list(rules.exclude_categories),
-            "store_id": rules.store_id,
-        },
+        "filters": rules.to_dict(),
         "spark_master": spark.sparkContext.master,
         "spark_version": spark.version,
         "tasks": n_tasks,

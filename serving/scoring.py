@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +43,14 @@ class ItemFilter:
     @property
     def active(self) -> bool:
         return bool(self.exclude_items or self.exclude_categories or self.store_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rules as recorded in a scoring manifest."""
+        return {
+            "exclude_items": list(self.exclude_items),
+            "exclude_categories": list(self.exclude_categories),
+            "store_id": self.store_id,
+        }
 
 
 def allowed_items(model: OnnxModel, rules: ItemFilter) -> np.ndarray:

@@ -280,12 +280,9 @@ class O2OService:
         install_logging()
         n_cores, n_workers = available_cores(), bentoml_workers()
         threads, source = ort_threads(os.environ, n_cores, n_workers)
-        if (
-            type(self).bundle_model is not None
-        ):  # resolved through BentoML's model store, then verified as a tag
-            ref = str(cast(Any, self.bundle_model).tag)
-        else:
-            ref = _env_path(BUNDLE_ENV)
+        # a tag: resolved through BentoML's model store, then verified as any tag is
+        tagged = type(self).bundle_model is not None
+        ref = str(cast(Any, self.bundle_model).tag) if tagged else _env_path(BUNDLE_ENV)
         self.bundle: Bundle = load_bundle(ref, threads)
         url = os.environ.get(HISTORY_URL_ENV) or None
         self.history: HistoryStore = open_history_store(url, Path(_env_path(SNAPSHOT_ENV)))

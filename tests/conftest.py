@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ def free_port() -> int:
 @contextmanager
 def _serve(pipeline: Pipeline, name: str, api_keys: Sequence[str]) -> Iterator[httpx.Client]:
     from data_prep import schema as S
+    from experiments.bench_serving import start_server
     from experiments.cli import REPO_ROOT, serve_command
     from serving.auth import API_KEY_HEADER, API_KEYS_ENV
 
@@ -76,23 +76,13 @@ def _serve(pipeline: Pipeline, name: str, api_keys: Sequence[str]) -> Iterator[h
     history_url = f"sqlite:///{pipeline.data.parent / f'{name}-history.db'}"
     cmd, env = serve_command(pipeline.bundle, snapshot, "127.0.0.1", port, 1, history_url)
     env[API_KEYS_ENV] = ",".join(api_keys)
-    log = open(pipeline.data.parent / f"{name}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        proc = start_server(cmd, env, port, pipeline.data.parent / f"{name}.log", REPO_ROOT, timeout=90)
+    except RuntimeError as e:
+        pytest.fail(f"bentoml serve: {e}")
     headers = {API_KEY_HEADER: api_keys[0]}
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}; see {log.name}")
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("bentoml serve did not become ready in 90 s")
         yield client
     finally:
         client.close()
@@ -101,7 +91,6 @@ def _serve(pipeline: Pipeline, name: str, api_keys: Sequence[str]) -> Iterator[h
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")

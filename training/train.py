@@ -191,6 +191,7 @@ def train_recommender(
     t0 = time.perf_counter()
     run_dir, resume_ckpt = _prepare(cfg, runs_dir, resume_from)
     tc, m, ev = cfg.train, cfg.model, cfg.eval
+    through_val = tc.fit_on == "train+val"
     dm = RecommenderDataModule(
         cfg.data.features_dir,
         m.max_len,
@@ -199,7 +200,7 @@ def train_recommender(
         tc.seed,
         ev.protocol,
         tc.window_stride,
-        through_val=tc.fit_on == "train+val",
+        through_val=through_val,
     )
     dm.setup()
     if dm.vocab.n_items == 0:
@@ -238,7 +239,6 @@ def train_recommender(
     if "category" in m.side_features:
         module.model.set_item_categories(torch.from_numpy(category_idx))
     clock = EpochClock(None if probe is None else lambda mod: probe(mod, dm))
-    through_val = tc.fit_on == "train+val"
     monitor = None if through_val else f"val_ndcg{ev.k}"
     trainer = _trainer(tc, run_dir, monitor, progress_bar, [clock, *callbacks])
     t_fit = time.perf_counter()
