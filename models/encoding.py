@@ -12,11 +12,31 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 ListInput: TypeAlias = pa.Array | pa.ChunkedArray | Sequence[Sequence[str]] | Sequence[Sequence[int]]
+
+
+SMALL_LOOKUP = 4096  # at most this many ids: looked up in a dict (no per-call hash table of the catalogue)
+
+
+def _arrow_strings(values: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[str]) -> pa.Array:
+    """``values`` as one Arrow string array (None → null); non-string Arrow arrays are cast to string."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        values = pa.array(np.asarray(values, dtype=object), type=pa.string())
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = values.cast(pa.string())
+    return values
+
+
+def index_in(values: pa.Array, names: pa.Array) -> np.ndarray:
+    """(N,) int64: 1 + the position of each of ``values`` in ``names`` (Arrow string arrays), 0 when absent
+    or null. One C++ hash lookup for all: no Python objects per value."""
+    at = pc.index_in(values, value_set=names)
+    return pc.fill_null(at, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
 
 
 class ItemVocabulary:
@@ -24,29 +44,38 @@ class ItemVocabulary:
 
     def __init__(self) -> None:
         self.item_ids_: np.ndarray | None = None
-        self.index_: pd.Index | None = None
+        self.arrow_ids_: pa.Array | None = None
+        self.position_: dict[str, int] | None = None
 
     def fit(self, item_ids_by_idx: Sequence[str]) -> ItemVocabulary:
         ids = np.asarray(item_ids_by_idx, dtype=object)
         if len(set(ids.tolist())) != len(ids):
             raise ValueError("vocabulary item ids must be unique")
         self.item_ids_ = ids
-        self.index_ = pd.Index(ids)
+        self.arrow_ids_ = _arrow_strings(ids)
+        self.position_ = {item: i + 1 for i, item in enumerate(self.arrow_ids_.to_pylist())}
         return self
 
-    def _check(self) -> tuple[np.ndarray, pd.Index]:
-        if self.item_ids_ is None or self.index_ is None:
+    def _check(self) -> tuple[np.ndarray, pa.Array, dict[str, int]]:
+        if self.item_ids_ is None or self.arrow_ids_ is None or self.position_ is None:
             raise RuntimeError("ItemVocabulary is not fitted: call fit() first")
-        return self.item_ids_, self.index_
+        return self.item_ids_, self.arrow_ids_, self.position_
 
     @property
     def n_items(self) -> int:
         """Number of real items (the model's item table has ``n_items + 1`` rows, padding first)."""
         return len(self._check()[0])
 
-    def lookup(self, item_ids: np.ndarray | Sequence[str]) -> np.ndarray:
-        """1-based indices (int64); 0 for ids not in the vocabulary."""
-        return self._check()[1].get_indexer(pd.Index(np.asarray(item_ids, dtype=object))).astype(np.int64) + 1
+    def lookup(self, item_ids: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[str]) -> np.ndarray:
+        """1-based indices (int64); 0 for ids not in the vocabulary (and for nulls).
+
+        A few ids (an API request) are looked up in a dict; many (a scoring chunk) in one Arrow hash
+        lookup, whose table of the catalogue is built per call and pays off only on large inputs.
+        """
+        _, arrow_ids, position = self._check()
+        if not isinstance(item_ids, pa.Array | pa.ChunkedArray) and len(item_ids) <= SMALL_LOOKUP:
+            return np.fromiter((position.get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        return index_in(_arrow_strings(item_ids), arrow_ids)
 
     def ids(self, idx: np.ndarray) -> np.ndarray:
         """Item ids for 1-based indices (any shape); padding (0) or out-of-range indices raise."""
@@ -87,18 +116,27 @@ def gap_buckets(timestamps: np.ndarray, row: np.ndarray) -> np.ndarray:
 
 def _aligned(
     values: ListInput, lengths: np.ndarray, what: str, value_type: pa.DataType | None = None
-) -> np.ndarray:
+) -> pa.Array:
     """The flat values of a list column that must have as many entries per sequence as the items."""
     arr = as_list_array(values, value_type)
     got = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
     if len(arr) != len(lengths) or not np.array_equal(lengths, got):
         raise ValueError(f"{what} must align with items (same number of entries in every sequence)")
-    return pc.list_flatten(arr).to_numpy(zero_copy_only=False)
+    return pc.list_flatten(arr)
 
 
-def _names_index(values: ListInput, names: Sequence[str], lengths: np.ndarray, what: str) -> np.ndarray:
-    flat = _aligned(values, lengths, what)
-    return pd.Index(list(names)).get_indexer(pd.Index(flat)).astype(np.int64) + 1
+def _names_index(
+    values: ListInput, names: Sequence[str], lengths: np.ndarray, what: str, at: np.ndarray
+) -> np.ndarray:
+    """1 + the position in ``names`` of the flat values at positions ``at`` (0: unknown or null)."""
+    flat = _aligned(values, lengths, what).take(pa.array(at, type=pa.int64()))
+    return index_in(_arrow_strings(flat), _arrow_strings(list(names)))
+
+
+def places_from_end(row: np.ndarray, n_rows: int) -> np.ndarray:
+    """(N,) each entry's place counted from the newest of its row (0 = newest); ``row`` (N,) contiguous."""
+    counts = np.bincount(row, minlength=n_rows)
+    return np.cumsum(counts)[row] - np.arange(len(row)) - 1
 
 
 @dataclass(frozen=True)
@@ -113,8 +151,7 @@ class FlatSequences:
 
     def from_end(self) -> np.ndarray:
         """(N,) each event's place counted from its sequence's newest kept event (0 = newest)."""
-        counts = np.bincount(self.row, minlength=self.n_rows)
-        return np.cumsum(counts)[self.row] - np.arange(len(self.row)) - 1
+        return places_from_end(self.row, self.n_rows)
 
 
 def flatten_sequences(
@@ -125,24 +162,34 @@ def flatten_sequences(
     channels: ListInput | None = None,
     channel_names: Sequence[str] = (),
     timestamps: ListInput | None = None,
+    newest: int | None = None,
 ) -> FlatSequences:
-    """The lookup step of :func:`encode_sequences`, for callers that cut sequences their own way."""
+    """The lookup step of :func:`encode_sequences`, for callers that cut sequences their own way.
+
+    ``newest`` keeps only each sequence's newest that many known events; their context is the same as
+    without the cut (the oldest one's time gap still counts from the known event before it), and only
+    they are looked up, which is what makes long histories cheap to score.
+    """
     arr = as_list_array(items)
     n = len(arr)
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = vocab.lookup(pc.list_flatten(arr).to_numpy(zero_copy_only=False))
-    ctx = np.zeros((len(flat), N_CONTEXT), dtype=np.int64)
+    item = vocab.lookup(pc.list_flatten(arr))  # (E,) every event
+    at = np.flatnonzero(item > 0)  # (N,) flat positions of the known events
+    row = np.repeat(np.arange(n), lengths)[at]  # (N,)
+    keep = np.ones(len(at), dtype=bool)
+    if newest is not None:
+        from_end = places_from_end(row, n)
+        near = from_end <= newest  # the window and the known event just before it (the window's first gap)
+        at, row, keep = at[near], row[near], from_end[near] < newest
+    ctx = np.zeros((len(at), N_CONTEXT), dtype=np.int64)
     if event_types is not None:
-        ctx[:, CTX_EVENT_TYPE] = _names_index(event_types, type_names, lengths, "event_types")
+        ctx[:, CTX_EVENT_TYPE] = _names_index(event_types, type_names, lengths, "event_types", at)
     if channels is not None:
-        ctx[:, CTX_CHANNEL] = _names_index(channels, channel_names, lengths, "channels")
-    row = np.repeat(np.arange(n), lengths)
-    keep = flat > 0
-    flat, ctx, row = flat[keep], ctx[keep], row[keep]
+        ctx[:, CTX_CHANNEL] = _names_index(channels, channel_names, lengths, "channels", at)
     if timestamps is not None:
-        ts = _aligned(timestamps, lengths, "timestamps", pa.int64()).astype(np.int64)[keep]
-        ctx[:, CTX_TIME_GAP] = gap_buckets(ts, row)
-    return FlatSequences(flat, ctx, row, n)
+        ts = _aligned(timestamps, lengths, "timestamps", pa.int64()).take(pa.array(at, type=pa.int64()))
+        ctx[:, CTX_TIME_GAP] = gap_buckets(ts.to_numpy(zero_copy_only=False).astype(np.int64), row)
+    return FlatSequences(item[at][keep], ctx[keep], row[keep], n)
 
 
 def encode_sequences(
@@ -163,13 +210,14 @@ def encode_sequences(
     ``channel_names`` (0 for padding or an unknown name, and all 0 when the list is not given), time gap =
     :func:`gap_buckets` of ``timestamps`` (epoch seconds) between kept events.
     """
-    f = flatten_sequences(items, vocab, event_types, type_names, channels, channel_names, timestamps)
-    from_end = f.from_end()  # 0 for each sequence's newest item
-    width = max(1, min(max_len, int(np.bincount(f.row, minlength=f.n_rows).max(initial=0))))
-    sel = from_end < width
+    f = flatten_sequences(
+        items, vocab, event_types, type_names, channels, channel_names, timestamps, newest=max_len
+    )
+    from_end = f.from_end()  # 0 for each sequence's newest item; all < max_len
+    width = max(1, int(np.bincount(f.row, minlength=f.n_rows).max(initial=0)))
     item_idx = np.zeros((f.n_rows, width), dtype=np.int64)
     ctx_idx = np.zeros((f.n_rows, width, N_CONTEXT), dtype=np.int64)
-    cols = width - 1 - from_end[sel]
-    item_idx[f.row[sel], cols] = f.item[sel]
-    ctx_idx[f.row[sel], cols] = f.ctx[sel]
+    cols = width - 1 - from_end
+    item_idx[f.row, cols] = f.item
+    ctx_idx[f.row, cols] = f.ctx
     return item_idx, ctx_idx

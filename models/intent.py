@@ -79,7 +79,7 @@ class IntentNet(nn.Module):
 
     def forward(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``item_idx`` (B, T), ``ctx_idx`` (B, T, C) int64, ``features`` (B, F) raw float → logit (B,)."""
-        h = self.encoder.encode(item_idx, ctx_idx)[:, -1]  # (B, D) state after the newest event
+        h = self.encoder.encode_last(item_idx, ctx_idx)  # (B, D) state after the newest event
         has_history = (item_idx[:, -1:] != 0).float()  # (B, 1): all-padding rows carry no sequence signal
         h = h * has_history  # (B, D)
         f = (torch.log1p(features.clamp(min=0.0)) - self.feat_mean) / self.feat_std  # (B, F)

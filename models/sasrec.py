@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,19 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.dropout(self.proj(y))  # (B, T, D)
 
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The output at the newest position only (B, 1, D): keys and values from all T positions of ``x``
+        (B, T, D), the query from the last; ``mask`` (B, 1, 1, T) is that query's row of the mask."""
+        B, T, D = x.shape
+        Dh = D // self.n_heads
+        w, b = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,): rows q | k | v
+        q = F.linear(x[:, -1:], w[:D], b[:D]).view(B, 1, self.n_heads, Dh).transpose(1, 2)  # (B, H, 1, Dh)
+        k, v = F.linear(x, w[D:], b[D:]).split(D, dim=2)  # 2 × (B, T, D)
+        k = k.view(B, T, self.n_heads, Dh).transpose(1, 2)  # (B, H, T, Dh)
+        v = v.view(B, T, self.n_heads, Dh).transpose(1, 2)  # (B, H, T, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, Dh)
+        return self.dropout(self.proj(y.transpose(1, 2).reshape(B, 1, D)))  # (B, 1, D)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: SASRecConfig) -> None:
@@ -87,6 +101,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), mask)  # (B, T, D)
         return x + self.mlp(self.ln2(x))  # (B, T, D)
+
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``forward(x, mask)[:, -1:]`` (B, 1, D) without the other positions' queries and feed-forward."""
+        x_last = x[:, -1:] + self.attn.forward_last(self.ln1(x), mask[:, :, -1:])  # (B, 1, D)
+        return x_last + self.mlp(self.ln2(x_last))  # (B, 1, D)
 
 
 def attention_mask(item_idx: torch.Tensor) -> torch.Tensor:
@@ -159,6 +178,28 @@ class SASRec(nn.Module):
     def encode(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, D) for left-padded ``item_idx`` (B, T) and its context ``ctx_idx``
         (B, T, C) from :func:`models.encoding.encode_sequences`; position t sees items ≤ t only."""
+        x, mask = self._embed(item_idx, ctx_idx)
+        for block in self.blocks:
+            x = block(x, mask)  # (B, T, D)
+        return self.ln_f(x)  # (B, T, D)
+
+    def encode_last(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``encode(item_idx, ctx_idx)[:, -1]`` (B, D), the state after the newest event, for serving: the
+        last block computes its query, attention output and feed-forward at that position only (of its
+        multiply-adds per position only the keys' and values' remain: about a sixth); the earlier blocks
+        still run at every position, as the last block's keys and values need them."""
+        x, mask = self._embed(item_idx, ctx_idx)
+        if not self.blocks:
+            return self.ln_f(x[:, -1])
+        for block in self.blocks[:-1]:
+            x = block(x, mask)  # (B, T, D)
+        last = cast(Block, self.blocks[-1])
+        return self.ln_f(last.forward_last(x, mask)[:, 0])  # (B, D)
+
+    def _embed(
+        self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first block's input (B, T, D) and the attention mask (B, 1, T, T)."""
         from_end = positions_from_end(item_idx, self.cfg.max_len)  # (T,)
         ids = item_idx if self.cfg.item_identity else (item_idx != 0).long()  # (B, T)
         x = self.item_emb(ids) * math.sqrt(self.cfg.d_model)  # (B, T, D)
@@ -169,11 +210,7 @@ class SASRec(nn.Module):
             for col, table in ((0, self.type_emb), (1, self.channel_emb), (2, self.gap_emb)):
                 if table is not None:
                     x = x + table(ctx_idx[:, :, col])  # (B, T, D)
-        x = self.emb_dropout(x)
-        mask = attention_mask(item_idx)  # (B, 1, T, T)
-        for block in self.blocks:
-            x = block(x, mask)  # (B, T, D)
-        return self.ln_f(x)  # (B, T, D)
+        return self.emb_dropout(x), attention_mask(item_idx)
 
     def forward(self, item_idx: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Next-item logits (B, T, n_items + 1) at every position; output embeddings tied to the input."""
@@ -249,7 +286,7 @@ class SASRecTopK(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``item_idx`` (B, T) and ``ctx_idx`` (B, T, C) int64, ``exclude_seen`` (B,) float 0/1, ``allowed``
         (V+1,) float 0/1 (1 = may be recommended) → scores, indices (B, k)."""
-        h = self.model.encode(item_idx, ctx_idx)[:, -1]  # (B, D)
+        h = self.model.encode_last(item_idx, ctx_idx)  # (B, D)
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         if self.model.cfg.repeat_head:
             logits = logits + self.model.next_repeat_bonus(item_idx, h)  # (B, V+1)

@@ -49,8 +49,8 @@ def score_batch(
     if bundle.recommender is not None:
         segments = batch.column(S.SEGMENT).to_pylist() if S.SEGMENT in present else None
         recs = recommend(bundle.recommender, items, types, k, exclude_seen, rules, segments, *side)
-        cols[REC_ITEMS] = pa.array(recs.item_ids, type=pa.list_(pa.string()))
-        cols[REC_SCORES] = pa.array(recs.scores, type=pa.list_(pa.float32()))
+        cols[REC_ITEMS] = recs.arrow_item_ids()
+        cols[REC_SCORES] = recs.arrow_scores()
         cols[REC_SOURCE] = pa.array(recs.source, type=pa.string())
     for model, column in ((bundle.intent, INTENT_PROBABILITY), (bundle.churn, CHURN_RISK)):
         if model is not None:

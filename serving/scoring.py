@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +24,31 @@ class Recommendations:
     """Per history: item ids best first, their scores, and where they came from.
 
     Lists may hold fewer than k items when the filters leave fewer candidates than asked for. Scores are
-    model logits for ``history`` rows and training-window counts for the cold-start rows.
+    model logits for ``history`` rows and training-window counts for the cold-start rows. Held flat (the
+    lists of all histories one after another, ``offsets`` (B+1,) marking where each starts), which is what
+    a scoring chunk writes to Arrow without a Python object per item.
     """
 
-    item_ids: list[list[str]]
-    scores: list[list[float]]
+    offsets: np.ndarray  # (B+1,) int64
+    flat_item_ids: np.ndarray  # (N,) object
+    flat_scores: np.ndarray  # (N,) float32
     source: list[str]
+
+    @property
+    def item_ids(self) -> list[list[str]]:
+        return [self.flat_item_ids[a:b].tolist() for a, b in itertools.pairwise(self.offsets)]
+
+    @property
+    def scores(self) -> list[list[float]]:
+        return [self.flat_scores[a:b].tolist() for a, b in itertools.pairwise(self.offsets)]
+
+    def arrow_item_ids(self) -> pa.ListArray:
+        values = pa.array(self.flat_item_ids, type=pa.string())
+        return pa.ListArray.from_arrays(pa.array(self.offsets, type=pa.int32()), values)
+
+    def arrow_scores(self) -> pa.ListArray:
+        values = pa.array(self.flat_scores, type=pa.float32())
+        return pa.ListArray.from_arrays(pa.array(self.offsets, type=pa.int32()), values)
 
 
 @dataclass(frozen=True)
@@ -85,12 +105,11 @@ def check_k(model: OnnxModel, k: int) -> None:
 
 
 def _popular(
-    model: OnnxModel, seen: set[int], k: int, allowed: np.ndarray, segment: str | None
+    model: OnnxModel, k: int, allowed: np.ndarray, segment: str | None
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Cold start: the segment's most popular allowed unseen items, then the overall ones to fill k."""
+    """Cold start: the segment's most popular allowed items, then the overall ones to fill k (a cold
+    history holds no known item, so none of them counts as seen)."""
     ok = allowed > 0
-    if seen:
-        ok[list(seen)] = False
     chosen: list[np.ndarray] = []
     chosen_scores: list[np.ndarray] = []
     source = SOURCE_POPULAR
@@ -130,28 +149,30 @@ def run_rows(model: OnnxModel, feeds: dict[str, np.ndarray], rows: int = GRAPH_R
     return [np.concatenate(out) for out in zip(*parts, strict=True)]
 
 
-def _history_indices(model: OnnxModel, items: pa.ListArray, rows: np.ndarray) -> dict[int, set[int]]:
-    """Known item indices of the whole history of each of ``rows`` (one vocabulary lookup for all)."""
+def _history_keys(model: OnnxModel, items: pa.ListArray, rows: np.ndarray) -> np.ndarray:
+    """Sorted unique ``row · (V+1) + item index`` of every known item in the whole history of each of
+    ``rows``: membership of (row, item) pairs for a whole batch in one lookup."""
     if len(rows) == 0:
-        return {}
+        return np.zeros(0, dtype=np.int64)
     sub = items.take(pa.array(rows, type=pa.int64()))
-    flat = model.vocab.lookup(pc.list_flatten(sub).to_numpy(zero_copy_only=False))
+    flat = model.vocab.lookup(pc.list_flatten(sub))
     lengths = pc.fill_null(pc.list_value_length(sub), 0).to_numpy(zero_copy_only=False)
-    parts = np.split(flat, np.cumsum(lengths)[:-1])
-    return {int(r): set(p[p > 0].tolist()) for r, p in zip(rows, parts, strict=True)}
+    owner = np.repeat(np.asarray(rows, dtype=np.int64), lengths)
+    known = flat > 0
+    return np.unique(owner[known] * (model.vocab.n_items + 1) + flat[known])
 
 
 def _rerank_without(
-    model: OnnxModel, feeds: dict[str, np.ndarray], row: int, allowed: np.ndarray, seen: set[int], k: int
+    model: OnnxModel, feeds: dict[str, np.ndarray], row: int, allowed: np.ndarray, seen: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of one history with ``seen`` masked inside the graph.
+    """Top-k of one history with ``seen`` (item indices) masked inside the graph.
 
     The graph ranks only its ``max_k`` best candidates; when older history items (outside the ``max_len``
     window the graph sees) fill most of them, the list would come back short. Passing them through the
     ``allowed`` mask for this row alone lets the graph rank the next candidates instead.
     """
     mask = allowed.copy()
-    mask[list(seen)] = 0.0
+    mask[seen] = 0.0
     one = {name: value[row : row + 1] for name, value in feeds.items() if name != "allowed"}
     one["allowed"] = mask
     scores, idx = model.session.run(None, one)
@@ -186,37 +207,51 @@ def recommend(
         raise ValueError(f"segments has {len(segments)} entries for {len(arr)} histories")
     allowed = allowed_items(model, rules)
     item_idx, feeds = model.sequence_feeds(arr, event_types, channels, timestamps)
-    feeds["exclude_seen"] = np.full(len(item_idx), float(exclude), dtype=np.float32)
+    n = len(item_idx)
+    feeds["exclude_seen"] = np.full(n, float(exclude), dtype=np.float32)
     if "allowed" in model.config["inputs"]:
         feeds["allowed"] = allowed
     elif rules.active:
         raise ValueError("this bundle was exported before business filters existed: re-export it to use them")
-    scores, idx = run_rows(model, feeds)
+    scores, idx = run_rows(model, feeds)  # (B, max_k) each
     keep = scores > float(model.config["masked_below"])  # (B, max_k): drop removed items
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
-    out_ids: list[list[str]] = []
-    out_scores: list[list[float]] = []
-    sources: list[str] = []
-    cold_rows = np.asarray(~item_idx.any(axis=1), dtype=bool)  # (B,) no known item
-    # the whole history counts as seen: needed where the graph saw only part of it (or none)
-    needs_full_history = np.asarray(exclude & (cold_rows | (lengths > model.max_len)), dtype=bool)
-    history = _history_indices(model, arr, np.flatnonzero(needs_full_history))
-    for row in range(len(item_idx)):
-        cold = bool(cold_rows[row])
-        seen = history.get(row, set())
-        if cold:
-            segment = segments[row] if segments is not None else None
-            top, top_scores, source = _popular(model, seen, k, allowed, segment)
-        else:
-            sel = keep[row] & ~np.isin(idx[row], list(seen))
-            top, top_scores, source = idx[row][sel][:k], scores[row][sel][:k], SOURCE_HISTORY
-            short = len(top) < k and seen and (keep[row] & ~sel).any()
-            if short and "allowed" in model.config["inputs"]:
-                top, top_scores = _rerank_without(model, feeds, row, allowed, seen, k)
-        out_ids.append(model.vocab.ids(top).tolist())
-        out_scores.append(top_scores.astype(np.float32).tolist())
-        sources.append(source)
-    return Recommendations(out_ids, out_scores, sources)
+    cold = np.asarray(~item_idx.any(axis=1), dtype=bool)  # (B,) no known item: nothing for the graph
+    keep[cold] = False
+    if exclude:  # the whole history counts as seen: items older than the graph's window leave here
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+        long_rows = np.flatnonzero(~cold & (lengths > model.max_len))
+        history = _history_keys(model, arr, long_rows)
+        pair = np.arange(n, dtype=np.int64)[:, None] * (model.vocab.n_items + 1) + idx  # (B, max_k)
+        seen_old = keep & np.isin(pair, history)  # (B, max_k)
+        keep &= ~seen_old
+    else:
+        seen_old = np.zeros_like(keep)
+    take = keep & (np.cumsum(keep, axis=1) <= k)  # (B, max_k): each row's first k survivors
+    counts = take.sum(axis=1)  # (B,)
+    # a row cut short by old history items: the graph ranks again with them masked (needs the mask input)
+    rerank = (counts < k) & seen_old.any(axis=1) & ("allowed" in model.config["inputs"])
+    own: dict[int, tuple[np.ndarray, np.ndarray, str]] = {}  # rows answered one by one
+    for row in np.flatnonzero(cold).tolist():  # cold rows know no item: nothing of theirs to leave out
+        segment = segments[row] if segments is not None else None
+        own[row] = _popular(model, k, allowed, segment)
+    for row in np.flatnonzero(rerank).tolist():
+        seen = _history_keys(model, arr, np.array([row])) - row * (model.vocab.n_items + 1)
+        own[row] = (*_rerank_without(model, feeds, row, allowed, seen, k), SOURCE_HISTORY)
+    take[list(own)] = False
+    for row, (top, _, _) in own.items():
+        counts[row] = len(top)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (B+1,)
+    flat_idx = np.zeros(offsets[-1], dtype=np.int64)
+    flat_scores = np.zeros(offsets[-1], dtype=np.float32)
+    rows, _ = np.nonzero(take)  # row-major: each row's survivors best first
+    dest = offsets[rows] + (np.cumsum(take, axis=1)[take] - 1)
+    flat_idx[dest], flat_scores[dest] = idx[take], scores[take]
+    sources = [SOURCE_HISTORY] * n
+    for row, (top, top_scores, source) in own.items():
+        flat_idx[offsets[row] : offsets[row + 1]] = top
+        flat_scores[offsets[row] : offsets[row + 1]] = top_scores
+        sources[row] = source
+    return Recommendations(offsets, model.vocab.ids(flat_idx), flat_scores, sources)
 
 
 def similar_items(model: OnnxModel, item_id: str, k: int) -> tuple[list[str], list[float]]:

@@ -13,6 +13,7 @@ from models.encoding import (
     N_CONTEXT,
     ItemVocabulary,
     encode_sequences,
+    flatten_sequences,
     gap_buckets,
 )
 
@@ -77,3 +78,31 @@ def test_width_is_at_least_one() -> None:
 def test_event_types_must_align_per_sequence() -> None:
     with pytest.raises(ValueError, match="align"):
         encode_sequences([["a", "b"], ["c"]], vocab(), 5, [["view"], ["order", "view"]], ["view", "order"])
+
+
+def test_cutting_to_the_newest_keeps_every_context_of_the_uncut_sequences() -> None:
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c", "d", "zz"]  # zz is unknown to the vocabulary: dropped with its context
+    lengths = rng.integers(0, 12, size=40)
+    seqs = [rng.choice(names, size=n).tolist() for n in lengths]
+    types = [rng.choice(["view", "order", "odd"], size=n).tolist() for n in lengths]
+    channels = [rng.choice(["web", "store"], size=n).tolist() for n in lengths]
+    ts = [np.cumsum(rng.integers(0, 10 * 86_400, size=n)).tolist() for n in lengths]
+    kw = {"type_names": ["view", "order"], "channel_names": ["web", "store"]}
+    full = flatten_sequences(seqs, vocab(), types, channels=channels, timestamps=ts, **kw)
+    cut = flatten_sequences(seqs, vocab(), types, channels=channels, timestamps=ts, newest=3, **kw)
+    newest = full.from_end() < 3
+    assert np.array_equal(cut.item, full.item[newest]) and np.array_equal(cut.row, full.row[newest])
+    assert np.array_equal(cut.ctx, full.ctx[newest])  # the window's first time gap included
+    assert (cut.ctx[:, CTX_TIME_GAP] > 1).any()  # some windows start after an earlier known event
+    item_idx, ctx = encode_sequences(seqs, vocab(), 3, types, channels=channels, timestamps=ts, **kw)
+    assert item_idx.shape == (40, 3) and ctx.shape == (40, 3, N_CONTEXT)
+
+
+def test_lookup_of_many_ids_agrees_with_the_lookup_of_a_few() -> None:
+    v = ItemVocabulary().fit([f"i{n}" for n in range(100)])
+    ids = [f"i{n}" for n in range(-50, 5000)]  # above SMALL_LOOKUP: the Arrow path
+    many = v.lookup(ids)
+    assert many.tolist() == [v.lookup([i])[0] for i in ids]
+    assert v.lookup(pa.array(ids[:10])).tolist() == v.lookup(ids[:10]).tolist()
+    assert v.lookup(pa.array(["i3", None])).tolist() == [4, 0]

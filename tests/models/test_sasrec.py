@@ -47,6 +47,21 @@ def test_padding_invariance(repeat_head: bool) -> None:
     assert torch.allclose(m(x), m(padded)[:, 4:], atol=1e-5)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_encode_last_is_the_newest_state_of_encode(n_layers: int) -> None:
+    torch.manual_seed(0)
+    cfg = SASRecConfig(n_items=50, max_len=12, d_model=16, n_heads=2, n_layers=n_layers, n_event_types=3)
+    m = SASRec(cfg).eval()
+    x = torch.randint(1, 51, (5, 9))
+    x[0, :6] = 0  # left padding
+    x[1, :] = 0  # padding only
+    ctx = torch.randint(0, 4, (5, 9, 3))
+    assert torch.allclose(m.encode_last(x, ctx), m.encode(x, ctx)[:, -1], atol=1e-5)
+    one = x[2:3, -1:]  # batch 1, length 1
+    assert torch.allclose(m.encode_last(one), m.encode(one)[:, -1], atol=1e-5)
+    assert torch.isfinite(m.encode_last(x, ctx)).all()
+
+
 def test_padding_only_row_is_finite_and_pad_never_recommended() -> None:
     m = model()
     x = torch.zeros(2, 6, dtype=torch.long)
