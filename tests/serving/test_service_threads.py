@@ -50,3 +50,11 @@ def test_the_worker_count_includes_bentoml_configuration_overrides() -> None:
     env.pop("BENTOML_CONFIG_OPTIONS")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "1"  # the decorator's workers=1
+
+
+def test_api_routes_are_untraced_unless_tracing_is_asked_for() -> None:
+    from serving.service import API_ROUTES, TRACING_ENV, tracing_config
+
+    assert tracing_config({}) == {"excluded_urls": list(API_ROUTES)}
+    assert tracing_config({TRACING_ENV: "0"}) == {"excluded_urls": list(API_ROUTES)}
+    assert tracing_config({TRACING_ENV: "1"}) == {} == tracing_config({TRACING_ENV: " True "})
