@@ -27,13 +27,18 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Collection, Mapping
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast, get_args
 
+import anyio.to_thread
 import bentoml
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml.models import BentoModel
+from prometheus_client import Histogram
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
@@ -43,7 +48,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from data_prep import schema as S
 from serving.artifact import THREADS_ENV, Bundle, OnnxModel, is_store_tag, load_bundle
 from serving.auth import API_KEY_HEADER, EXEMPT_PATHS, ApiKeyMiddleware, api_keys_from_env
-from serving.history import MAX_EPOCH_SECONDS, MAX_HISTORY_EVENTS, HistoryStore, NewEvent, open_history_store
+from serving.history import (
+    MAX_EPOCH_SECONDS,
+    MAX_HISTORY_EVENTS,
+    CustomerHistory,
+    HistoryStore,
+    InMemoryHistoryStore,
+    NewEvent,
+    open_history_store,
+)
 from serving.logs import (
     ERROR_BODY_SCHEMA,
     ApiError,
@@ -65,6 +78,15 @@ BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
 HISTORY_URL_ENV = "O2O_HISTORY_URL"
 TRACING_ENV = "O2O_TRACING"
+# adaptive batching of /recommend (BentoML's CorkDispatcher): at most this many requests per graph call, and
+# a request still queued after this long is refused with 503 (an overloaded server sheds load, never hangs)
+BATCH_MAX_SIZE = 64
+BATCH_MAX_LATENCY_MS = 2_000
+BATCH_SIZE = Histogram(  # on /metrics: how many requests each /recommend graph call served
+    "o2o_recommend_batch_size",
+    "requests scored together by one /recommend batch (adaptive batching)",
+    buckets=(1, 2, 4, 8, 16, 32, BATCH_MAX_SIZE),
+)
 API_ROUTES = ("/recommend", "/events", "/similar-items", "/intent")  # checked against the service below
 MAX_SESSION_ITEMS = 200
 MAX_EVENTS_PER_CALL = 100
@@ -275,6 +297,69 @@ def bundle_model() -> BentoModel | None:
     return BentoModel(ref) if ref and is_store_tag(ref) else None
 
 
+@dataclass(frozen=True)
+class RecommendJob:
+    """One /recommend request, ready to score: its history and everything that shapes its answer."""
+
+    items: list[str]
+    event_types: list[str]
+    channels: list[str] | None  # with timestamps: both or neither (an anonymous session has neither)
+    timestamps: list[int] | None
+    k: int
+    exclude_seen: bool | None
+    rules: ItemFilter
+    segment: str | None
+
+    def group(self) -> tuple[object, ...]:
+        """Jobs with equal keys are scored in one call (one k, one filter, side lists or none)."""
+        return (self.k, self.exclude_seen, self.rules, self.channels is None or self.timestamps is None)
+
+
+ScoredList = tuple[list[str], list[float], str]  # item ids, scores, source
+
+
+def recommend_batch(model: OnnxModel, jobs: Sequence[RecommendJob]) -> list[ScoredList | ApiError]:
+    """Each job's top-k, scoring jobs that share k, filters and side information in one graph call; a job
+    whose filters the bundle refuses (unknown store or category) gets its 400, the others their answers."""
+    out: list[ScoredList | ApiError] = [ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "")] * len(
+        jobs
+    )
+    groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[job.group()].append(i)
+    for (k, exclude_seen, rules, no_side), members in groups.items():
+        batch = [jobs[i] for i in members]
+        side: tuple[Any, Any] = (
+            (None, None) if no_side else ([j.channels for j in batch], [j.timestamps for j in batch])
+        )
+        try:
+            recs = recommend(
+                model,
+                [j.items for j in batch],
+                [j.event_types for j in batch],
+                cast(int, k),
+                cast("bool | None", exclude_seen),
+                cast(ItemFilter, rules),
+                [j.segment for j in batch],
+                *side,
+            )
+        except ValueError as e:  # unknown store or category: the callers' to fix
+            for i in members:
+                out[i] = ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e))
+            continue
+        for i, ids, scores, source in zip(members, recs.item_ids, recs.scores, recs.source, strict=True):
+            out[i] = (ids, scores, source)
+    return out
+
+
+def _overloaded() -> ScoredList:
+    raise ApiError(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "overloaded",
+        f"the request waited over {BATCH_MAX_LATENCY_MS} ms for the model: retry later",
+    )
+
+
 def tracing_config(environ: Mapping[str, str]) -> dict[str, Any]:
     """BentoML's tracing settings for the service: the API routes untraced unless ``O2O_TRACING`` is 1.
 
@@ -302,6 +387,7 @@ class O2OService:
         self.bundle: Bundle = load_bundle(ref, threads)
         url = os.environ.get(HISTORY_URL_ENV) or None
         self.history: HistoryStore = open_history_store(url, Path(_env_path(SNAPSHOT_ENV)))
+        self._batcher: Callable[[RecommendJob], Awaitable[Any]] | None = None  # see _recommend_batched
         log_event(
             "service_loaded",
             bundle_version=self.bundle.version,
@@ -316,48 +402,80 @@ class O2OService:
         self.history.close()
 
     @bentoml.api(route="/recommend")
-    def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
+    async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
         """Top-k items for a known customer (``customer_id``) or an anonymous visitor (``items``, oldest first).
 
         ``exclude_seen`` defaults to the setting the model was evaluated with (see the model card).
         ``exclude_items``, ``exclude_categories`` and ``store_id`` (only items that store sold recently) are
         applied before the top-k. With no usable history the answer is the most popular items of the
-        customer's RFM segment (``segment`` for an anonymous visitor), then overall.
+        customer's RFM segment (``segment`` for an anonymous visitor), then overall. Concurrent requests
+        are scored together (adaptive batching): the answer is the one a request alone would get.
         """
         model = self.bundle.recommender
         if model is None:
             raise _not_in_bundle("recommender model")
-        segment = request.segment
-        if request.items is not None:
-            side: tuple[Any, Any] = (None, None)  # an anonymous session carries no channel or time
-            history, types = request.items, [S.EV_VIEW] * len(request.items)
-        else:
-            found = self.history.get(request.customer_id)  # type: ignore[arg-type]
-            if found is None:
-                raise _unknown_customer(request.customer_id)  # type: ignore[arg-type]
-            history, types = found.items, found.event_types
-            side = found.side_lists()
-            segment = segment or found.segment
         _check_k(model, request.k)
         rules = ItemFilter(
             tuple(request.exclude_items or ()), tuple(request.exclude_categories or ()), request.store_id
         )
-        try:
-            recs = recommend(
-                model, [history], [types], request.k, request.exclude_seen, rules, [segment], *side
+        if request.items is not None:  # an anonymous session carries no channel or time
+            job = RecommendJob(
+                request.items,
+                [S.EV_VIEW] * len(request.items),
+                None,
+                None,
+                request.k,
+                request.exclude_seen,
+                rules,
+                request.segment,
             )
-        except ValueError as e:  # unknown store or category: the caller's to fix
-            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e)) from None
-        scored = [
-            ScoredItem(item_id=i, score=float(s))
-            for i, s in zip(recs.item_ids[0], recs.scores[0], strict=True)
-        ]
+        else:
+            found = await self._history(request.customer_id)  # type: ignore[arg-type]
+            if found is None:
+                raise _unknown_customer(request.customer_id)  # type: ignore[arg-type]
+            job = RecommendJob(
+                found.items,
+                found.event_types,
+                found.channels,
+                found.timestamps,
+                request.k,
+                request.exclude_seen,
+                rules,
+                request.segment or found.segment,
+            )
+        ids, scores, source = await self._recommend_batched(job)
         return RecommendResponse(
             customer_id=request.customer_id,
-            items=scored,
-            source=str(recs.source[0]),
+            items=[ScoredItem(item_id=i, score=s) for i, s in zip(ids, scores, strict=True)],
+            source=source,
             bundle_version=self.bundle.version,
         )
+
+    async def _history(self, customer_id: str) -> CustomerHistory | None:
+        """The stored history, read off the event loop unless the store is this process's dict."""
+        if isinstance(self.history, InMemoryHistoryStore):
+            return self.history.get(customer_id)
+        return await anyio.to_thread.run_sync(self.history.get, customer_id)
+
+    async def _recommend_batched(self, job: RecommendJob) -> ScoredList:
+        """``job``'s answer through BentoML's adaptive batching (a CorkDispatcher made on first use, on the
+        event loop): it groups the requests that arrive while a batch is being scored, sized by the latency
+        it measures, and scores each group in a worker thread. A job's own error is raised here."""
+        if self._batcher is None:
+            model = cast(OnnxModel, self.bundle.recommender)
+
+            def score(jobs: Sequence[RecommendJob]) -> list[ScoredList | ApiError]:
+                BATCH_SIZE.observe(len(jobs))
+                return recommend_batch(model, jobs)
+
+            dispatcher: CorkDispatcher[RecommendJob, Any] = CorkDispatcher(
+                max_latency_in_ms=BATCH_MAX_LATENCY_MS,
+                max_batch_size=BATCH_MAX_SIZE,
+                fallback=_overloaded,
+                get_batch_size=lambda _: 1,
+            )
+            self._batcher = dispatcher(score)  # type: ignore[arg-type]  # a plain function: run in a thread
+        return cast(ScoredList, await self._batcher(job))
 
     @bentoml.api(route="/events")
     def events(self, request: EventsRequest, /) -> EventsResponse:
@@ -434,6 +552,7 @@ ERROR_RESPONSES = {
     404: "unknown customer or item, or a model the bundle lacks",
     413: "a body over 1 MiB",
     415: "a content type other than application/json",
+    503: "overloaded: a /recommend request queued for the model longer than the batching limit; retry",
     500: "a bug: the message is generic, the server log has the traceback",
 }
 

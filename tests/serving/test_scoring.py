@@ -178,3 +178,32 @@ def test_similar_items_reject_unknown_items_and_k_out_of_range(rec: OnnxModel) -
             similar_items(rec, item, k)
     with pytest.raises(ValueError, match="no item embeddings"):
         similar_items(dataclasses.replace(rec, item_embeddings=None), item, 5)
+
+
+def test_a_batch_of_requests_gets_what_each_would_get_alone(rec: OnnxModel, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    from serving.logs import ApiError
+    from serving.service import RecommendJob, recommend_batch
+
+    items, types = histories(tiny_pipeline, 6)
+    store = next(iter(rec.assortment))
+    jobs = [
+        RecommendJob(items[0], types[0], None, None, 5, None, ItemFilter(), None),
+        RecommendJob(items[1], types[1], None, None, 5, None, ItemFilter(), "no-such-segment"),
+        RecommendJob(items[2], types[2], None, None, 3, False, ItemFilter(), None),  # other k, seen kept
+        RecommendJob(items[3], types[3], None, None, 5, None, ItemFilter(store_id=store), None),
+        RecommendJob(items[4], types[4], None, None, 5, None, ItemFilter(store_id="no-such-store"), None),
+        RecommendJob([], [], None, None, 5, None, ItemFilter(), None),  # cold start
+        RecommendJob(items[5], types[5], None, None, 5, None, ItemFilter(), None),
+    ]
+    got = recommend_batch(rec, jobs)
+    assert isinstance(got[4], ApiError) and got[4].error_code == 400 and "unknown store_id" in str(got[4])
+    for job, answer in zip(jobs, got, strict=True):
+        if job.rules.store_id == "no-such-store":
+            continue
+        alone = recommend(
+            rec, [job.items], [job.event_types], job.k, job.exclude_seen, job.rules, [job.segment]
+        )
+        assert not isinstance(answer, ApiError)
+        ids, scores, source = answer
+        assert ids == alone.item_ids[0] and source == alone.source[0]
+        np.testing.assert_allclose(scores, alone.scores[0], rtol=1e-5, atol=1e-5)  # float order of a batch

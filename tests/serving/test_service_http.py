@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -388,3 +389,29 @@ def test_similar_items_errors(
     r = server.post("/similar-items", json=body)
     assert r.status_code == status, r.text
     assert fragment in r.text and "Traceback" not in r.text
+
+
+def test_concurrent_recommendations_are_batched_and_each_gets_its_own_answer(  # type: ignore[no-untyped-def]
+    server: httpx.Client, tiny_pipeline
+) -> None:
+    scores = pq.read_table(tiny_pipeline.scores).to_pandas()
+    bodies: list[dict[str, object]] = [{"customer_id": c, "k": 5} for c in scores[S.CUSTOMER_ID].head(24)]
+    bodies += [{"customer_id": c, "k": 3, "exclude_seen": False} for c in scores[S.CUSTOMER_ID].head(4)]
+    bodies += [
+        {"items": catalogue(tiny_pipeline)[:2]},
+        {"customer_id": bodies[0]["customer_id"], "store_id": "x"},
+    ]
+    alone = [server.post("/recommend", json=b) for b in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: server.post("/recommend", json=b), bodies * 3))
+    for i, r in enumerate(together):
+        want = alone[i % len(bodies)]
+        assert r.status_code == want.status_code, r.text
+        if r.status_code == 200:
+            assert [x["item_id"] for x in r.json()["items"]] == [x["item_id"] for x in want.json()["items"]]
+        else:
+            assert r.status_code == 400 and "unknown store_id" in r.text  # one caller's error, theirs alone
+    metrics = server.get("/metrics").text
+    count = re.search(r"^o2o_recommend_batch_size_count (\S+)$", metrics, re.M)
+    total = re.search(r"^o2o_recommend_batch_size_sum (\S+)$", metrics, re.M)
+    assert count and total and float(total.group(1)) >= 4 * len(bodies)  # every request went through a batch
