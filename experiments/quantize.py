@@ -70,7 +70,11 @@ def quantize_bundle(bundle_dir: Path) -> dict[str, Any]:
         advice = _DropPreprocessAdvice()
         root.addFilter(advice)  # its "consider pre-processing" hint is about static quantisation
         try:
-            quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+            # the weight matrices only: ONNX Runtime's quantiser takes the opset-23 Attention operator for
+            # its own com.microsoft one of that name and would write an invalid graph
+            quantize_dynamic(
+                fp32_path, int8_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+            )
         finally:
             root.removeFilter(advice)
         session = ort.InferenceSession(
