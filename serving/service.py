@@ -78,13 +78,14 @@ BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
 HISTORY_URL_ENV = "O2O_HISTORY_URL"
 TRACING_ENV = "O2O_TRACING"
-# adaptive batching of /recommend (BentoML's CorkDispatcher): at most this many requests per graph call, and
+# adaptive batching of /recommend and /intent (BentoML's CorkDispatcher): at most this many requests per graph call, and
 # a request still queued after this long is refused with 503 (an overloaded server sheds load, never hangs)
 BATCH_MAX_SIZE = 64
 BATCH_MAX_LATENCY_MS = 2_000
-BATCH_SIZE = Histogram(  # on /metrics: how many requests each /recommend graph call served
-    "o2o_recommend_batch_size",
-    "requests scored together by one /recommend batch (adaptive batching)",
+BATCH_SIZE = Histogram(  # on /metrics: how many requests each batch served, per endpoint
+    "o2o_batch_size",
+    "requests scored together in one batch (adaptive batching of /recommend and /intent)",
+    ["endpoint"],
     buckets=(1, 2, 4, 8, 16, 32, BATCH_MAX_SIZE),
 )
 API_ROUTES = ("/recommend", "/events", "/similar-items", "/intent")  # checked against the service below
@@ -352,6 +353,40 @@ def recommend_batch(model: OnnxModel, jobs: Sequence[RecommendJob]) -> list[Scor
     return out
 
 
+@dataclass(frozen=True)
+class IntentJob:
+    """One /intent request: the customer's history and raw aggregates."""
+
+    items: list[str]
+    event_types: list[str]
+    channels: list[str] | None
+    timestamps: list[int] | None
+    features: Mapping[str, float]
+
+
+def intent_batch(models: Mapping[str, OnnxModel], jobs: Sequence[IntentJob]) -> list[dict[str, float]]:
+    """Each job's calibrated probability under every model of ``models`` (``intent``, and ``churn`` when the
+    bundle has it), the jobs with side lists scored in one call per model and those without in another."""
+    out: list[dict[str, float]] = [{} for _ in jobs]
+    groups: dict[bool, list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[job.channels is None or job.timestamps is None].append(i)
+    for no_side, members in groups.items():
+        batch = [jobs[i] for i in members]
+        side: tuple[Any, Any] = (
+            (None, None) if no_side else ([j.channels for j in batch], [j.timestamps for j in batch])
+        )
+        for name, model in models.items():
+            names = model.config["feature_names"]
+            features = feature_matrix(model, {n: [j.features[n] for j in batch] for n in names})
+            p = intent_probability(
+                model, [j.items for j in batch], [j.event_types for j in batch], features, *side
+            )
+            for i, value in zip(members, p.tolist(), strict=True):
+                out[i][name] = value
+    return out
+
+
 def _overloaded() -> ScoredList:
     raise ApiError(
         HTTPStatus.SERVICE_UNAVAILABLE,
@@ -387,7 +422,7 @@ class O2OService:
         self.bundle: Bundle = load_bundle(ref, threads)
         url = os.environ.get(HISTORY_URL_ENV) or None
         self.history: HistoryStore = open_history_store(url, Path(_env_path(SNAPSHOT_ENV)))
-        self._batcher: Callable[[RecommendJob], Awaitable[Any]] | None = None  # see _recommend_batched
+        self._batchers: dict[str, Callable[[Any], Awaitable[Any]]] = {}  # see _batched
         log_event(
             "service_loaded",
             bundle_version=self.bundle.version,
@@ -443,7 +478,7 @@ class O2OService:
                 rules,
                 request.segment or found.segment,
             )
-        ids, scores, source = await self._recommend_batched(job)
+        ids, scores, source = cast(ScoredList, await self._batched("/recommend", job))
         return RecommendResponse(
             customer_id=request.customer_id,
             items=[ScoredItem(item_id=i, score=s) for i, s in zip(ids, scores, strict=True)],
@@ -457,25 +492,34 @@ class O2OService:
             return self.history.get(customer_id)
         return await anyio.to_thread.run_sync(self.history.get, customer_id)
 
-    async def _recommend_batched(self, job: RecommendJob) -> ScoredList:
-        """``job``'s answer through BentoML's adaptive batching (a CorkDispatcher made on first use, on the
-        event loop): it groups the requests that arrive while a batch is being scored, sized by the latency
-        it measures, and scores each group in a worker thread. A job's own error is raised here."""
-        if self._batcher is None:
-            model = cast(OnnxModel, self.bundle.recommender)
+    def _score(self, endpoint: str, jobs: Sequence[Any]) -> list[Any]:
+        """One batch of ``endpoint``'s jobs scored: one answer (or the job's own error) per job."""
+        if endpoint == "/recommend":
+            return recommend_batch(cast(OnnxModel, self.bundle.recommender), jobs)
+        models = {"intent": cast(OnnxModel, self.bundle.intent)}
+        if self.bundle.churn is not None:
+            models["churn"] = self.bundle.churn
+        return intent_batch(models, jobs)
 
-            def score(jobs: Sequence[RecommendJob]) -> list[ScoredList | ApiError]:
-                BATCH_SIZE.observe(len(jobs))
-                return recommend_batch(model, jobs)
+    async def _batched(self, endpoint: str, job: object) -> object:
+        """``job``'s answer through BentoML's adaptive batching: one CorkDispatcher per endpoint, made on
+        first use (on the event loop), groups the jobs that arrive while a batch is being scored, sized by the
+        latency it measures, and :meth:`_score` runs each batch in a worker thread. An answer that is an
+        exception (a job's own error) is raised here, for that request only."""
+        if endpoint not in self._batchers:
 
-            dispatcher: CorkDispatcher[RecommendJob, Any] = CorkDispatcher(
+            def run(jobs: Sequence[Any]) -> list[Any]:
+                BATCH_SIZE.labels(endpoint=endpoint).observe(len(jobs))
+                return self._score(endpoint, jobs)
+
+            dispatcher: CorkDispatcher[Any, Any] = CorkDispatcher(
                 max_latency_in_ms=BATCH_MAX_LATENCY_MS,
                 max_batch_size=BATCH_MAX_SIZE,
                 fallback=_overloaded,
                 get_batch_size=lambda _: 1,
             )
-            self._batcher = dispatcher(score)  # type: ignore[arg-type]  # a plain function: run in a thread
-        return cast(ScoredList, await self._batcher(job))
+            self._batchers[endpoint] = dispatcher(run)  # type: ignore[arg-type]  # a plain function: a thread
+        return await self._batchers[endpoint](job)
 
     @bentoml.api(route="/events")
     def events(self, request: EventsRequest, /) -> EventsResponse:
@@ -508,21 +552,17 @@ class O2OService:
         )
 
     @bentoml.api(route="/intent")
-    def intent(self, request: IntentRequest, /) -> IntentResponse:
+    async def intent(self, request: IntentRequest, /) -> IntentResponse:
         """Calibrated probability that a known customer purchases (any channel) within the label horizon, their
-        churn risk (no purchase in 60 days; when the bundle has a churn model) and RFM segment."""
-        model = self.bundle.intent
-        if model is None:
+        churn risk (no purchase in 60 days; when the bundle has a churn model) and RFM segment. Concurrent
+        requests are scored together (adaptive batching), each getting what it would get alone."""
+        if self.bundle.intent is None:
             raise _not_in_bundle("intent model")
-        found = self.history.get(request.customer_id)
+        found = await self._history(request.customer_id)
         if found is None:
             raise _unknown_customer(request.customer_id)
-        probability = {}
-        for name, m in (("intent", model), ("churn", self.bundle.churn)):
-            if m is not None:
-                features = feature_matrix(m, {n: [v] for n, v in found.features.items()})
-                p = intent_probability(m, [found.items], [found.event_types], features, *found.side_lists())
-                probability[name] = float(p[0])
+        job = IntentJob(found.items, found.event_types, found.channels, found.timestamps, found.features)
+        probability = cast(dict[str, float], await self._batched("/intent", job))
         return IntentResponse(
             customer_id=request.customer_id,
             probability=probability["intent"],
@@ -552,7 +592,7 @@ ERROR_RESPONSES = {
     404: "unknown customer or item, or a model the bundle lacks",
     413: "a body over 1 MiB",
     415: "a content type other than application/json",
-    503: "overloaded: a /recommend request queued for the model longer than the batching limit; retry",
+    503: "overloaded: a /recommend or /intent request queued longer than the batching limit; retry",
     500: "a bug: the message is generic, the server log has the traceback",
 }
 

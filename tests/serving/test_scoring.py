@@ -207,3 +207,19 @@ def test_a_batch_of_requests_gets_what_each_would_get_alone(rec: OnnxModel, tiny
         ids, scores, source = answer
         assert ids == alone.item_ids[0] and source == alone.source[0]
         np.testing.assert_allclose(scores, alone.scores[0], rtol=1e-5, atol=1e-5)  # float order of a batch
+
+
+def test_intent_batch_gives_each_customer_their_own_probability(bundle: Bundle, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    from serving.history import read_snapshot
+    from serving.service import IntentJob, intent_batch
+
+    rows = [h for _, h in read_snapshot(tiny_pipeline.features / S.SNAPSHOT_FILE)][:6]
+    jobs = [IntentJob(h.items, h.event_types, h.channels, h.timestamps, h.features) for h in rows]
+    jobs[2] = dataclasses.replace(jobs[2], channels=None, timestamps=None)  # scored in a call of its own
+    assert bundle.intent is not None
+    got = intent_batch({"intent": bundle.intent}, jobs)
+    for job, answer in zip(jobs, got, strict=True):
+        side = ([job.channels], [job.timestamps]) if job.channels is not None else (None, None)
+        features = feature_matrix(bundle.intent, {n: [v] for n, v in job.features.items()})
+        alone = intent_probability(bundle.intent, [job.items], [job.event_types], features, *side)
+        assert set(answer) == {"intent"} and abs(answer["intent"] - float(alone[0])) < 1e-5

@@ -411,7 +411,29 @@ def test_concurrent_recommendations_are_batched_and_each_gets_its_own_answer(  #
             assert [x["item_id"] for x in r.json()["items"]] == [x["item_id"] for x in want.json()["items"]]
         else:
             assert r.status_code == 400 and "unknown store_id" in r.text  # one caller's error, theirs alone
-    metrics = server.get("/metrics").text
-    count = re.search(r"^o2o_recommend_batch_size_count (\S+)$", metrics, re.M)
-    total = re.search(r"^o2o_recommend_batch_size_sum (\S+)$", metrics, re.M)
-    assert count and total and float(total.group(1)) >= 4 * len(bodies)  # every request went through a batch
+    assert batched_requests(server, "/recommend") >= 4 * len(bodies)  # every request went through a batch
+
+
+def batched_requests(server: httpx.Client, endpoint: str) -> float:
+    """Requests of ``endpoint`` that went through its batcher so far (the sum of its batch-size histogram)."""
+    found = re.search(
+        rf'^o2o_batch_size_sum{{endpoint="{endpoint}"}} (\S+)$', server.get("/metrics").text, re.M
+    )
+    assert found, f"no o2o_batch_size for {endpoint} on /metrics"
+    return float(found.group(1))
+
+
+def test_concurrent_intents_are_batched_and_each_gets_its_own_answer(
+    server: httpx.Client, tiny_pipeline
+) -> None:  # type: ignore[no-untyped-def]
+    customers = pq.read_table(tiny_pipeline.scores).column(S.CUSTOMER_ID).to_pylist()[:20]
+    alone = [server.post("/intent", json={"customer_id": c}).json() for c in customers]
+    before = batched_requests(server, "/intent")
+    with ThreadPoolExecutor(len(customers)) as pool:
+        together = list(pool.map(lambda c: server.post("/intent", json={"customer_id": c}), customers * 3))
+    for i, r in enumerate(together):
+        assert r.status_code == 200, r.text
+        want = alone[i % len(customers)]
+        assert r.json()["segment"] == want["segment"]
+        assert abs(r.json()["probability"] - want["probability"]) < 1e-5  # float order of another batch shape
+    assert batched_requests(server, "/intent") - before == len(together)
