@@ -597,6 +597,19 @@ ERROR_RESPONSES = {
 }
 
 
+BATCHED_ROUTES = ("/recommend", "/intent")  # adaptive batching: may answer 503 when overloaded
+
+
+def error_statuses(route: str, keys_required: bool) -> list[int]:
+    """The statuses besides 200 that ``route`` may answer: 401 only with API keys, 503 only when batched."""
+    return [
+        status
+        for status in ERROR_RESPONSES
+        if (status != HTTPStatus.UNAUTHORIZED or keys_required)
+        and (status != HTTPStatus.SERVICE_UNAVAILABLE or route in BATCHED_ROUTES)
+    ]
+
+
 def openapi_document(
     spec: Mapping[str, Any], api_routes: Collection[str], keys_required: bool
 ) -> dict[str, Any]:
@@ -616,9 +629,8 @@ def openapi_document(
     for route in api_routes:
         operation = doc["paths"][route]["post"]
         responses = {str(s): r for s, r in operation["responses"].items() if str(s).startswith("2")}
-        for status, when in ERROR_RESPONSES.items():
-            if status != HTTPStatus.UNAUTHORIZED or keys_required:
-                responses[str(status)] = {"description": when, "content": copy.deepcopy(error)}
+        for status in error_statuses(route, keys_required):
+            responses[str(status)] = {"description": ERROR_RESPONSES[status], "content": copy.deepcopy(error)}
         operation["responses"] = responses
         operation["requestBody"]["required"] = True  # no body reads as {}, which no endpoint accepts
         if keys_required:
