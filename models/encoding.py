@@ -73,9 +73,11 @@ class ItemVocabulary:
         lookup, whose table of the catalogue is built per call and pays off only on large inputs.
         """
         _, arrow_ids, position = self._check()
-        if not isinstance(item_ids, pa.Array | pa.ChunkedArray) and len(item_ids) <= SMALL_LOOKUP:
-            return np.fromiter((position.get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
-        return index_in(_arrow_strings(item_ids), arrow_ids)
+        if len(item_ids) > SMALL_LOOKUP:
+            return index_in(_arrow_strings(item_ids), arrow_ids)
+        if isinstance(item_ids, pa.Array | pa.ChunkedArray):  # 2 ms to hash a 90k catalogue; 20 µs this way
+            item_ids = _arrow_strings(item_ids).to_pylist()
+        return np.fromiter((position.get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
 
     def ids(self, idx: np.ndarray) -> np.ndarray:
         """Item ids for 1-based indices (any shape); padding (0) or out-of-range indices raise."""

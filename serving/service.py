@@ -78,8 +78,8 @@ BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
 HISTORY_URL_ENV = "O2O_HISTORY_URL"
 TRACING_ENV = "O2O_TRACING"
-# adaptive batching of /recommend and /intent (BentoML's CorkDispatcher): at most this many requests per graph call, and
-# a request still queued after this long is refused with 503 (an overloaded server sheds load, never hangs)
+# adaptive batching of /recommend and /intent (BentoML's CorkDispatcher): at most this many requests per
+# batch, and a request still queued after this long is refused with 503 (an overloaded server sheds load)
 BATCH_MAX_SIZE = 64
 BATCH_MAX_LATENCY_MS = 2_000
 BATCH_SIZE = Histogram(  # on /metrics: how many requests each batch served, per endpoint
