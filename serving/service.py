@@ -28,11 +28,11 @@ from __future__ import annotations
 import copy
 import os
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast, get_args
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args
 
 import anyio.to_thread
 import bentoml
@@ -317,40 +317,68 @@ class RecommendJob:
 
 
 ScoredList = tuple[list[str], list[float], str]  # item ids, scores, source
+J = TypeVar("J")
+R = TypeVar("R")
 
 
-def recommend_batch(model: OnnxModel, jobs: Sequence[RecommendJob]) -> list[ScoredList | ApiError]:
+def score_in_groups(
+    jobs: Sequence[J],
+    key: Callable[[J], Hashable],
+    score: Callable[[list[J]], list[R]],
+    refuse: Callable[[Exception], Exception],
+) -> list[R | Exception]:
+    """``score`` run once per group of ``jobs`` with equal ``key``, an answer per job, in the jobs' order.
+
+    When a group fails, its jobs are scored again one at a time, so an error stays with the job that
+    caused it (``refuse`` maps it to what that caller gets) and every other job of the batch is answered.
+    """
+    out: list[R | Exception | None] = [None] * len(jobs)
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[key(job)].append(i)
+    for members in groups.values():
+        answers: list[R | Exception]
+        try:
+            answers = list(score([jobs[i] for i in members]))
+        except Exception as e:  # handed to the request that caused it
+            if len(members) > 1:
+                answers = [score_in_groups([jobs[i]], key, score, refuse)[0] for i in members]
+            else:
+                answers = [refuse(e)]
+        for i, answer in zip(members, answers, strict=True):
+            out[i] = answer
+    return cast("list[R | Exception]", out)
+
+
+def _refuse_recommendation(e: Exception) -> Exception:
+    """A rule the bundle refuses (unknown store or category) is the caller's 400; anything else stays a 500."""
+    if isinstance(e, ValueError):
+        return ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e))
+    return e
+
+
+def recommend_batch(model: OnnxModel, jobs: Sequence[RecommendJob]) -> list[ScoredList | Exception]:
     """Each job's top-k, scoring jobs that share k, filters and side information in one graph call; a job
     whose filters the bundle refuses (unknown store or category) gets its 400, the others their answers."""
-    out: list[ScoredList | ApiError] = [ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "")] * len(
-        jobs
-    )
-    groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[job.group()].append(i)
-    for (k, exclude_seen, rules, no_side), members in groups.items():
-        batch = [jobs[i] for i in members]
-        side: tuple[Any, Any] = (
-            (None, None) if no_side else ([j.channels for j in batch], [j.timestamps for j in batch])
+
+    def score(batch: list[RecommendJob]) -> list[ScoredList]:
+        first = batch[0]
+        side: tuple[Any, Any] = (None, None)
+        if first.channels is not None and first.timestamps is not None:
+            side = ([j.channels for j in batch], [j.timestamps for j in batch])
+        recs = recommend(
+            model,
+            [j.items for j in batch],
+            [j.event_types for j in batch],
+            first.k,
+            first.exclude_seen,
+            first.rules,
+            [j.segment for j in batch],
+            *side,
         )
-        try:
-            recs = recommend(
-                model,
-                [j.items for j in batch],
-                [j.event_types for j in batch],
-                cast(int, k),
-                cast("bool | None", exclude_seen),
-                cast(ItemFilter, rules),
-                [j.segment for j in batch],
-                *side,
-            )
-        except ValueError as e:  # unknown store or category: the callers' to fix
-            for i in members:
-                out[i] = ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e))
-            continue
-        for i, ids, scores, source in zip(members, recs.item_ids, recs.scores, recs.source, strict=True):
-            out[i] = (ids, scores, source)
-    return out
+        return list(zip(recs.item_ids, recs.scores, recs.source, strict=True))
+
+    return score_in_groups(jobs, RecommendJob.group, score, _refuse_recommendation)
 
 
 @dataclass(frozen=True)
@@ -364,34 +392,41 @@ class IntentJob:
     features: Mapping[str, float]
 
 
-def intent_batch(models: Mapping[str, OnnxModel], jobs: Sequence[IntentJob]) -> list[dict[str, float]]:
+def intent_batch(
+    models: Mapping[str, OnnxModel], jobs: Sequence[IntentJob]
+) -> list[dict[str, float] | Exception]:
     """Each job's calibrated probability under every model of ``models`` (``intent``, and ``churn`` when the
-    bundle has it), the jobs with side lists scored in one call per model and those without in another."""
-    out: list[dict[str, float]] = [{} for _ in jobs]
-    groups: dict[bool, list[int]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[job.channels is None or job.timestamps is None].append(i)
-    for no_side, members in groups.items():
-        batch = [jobs[i] for i in members]
-        side: tuple[Any, Any] = (
-            (None, None) if no_side else ([j.channels for j in batch], [j.timestamps for j in batch])
-        )
+    bundle has it), the jobs with side lists scored in one call per model and those without in another; a
+    job that fails (a stored history whose lists do not align) fails alone, as a 500."""
+
+    def score(batch: list[IntentJob]) -> list[dict[str, float]]:
+        side: tuple[Any, Any] = (None, None)
+        if batch[0].channels is not None and batch[0].timestamps is not None:
+            side = ([j.channels for j in batch], [j.timestamps for j in batch])
+        out: list[dict[str, float]] = [{} for _ in batch]
         for name, model in models.items():
-            names = model.config["feature_names"]
-            features = feature_matrix(model, {n: [j.features[n] for j in batch] for n in names})
+            # a name some job lacks is left out, so that feature_matrix names what is missing
+            have = [n for n in model.config["feature_names"] if all(n in j.features for j in batch)]
+            features = feature_matrix(model, {n: [j.features[n] for j in batch] for n in have})
             p = intent_probability(
                 model, [j.items for j in batch], [j.event_types for j in batch], features, *side
             )
-            for i, value in zip(members, p.tolist(), strict=True):
-                out[i][name] = value
-    return out
+            for answer, value in zip(out, p.tolist(), strict=True):
+                answer[name] = value
+        return out
+
+    def no_side(job: IntentJob) -> bool:
+        return job.channels is None or job.timestamps is None
+
+    return score_in_groups(jobs, no_side, score, lambda e: e)
 
 
 def _overloaded() -> ScoredList:
     raise ApiError(
         HTTPStatus.SERVICE_UNAVAILABLE,
         "overloaded",
-        f"the request waited over {BATCH_MAX_LATENCY_MS} ms for the model: retry later",
+        f"the request left the batching queue unscored (the server is past its capacity: a request waits at "
+        f"most {BATCH_MAX_LATENCY_MS} ms): retry later",
     )
 
 
@@ -449,7 +484,6 @@ class O2OService:
         model = self.bundle.recommender
         if model is None:
             raise _not_in_bundle("recommender model")
-        _check_k(model, request.k)
         rules = ItemFilter(
             tuple(request.exclude_items or ()), tuple(request.exclude_categories or ()), request.store_id
         )
@@ -478,6 +512,7 @@ class O2OService:
                 rules,
                 request.segment or found.segment,
             )
+        _check_k(model, request.k)  # after the lookup, as before batching: an unknown customer is 404 first
         ids, scores, source = cast(ScoredList, await self._batched("/recommend", job))
         return RecommendResponse(
             customer_id=request.customer_id,

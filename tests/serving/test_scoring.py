@@ -223,3 +223,28 @@ def test_intent_batch_gives_each_customer_their_own_probability(bundle: Bundle, 
         features = feature_matrix(bundle.intent, {n: [v] for n, v in job.features.items()})
         alone = intent_probability(bundle.intent, [job.items], [job.event_types], features, *side)
         assert set(answer) == {"intent"} and abs(answer["intent"] - float(alone[0])) < 1e-5
+
+
+def test_a_job_that_fails_fails_alone_and_its_batch_is_answered(bundle: Bundle, tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    from serving.history import read_snapshot
+    from serving.logs import ApiError
+    from serving.service import IntentJob, RecommendJob, intent_batch, recommend_batch
+
+    rows = [h for _, h in read_snapshot(tiny_pipeline.features / S.SNAPSHOT_FILE) if len(h.items) > 2][:4]
+    assert bundle.recommender is not None and bundle.intent is not None
+    jobs = [
+        RecommendJob(h.items, h.event_types, h.channels, h.timestamps, 5, None, ItemFilter(), None)
+        for h in rows
+    ]
+    broken = dataclasses.replace(jobs[1], channels=jobs[1].channels[:1])  # type: ignore[index]  # lists misalign
+    got = recommend_batch(bundle.recommender, [jobs[0], broken, jobs[2], jobs[3]])
+    assert isinstance(got[1], ApiError) and "must align" in str(got[1])
+    for job, answer in zip([jobs[0], jobs[2], jobs[3]], [got[0], got[2], got[3]], strict=True):
+        alone = recommend_batch(bundle.recommender, [job])[0]
+        assert not isinstance(answer, Exception) and not isinstance(alone, Exception)
+        assert answer[0] == alone[0]
+    ijobs = [IntentJob(h.items, h.event_types, h.channels, h.timestamps, h.features) for h in rows]
+    ijobs[2] = dataclasses.replace(ijobs[2], timestamps=ijobs[2].timestamps[:1])  # type: ignore[index]
+    probs = intent_batch({"intent": bundle.intent}, ijobs)
+    assert isinstance(probs[2], ValueError)  # a stored history the scorer cannot read: that request's 500
+    assert all(isinstance(p, dict) and 0.0 <= p["intent"] <= 1.0 for i, p in enumerate(probs) if i != 2)
