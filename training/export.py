@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+import onnxscript.optimizer
 import torch
 import yaml
 
@@ -147,6 +149,16 @@ def to_onnx(e: Exported, path: Path) -> None:
             external_data=False,
             verbose=False,
         )
+    fold_weight_slices(path)
+
+
+def fold_weight_slices(path: Path) -> None:
+    """Fold the graph's constant subexpressions of weights into initializers, however large: the last
+    block's query and key/value weights are slices of its ``qkv`` weight (``SASRec.encode_last``), which the
+    exporter's own folding (8,192 elements at most) leaves as ``Slice`` operators, and the int8 quantiser
+    quantises only matrix multiplications whose weight is an initializer."""
+    model = onnx.load(str(path))
+    onnx.save(onnxscript.optimizer.optimize(model, input_size_limit=1 << 26), str(path))
 
 
 def _tied(scores: np.ndarray) -> np.ndarray:
