@@ -128,10 +128,10 @@ def _aligned(
 
 
 def _names_index(
-    values: ListInput, names: Sequence[str], lengths: np.ndarray, what: str, at: np.ndarray
+    values: ListInput, names: Sequence[str], lengths: np.ndarray, what: str, at: pa.Array
 ) -> np.ndarray:
     """1 + the position in ``names`` of the flat values at positions ``at`` (0: unknown or null)."""
-    flat = _aligned(values, lengths, what).take(pa.array(at, type=pa.int64()))
+    flat = _aligned(values, lengths, what).take(at)
     return index_in(_arrow_strings(flat), _arrow_strings(list(names)))
 
 
@@ -184,12 +184,13 @@ def flatten_sequences(
         near = from_end <= newest  # the window and the known event just before it (the window's first gap)
         at, row, keep = at[near], row[near], from_end[near] < newest
     ctx = np.zeros((len(at), N_CONTEXT), dtype=np.int64)
+    taken = pa.array(at, type=pa.int64())  # the positions whose context is built
     if event_types is not None:
-        ctx[:, CTX_EVENT_TYPE] = _names_index(event_types, type_names, lengths, "event_types", at)
+        ctx[:, CTX_EVENT_TYPE] = _names_index(event_types, type_names, lengths, "event_types", taken)
     if channels is not None:
-        ctx[:, CTX_CHANNEL] = _names_index(channels, channel_names, lengths, "channels", at)
+        ctx[:, CTX_CHANNEL] = _names_index(channels, channel_names, lengths, "channels", taken)
     if timestamps is not None:
-        ts = _aligned(timestamps, lengths, "timestamps", pa.int64()).take(pa.array(at, type=pa.int64()))
+        ts = _aligned(timestamps, lengths, "timestamps", pa.int64()).take(taken)
         ctx[:, CTX_TIME_GAP] = gap_buckets(ts.to_numpy(zero_copy_only=False).astype(np.int64), row)
     return FlatSequences(item[at][keep], ctx[keep], row[keep], n)
 

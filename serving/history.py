@@ -205,6 +205,8 @@ def read_snapshot(snapshot: Path) -> Iterator[tuple[str, CustomerHistory]]:
 class HistoryStore(ABC):
     """customer_id → :class:`CustomerHistory`; safe to call from several threads at once."""
 
+    reads_block = True  # get() waits on a file or the network: an async caller runs it in a thread
+
     @abstractmethod
     def get(self, customer_id: str) -> CustomerHistory | None:
         """The customer's history, or None for a customer neither the snapshot nor an append created."""
@@ -244,6 +246,8 @@ class HistoryStore(ABC):
 class InMemoryHistoryStore(HistoryStore):
     """In-process dict, read once from ``04_features/snapshot.parquet`` (empty without one); appends are lost
     when the process exits and are not seen by other workers."""
+
+    reads_block = False  # a dict lookup
 
     def __init__(self, snapshot: Path | None = None) -> None:
         self._rows = dict(read_snapshot(snapshot)) if snapshot is not None else {}

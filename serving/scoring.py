@@ -43,11 +43,12 @@ class Recommendations:
         return [self.flat_scores[a:b].tolist() for a, b in itertools.pairwise(self.offsets)]
 
     def arrow_item_ids(self) -> pa.ListArray:
-        values = pa.array(self.flat_item_ids, type=pa.string())
-        return pa.ListArray.from_arrays(pa.array(self.offsets, type=pa.int32()), values)
+        return self._lists(pa.array(self.flat_item_ids, type=pa.string()))
 
     def arrow_scores(self) -> pa.ListArray:
-        values = pa.array(self.flat_scores, type=pa.float32())
+        return self._lists(pa.array(self.flat_scores, type=pa.float32()))
+
+    def _lists(self, values: pa.Array) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(self.offsets, type=pa.int32()), values)
 
 

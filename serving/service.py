@@ -53,7 +53,6 @@ from serving.history import (
     MAX_HISTORY_EVENTS,
     CustomerHistory,
     HistoryStore,
-    InMemoryHistoryStore,
     NewEvent,
     open_history_store,
 )
@@ -513,7 +512,9 @@ class O2OService:
                 request.segment or found.segment,
             )
         _check_k(model, request.k)  # after the lookup, as before batching: an unknown customer is 404 first
-        ids, scores, source = cast(ScoredList, await self._batched("/recommend", job))
+        ids, scores, source = cast(
+            ScoredList, await self._batched("/recommend", self._score_recommendations, job)
+        )
         return RecommendResponse(
             customer_id=request.customer_id,
             items=[ScoredItem(item_id=i, score=s) for i, s in zip(ids, scores, strict=True)],
@@ -522,30 +523,32 @@ class O2OService:
         )
 
     async def _history(self, customer_id: str) -> CustomerHistory | None:
-        """The stored history, read off the event loop unless the store is this process's dict."""
-        if isinstance(self.history, InMemoryHistoryStore):
+        """The stored history, read off the event loop when the store's reads block."""
+        if not self.history.reads_block:
             return self.history.get(customer_id)
         return await anyio.to_thread.run_sync(self.history.get, customer_id)
 
-    def _score(self, endpoint: str, jobs: Sequence[Any]) -> list[Any]:
-        """One batch of ``endpoint``'s jobs scored: one answer (or the job's own error) per job."""
-        if endpoint == "/recommend":
-            return recommend_batch(cast(OnnxModel, self.bundle.recommender), jobs)
+    def _score_recommendations(self, jobs: Sequence[RecommendJob]) -> list[ScoredList | Exception]:
+        return recommend_batch(cast(OnnxModel, self.bundle.recommender), jobs)
+
+    def _score_intents(self, jobs: Sequence[IntentJob]) -> list[dict[str, float] | Exception]:
         models = {"intent": cast(OnnxModel, self.bundle.intent)}
         if self.bundle.churn is not None:
             models["churn"] = self.bundle.churn
         return intent_batch(models, jobs)
 
-    async def _batched(self, endpoint: str, job: object) -> object:
+    async def _batched(
+        self, endpoint: str, score: Callable[[Sequence[Any]], list[Any]], job: object
+    ) -> object:
         """``job``'s answer through BentoML's adaptive batching: one CorkDispatcher per endpoint, made on
-        first use (on the event loop), groups the jobs that arrive while a batch is being scored, sized by the
-        latency it measures, and :meth:`_score` runs each batch in a worker thread. An answer that is an
-        exception (a job's own error) is raised here, for that request only."""
+        first use (on the event loop) with that endpoint's ``score``, groups the jobs that arrive while a
+        batch is being scored, sized by the latency it measures, and runs ``score`` on each batch in a worker
+        thread. An answer that is an exception (a job's own error) is raised here, for that request only."""
         if endpoint not in self._batchers:
 
             def run(jobs: Sequence[Any]) -> list[Any]:
                 BATCH_SIZE.labels(endpoint=endpoint).observe(len(jobs))
-                return self._score(endpoint, jobs)
+                return score(jobs)
 
             dispatcher: CorkDispatcher[Any, Any] = CorkDispatcher(
                 max_latency_in_ms=BATCH_MAX_LATENCY_MS,
@@ -597,7 +600,7 @@ class O2OService:
         if found is None:
             raise _unknown_customer(request.customer_id)
         job = IntentJob(found.items, found.event_types, found.channels, found.timestamps, found.features)
-        probability = cast(dict[str, float], await self._batched("/intent", job))
+        probability = cast(dict[str, float], await self._batched("/intent", self._score_intents, job))
         return IntentResponse(
             customer_id=request.customer_id,
             probability=probability["intent"],
