@@ -131,9 +131,11 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _run_settings(bundle: Bundle, snapshot: Path, **settings: object) -> dict[str, object]:
-    """What makes two scoring runs the same (paths left out: the same files may be reached two ways)."""
-    return {"bundle_version": bundle.version, "snapshot_sha256": file_sha256(snapshot), **settings}
+def run_settings(bundle: Bundle, snapshot: Path, **settings: object) -> dict[str, object]:
+    """What makes two scoring runs the same (paths left out: the same files may be reached two ways), as
+    both engines record it in their manifest; a snapshot folder (Spark reads those) has no checksum."""
+    digest = file_sha256(snapshot) if snapshot.is_file() else None
+    return {"bundle_version": bundle.version, "snapshot_sha256": digest, **settings}
 
 
 def check_request(bundle: Bundle, k: int, rules: ItemFilter | None) -> ItemFilter:
@@ -171,7 +173,7 @@ def score_snapshot(
     rules = check_request(bundle, k, rules)
     t0 = time.perf_counter()
     dataset = out_dir / SCORES_FILE
-    settings = _run_settings(
+    settings = run_settings(
         bundle,
         snapshot,
         k=k,

@@ -33,7 +33,7 @@ import pyarrow as pa
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from serving.artifact import THREADS_ENV, Bundle, load_bundle
-from serving.batch import SCORES_FILE, check_request, score_batch
+from serving.batch import SCORES_FILE, check_request, run_settings, score_batch
 from serving.scoring import ItemFilter
 
 if TYPE_CHECKING:
@@ -182,13 +182,15 @@ def score_snapshot_spark(
         "engine": ENGINE,
         "bundle": str(bundle.path),
         "snapshot": str(snapshot),
-        "bundle_version": bundle.version,
-        "snapshot_sha256": file_sha256(snapshot) if snapshot.is_file() else None,
-        "k": k,
-        "exclude_seen": exclude_seen,
-        "chunk_size": chunk_size,
-        "campaign": campaign,
-        "filters": rules.to_dict(),
+        **run_settings(
+            bundle,
+            snapshot,
+            k=k,
+            exclude_seen=exclude_seen,
+            chunk_size=chunk_size,
+            campaign=campaign,
+            filters=rules.to_dict(),
+        ),
         "spark_master": spark.sparkContext.master,
         "spark_version": spark.version,
         "tasks": n_tasks,
