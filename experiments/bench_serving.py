@@ -28,6 +28,7 @@ import torch
 from data_prep import schema as S
 from serving.artifact import Bundle, OnnxModel, load_bundle
 from serving.batch import score_snapshot
+from serving.scoring import feature_matrix
 from training.export import rebuild
 
 
@@ -63,8 +64,9 @@ def _feeds(model: OnnxModel, table: pa.Table) -> dict[str, np.ndarray]:
         feeds["allowed"] = np.ones(int(model.config["model_config"]["n_items"]) + 1, dtype=np.float32)
     else:
         names = model.config["feature_names"]
-        cols = [table.column(n).to_numpy(zero_copy_only=False) for n in names]
-        feeds["features"] = np.column_stack(cols).astype(np.float32)
+        feeds["features"] = feature_matrix(
+            model, {n: table.column(n).to_numpy(zero_copy_only=False) for n in names}
+        )
     return feeds
 
 
