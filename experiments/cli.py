@@ -406,28 +406,32 @@ def export(
             check_unregistered(version)  # before minutes of export, not after
     with user_errors(), console.status("exporting to ONNX and checking parity"):
         bundle = export_bundle(run, out, version)
-    if int8:
-        from experiments.quantize import quantize_bundle
+    # a step after the export that fails removes the bundle, as a failed export leaves nothing: rerun as is
+    with user_errors(), _removed_on_failure(bundle):
+        if int8:
+            from experiments.quantize import quantize_bundle
 
-        with user_errors(), console.status("quantising the recommender to int8 and measuring NDCG@10"):
-            try:
+            with console.status("quantising the recommender to int8 and measuring NDCG@10"):
                 q = quantize_bundle(bundle)
-            except BaseException:
-                shutil.rmtree(bundle)
-                raise
-        for split, f in q["served_by_scorer"].items():
-            console.print(
-                f"int8 {split}: NDCG@10 {f['ndcg@10_fp32']:.4f} → {f['ndcg@10_int8']:.4f} ({f['ndcg@10_change']:+.4f})"
-            )
-    with user_errors():
-        try:
-            tag = register_bundle(bundle) if register else None
-        except BaseException:  # as for a failed export: nothing left behind, the same command can be rerun
-            shutil.rmtree(bundle)
-            raise
+            for split, f in q["served_by_scorer"].items():
+                console.print(
+                    f"int8 {split}: NDCG@10 {f['ndcg@10_fp32']:.4f} → {f['ndcg@10_int8']:.4f} "
+                    f"({f['ndcg@10_change']:+.4f})"
+                )
+        tag = register_bundle(bundle) if register else None
     _wrote(bundle, *sorted(p for p in bundle.rglob("*") if p.is_file()))
     if tag is not None:
         console.print(f"[bold green]registered[/] {tag}")
+
+
+@contextmanager
+def _removed_on_failure(folder: Path) -> Iterator[None]:
+    """Delete ``folder`` when the block raises (interrupts included), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _snapshot(features: Path) -> Path:
