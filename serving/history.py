@@ -36,6 +36,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ import redis
 
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
+from serving.store_registry import register_store
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ MAX_HISTORY_EVENTS = 2_000  # newest events kept per customer once appends start
 MAX_EPOCH_SECONDS = 10**11  # year ~5100: a larger ``ts`` is almost surely milliseconds
 SNAPSHOT_BATCH_ROWS = 10_000  # customers read from the snapshot file at a time
 REDIS_CHUNK_ROWS = 1_000  # customers written per Redis pipeline round trip
+SNAPSHOT_MEMBERS = (
+    "snapshot_members"  # SQLite table / Redis set suffix: the customers the loaded snapshot holds
+)
+CHECKPOINT_RETRIES = 50  # TRUNCATE checkpoints tried (0.1 s apart) while another reader holds the WAL
 APPENDED_TS = "appended_ts"  # stored beside a history: times of its appended tail (the newest events)
 STORE_URL_FORMS = (
     "None or 'memory', 'sqlite:///relative/path.db' (sqlite:////absolute/path.db), 'redis://host:port/db'"
@@ -298,10 +304,14 @@ class SqliteHistoryStore(HistoryStore):
         with self._lock:
             self._con.execute("PRAGMA journal_mode=WAL")
             self._con.execute("PRAGMA synchronous=NORMAL")  # WAL keeps the file consistent on a crash
+            # a deleted or replaced record is overwritten with zeros, not left readable in a free page
+            self._con.execute("PRAGMA secure_delete=ON")
             self._con.execute(
                 "CREATE TABLE IF NOT EXISTS history (customer_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
             )
             self._con.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            # the customers the loaded snapshot holds (rows only appends created are not listed)
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS {SNAPSHOT_MEMBERS} (customer_id TEXT PRIMARY KEY)")
         if snapshot is not None:
             self.load_snapshot(snapshot)
 
@@ -324,12 +334,30 @@ class SqliteHistoryStore(HistoryStore):
             loaded = con.execute("SELECT value FROM meta WHERE name = 'snapshot'").fetchone()
             if loaded is not None and loaded[0] == fingerprint:
                 return 0
-            before = con.total_changes
-            rows = ((c, encode_history(h, [])) for c, h in read_snapshot(snapshot))
-            con.executemany("INSERT OR REPLACE INTO history (customer_id, record) VALUES (?, ?)", rows)
-            n = con.total_changes - before
+            con.execute("CREATE TEMP TABLE IF NOT EXISTS loading (customer_id TEXT PRIMARY KEY)")
+            con.execute("DELETE FROM loading")
+            n = 0
+            for chunk in _batched(read_snapshot(snapshot), SNAPSHOT_BATCH_ROWS):
+                con.executemany(
+                    "INSERT OR REPLACE INTO history (customer_id, record) VALUES (?, ?)",
+                    ((c, encode_history(h, [])) for c, h in chunk),
+                )
+                con.executemany(
+                    "INSERT OR IGNORE INTO loading (customer_id) VALUES (?)", ((c,) for c, _ in chunk)
+                )
+                n += len(chunk)
+            # customers an earlier snapshot held and this one does not (erased, or gone): they leave the store
+            dropped = con.execute(
+                f"DELETE FROM history WHERE customer_id IN (SELECT customer_id FROM {SNAPSHOT_MEMBERS}) "
+                "AND customer_id NOT IN (SELECT customer_id FROM loading)"
+            ).rowcount
+            con.execute(f"DELETE FROM {SNAPSHOT_MEMBERS}")
+            con.execute(f"INSERT INTO {SNAPSHOT_MEMBERS} SELECT customer_id FROM loading")
+            con.execute("DELETE FROM loading")
             con.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('snapshot', ?)", (fingerprint,))
-        log.info("loaded %d snapshot customers into the SQLite history store", n)
+        if dropped:
+            self._compact()
+        log.info("loaded %d snapshot customers into the SQLite history store (%d dropped)", n, dropped)
         return n
 
     def __len__(self) -> int:
@@ -355,10 +383,34 @@ class SqliteHistoryStore(HistoryStore):
         return history
 
     def delete(self, customer_ids: Iterable[str]) -> int:
+        """Delete the rows (zeroed in place: ``secure_delete``), then rewrite the file and empty its WAL so that
+        no page of the file or its log still holds them (:meth:`_compact`)."""
+        ids = [(c,) for c in set(customer_ids)]
         with self._transaction() as con:
             before = con.total_changes
-            con.executemany("DELETE FROM history WHERE customer_id = ?", ((c,) for c in set(customer_ids)))
-            return con.total_changes - before
+            con.executemany("DELETE FROM history WHERE customer_id = ?", ids)
+            n = con.total_changes - before
+            con.executemany(f"DELETE FROM {SNAPSHOT_MEMBERS} WHERE customer_id = ?", ids)
+        self._compact()
+        return n
+
+    def _compact(self) -> None:
+        """VACUUM (a fresh copy of the live rows), then a TRUNCATE checkpoint (the WAL's old frames, which may
+        hold a deleted record's earlier versions, are copied back and the log emptied). Raises OSError when
+        another connection's open read transaction keeps the WAL busy past the retries."""
+        if self.path == ":memory:":
+            return
+        with self._lock:
+            self._con.execute("VACUUM")
+            for _ in range(CHECKPOINT_RETRIES):
+                busy, _, _ = self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+                time.sleep(0.1)
+        raise OSError(
+            f"SQLite history store {self.path}: another process keeps its write-ahead log busy; deleted rows may "
+            "remain in it until that process closes the file (stop the server, then run the erase again)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -394,16 +446,30 @@ class RedisHistoryStore(HistoryStore):
         marker = f"{self.prefix}snapshot"
         if self._client.get(marker) == fingerprint.encode():
             return 0
+        members, loading = self._members, f"{self._members}:loading"
+        self._client.delete(loading)
         n = 0
         for chunk in _batched(read_snapshot(snapshot), REDIS_CHUNK_ROWS):
             with self._client.pipeline(transaction=False) as pipe:
                 for customer_id, history in chunk:
                     pipe.set(self._key(customer_id), encode_history(history, []))
+                pipe.sadd(loading, *(c for c, _ in chunk))
                 pipe.execute()
             n += len(chunk)
+        # customers an earlier snapshot held and this one does not (erased, or gone): they leave the store
+        gone = [c.decode() for c in cast("set[bytes]", self._client.sdiff(members, loading))]
+        self._delete_keys(gone)
+        if n:
+            self._client.rename(loading, members)
+        else:
+            self._client.delete(members)
         self._client.set(marker, fingerprint)
-        log.info("loaded %d snapshot customers into the Redis history store", n)
+        log.info("loaded %d snapshot customers into the Redis history store (%d dropped)", n, len(gone))
         return n
+
+    @property
+    def _members(self) -> str:
+        return f"{self.prefix}{SNAPSHOT_MEMBERS}"
 
     def __len__(self) -> int:
         pattern = _glob_escape(self.prefix) + "c:*"
@@ -432,10 +498,41 @@ class RedisHistoryStore(HistoryStore):
                     continue  # another append changed the row after we read it: read it again
 
     def delete(self, customer_ids: Iterable[str]) -> int:
+        """Delete the customers' keys and their snapshot membership; when the server persists its data
+        (RDB snapshots or an append-only file), rewrite those files so that no older copy keeps them."""
+        ids = sorted(set(customer_ids))
+        n = self._delete_keys(ids)
+        if ids:
+            self._client.srem(self._members, *ids)
+        self._rewrite_persistence()
+        return n
+
+    def _delete_keys(self, customer_ids: Sequence[str]) -> int:
         n = 0
-        for chunk in _batched(sorted(set(customer_ids)), REDIS_CHUNK_ROWS):
+        for chunk in _batched(customer_ids, REDIS_CHUNK_ROWS):
             n += int(cast("int", self._client.delete(*(self._key(c) for c in chunk))))
         return n
+
+    def _rewrite_persistence(self) -> None:
+        """BGREWRITEAOF when the append-only file is on (its old entries still hold deleted values), BGSAVE when
+        RDB snapshots are configured. A server that refuses CONFIG (a managed Redis) is logged, not fatal:
+        its operator's persistence policy applies."""
+        try:
+            config = cast(
+                "dict[str, str]", self._client.config_get("appendonly") | self._client.config_get("save")
+            )
+        except redis.ResponseError:
+            log.warning(
+                "Redis refuses CONFIG GET: cannot tell whether its persistence files still hold deleted rows"
+            )
+            return
+        try:
+            if config.get("appendonly") == "yes":
+                self._client.bgrewriteaof()  # queued by the server when a save is running
+            if config.get("save"):
+                self._client.bgsave(schedule=True)  # after a running save, not refused by it
+        except redis.ResponseError as e:
+            log.warning("Redis did not start rewriting its persistence files (%s)", e)
 
     def close(self) -> None:
         self._client.close()
@@ -462,7 +559,17 @@ def open_history_store(url: str | None, snapshot: Path | None, existing: bool = 
     ``existing``: open only a store a service may already have written (to delete from it): ValueError for
     an in-memory store (it lives inside the server process), FileNotFoundError for a SQLite file that does
     not exist (a mistyped path would otherwise open a new, empty store).
+
+    A store opened with a ``snapshot`` (a service's) is recorded in the store registry
+    (:mod:`serving.store_registry`), where ``o2o erase`` finds it.
     """
+    store = _open_store(url, snapshot, existing)
+    if snapshot is not None:  # a service's store: named where `o2o erase` looks for every store
+        register_store(url, snapshot)
+    return store
+
+
+def _open_store(url: str | None, snapshot: Path | None, existing: bool) -> HistoryStore:
     if url is None or url == "memory":
         if existing:
             raise ValueError(

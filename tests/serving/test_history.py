@@ -238,9 +238,11 @@ def test_concurrent_appends_lose_nothing(open_store: OpenStore, snapshot: Path) 
 
 
 @persistent_kinds
-def test_reopening_with_the_same_snapshot_keeps_appends_and_a_new_one_replaces(
+def test_reopening_with_the_same_snapshot_keeps_appends_and_a_new_one_replaces_and_drops(
     open_store: OpenStore, snapshot: Path, tmp_path: Path
 ) -> None:
+    """A newer snapshot replaces the rows it holds; snapshot customers it lacks (an erased person) leave the
+    store; customers only appends created stay."""
     first = open_store(snapshot)
     appended = first.append("c1", [ev("x", 300)])
     first.append("c9", [ev("y", 300)])
@@ -250,8 +252,11 @@ def test_reopening_with_the_same_snapshot_keeps_appends_and_a_new_one_replaces(
     newer = {"c1": CustomerHistory(["z"], [S.EV_VIEW], FEATURES, None, [S.CHANNEL_WEB], [400])}
     replaced = open_store(write_snapshot(tmp_path / "newer.parquet", newer))
     assert replaced.get("c1") == newer["c1"]  # the newer snapshot holds c1's appended events
-    assert replaced.get("c2") == SNAPSHOT_ROWS["c2"]  # rows the newer snapshot lacks are kept
-    assert replaced.get("c9") is not None and len(replaced) == 4
+    assert replaced.get("c2") is None and replaced.get("c3") is None  # the newer snapshot lacks them
+    assert replaced.get("c9") is not None and len(replaced) == 2  # created by an append: kept
+    replaced.close()
+    back = open_store(snapshot)  # the first snapshot again: its customers return, c9 still stays
+    assert back.get("c2") == SNAPSHOT_ROWS["c2"] and back.get("c9") is not None and len(back) == 4
 
 
 def test_a_snapshot_without_side_lists_orders_appends_but_keeps_none(tmp_path: Path) -> None:
