@@ -8,8 +8,8 @@ Parquet and read back, so the next layer starts from files exactly as a later ru
 
 from __future__ import annotations
 
-import csv
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +27,19 @@ from data_prep import features as fe
 from data_prep import identity as idn
 from data_prep import schema as S
 from data_prep.manifest import Manifest
+from data_prep.raw import (
+    CATALOGUE,
+    RawSource,
+    empty_source,
+    parse_reject_counts,
+    parse_rejects,
+    read_source,
+    relative_name,
+    require,
+)
+from data_prep.raw import RawInputError as RawInputError  # re-exported: callers catch it here
 from data_prep.report import write_data_report
+from data_prep.screening import FileFormat
 
 Progress = Callable[[str], None]
 CHURN_HORIZON_DAYS = S.CHURN_HORIZON_DAYS
@@ -42,43 +54,6 @@ class PrepResult:
     identity_metrics: dict[str, Any] | None
     splits: fe.TimeSplits
     report: Path
-
-
-class RawInputError(ValueError):
-    """A raw file is missing or lacks a required column; the message names the file and column."""
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        raise RawInputError(f"missing raw file: {path}")
-    return path
-
-
-def _read_csv(
-    con: ibis.BaseBackend, path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()
-) -> ir.Table:
-    """Strict CSV read, every column as text; a missing column or malformed row raises RawInputError.
-    ``optional`` columns absent from the header (older raw layouts) read as null."""
-    with _require(path).open(newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])
-    missing = [c for c in columns if c not in header and c not in optional]
-    if missing:
-        raise RawInputError(f"{path}: missing column(s) {missing}; header has {header}")
-    t = engine.read_csv_text(con, path, header)
-    absent = {c: ibis.null("string") for c in columns if c not in header}
-    return t.mutate(**absent) if absent else t
-
-
-def _read_online(con: ibis.BaseBackend, path: Path) -> ir.Table:
-    return engine.read_jsonl_text(con, _require(path), list(S.RAW_ONLINE_COLUMNS))
-
-
-def count_raw_rows(t: ir.Table, path: Path) -> int:
-    """Parse the whole file now, so a malformed row stops the run here with the file and line named."""
-    try:
-        return int(t.count().execute())
-    except Exception as e:  # the engine's parse error (DuckDB or Spark)
-        raise RawInputError(f"{path}: cannot be parsed: {engine.safe_error_text(e)}") from None
 
 
 def pseudonymise_columns(con: ibis.BaseBackend, t: ir.Table, columns: dict[str, str], key: bytes) -> ir.Table:
@@ -129,45 +104,43 @@ def build_ledger(counts: pd.DataFrame, raw_rows: dict[str, int]) -> dict[str, An
     return ledger
 
 
-def _read_sources(
-    con: ibis.BaseBackend, raw: Path, m: Manifest
-) -> tuple[dict[str, ir.Table], dict[str, int]]:
-    """Raw tables (all text) by source name, and each source's raw row count (parsed eagerly)."""
-    raw_dir = raw / S.RAW_DIR
-    paths = {
-        "online": raw_dir / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE,
-        "pos": raw_dir / S.RAW_POS_DIR / S.RAW_POS_FILE,
-        "crm": raw_dir / S.RAW_CRM_DIR / S.RAW_CRM_FILE,
-        "items": raw_dir / S.RAW_CATALOG_DIR / S.RAW_ITEMS_FILE,
-        "stores": raw_dir / S.RAW_CATALOG_DIR / S.RAW_STORES_FILE,
-    }
-    for p in paths.values():
-        m.add_input(_require(p))
-    tables = {
-        "online": _read_online(con, paths["online"]),
-        "pos": _read_csv(con, paths["pos"], S.RAW_POS_COLUMNS, S.POS_OPTIONAL_COLUMNS),
-        "crm": _read_csv(con, paths["crm"], S.RAW_CRM_COLUMNS),
-        "items": _read_csv(con, paths["items"], S.RAW_ITEM_COLUMNS),
-        "stores": _read_csv(con, paths["stores"], S.RAW_STORE_COLUMNS),
-    }
-    accounts = raw_dir / S.RAW_ONLINE_DIR / S.RAW_ACCOUNTS_FILE  # optional: not every retailer exports it
-    if accounts.exists():
-        m.add_input(accounts)
-        paths["accounts"] = accounts
-        tables["accounts"] = _read_csv(con, accounts, S.RAW_ACCOUNT_COLUMNS, S.ACCOUNT_OPTIONAL_COLUMNS)
-    else:
-        empty = pd.DataFrame({c: pd.Series(dtype="string") for c in S.RAW_ACCOUNT_COLUMNS})
-        tables["accounts"] = engine.temp_table(con, empty)
-    orders = raw_dir / S.RAW_ORDERS_DIR / S.RAW_ORDERS_FILE  # optional: order-level exports (no items)
-    if orders.exists():
-        m.add_input(orders)
-        paths["orders"] = orders
-        tables["orders"] = _read_csv(con, orders, S.RAW_ORDER_COLUMNS)
-    counts = {name: count_raw_rows(t, paths.get(name, accounts)) for name, t in tables.items()}
-    if not counts.get("orders"):  # absent or header only (an import with no order-level source)
-        tables.pop("orders", None)
-    sources = ("online", "pos", "crm", "accounts", *(("orders",) if "orders" in tables else ()))
-    return tables, {k: counts[k] for k in sources}
+RAW_SOURCES: dict[str, tuple[str, str, FileFormat, tuple[str, ...], tuple[str, ...]]] = {
+    # name: (folder, file, format, columns, optional columns: absent from older layouts, read as null)
+    "online": (S.RAW_ONLINE_DIR, S.RAW_ONLINE_FILE, "jsonl", S.RAW_ONLINE_COLUMNS, ()),
+    "pos": (S.RAW_POS_DIR, S.RAW_POS_FILE, "csv", S.RAW_POS_COLUMNS, S.POS_OPTIONAL_COLUMNS),
+    "crm": (S.RAW_CRM_DIR, S.RAW_CRM_FILE, "csv", S.RAW_CRM_COLUMNS, ()),
+    "items": (S.RAW_CATALOG_DIR, S.RAW_ITEMS_FILE, "csv", S.RAW_ITEM_COLUMNS, ()),
+    "stores": (S.RAW_CATALOG_DIR, S.RAW_STORES_FILE, "csv", S.RAW_STORE_COLUMNS, ()),
+    "accounts": (
+        S.RAW_ONLINE_DIR,
+        S.RAW_ACCOUNTS_FILE,
+        "csv",
+        S.RAW_ACCOUNT_COLUMNS,
+        S.ACCOUNT_OPTIONAL_COLUMNS,
+    ),
+    "orders": (S.RAW_ORDERS_DIR, S.RAW_ORDERS_FILE, "csv", S.RAW_ORDER_COLUMNS, ()),
+}
+OPTIONAL_SOURCES = ("accounts", "orders")  # not every retailer exports them
+
+
+def _read_sources(con: ibis.BaseBackend, raw: Path, m: Manifest, work: Path) -> dict[str, RawSource]:
+    """Every raw source by name (items and stores included), screened and counted (see :mod:`raw`).
+
+    An absent optional source reads as accounts with no rows; orders absent or header-only are left out.
+    Screened copies go to ``work``.
+    """
+    sources: dict[str, RawSource] = {}
+    for name, (folder, file, fmt, columns, optional) in RAW_SOURCES.items():
+        path = raw / S.RAW_DIR / folder / file
+        if name in OPTIONAL_SOURCES and not path.exists():
+            if name == "accounts":
+                sources[name] = empty_source(con, columns)
+            continue
+        m.add_input(require(path))
+        sources[name] = read_source(con, name, path, fmt, columns, work, optional)
+    if "orders" in sources and not sources["orders"].n_raw:  # header only (an import with no such source)
+        sources.pop("orders")
+    return sources
 
 
 def build_events_layer(
@@ -177,7 +150,22 @@ def build_events_layer(
     members + online accounts), catalog, rejects (Parquet), ledger.json and the manifest."""
     out_dir = out / S.EVENTS_DIR
     m = Manifest(S.EVENTS_DIR)
-    raw_tables, raw_rows = _read_sources(con, raw, m)
+    with tempfile.TemporaryDirectory(prefix="o2o-screened-") as work:
+        sources = _read_sources(con, raw, m, Path(work))
+        events, profiles, ledger = _unify_and_clean(con, sources, raw, out_dir, key, m)
+    (out_dir / S.LEDGER_FILE).write_text(json.dumps(ledger, indent=2))
+    m.extra["ledger"] = ledger
+    m.write(out_dir)
+    if not ledger["balanced"]:
+        raise RuntimeError(f"ledger does not balance: {json.dumps(ledger['sources'])}")
+    return events, profiles, ledger
+
+
+def _unify_and_clean(
+    con: ibis.BaseBackend, sources: dict[str, RawSource], raw: Path, out_dir: Path, key: bytes, m: Manifest
+) -> tuple[ir.Table, ir.Table, dict[str, Any]]:
+    """Events, profiles, catalog and rejects written (every query that reads the raw files runs here)."""
+    raw_tables = {name: src.table for name, src in sources.items()}
     items, stores = raw_tables["items"], raw_tables["stores"]
     columns = {**S.RAW_IDENTIFIER_COLUMNS, "online": {**S.RAW_IDENTIFIER_COLUMNS["online"], S.ON_IP: S.ID_IP}}
     online, pos, crm, accounts = (
@@ -197,24 +185,40 @@ def build_events_layer(
     events = _write(con, ev.accepted_events(marked), out_dir / S.EVENTS_FILE, m)
     keep = profiles.filter(profiles[S.REJECT_REASON].isnull() & ~profiles[ev.IS_DUPLICATE])
     profiles_out = _write(con, keep.drop(S.REJECT_REASON, ev.IS_DUPLICATE), out_dir / S.PROFILES_FILE, m)
-    rejects = ibis.union(
-        ev.rejected_rows(marked).select(S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON),
-        ev.rejected_rows(profiles).select(S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON),
-    )
-    _write(con, rejects, out_dir / S.REJECTS_FILE, m)
+    _write(con, _rejects(con, marked, profiles, sources, raw), out_dir / S.REJECTS_FILE, m)
     price = items[S.CAT_PRICE].try_cast("float64")
     _write(
         con, items.select(S.CAT_ITEM_ID, S.CAT_CATEGORY, **{S.CAT_PRICE: price}), out_dir / S.CATALOG_FILE, m
     )
     audit_cleaning(con, raw, marked, profiles, key, out_dir, m)
-    counts = pd.concat([ev.count_outcomes(marked).to_pandas(), ev.count_outcomes(profiles).to_pandas()])
-    ledger = build_ledger(counts, raw_rows)
-    (out_dir / S.LEDGER_FILE).write_text(json.dumps(ledger, indent=2))
-    m.extra["ledger"] = ledger
-    m.write(out_dir)
-    if not ledger["balanced"]:
-        raise RuntimeError(f"ledger does not balance: {json.dumps(ledger['sources'])}")
+    counts = pd.concat(
+        [
+            ev.count_outcomes(marked).to_pandas(),
+            ev.count_outcomes(profiles).to_pandas(),
+            parse_reject_counts(sources),
+        ]
+    )
+    ledger_sources = [name for name in sources if name not in CATALOGUE]
+    ledger = build_ledger(counts, {name: sources[name].n_raw for name in ledger_sources})
+    engine.release([marked, profiles])
     return events, profiles_out, ledger
+
+
+def _rejects(
+    con: ibis.BaseBackend, marked: ir.Table, profiles: ir.Table, sources: dict[str, RawSource], raw: Path
+) -> ir.Table:
+    """Rejected rows (source, event_id, ts, reason, raw_file) and the lines that could not be read (with
+    ``raw_line`` too; catalogue files included)."""
+    files = {name: relative_name(src.path, raw) for name, src in sources.items() if src.path is not None}
+    cols = (S.SOURCE, S.EVENT_ID, S.TS, S.REJECT_REASON)
+    rows = ibis.union(ev.rejected_rows(marked).select(*cols), ev.rejected_rows(profiles).select(*cols))
+    file = ibis.cases(*[(rows[S.SOURCE] == n, f) for n, f in files.items()], else_=ibis.null("string"))
+    rows = rows.mutate(**{S.RAW_FILE: file, S.RAW_LINE: ibis.null("int64")})
+    unread = parse_rejects(con, sources, raw)
+    if unread is None:
+        return rows
+    unread = unread.mutate(**{S.TS: unread[S.TS].cast(rows.schema()[S.TS])})  # null ts, same type
+    return ibis.union(rows, unread.select(*rows.columns))
 
 
 def audit_cleaning(

@@ -303,6 +303,10 @@ REFUND_OF = "refund_of"  # returns: the transaction (order_id) of the receipt sh
 IP_KEY = "ip_key"  # HMAC of the client IPv4 address (online events); used only to match anonymous devices
 KEY_COLUMNS = {**IDENTIFIER_KEY_COLUMNS, ID_IP: IP_KEY}  # every pseudonymised column, by type
 REJECT_REASON = "reason"
+# rejects.parquet only: the raw file (relative to the data folder) and, for rows that could not be parsed
+# (bad_encoding, malformed_row, malformed_json), the 1-based line of that file
+RAW_FILE = "raw_file"
+RAW_LINE = "raw_line"
 # raw column → identifier type, per raw source (prep pseudonymises these, and the online client address as
 # ID_IP; erasure scrubs them)
 RAW_IDENTIFIER_COLUMNS = {

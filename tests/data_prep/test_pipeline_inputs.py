@@ -1,4 +1,5 @@
-"""Prep on awkward inputs: malformed files stop with file and line (and no raw PII), empty sources work."""
+"""Prep on awkward inputs: a missing column stops with the column named, empty sources work (rows that
+cannot be read are rejects: test_raw_screening.py)."""
 
 from __future__ import annotations
 
@@ -23,19 +24,6 @@ def raw_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def copy_of(template: Path, tmp_path: Path) -> Path:
     shutil.copytree(template, tmp_path / "d")
     return tmp_path / "d"
-
-
-def test_malformed_csv_row_names_file_and_line_without_raw_values(raw_template: Path, tmp_path: Path) -> None:
-    d = copy_of(raw_template, tmp_path)
-    pos = d / S.RAW_DIR / S.RAW_POS_DIR / S.RAW_POS_FILE
-    lines = pos.read_text().splitlines()
-    lines.insert(5, "T999,1,2026-01-05 10:00:00,ST001,,+86 139-1111-2222,SKU00001,1,9.9,,EXTRA")
-    pos.write_text("\n".join(lines) + "\n")
-    with pytest.raises(RawInputError) as err:
-        run_prep(d, d)
-    msg = str(err.value)
-    assert str(pos) in msg and "Line: 6" in msg
-    assert "139-1111" not in msg
 
 
 def test_missing_column_is_named(raw_template: Path, tmp_path: Path) -> None:
