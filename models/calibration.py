@@ -16,9 +16,10 @@ batch scorer and the API apply the same one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import ConfigDict
 
 Method = Literal["none", "temperature", "isotonic"]
 METHODS: tuple[Method, ...] = ("none", "temperature", "isotonic")
@@ -32,6 +33,9 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Calibration:
+    # unknown keys are errors when a spec (models.spec) is read
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
     method: Method = "none"
     temperature: float = 1.0  # ``temperature`` only
     x: tuple[float, ...] = field(default=())  # ``isotonic`` only: knots, raw probability ascending

@@ -7,48 +7,12 @@ training split and stored as buffers, so the exported graph takes raw aggregates
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.sasrec import REPEAT_AGE_INIT, SASRec, SASRecConfig, positions_from_end
-
-
-@dataclass(frozen=True)
-class IntentConfig:
-    n_items: int  # real items in the vocabulary
-    n_features: int  # aggregate features per customer
-    n_event_types: int  # event types in sequences (row 0 = padding)
-    max_len: int = 50  # longest input sequence
-    d_model: int = 64  # encoder width
-    n_heads: int = 2  # attention heads
-    n_layers: int = 2  # encoder blocks
-    dropout: float = 0.2  # dropout in encoder and head
-    hidden: int = 64  # width of the classification head
-    n_channels: int = 0  # > 0: channel embedding on each event
-    n_gap_buckets: int = 0  # > 0: time-gap embedding on each event
-    n_categories: int = 0  # > 0: the item's category embedding
-    item_identity: bool = True  # False: one shared embedding for every item (see SASRecConfig)
-    # > 0: the head also gets this many learned, age-weighted counts of the newest item's earlier
-    # occurrences in the input (I2: was the item just carted looked at before, and how recently)
-    revisit_features: int = 0
-
-    def encoder_config(self) -> SASRecConfig:
-        return SASRecConfig(
-            n_items=self.n_items,
-            max_len=self.max_len,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            n_layers=self.n_layers,
-            dropout=self.dropout,
-            n_event_types=self.n_event_types,
-            n_channels=self.n_channels,
-            n_gap_buckets=self.n_gap_buckets,
-            n_categories=self.n_categories,
-            item_identity=self.item_identity,
-        )
+from models.sasrec import REPEAT_AGE_INIT, SASRec, positions_from_end
+from models.spec import IntentConfig
 
 
 class IntentNet(nn.Module):

@@ -13,44 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.spec import SASRecConfig
+
 MASK_VALUE = -1e9  # finite, so a masked score is never -inf - -inf
 REPEAT_AGE_INIT = math.log(math.e - 1.0)  # softplus⁻¹(1)
-
-
-@dataclass(frozen=True)
-class SASRecConfig:
-    n_items: int  # real items; embedding table has n_items + 1 rows (row 0 = padding); 0 = an encoder for a
-    # source without item ids (order-level records only): every input is padding, the intent head uses aggregates
-    max_len: int = 50  # longest input sequence (newest items kept)
-    d_model: int = 64  # embedding and hidden width
-    n_heads: int = 2  # attention heads (d_model must divide by it)
-    n_layers: int = 2  # transformer blocks
-    dropout: float = 0.2  # dropout on embeddings, attention output and MLP
-    # side information, each added to the item embedding when > 0 (row 0 of each table = padding/unknown)
-    n_event_types: int = 0  # event type of each input event (ctx_idx column CTX_EVENT_TYPE)
-    n_channels: int = 0  # channel of each input event (CTX_CHANNEL)
-    n_gap_buckets: int = 0  # time since the previous event, bucketed (CTX_TIME_GAP)
-    n_categories: int = 0  # the item's catalogue category, looked up from the item (no input needed)
-    # repeat-aware head (grocery): an item already in the input gets g(h) · log(1 + Σ w[age] over its
-    # occurrences) added to its score; w per age (positions back from the query) and the gate g are learned
-    repeat_head: bool = False
-    # False: every real item shares one input embedding (the encoder sees each event's side information,
-    # position and the category looked up from its item, not which item it was): far fewer parameters to
-    # overfit for classifiers trained on few customers. Needs no output head (the recommender keeps it True).
-    item_identity: bool = True
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.n_items < 0 or self.max_len < 1:
-            raise ValueError(f"n_items must be ≥ 0 and max_len ≥ 1, got {self.n_items} and {self.max_len}")
 
 
 class CausalSelfAttention(nn.Module):

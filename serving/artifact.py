@@ -1,6 +1,12 @@
-"""Load an exported bundle for ONNX Runtime: verify checksums, open sessions, fit vocabularies.
+"""Load an exported bundle for ONNX Runtime: verify its signed checksums, validate its spec, open sessions.
 
 Shared by the online service and the batch scorer, so both see exactly the same models. No torch here.
+
+Loading checks, in order: ``checksums.sig`` signs ``checksums.json`` (:mod:`serving.checksums`), every listed
+file matches its SHA-256, ``bundle.json`` and each model's ``config.json`` are valid specs of this major
+version (:mod:`models.spec`) built on this data schema, and the manifest lists every file those specs
+require. A file the manifest does not list is never opened. Any failure is a :class:`BundleError` naming the
+file and what to do (usually: re-export the bundle).
 
 A bundle is named by its folder (``artifacts/o2o/<version>``) or by its tag in the BentoML model store
 (``o2o-bundle:<version>``, ``o2o-bundle:latest``), where :func:`register_bundle` copies it. The store copy is
@@ -28,6 +34,20 @@ from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from models.calibration import Calibration
 from models.encoding import ItemVocabulary, ListInput, encode_sequences
+from models.spec import (
+    BundleSpec,
+    ServedIntent,
+    ServedRecommender,
+    ServedSpec,
+    SpecError,
+    parse_bundle,
+    parse_served,
+    role_of,
+    to_json,
+)
+from serving.checksums import BundleError, verified_checksums
+
+__all__ = ["Bundle", "BundleError", "OnnxModel", "bundle_path", "load_bundle", "register_bundle"]
 
 THREADS_ENV = "O2O_ORT_THREADS"
 BUNDLE_MODEL_NAME = "o2o-bundle"  # model-store name of exported bundles; the tag's version = bundle version
@@ -38,32 +58,50 @@ _TAG_PART = re.compile(r"[a-z0-9](?:[-._a-z0-9]{0,61}[a-z0-9])?")
 log = logging.getLogger(__name__)
 
 
-class BundleError(RuntimeError):
-    """A bundle is missing, incomplete or altered; the message says which file."""
-
-
 @dataclass(frozen=True)
 class OnnxModel:
-    task: str
+    spec: ServedSpec  # the model's config.json, validated
     session: ort.InferenceSession
-    config: dict[str, Any]
     vocab: ItemVocabulary
     popularity: np.ndarray  # (n_items + 1,) training-window counts by item index, padding = -inf
     categories: np.ndarray  # (n_items + 1,) object: each item's category (None when unknown or padding)
     segment_popularity: dict[str, np.ndarray] = field(default_factory=dict)  # segment → (n_items + 1,)
     assortment: dict[str, np.ndarray] = field(default_factory=dict)  # store_id → item indices it sells
-    # (n_items + 1, D) float32 item table of the recommender, row = item index (0 = padding); None when the
-    # bundle predates it or the model has no per-item rows
+    # (n_items + 1, D) float32 item table of the recommender, row = item index (0 = padding); None for a
+    # classifier (no per-item output rows)
     item_embeddings: np.ndarray | None = None
 
     @property
-    def max_len(self) -> int:
-        return int(self.config["model_config"]["max_len"])
+    def task(self) -> str:
+        return self.spec.task
 
     @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The spec as the JSON object of ``config.json`` (for code that reads it by key)."""
+        return to_json(self.spec)
+
+    @property
+    def ranking(self) -> ServedRecommender:
+        """The recommender's spec (TypeError for a classifier)."""
+        if not isinstance(self.spec, ServedRecommender):
+            raise TypeError(f"a {self.spec.task} model has no ranking settings")
+        return self.spec
+
+    @property
+    def classifier(self) -> ServedIntent:
+        """The classifier's spec (TypeError for a recommender)."""
+        if not isinstance(self.spec, ServedIntent):
+            raise TypeError(f"a {self.spec.task} model is not a classifier")
+        return self.spec
+
+    @property
+    def max_len(self) -> int:
+        return self.spec.model_config.max_len
+
+    @property
     def calibration(self) -> Calibration:
-        """The intent model's probability calibration (identity for bundles exported before it existed)."""
-        return Calibration.from_dict(self.config.get("calibration"))
+        """The classifier's probability calibration (fitted on validation at training time)."""
+        return self.classifier.calibration
 
     @functools.cached_property
     def unit_item_embeddings(self) -> np.ndarray | None:
@@ -75,11 +113,11 @@ class OnnxModel:
 
     @property
     def type_names(self) -> list[str]:
-        return list(self.config["type_names"])
+        return list(self.spec.type_names)
 
     @property
     def channel_names(self) -> list[str]:
-        return list(self.config.get("channel_names", []))
+        return list(self.spec.channel_names)
 
     def sequence_feeds(
         self,
@@ -88,8 +126,7 @@ class OnnxModel:
         channels: ListInput | None = None,
         timestamps: ListInput | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Encoded item indices and the graph's sequence inputs (``item_idx`` and ``ctx_idx``; a bundle
-        exported before context inputs existed takes ``type_idx``, the context's event-type column)."""
+        """Encoded item indices and the graph's sequence inputs ``item_idx`` and ``ctx_idx``."""
         item_idx, ctx_idx = encode_sequences(
             items,
             self.vocab,
@@ -100,8 +137,6 @@ class OnnxModel:
             self.channel_names,
             timestamps,
         )
-        if "type_idx" in self.config["inputs"]:
-            return item_idx, {"item_idx": item_idx, "type_idx": np.ascontiguousarray(ctx_idx[:, :, 0])}
         return item_idx, {"item_idx": item_idx, "ctx_idx": ctx_idx}
 
 
@@ -112,19 +147,7 @@ class Bundle:
     recommender: OnnxModel | None
     intent: OnnxModel | None
     churn: OnnxModel | None = None  # churn risk: probability of no purchase in the next 60 days
-
-
-def verify_checksums(bundle_dir: Path) -> None:
-    """Refuse a bundle whose files are missing or differ from ``checksums.json``."""
-    sums_path = bundle_dir / S.CHECKSUMS_FILE
-    if not sums_path.exists():
-        raise BundleError(f"{bundle_dir}: no {S.CHECKSUMS_FILE}; not an exported bundle")
-    for rel, expected in json.loads(sums_path.read_text()).items():
-        path = bundle_dir / rel
-        if not path.exists():
-            raise BundleError(f"{path}: listed in {S.CHECKSUMS_FILE} but missing")
-        if file_sha256(path) != expected:
-            raise BundleError(f"{path}: checksum mismatch (file altered or truncated); re-export the bundle")
+    spec: BundleSpec | None = None  # bundle.json, validated (None only for a bundle assembled in code)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -137,27 +160,111 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return opts
 
 
-def _load_model(model_dir: Path, threads: int | None) -> OnnxModel:
-    config = json.loads((model_dir / S.MODEL_CONFIG_FILE).read_text())
-    items = pq.read_table(model_dir / S.ITEMS_FILE).sort_by(S.ITEM_IDX)
+@dataclass(frozen=True)
+class _Files:
+    """A bundle folder whose signed checksums were verified: it opens only the files they list."""
+
+    root: Path
+    sums: dict[str, str]
+
+    def path(self, rel: str) -> Path:
+        if rel not in self.sums:
+            raise BundleError(
+                f"{self.root / rel}: not listed in {S.CHECKSUMS_FILE}, so not opened; re-export the bundle"
+            )
+        return self.root / rel
+
+    def require(self, rels: list[str]) -> None:
+        """BundleError unless the manifest lists every one of ``rels`` (files the spec requires)."""
+        missing = [r for r in rels if r not in self.sums]
+        if missing:
+            raise BundleError(
+                f"{self.root / S.CHECKSUMS_FILE} does not list {missing}, which the bundle's spec requires; "
+                "re-export the bundle"
+            )
+
+    def spec_doc(self, rel: str) -> object:
+        path = self.path(rel)
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise BundleError(f"{path}: not JSON ({e}); re-export the bundle") from None
+
+
+def _spec_error(path: Path, e: SpecError) -> BundleError:
+    return BundleError(f"{path}: not a bundle this code reads ({e}); re-export the bundle with this version")
+
+
+def _open_folder(bundle_dir: Path) -> tuple[_Files, BundleSpec]:
+    """The folder's verified files and its validated ``bundle.json``; BundleError naming the file."""
+    if not (bundle_dir / S.BUNDLE_FILE).exists():
+        raise BundleError(f"{bundle_dir}: no {S.BUNDLE_FILE}; pass the folder that `o2o export` printed")
+    files = _Files(bundle_dir, verified_checksums(bundle_dir))
+    try:
+        spec = parse_bundle(files.spec_doc(S.BUNDLE_FILE))
+    except SpecError as e:
+        raise _spec_error(bundle_dir / S.BUNDLE_FILE, e) from None
+    major = S.SCHEMA_VERSION.split(".")[0]
+    if spec.schema_version.split(".")[0] != major:
+        raise BundleError(
+            f"{bundle_dir / S.BUNDLE_FILE}: trained on data schema {spec.schema_version}, this code reads "
+            f"schema {S.SCHEMA_VERSION}: run `o2o prep`, retrain and re-export"
+        )
+    files.require([f"{role}/{name}" for role in spec.models for name in _required_files(role)])
+    return files, spec
+
+
+def _required_files(role: str, spec: ServedSpec | None = None) -> list[str]:
+    """Files of a model's folder the loader opens: always the graph, the spec and the vocabulary; the
+    recommender's serving tables; its item table when the network has one row per item."""
+    names = [S.MODEL_CONFIG_FILE, S.ONNX_FILE, S.ITEMS_FILE]
+    if role == "recommender":
+        names += [S.SEGMENT_POPULARITY_FILE, S.ASSORTMENT_FILE]
+    if isinstance(spec, ServedRecommender) and spec.model_config.item_identity:
+        names.append(S.ITEM_EMBEDDINGS_FILE)
+    return names
+
+
+def _model_spec(files: _Files, role: str) -> ServedSpec:
+    """A model's validated ``config.json``, refused when it is not the model its folder says."""
+    rel = f"{role}/{S.MODEL_CONFIG_FILE}"
+    try:
+        spec = parse_served(files.spec_doc(rel))
+        found = role_of(spec)
+    except (SpecError, ValueError) as e:
+        raise _spec_error(files.root / rel, SpecError(str(e))) from None
+    if found != role:
+        raise BundleError(f"{files.root / rel}: a {found} model in the {role} folder; re-export the bundle")
+    files.require([f"{role}/{name}" for name in _required_files(role, spec)])
+    return spec
+
+
+def _load_model(files: _Files, role: str, threads: int | None) -> OnnxModel:
+    spec = _model_spec(files, role)
+    items_path = files.path(f"{role}/{S.ITEMS_FILE}")
+    items = pq.read_table(items_path).sort_by(S.ITEM_IDX)
+    if items.num_rows != spec.model_config.n_items:
+        raise BundleError(
+            f"{items_path}: {items.num_rows} items for a network of {spec.model_config.n_items}; re-export"
+        )
     vocab = ItemVocabulary().fit(items.column(S.ITEM_ID).to_pylist())
     pop = np.concatenate([[-np.inf], items.column(S.POPULARITY).to_numpy().astype(np.float64)])
     cats = np.concatenate([[None], np.asarray(items.column(S.CATEGORY).to_pylist(), dtype=object)])
     sess = ort.InferenceSession(
-        str(model_dir / S.ONNX_FILE),
+        str(files.path(f"{role}/{S.ONNX_FILE}")),
         sess_options=session_options(threads),
         providers=["CPUExecutionProvider"],
     )
-    seg_pop, stores = _serving_tables(model_dir, vocab)
-    embeddings = _item_embeddings(model_dir, vocab)
-    return OnnxModel(config["task"], sess, config, vocab, pop, cats, seg_pop, stores, embeddings)
+    if not isinstance(spec, ServedRecommender):
+        return OnnxModel(spec, sess, vocab, pop, cats)
+    seg_pop, stores = _serving_tables(files, role, vocab)
+    embeddings = _item_embeddings(files, role, vocab) if spec.model_config.item_identity else None
+    return OnnxModel(spec, sess, vocab, pop, cats, seg_pop, stores, embeddings)
 
 
-def _item_embeddings(model_dir: Path, vocab: ItemVocabulary) -> np.ndarray | None:
-    """The exported item table (n_items + 1, D) float32, or None when the bundle has none."""
-    path = model_dir / S.ITEM_EMBEDDINGS_FILE
-    if not path.is_file():
-        return None
+def _item_embeddings(files: _Files, role: str, vocab: ItemVocabulary) -> np.ndarray:
+    """The exported item table (n_items + 1, D) float32."""
+    path = files.path(f"{role}/{S.ITEM_EMBEDDINGS_FILE}")
     table = np.load(path, allow_pickle=False)
     if table.ndim != 2 or table.shape[0] != vocab.n_items + 1:
         raise BundleError(
@@ -167,33 +274,23 @@ def _item_embeddings(model_dir: Path, vocab: ItemVocabulary) -> np.ndarray | Non
 
 
 def _serving_tables(
-    model_dir: Path, vocab: ItemVocabulary
+    files: _Files, role: str, vocab: ItemVocabulary
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Segment popularity (segment → counts by item index) and store assortments (store → item indices),
-    restricted to the model's vocabulary; empty when the bundle has no such table."""
+    restricted to the model's vocabulary."""
     seg_pop: dict[str, np.ndarray] = {}
-    path = model_dir / S.SEGMENT_POPULARITY_FILE
-    if path.is_file():
-        df = pq.read_table(path).to_pandas()
-        df["idx"] = vocab.lookup(df[S.ITEM_ID].to_numpy())
-        for seg, part in df[df["idx"] > 0].groupby(S.SEGMENT):
-            counts = np.zeros(vocab.n_items + 1)
-            counts[part["idx"].to_numpy()] = part[S.POPULARITY].to_numpy()
-            seg_pop[str(seg)] = counts
+    df = pq.read_table(files.path(f"{role}/{S.SEGMENT_POPULARITY_FILE}")).to_pandas()
+    df["idx"] = vocab.lookup(df[S.ITEM_ID].to_numpy())
+    for seg, part in df[df["idx"] > 0].groupby(S.SEGMENT):
+        counts = np.zeros(vocab.n_items + 1)
+        counts[part["idx"].to_numpy()] = part[S.POPULARITY].to_numpy()
+        seg_pop[str(seg)] = counts
     stores: dict[str, np.ndarray] = {}
-    path = model_dir / S.ASSORTMENT_FILE
-    if path.is_file():
-        df = pq.read_table(path, columns=[S.STORE_ID, S.ITEM_ID]).to_pandas()
-        df["idx"] = vocab.lookup(df[S.ITEM_ID].to_numpy())
-        for store, part in df[df["idx"] > 0].groupby(S.STORE_ID):
-            stores[str(store)] = np.unique(part["idx"].to_numpy())
+    df = pq.read_table(files.path(f"{role}/{S.ASSORTMENT_FILE}"), columns=[S.STORE_ID, S.ITEM_ID]).to_pandas()
+    df["idx"] = vocab.lookup(df[S.ITEM_ID].to_numpy())
+    for store, part in df[df["idx"] > 0].groupby(S.STORE_ID):
+        stores[str(store)] = np.unique(part["idx"].to_numpy())
     return seg_pop, stores
-
-
-def _verify_folder(bundle_dir: Path) -> None:
-    if not (bundle_dir / S.BUNDLE_FILE).exists():
-        raise BundleError(f"{bundle_dir}: no {S.BUNDLE_FILE}; pass the folder that `o2o export` printed")
-    verify_checksums(bundle_dir)
 
 
 def is_store_tag(ref: str) -> bool:
@@ -207,21 +304,24 @@ def _is_tag(ref: str) -> bool:
 
 
 def bundle_path(ref: Path | str) -> Path:
-    """The local folder of a bundle, every checksum verified.
+    """The local folder of a bundle, its signature, checksums and ``bundle.json`` verified.
 
     ``ref`` is a bundle folder, or a model-store tag: ``o2o-bundle:<version>``, ``o2o-bundle:latest`` or
     ``o2o-bundle`` (latest), looked up in the store of ``$BENTOML_HOME`` (inside a bento: the bento's own
     models). An existing folder wins over a tag spelled the same. Raises :class:`BundleError` when neither
-    exists, or a file is missing or altered.
+    exists, or a file is missing, altered or unlisted.
     """
+    return _open(ref)[0].root
+
+
+def _open(ref: Path | str) -> tuple[_Files, BundleSpec]:
     folder = Path(ref)
     if isinstance(ref, Path) or folder.is_dir() or not _is_tag(ref):
-        _verify_folder(folder)
-        return folder
+        return _open_folder(folder)
     return _store_bundle(ref)
 
 
-def _store_bundle(tag: str) -> Path:
+def _store_bundle(tag: str) -> tuple[_Files, BundleSpec]:
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
@@ -241,16 +341,15 @@ def _store_bundle(tag: str) -> Path:
     folder = Path(model.path)
     hint = f" (this is the model store's copy: `bentoml models delete {model.tag}` first)"
     try:
-        _verify_folder(folder)
+        opened = _open_folder(folder)
     except BundleError as e:
         raise BundleError(f"model {model.tag}: {e}{hint}") from None
-    registered = model.info.metadata.get(CHECKSUMS_DIGEST)
-    if registered is not None and registered != file_sha256(folder / S.CHECKSUMS_FILE):
+    if model.info.metadata.get(CHECKSUMS_DIGEST) != file_sha256(folder / S.CHECKSUMS_FILE):
         raise BundleError(
             f"model {model.tag}: {folder / S.CHECKSUMS_FILE} differs from the one registered "
             f"(file altered); re-export the bundle{hint}"
         )
-    return folder
+    return opened
 
 
 def bundle_tag(version: str, name: str = BUNDLE_MODEL_NAME) -> str:
@@ -284,26 +383,23 @@ def register_bundle(bundle_dir: Path, name: str = BUNDLE_MODEL_NAME) -> str:
     :func:`check_unregistered`).
 
     Labels (strings, for ``bentoml models list``): ``bundle_version``, ``tasks`` (comma-separated),
-    ``schema_version``. Metadata: the same, plus ``checksums_sha256`` (the manifest digest :func:`bundle_path`
-    checks), ``created_at``, ``source_runs`` (task → run id) and ``exported_from`` (the folder).
+    ``schema_version``. Metadata: the same, plus ``spec_version``, ``checksums_sha256`` (the manifest digest
+    :func:`bundle_path` checks), ``created_at``, ``source_runs`` (task → run id) and ``exported_from``.
     """
     import bentoml
 
-    folder = bundle_path(Path(bundle_dir))  # an altered bundle is never registered
-    meta = json.loads((folder / S.BUNDLE_FILE).read_text())
-    tag = check_unregistered(str(meta["version"]), name)
-    tasks = sorted(meta["models"])
-    labels = {
-        "bundle_version": str(meta["version"]),
-        "tasks": ",".join(tasks),
-        "schema_version": str(meta.get("schema_version", "")),
-    }
+    files, spec = _open_folder(Path(bundle_dir))  # an altered bundle is never registered
+    folder = files.root
+    tag = check_unregistered(spec.version, name)
+    tasks = sorted(spec.models)
+    labels = {"bundle_version": spec.version, "tasks": ",".join(tasks), "schema_version": spec.schema_version}
     metadata = {
         **labels,
         "tasks": tasks,
         CHECKSUMS_DIGEST: file_sha256(folder / S.CHECKSUMS_FILE),
-        "created_at": str(meta.get("created_at", "")),
-        "source_runs": {t: str(m.get("run_id", "")) for t, m in meta["models"].items()},
+        "spec_version": spec.spec_version,
+        "created_at": spec.created_at,
+        "source_runs": {t: m.run_id for t, m in spec.models.items()},
         "exported_from": str(folder.resolve()),
     }
     with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
@@ -323,15 +419,19 @@ def registered_bundles(name: str = BUNDLE_MODEL_NAME) -> list[Path]:
 
 
 def load_bundle(path: Path | str, threads: int | None = None) -> Bundle:
-    """Open a bundle after verifying every checksum: a folder (``artifacts/o2o/<version>``) or a model-store
-    tag (``o2o-bundle:<version>``; see :func:`bundle_path`)."""
-    bundle_dir = bundle_path(path)
-    if (bundle_dir / S.RETRAIN_MARKER).exists():
+    """Open a bundle once everything is verified (see the module doc): a folder (``artifacts/o2o/<version>``)
+    or a model-store tag (``o2o-bundle:<version>``; see :func:`bundle_path`)."""
+    files, spec = _open(path)
+    if (files.root / S.RETRAIN_MARKER).exists():  # a marker beside the bundle, never opened or listed
         log.warning(
-            "%s was built from data that has since had people erased: retrain and re-export", bundle_dir
+            "%s was built from data that has since had people erased: retrain and re-export", files.root
         )
-    meta = json.loads((bundle_dir / S.BUNDLE_FILE).read_text())
-    models = {t: _load_model(bundle_dir / t, threads) for t in meta["models"]}
+    models = {role: _load_model(files, role, threads) for role in spec.models}
     return Bundle(
-        bundle_dir, meta["version"], models.get("recommender"), models.get("intent"), models.get("churn")
+        files.root,
+        spec.version,
+        models.get("recommender"),
+        models.get("intent"),
+        models.get("churn"),
+        spec,
     )

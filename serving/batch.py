@@ -54,7 +54,7 @@ def score_batch(
         cols[REC_SOURCE] = pa.array(recs.source, type=pa.string())
     for model, column in ((bundle.intent, INTENT_PROBABILITY), (bundle.churn, CHURN_RISK)):
         if model is not None:
-            names = model.config["feature_names"]
+            names = model.classifier.feature_names
             feats = feature_matrix(model, {n: batch.column(n).to_numpy(zero_copy_only=False) for n in names})
             cols[column] = pa.array(intent_probability(model, items, types, feats, *side))
     if S.SEGMENT in present:

@@ -100,7 +100,7 @@ def allowed_items(model: OnnxModel, rules: ItemFilter) -> np.ndarray:
 
 def check_k(model: OnnxModel, k: int) -> None:
     """Raise ValueError unless 1 ≤ k ≤ the bundle's ``max_k`` (top-k size of the graph, ≤ catalogue)."""
-    max_k = int(model.config["max_k"])
+    max_k = model.ranking.max_k
     if not 1 <= k <= max_k:
         raise ValueError(f"k must be between 1 and {max_k} for this model, got {k}")
 
@@ -177,7 +177,7 @@ def _rerank_without(
     one = {name: value[row : row + 1] for name, value in feeds.items() if name != "allowed"}
     one["allowed"] = mask
     scores, idx = model.session.run(None, one)
-    sel = scores[0] > float(model.config["masked_below"])
+    sel = scores[0] > model.ranking.masked_below
     return idx[0][sel][:k], scores[0][sel][:k]
 
 
@@ -202,7 +202,7 @@ def recommend(
     """
     check_k(model, k)
     rules = rules or ItemFilter()
-    exclude = bool(model.config["exclude_seen"]) if exclude_seen is None else exclude_seen
+    exclude = model.ranking.exclude_seen if exclude_seen is None else exclude_seen
     arr = as_list_array(items)
     if segments is not None and len(segments) != len(arr):
         raise ValueError(f"segments has {len(segments)} entries for {len(arr)} histories")
@@ -210,12 +210,9 @@ def recommend(
     item_idx, feeds = model.sequence_feeds(arr, event_types, channels, timestamps)
     n = len(item_idx)
     feeds["exclude_seen"] = np.full(n, float(exclude), dtype=np.float32)
-    if "allowed" in model.config["inputs"]:
-        feeds["allowed"] = allowed
-    elif rules.active:
-        raise ValueError("this bundle was exported before business filters existed: re-export it to use them")
+    feeds["allowed"] = allowed
     scores, idx = run_rows(model, feeds)  # (B, max_k) each
-    keep = scores > float(model.config["masked_below"])  # (B, max_k): drop removed items
+    keep = scores > model.ranking.masked_below  # (B, max_k): drop removed items
     cold = np.asarray(~item_idx.any(axis=1), dtype=bool)  # (B,) no known item: nothing for the graph
     keep[cold] = False
     if exclude:  # the whole history counts as seen: items older than the graph's window leave here
@@ -229,8 +226,8 @@ def recommend(
         seen_old = np.zeros_like(keep)
     take = keep & (np.cumsum(keep, axis=1) <= k)  # (B, max_k): each row's first k survivors
     counts = take.sum(axis=1)  # (B,)
-    # a row cut short by old history items: the graph ranks again with them masked (needs the mask input)
-    rerank = (counts < k) & seen_old.any(axis=1) & ("allowed" in model.config["inputs"])
+    # a row cut short by old history items: the graph ranks again with them masked
+    rerank = (counts < k) & seen_old.any(axis=1)
     own: dict[int, tuple[np.ndarray, np.ndarray, str]] = {}  # rows answered one by one
     for row in np.flatnonzero(cold).tolist():  # cold rows know no item: nothing of theirs to leave out
         segment = segments[row] if segments is not None else None
@@ -260,12 +257,12 @@ def similar_items(model: OnnxModel, item_id: str, k: int) -> tuple[list[str], li
     first (ties: lower item index first), with their similarities in [-1, 1].
 
     Never the item itself or padding, so fewer than ``k`` only when the catalogue has fewer other items.
-    Raises LookupError for an item the model does not know; ValueError for ``k`` out of range or a bundle
-    exported without item embeddings.
+    Raises LookupError for an item the model does not know; ValueError for ``k`` out of range or a model
+    without an item table (one shared embedding for every item).
     """
     unit = model.unit_item_embeddings  # (V+1, D)
     if unit is None:
-        raise ValueError("this bundle has no item embeddings: re-export it to serve similar items")
+        raise ValueError("this model has no per-item embeddings to compare")
     check_k(model, k)
     idx = int(model.vocab.lookup([item_id])[0])
     if idx == 0:
@@ -304,7 +301,7 @@ def intent_probability(
 
 def feature_matrix(model: OnnxModel, columns: dict[str, Sequence[float] | np.ndarray]) -> np.ndarray:
     """(B, F) float32 matrix of the model's ``feature_names`` taken from ``columns`` (name → values)."""
-    names = list(model.config["feature_names"])
+    names = model.classifier.feature_names
     missing = [n for n in names if n not in columns]
     if missing:
         raise ValueError(f"features {missing} required by the intent model are missing from the input")

@@ -2,20 +2,22 @@
 
 Bundle layout (``artifacts/o2o/<version>/``)::
 
-    bundle.json            version, models, source runs, data manifest
+    bundle.json            spec and bundle version, data schema version, models (source run, graph inputs
+                           and outputs, parity), data manifest (:class:`models.spec.BundleSpec`)
     model_card.md          what each model is for, its metrics beside baselines, known limits
-    checksums.json         SHA-256 of every other file
+    checksums.json         SHA-256 of every other file; checksums.sig: its HMAC-SHA256 (serving.checksums)
     recommender/model.onnx top-k head: (item_idx, ctx_idx, exclude_seen, allowed) → (scores, indices)
-    recommender/config.json, recommender/items.parquet
+    recommender/config.json  the model's spec (:class:`models.spec.ServedRecommender`); recommender/items.parquet
     recommender/segment_popularity.parquet, recommender/assortment.parquet  (cold start, store filter)
     recommender/item_embeddings.npy  float32 (n_items + 1, d_model): the tied item table, row = item index
                            (row 0 padding); nearest neighbours for /similar-items
     intent/model.onnx      (item_idx, ctx_idx, features) → probability
-    intent/config.json, intent/items.parquet
+    intent/config.json, intent/items.parquet  (:class:`models.spec.ServedIntent`); churn/: the same
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -33,12 +35,31 @@ import torch
 import yaml
 
 from data_prep import schema as S
-from data_prep.manifest import file_sha256
 from models.encoding import N_GAP_BUCKETS
-from models.intent import IntentConfig, IntentNet, IntentProbability
-from models.sasrec import MASK_VALUE, SASRec, SASRecConfig, SASRecTopK
+from models.intent import IntentNet, IntentProbability
+from models.sasrec import MASK_VALUE, SASRec, SASRecTopK
+from models.spec import (
+    INTENT_INPUTS,
+    INTENT_OUTPUTS,
+    RECOMMENDER_INPUTS,
+    RECOMMENDER_OUTPUTS,
+    BundleModel,
+    BundleSpec,
+    RecommenderSpec,
+    RunSpec,
+    ServedIntent,
+    ServedRecommender,
+    ServedSpec,
+    SpecError,
+    parse_run,
+    role_of,
+    to_json,
+)
+from serving.checksums import write_checksums
 from training.metrics import headline_metrics
 from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SERVING_TABLES
+
+__all__ = ["export_bundle", "rebuild", "write_checksums"]
 
 BUNDLE_FILE = S.BUNDLE_FILE
 CHECKSUMS_FILE = S.CHECKSUMS_FILE
@@ -67,6 +88,7 @@ class Exported:
     n_types: int
     n_features: int
     item_embeddings: np.ndarray | None = None  # (n_items + 1, D) float32; recommenders with item identity
+    spec: RunSpec | None = None  # the run's model.json
 
 
 def _state_dict(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:
@@ -74,30 +96,39 @@ def _state_dict(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
+def run_spec(run_dir: Path) -> RunSpec:
+    """The run's validated ``model.json``; ValueError naming the file when it is not a spec of this version."""
+    path = run_dir / MODEL_FILE
+    try:
+        return parse_run(json.loads(path.read_text()))
+    except (SpecError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a model spec this code reads ({e}); retrain the run") from None
+
+
 def rebuild(run_dir: Path) -> Exported:
     """Rebuild the serving head of a run from its ``model.json`` and best checkpoint (eval mode)."""
-    doc = json.loads((run_dir / MODEL_FILE).read_text())
+    spec = run_spec(run_dir)
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     weights = _state_dict(run_dir, metrics["checkpoint"])
-    mc = doc["model_config"]
     embeddings = None
-    if doc["task"] == "recommender":
-        net = SASRec(SASRecConfig(**mc))
+    if isinstance(spec, RecommenderSpec):
+        net = SASRec(spec.model_config)
         net.load_state_dict(weights)
         head: torch.nn.Module = SASRecTopK(net, MAX_K)
-        names = (["item_idx", "ctx_idx", "exclude_seen", "allowed"], ["scores", "indices"])
+        names = (list(RECOMMENDER_INPUTS), list(RECOMMENDER_OUTPUTS))
         n_features = 0
         if net.cfg.item_identity:  # else one shared row: no per-item vectors to compare
             embeddings = net.item_emb.weight.detach().cpu().numpy().astype(np.float32)  # (V+1, D)
     else:
-        inet = IntentNet(IntentConfig(**mc))
+        inet = IntentNet(spec.model_config)
         inet.load_state_dict(weights)
         head = IntentProbability(inet)
-        names = (["item_idx", "ctx_idx", "features"], ["probability"])
-        n_features = mc["n_features"]
-    n_types = len(doc["type_names"])
+        names = (list(INTENT_INPUTS), list(INTENT_OUTPUTS))
+        n_features = spec.model_config.n_features
+    mc = spec.model_config
+    n_types = len(spec.type_names)
     return Exported(
-        doc["task"], head.eval(), *names, mc["max_len"], mc["n_items"], n_types, n_features, embeddings
+        spec.task, head.eval(), *names, mc.max_len, mc.n_items, n_types, n_features, embeddings, spec
     )
 
 
@@ -197,14 +228,14 @@ def check_parity(e: Exported, path: Path, seed: int = 0) -> dict[str, float]:
     return {"max_abs_diff": worst, "n_shapes": len(shapes), "atol": PARITY_ATOL}
 
 
-def _model_card(version: str, models: dict[str, dict[str, Any]]) -> str:
+def _model_card(version: str, models: list[tuple[BundleModel, dict[str, Any]]]) -> str:
+    """The bundle's model card from each model's entry and its run's metrics."""
     lines = [f"# O2O Sequence Lab model bundle `{version}`", ""]
-    for task, info in models.items():
-        m = info["metrics"]
+    for info, m in models:
         names = headline_metrics(m["task"], int(m.get("k", 10)))
-        lines += [f"## {task}", "", f"- Source run: `{info['run_id']}`; protocol: {m['protocol']}"]
-        lines += [f"- Inputs: {', '.join(info['inputs'])}; outputs: {', '.join(info['outputs'])}"]
-        lines += [f"- Parity ONNX Runtime vs torch: max |diff| {info['parity']['max_abs_diff']:.2e}"]
+        lines += [f"## {info.role}", "", f"- Source run: `{info.run_id}`; protocol: {m['protocol']}"]
+        lines += [f"- Inputs: {', '.join(info.inputs)}; outputs: {', '.join(info.outputs)}"]
+        lines += [f"- Parity ONNX Runtime vs torch: max |diff| {info.parity['max_abs_diff']:.2e}"]
         if "calibration" in m:  # intent: the map the scorer and the API apply after the graph
             cal, raw = m["calibration"], m["calibration"].get("uncalibrated", {})
             before = f"{raw['test']['ece']:.4f} → " if "test" in raw else ""
@@ -236,76 +267,75 @@ def _model_card(version: str, models: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_checksums(bundle_dir: Path) -> dict[str, str]:
-    sums = {
-        str(p.relative_to(bundle_dir)): file_sha256(p)
-        for p in sorted(bundle_dir.rglob("*"))
-        if p.is_file() and p.name != CHECKSUMS_FILE
-    }
-    (bundle_dir / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
-    return sums
+def served_spec(spec: RunSpec, e: Exported, run_config: dict[str, Any]) -> ServedSpec:
+    """The run's spec as the bundle serves it: plus the graph's inputs and outputs and the run's config."""
+    if isinstance(spec, RecommenderSpec):
+        return ServedRecommender(
+            **_fields(spec),
+            inputs=tuple(e.input_names),
+            outputs=tuple(e.output_names),
+            max_k=min(MAX_K, e.n_items),  # the graph's top-k; requests may ask for 1..max_k
+            masked_below=MASK_VALUE / 2,  # scores under this are removed items (seen, blocked, padding)
+            run_config=run_config,
+        )
+    return ServedIntent(
+        **_fields(spec), inputs=tuple(e.input_names), outputs=tuple(e.output_names), run_config=run_config
+    )
+
+
+def _fields(spec: RunSpec) -> dict[str, Any]:
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
 
 
 def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     e = rebuild(run_dir)
-    role = bundle_role(json.loads((run_dir / MODEL_FILE).read_text()), run_dir)
+    assert e.spec is not None
+    role = role_of(e.spec)
     model_dir = bundle_dir / role
     model_dir.mkdir(parents=True)
     to_onnx(e, model_dir / ONNX_FILE)
     parity = check_parity(e, model_dir / ONNX_FILE)
     shutil.copy(run_dir / S.ITEMS_FILE, model_dir / S.ITEMS_FILE)
-    doc = json.loads((run_dir / MODEL_FILE).read_text())
     if e.task == "recommender":
         for name in SERVING_TABLES:  # cold-start and store-filter tables the run kept from prep
-            if (run_dir / name).is_file():
-                shutil.copy(run_dir / name, model_dir / name)
+            shutil.copy(run_dir / name, model_dir / name)
         if e.item_embeddings is not None:
             np.save(model_dir / S.ITEM_EMBEDDINGS_FILE, e.item_embeddings, allow_pickle=False)
-    if e.task == "recommender":
-        doc["max_k"] = min(MAX_K, e.n_items)  # the graph's top-k; requests may ask for 1..max_k
-        doc["masked_below"] = MASK_VALUE / 2  # scores under this are removed items (seen, blocked, padding)
-    doc["inputs"], doc["outputs"] = e.input_names, e.output_names
-    doc["run_config"] = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(doc, indent=2))
+    spec = served_spec(e.spec, e, yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+    (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(to_json(spec), indent=2))
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     return {
-        "role": role,
-        "run_id": run_dir.name,
-        "inputs": e.input_names,
-        "outputs": e.output_names,
-        "parity": parity,
+        "entry": BundleModel(
+            role=role, run_id=run_dir.name, inputs=spec.inputs, outputs=spec.outputs, parity=parity
+        ),
         "metrics": metrics,
     }
 
 
-def bundle_role(doc: dict[str, Any], run_dir: Path) -> str:
-    """The folder a run's model takes in a bundle: recommender, intent (purchase) or churn."""
-    target = doc.get("target", "purchase")
-    if doc["task"] == "recommender" or target == "purchase":
-        return str(doc["task"])
-    if target == "churn":
-        return "churn"
-    raise ValueError(
-        f"{run_dir} is a {target!r} intent model; bundles serve customer-level models (recommender, "
-        "purchase intent, churn) only so far"
-    )
-
-
 def _check_runs(run_dirs: list[Path]) -> None:
-    """Before any work: every run is finished and no task appears twice."""
+    """Before any work: every run is finished, its spec valid, and no task appears twice."""
     tasks: dict[str, Path] = {}
     for run_dir in run_dirs:
         for name in (MODEL_FILE, METRICS_FILE, CONFIG_FILE, S.ITEMS_FILE):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir / name} is missing: is {run_dir} a finished training run?")
-        task = bundle_role(json.loads((run_dir / MODEL_FILE).read_text()), run_dir)
+        spec = run_spec(run_dir)
+        try:
+            task = role_of(spec)
+        except ValueError as err:
+            raise ValueError(f"{run_dir}: {err}") from None
+        if task == "recommender":
+            for name in SERVING_TABLES:
+                if not (run_dir / name).is_file():
+                    raise FileNotFoundError(f"{run_dir / name} is missing: retrain the recommender")
         if task in tasks:
             raise ValueError(f"{tasks[task]} and {run_dir} are both {task} runs; a bundle holds one per task")
         tasks[task] = run_dir
 
 
 def export_bundle(run_dirs: list[Path], out_root: Path, version: str | None = None) -> Path:
-    """Export one or more runs (at most one per task) into ``out_root/o2o/<version>/``.
+    """Export one or more runs (at most one per task) into ``out_root/o2o/<version>/``, signed
+    (:mod:`serving.checksums`).
 
     Nothing is left behind when any step fails (parity included).
     """
@@ -316,16 +346,18 @@ def export_bundle(run_dirs: list[Path], out_root: Path, version: str | None = No
         raise FileExistsError(f"{bundle_dir} exists: choose another version")
     bundle_dir.mkdir(parents=True)
     try:
-        models = {info["role"]: info for info in (_export_one(r, bundle_dir) for r in run_dirs)}
-        bundle = {
-            "version": version,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "schema_version": S.SCHEMA_VERSION,
-            "models": {t: {k: v for k, v in i.items() if k != "metrics"} for t, i in models.items()},
-            "data_manifest": next(iter(models.values()))["metrics"].get("data_manifest", {}),
-        }
-        (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2))
-        (bundle_dir / CARD_FILE).write_text(_model_card(version, models))
+        exported = [_export_one(r, bundle_dir) for r in run_dirs]
+        spec = BundleSpec(
+            version=version,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            schema_version=S.SCHEMA_VERSION,
+            models={x["entry"].role: x["entry"] for x in exported},
+            data_manifest=exported[0]["metrics"].get("data_manifest", {}),
+        )
+        (bundle_dir / BUNDLE_FILE).write_text(json.dumps(to_json(spec), indent=2))
+        (bundle_dir / CARD_FILE).write_text(
+            _model_card(version, [(x["entry"], x["metrics"]) for x in exported])
+        )
         write_checksums(bundle_dir)
     except BaseException:
         shutil.rmtree(bundle_dir)

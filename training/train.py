@@ -10,6 +10,7 @@ provenance).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -34,6 +35,7 @@ from data_prep import schema as S
 from data_prep.features import TimeSplits
 from data_prep.manifest import read_manifest
 from models.encoding import N_GAP_BUCKETS, flatten_sequences
+from models.spec import IntentConfig, IntentSpec, RecommenderSpec, RunSpec, SASRecConfig, net_config, to_json
 from training import distributed
 from training.baselines import (
     ItemKNN,
@@ -160,7 +162,7 @@ def _reopen(run_dir: Path, cfg: RunConfig) -> Path:
     return last_checkpoint(run_dir)
 
 
-def _finish(run_dir: Path, cfg: RunConfig, model_doc: dict, metrics: dict, t0: float) -> RunResult:
+def _finish(run_dir: Path, cfg: RunConfig, spec: RunSpec, metrics: dict, t0: float) -> RunResult:
     if distributed.process_rank() > 0:  # rank 0 writes the run
         return RunResult(run_dir, metrics)
     merge_log(run_dir)  # a resumed run's CSV log: the epochs before the kill back in front
@@ -168,7 +170,7 @@ def _finish(run_dir: Path, cfg: RunConfig, model_doc: dict, metrics: dict, t0: f
     metrics["run_id"] = run_dir.name
     metrics["data_manifest"] = read_manifest(cfg.data.features_dir).get("outputs", {})
     metrics["provenance"] = json.loads((run_dir / PROVENANCE_FILE).read_text())
-    (run_dir / MODEL_FILE).write_text(json.dumps(model_doc, indent=2))
+    (run_dir / MODEL_FILE).write_text(json.dumps(to_json(spec), indent=2))
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
     return RunResult(run_dir, metrics)
 
@@ -210,21 +212,15 @@ def train_recommender(
         )
     pq.write_table(dm.items, run_dir / S.ITEMS_FILE)  # the vocabulary this run trained with
     categories, category_idx = item_categories(dm.items)
-    for name in SERVING_TABLES:  # optional in prep's output (older layers lack them)
-        if (cfg.data.features_dir / name).is_file():
-            shutil.copy(cfg.data.features_dir / name, run_dir / name)
-    model_config = {
-        "n_items": dm.vocab.n_items,
-        "max_len": m.max_len,
-        "d_model": m.d_model,
-        "n_heads": m.n_heads,
-        "n_layers": m.n_layers,
-        "dropout": m.dropout,
-        **side_sizes(m.side_features, n_categories=len(categories)),
-        "repeat_head": m.repeat_head,
-    }
+    for name in SERVING_TABLES:  # the bundle serves them (cold start, store filter): the spec requires them
+        if not (cfg.data.features_dir / name).is_file():
+            raise FileNotFoundError(f"{cfg.data.features_dir / name} not found: run `o2o prep` again")
+        shutil.copy(cfg.data.features_dir / name, run_dir / name)
+    net = net_config(
+        SASRecConfig, m, n_items=dm.vocab.n_items, **side_sizes(m.side_features, n_categories=len(categories))
+    )
     module = RecommenderModule(
-        model_config,
+        dataclasses.asdict(net),
         tc.lr,
         tc.weight_decay,
         ev.k,
@@ -276,16 +272,13 @@ def train_recommender(
         "epochs": clock.history,
         "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
     }
-    doc: dict[str, Any] = {
-        "task": "recommender",
-        "model_config": model_config,
-        "type_names": list(TYPE_NAMES),
-        "channel_names": list(CHANNEL_NAMES),
-        "side_features": list(m.side_features),
-        "category_names": categories,
-    }
-    doc["k"], doc["exclude_seen"] = ev.k, ev.exclude_seen
-    return _finish(run_dir, cfg, doc, metrics, t0)
+    spec = RecommenderSpec(
+        model_config=net,
+        **_sequence_encoding(m.side_features, categories),
+        k=ev.k,
+        exclude_seen=ev.exclude_seen,
+    )
+    return _finish(run_dir, cfg, spec, metrics, t0)
 
 
 def side_sizes(side_features: Sequence[str], n_categories: int) -> dict[str, int]:
@@ -295,6 +288,16 @@ def side_sizes(side_features: Sequence[str], n_categories: int) -> dict[str, int
         "n_channels": len(CHANNEL_NAMES) if "channel" in side_features else 0,
         "n_gap_buckets": N_GAP_BUCKETS if "time_gap" in side_features else 0,
         "n_categories": n_categories if "category" in side_features else 0,
+    }
+
+
+def _sequence_encoding(side_features: Sequence[str], categories: list[str]) -> dict[str, Any]:
+    """The spec fields that say how input events are encoded (the same for every task)."""
+    return {
+        "type_names": tuple(TYPE_NAMES),
+        "channel_names": tuple(CHANNEL_NAMES),
+        "side_features": tuple(side_features),
+        "category_names": tuple(categories),
     }
 
 
@@ -431,20 +434,14 @@ def train_intent(
     )
     dm.setup()
     categories, category_idx = item_categories(pq.read_table(cfg.data.features_dir / S.ITEMS_FILE))
-    model_config = {
-        "n_items": dm.vocab.n_items,
-        "n_features": len(dm.feature_names),
+    net = net_config(
+        IntentConfig,
+        m,
+        n_items=dm.vocab.n_items,
+        n_features=len(dm.feature_names),
         **side_sizes(m.side_features, n_categories=len(categories)),
-        "max_len": m.max_len,
-        "d_model": m.d_model,
-        "n_heads": m.n_heads,
-        "n_layers": m.n_layers,
-        "dropout": m.dropout,
-        "hidden": m.hidden,
-        "item_identity": m.item_identity,
-        "revisit_features": m.revisit_features,
-    }
-    module = IntentModule(model_config, tc.lr, tc.weight_decay)
+    )
+    module = IntentModule(dataclasses.asdict(net), tc.lr, tc.weight_decay)
     module.model.set_feature_scaling(*dm.feature_scaling())
     if "category" in m.side_features:
         module.model.encoder.set_item_categories(torch.from_numpy(category_idx))
@@ -481,18 +478,14 @@ def train_intent(
         "global_step": trainer.global_step,
         "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
     }
-    doc = {
-        "task": "intent",
-        "model_config": model_config,
-        "type_names": list(TYPE_NAMES),
-        "channel_names": list(CHANNEL_NAMES),
-        "side_features": list(m.side_features),
-        "category_names": categories,
-        "target": cfg.target,
-        "feature_names": list(dm.feature_names),
-        "calibration": calibration.to_dict(),
-    }
-    return _finish(run_dir, cfg, doc, metrics, t0)
+    spec = IntentSpec(
+        model_config=net,
+        **_sequence_encoding(m.side_features, categories),
+        target=cfg.target,
+        feature_names=tuple(dm.feature_names),
+        calibration=calibration,
+    )
+    return _finish(run_dir, cfg, spec, metrics, t0)
 
 
 def _intent_baselines(dm: IntentDataModule, seed: int) -> dict[str, dict[str, dict[str, float]]]:
