@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import duckdb
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
@@ -50,6 +51,42 @@ def safe_error_text(err: Exception) -> str:
         if line.strip() and not line.startswith("Original Line"):
             kept.append(line.strip())
     return "; ".join(kept)
+
+
+def _first_line(err: BaseException) -> str:
+    text = safe_error_text(err) if isinstance(err, duckdb.Error) else str(err)
+    return text.split("; ")[0] or type(err).__name__
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError | duckdb.OutOfMemoryException) or "out of memory" in str(err).lower()
+
+
+def is_out_of_disk(err: BaseException) -> bool:
+    return isinstance(err, duckdb.Error | OSError) and "no space left" in str(err).lower()
+
+
+def is_resource_error(err: BaseException) -> bool:
+    """Out of memory or disk: not the data's fault (a parse step must not blame the file for it)."""
+    return is_out_of_memory(err) or is_out_of_disk(err)
+
+
+def failure_message(step: str, err: BaseException) -> str | None:
+    """One line for a prep step that failed on a resource or in DuckDB: the step, the cause, the remedy.
+
+    None for errors that are not DuckDB's or a lack of memory (they keep their own message)."""
+    text = _first_line(err)
+    memory = os.environ.get(DUCKDB_MEMORY_ENV, DEFAULT_DUCKDB_MEMORY)
+    if is_out_of_memory(err):
+        return (
+            f"prep step '{step}' ran out of memory ({text}): raise {DUCKDB_MEMORY_ENV} (now {memory}) on a "
+            f"machine with more RAM, e.g. {DUCKDB_MEMORY_ENV}=4GB, and keep free disk in $TMPDIR (DuckDB spills)"
+        )
+    if is_out_of_disk(err):
+        return f"prep step '{step}' ran out of disk ({text}): free space there and in $TMPDIR (DuckDB spills)"
+    if not isinstance(err, duckdb.Error):
+        return None
+    return f"prep step '{step}' failed in DuckDB: {text} (O2O_DEBUG=1 shows the traceback)"
 
 
 def engine_name(con: ibis.BaseBackend) -> str:

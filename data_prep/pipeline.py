@@ -42,6 +42,12 @@ from data_prep.report import write_data_report
 from data_prep.screening import FileFormat
 
 Progress = Callable[[str], None]
+
+
+class PrepStepError(RuntimeError):
+    """A prep step ran out of memory or disk, or failed in the engine; the message names step and remedy."""
+
+
 CHURN_HORIZON_DAYS = S.CHURN_HORIZON_DAYS
 
 
@@ -543,8 +549,35 @@ def run_prep(
     consent_default: bool = False,
     n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
 ) -> PrepResult:
-    """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark)."""
-    say = progress or (lambda _msg: None)
+    """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark).
+
+    A step that runs out of memory or disk, or fails inside DuckDB, raises :class:`PrepStepError`: one line
+    naming the step (the last progress message) and the remedy.
+    """
+    steps = [""]
+
+    def say(msg: str) -> None:
+        steps[0] = msg
+        (progress or (lambda _msg: None))(msg)
+
+    try:
+        return _run_prep(raw, out, horizon_days, say, engine_name, consent_default, n_train_cutoffs)
+    except Exception as e:
+        message = engine.failure_message(steps[0] or "start", e)
+        if message is None:
+            raise
+        raise PrepStepError(message) from e
+
+
+def _run_prep(
+    raw: Path,
+    out: Path,
+    horizon_days: int,
+    say: Progress,
+    engine_name: str,
+    consent_default: bool,
+    n_train_cutoffs: int,
+) -> PrepResult:
     key = pii.load_key()
     con = engine.connect(engine_name)
     say("unify + clean + pseudonymise (02_events)")

@@ -71,6 +71,8 @@ def count_raw_rows(t: ir.Table, path: Path) -> int:
     try:
         return int(t.count().execute())
     except Exception as e:  # the engine's parse error (DuckDB or Spark)
+        if engine.is_resource_error(e):
+            raise
         raise RawInputError(f"{path}: cannot be parsed: {engine.safe_error_text(e)}") from None
 
 
@@ -95,7 +97,9 @@ def read_source(
     t = _text_table(con, screened.path, fmt, columns, header)
     try:
         n = int(t.count().execute())
-    except Exception:  # the engine cannot parse a line: find the lines, read the rest
+    except Exception as e:  # the engine cannot parse a line: find the lines, read the rest
+        if engine.is_resource_error(e):
+            raise
         screened = screening.screen_file(path, fmt, copy, structure=True)
         t = _text_table(con, screened.path, fmt, columns, header)
         n = count_raw_rows(t, path)

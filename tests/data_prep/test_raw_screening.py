@@ -3,16 +3,21 @@ rejects with their file and line, not a stopped run; a file that cannot be read 
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from data_prep import engine, screening
 from data_prep import schema as S
-from data_prep import screening
 from data_prep.generate import RetailerSpec, generate_retailer
 from data_prep.pipeline import RawInputError, run_prep
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +130,26 @@ def test_screen_keeps_valid_lines_byte_for_byte(tmp_path: Path) -> None:
         (5, "malformed_row"),
         (9, "malformed_row"),
     ]
+
+
+def test_out_of_memory_is_one_line_naming_the_step_and_the_remedy(raw_template: Path, tmp_path: Path) -> None:
+    """`o2o prep` with too small a DuckDB memory cap: exit 2, one line, no traceback."""
+    env = {**os.environ, engine.DUCKDB_MEMORY_ENV: "8MB", "COLUMNS": "1000"}
+    env.pop("O2O_DEBUG", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.cli",
+        "prep",
+        "--raw",
+        str(raw_template),
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and proc.stdout.rstrip().endswith(errors[0]), proc.stdout
+    assert "prep step 'unify + clean + pseudonymise (02_events)' ran out of memory" in errors[0]
+    assert f"raise {engine.DUCKDB_MEMORY_ENV} (now 8MB)" in errors[0]
