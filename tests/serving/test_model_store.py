@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from experiments import cli
+from models.spec import BundleSpec, to_json
 from serving.artifact import (
     BUNDLE_MODEL_NAME,
     CHECKSUMS_DIGEST,
@@ -29,19 +30,34 @@ from serving.artifact import (
     register_bundle,
     registered_bundles,
 )
+from serving.checksums import ALGORITHM, SIGNATURE_FILE, signature, signing_key, write_checksums
 from serving.scoring import recommend
 
 runner = CliRunner()
 
 
 def fake_bundle(folder: Path, version: str) -> Path:
-    """A bundle folder with the files the store and the checksum check look at (no ONNX model)."""
+    """A signed bundle folder with a valid bundle.json and one listed file (no model: nothing is loaded)."""
     (folder / "recommender").mkdir(parents=True)
-    (folder / S.BUNDLE_FILE).write_text(json.dumps({"version": version, "models": {"recommender": {}}}))
+    doc = BundleSpec(
+        version=version,
+        created_at="2026-12-01T00:00:00+00:00",
+        schema_version=S.SCHEMA_VERSION,
+        models={},
+        data_manifest={},
+    )
+    (folder / S.BUNDLE_FILE).write_text(json.dumps(to_json(doc)))
     (folder / "recommender" / S.ONNX_FILE).write_bytes(b"not really onnx")
-    sums = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    (folder / S.CHECKSUMS_FILE).write_text(json.dumps(sums))
+    write_checksums(folder)
     return folder
+
+
+def resign(folder: Path, sums: dict[str, str]) -> None:
+    """Write ``sums`` as the folder's checksums.json and sign it with the bundle key (someone holding it)."""
+    manifest = json.dumps(sums).encode()
+    (folder / S.CHECKSUMS_FILE).write_bytes(manifest)
+    sig = {"algorithm": ALGORITHM, "hmac": signature(manifest, signing_key())}
+    (folder / SIGNATURE_FILE).write_text(json.dumps(sig))
 
 
 def files(folder: Path) -> dict[str, str]:
@@ -148,10 +164,14 @@ def test_a_tampered_file_in_the_store_copy_is_refused(bentoml_home: Path, tmp_pa
     assert r.exit_code == 2 and "checksum mismatch" in r.output and "Traceback" not in r.output
     assert bundle_path(str(source)) == source  # the exported folder itself is untouched
 
-    # altered consistently (file and checksums.json): the digest recorded at registration still catches it
+    # altered consistently (file and checksums.json): the manifest no longer matches its signature
     sums = json.loads((copy / S.CHECKSUMS_FILE).read_text())
     sums[f"recommender/{S.ONNX_FILE}"] = file_sha256(onnx)
     (copy / S.CHECKSUMS_FILE).write_text(json.dumps(sums))
+    with pytest.raises(BundleError, match=r"checksums.json does not match its signature"):
+        bundle_path(tag)
+    # re-signed by someone holding the key: the digest recorded at registration still catches it
+    resign(copy, sums)
     with pytest.raises(BundleError, match=r"checksums.json differs from the one registered"):
         bundle_path(tag)
 

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep import schema as S
+from models.calibration import Calibration
 from serving.artifact import Bundle, OnnxModel, load_bundle
 from serving.batch import REC_ITEMS, REC_SOURCE, score_snapshot
 from serving.scoring import (
@@ -132,7 +133,7 @@ def test_intent_probability_is_the_graph_output_through_the_bundle_calibration(
     assert model is not None
     snap = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE).slice(0, 50)
     items, types = snap.column(S.ITEMS), snap.column(S.EVENT_TYPES_COL)
-    feats = feature_matrix(model, {n: snap.column(n).to_numpy() for n in model.config["feature_names"]})
+    feats = feature_matrix(model, {n: snap.column(n).to_numpy() for n in model.classifier.feature_names})
     got = intent_probability(model, items, types, feats)
     _, feeds = model.sequence_feeds(items, types)
     feeds["features"] = feats
@@ -140,7 +141,7 @@ def test_intent_probability_is_the_graph_output_through_the_bundle_calibration(
     assert np.allclose(got, model.calibration.apply(raw))
     # the map itself: a bundle with a temperature map changes the figure the same way for everyone
     hot = dataclasses.replace(
-        model, config={**model.config, "calibration": {"method": "temperature", "temperature": 2.0}}
+        model, spec=dataclasses.replace(model.classifier, calibration=Calibration("temperature", 2.0))
     )
     assert np.allclose(
         intent_probability(hot, items, types, feats),
