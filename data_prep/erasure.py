@@ -1,34 +1,52 @@
-"""Right to erasure: remove a person from every layer, keep them out of later runs, flag stale models.
+"""Right to erasure: remove a person from every file and store, keep them out of later runs, flag stale models.
 
-``erase_person`` pseudonymises the identifier it is given, finds the resolved customer, and then:
-1. records every identifier key of that customer in the erasure registry (``$O2O_HOME/erasures.jsonl``,
-   keys only — the registry holds no raw value), so every later ``prep`` drops their rows at ingestion;
-2. deletes their rows from every Parquet file of 02_events … 05_scores and from the raw exports in 01_raw;
-3. writes ``RETRAIN_REQUIRED.json`` into every run and bundle that was built from the data before erasure.
+``erase_person`` pseudonymises the identifier it is given, finds the resolved customer(s), and runs one
+transaction that is safe to run again after a crash at any point:
 
-Serving's customer-history stores are not data_prep's to open: ``o2o erase --history-url`` deletes the
-returned ``customer_ids`` from them (``experiments/cli.py``).
+1. **find and validate** — every Parquet file under the data folder (any depth: 02_events … 05_scores, the
+   scorer's part folders and held-out sets, campaign targets) and under the model roots (runs' cached
+   examples), the raw exports in 01_raw and the generator's ground truth; a file that cannot be read stops the
+   erasure before anything is changed, naming the file;
+2. **journal** — ``$O2O_HOME/erasure_pending.json`` holds who is being erased, so that a rerun after a crash
+   finishes the job even though the identity map no longer names them;
+3. **delete** — their rows leave every file (atomic rewrites: :mod:`data_prep.purge`), then the caller's
+   ``before_record`` deletes them from the service's history stores (data_prep does not open those);
+4. **record** — their identifier keys go to the erasure registry (``$O2O_HOME/erasures.jsonl``, keys only:
+   the registry holds no raw value and no customer id), so every later ``prep`` drops their rows at ingestion;
+   manifests get their new hashes; ``RETRAIN_REQUIRED.json`` goes into every run and bundle built from the
+   data before erasure; the journal is removed.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 
 from data_prep import pii
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
+from data_prep.purge import (
+    Target,
+    purge_ground_truth,
+    purge_parquet,
+    purge_raw_csv,
+    purge_raw_jsonl,
+    relevant_columns,
+)
 
 REGISTRY_FILE = "erasures.jsonl"
+JOURNAL_FILE = "erasure_pending.json"
 RETRAIN_MARKER = S.RETRAIN_MARKER
-LAYERS = (S.EVENTS_DIR, S.CUSTOMERS_DIR, S.FEATURES_DIR, "05_scores")
+GROUND_TRUTH_DIR = "ground_truth"
+TEMP_SUFFIX = ".erasing"  # a rewrite in progress (data_prep.purge); a crash may leave one behind
 # raw column → identifier type, per raw file (relative to 01_raw)
 RAW_IDENTIFIER_COLUMNS = {
     f"{S.RAW_ONLINE_DIR}/{S.RAW_ONLINE_FILE}": S.RAW_IDENTIFIER_COLUMNS["online"],
@@ -45,6 +63,8 @@ class ErasureResult:
     n_identifiers: int
     rows_removed: dict[str, int]  # file → rows deleted
     marked_for_retraining: list[Path]
+    already_erased: bool = False  # the identifier was erased before and nothing of it was left
+    resumed: bool = False  # an erasure a crash interrupted was finished first
 
 
 def registry_path() -> Path:
@@ -79,83 +99,6 @@ def customer_keys(data: Path, identifier_type: str, key: str) -> tuple[list[str]
     return customers, pd.concat([keys, own]).drop_duplicates().reset_index(drop=True)
 
 
-def _where_erased(columns: Iterable[str]) -> str | None:
-    """SQL predicate matching rows of the erased customers or carrying an erased identifier key."""
-    cols = set(columns)
-    terms = []
-    if S.CUSTOMER_ID in cols:
-        terms.append(f"{S.CUSTOMER_ID} IN (SELECT customer_id FROM erased_customers)")
-    for id_type, col in S.IDENTIFIER_KEY_COLUMNS.items():
-        if col in cols:
-            terms.append(
-                f"{col} IN (SELECT identifier_key FROM erased_keys WHERE identifier_type = '{id_type}')"
-            )
-    if {S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY} <= cols:
-        terms.append(f"({S.IDENTIFIER_TYPE}, {S.IDENTIFIER_KEY}) IN (SELECT * FROM erased_keys)")
-    if "node" in cols:
-        terms.append("node IN (SELECT identifier_type || ':' || identifier_key FROM erased_keys)")
-    return " OR ".join(f"coalesce({t}, false)" for t in terms) or None  # a NULL key matches nothing
-
-
-def _purge_parquet(con: duckdb.DuckDBPyConnection, path: Path) -> int:
-    cols = [c[0] for c in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
-    where = _where_erased(cols)
-    if where is None:
-        return 0
-    n = con.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE {where}").fetchone()[0]  # type: ignore[index]
-    if n:
-        tmp = path.with_suffix(".erasing.parquet")
-        con.execute(
-            f"COPY (SELECT * FROM read_parquet('{path}') WHERE NOT ({where})) TO '{tmp}' (FORMAT PARQUET)"
-        )
-        tmp.replace(path)
-    return int(n)
-
-
-def _purge_raw(
-    con: duckdb.DuckDBPyConnection, raw_dir: Path, keys: pd.DataFrame, key: bytes
-) -> dict[str, int]:
-    """Delete raw rows whose identifiers hash to an erased key (the raw exports are ours to clean too)."""
-    removed: dict[str, int] = {}
-    erased = set(zip(keys[S.IDENTIFIER_TYPE], keys[S.IDENTIFIER_KEY], strict=True))
-    for rel, columns in RAW_IDENTIFIER_COLUMNS.items():
-        path = raw_dir / rel
-        if not path.exists():
-            continue
-        is_json = path.suffix == ".jsonl"
-        source = (
-            f"read_json_auto('{path}', format='newline_delimited')"
-            if is_json
-            else f"read_csv('{path}', all_varchar=true, header=true)"
-        )
-        present = {c[0] for c in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        terms = []
-        for col, id_type in columns.items():
-            if col not in present:
-                continue
-            values = [
-                r[0] for r in con.execute(f"SELECT DISTINCT CAST({col} AS VARCHAR) FROM {source}").fetchall()
-            ]
-            hits = [
-                v for v in values if v is not None and (id_type, pii.pseudonymise(id_type, v, key)) in erased
-            ]
-            if hits:
-                con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE hits_{col} AS SELECT unnest(?::VARCHAR[]) AS v", [hits]
-                )
-                terms.append(f"coalesce(CAST({col} AS VARCHAR) IN (SELECT v FROM hits_{col}), false)")
-        if not terms:
-            continue
-        where = " OR ".join(terms)
-        n = con.execute(f"SELECT count(*) FROM {source} WHERE {where}").fetchone()[0]  # type: ignore[index]
-        tmp = path.with_name(path.name + ".erasing")
-        fmt = "(FORMAT JSON)" if is_json else "(FORMAT CSV, HEADER)"
-        con.execute(f"COPY (SELECT * FROM {source} WHERE NOT ({where})) TO '{tmp}' {fmt}")
-        tmp.replace(path)
-        removed[str(path)] = int(n)
-    return removed
-
-
 def _stale_markers(
     data: Path, old_hashes: set[str], roots: Iterable[Path], note: dict[str, Any]
 ) -> list[Path]:
@@ -178,39 +121,125 @@ def _stale_markers(
 
 
 def _refresh_manifests(data: Path, when: str, n_customers: int) -> None:
-    for layer in LAYERS:
-        path = data / layer / S.MANIFEST_FILE
-        if not path.exists():
+    """Every layer manifest (any depth) gets the new hashes of its outputs and a line saying when."""
+    for path in sorted(data.rglob(S.MANIFEST_FILE)):
+        if S.RAW_DIR in path.relative_to(data).parts:
             continue
         doc = json.loads(path.read_text())
         for name, entry in doc.get("outputs", {}).items():
-            f = data / layer / name
-            if f.exists() and isinstance(entry, dict):
+            f = path.parent / name
+            if f.is_file() and isinstance(entry, dict):
                 entry["sha256"] = file_sha256(f)
         doc.setdefault("erasures", []).append({"at": when, "n_customers": n_customers})
-        path.write_text(json.dumps(doc, indent=2))
+        _write_json(path, doc)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+def journal_path() -> Path:
+    return pii.o2o_home() / JOURNAL_FILE
+
+
+def _pending(data: Path) -> dict[str, Any] | None:
+    """The journal of an erasure of ``data`` that a crash interrupted (None when there is none)."""
+    path = journal_path()
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    return doc if doc.get("data") == str(data.resolve()) else None
+
+
+def _tables(data: Path, roots: Iterable[Path]) -> list[Path]:
+    """Every Parquet file a person may be in: under ``data`` (01_raw's too) and under the model roots."""
+    files = [p for root in (data, *roots) if root.is_dir() for p in root.rglob("*.parquet") if p.is_file()]
+    return sorted(set(files))
+
+
+def _validate(tables: list[Path], raw: list[Path]) -> None:
+    """Refuse before anything changes when a file cannot be read (and so cannot be cleaned)."""
+    for path in tables:
+        try:
+            relevant_columns(pq.read_schema(path))
+        except Exception as e:  # pyarrow raises several kinds for a damaged footer
+            raise ValueError(
+                f"{path}: not readable Parquet ({type(e).__name__}: {e}); nothing was erased: restore the "
+                "file or delete it (a layer is rebuilt by `o2o prep`, scores by `o2o score --restart`), then "
+                "run the erasure again"
+            ) from None
+    for path in raw:
+        if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
+            raise ValueError(f"{path}: cannot be read and rewritten; nothing was erased: fix its permissions")
+
+
+def _remove_leftovers(roots: Iterable[Path]) -> None:
+    """Half-written rewrites a crash left behind (they may hold other customers' rows, never cleaned)."""
+    for root in roots:
+        if root.is_dir():
+            for p in root.rglob(f"*{TEMP_SUFFIX}"):
+                if p.is_file():
+                    p.unlink()
+
+
+def find_person(data: Path, identifier_type: str, key: str) -> tuple[list[str], pd.DataFrame]:
+    """The customers of an identifier key and all their keys; only the key itself without an identity map."""
+    if (data / S.CUSTOMERS_DIR / S.IDENTITY_MAP_FILE).is_file():
+        return customer_keys(data, identifier_type, key)
+    return [], pd.DataFrame({S.IDENTIFIER_TYPE: [identifier_type], S.IDENTIFIER_KEY: [key]}, dtype="string")
 
 
 def erase_person(
-    data: Path, identifier_type: str, value: str, model_roots: Iterable[Path] = ()
+    data: Path,
+    identifier_type: str,
+    value: str,
+    model_roots: Iterable[Path] = (),
+    before_record: Callable[[list[str]], None] | None = None,
 ) -> ErasureResult:
-    """Erase the person behind one raw identifier from the prepared data under ``data`` (see module doc)."""
+    """Erase the person behind one raw identifier from ``data`` and the runs/bundles under ``model_roots``
+    (see the module doc). ``before_record(customer_ids)`` runs after the files are clean and before the
+    erasure is recorded (the service's history stores); if it raises, the journal stays and a rerun resumes."""
     if identifier_type not in S.IDENTIFIER_TYPES:
         raise ValueError(f"identifier type must be one of {S.IDENTIFIER_TYPES}, got {identifier_type!r}")
     key = pii.load_key()
     hashed = pii.pseudonymise(identifier_type, value, key)
     if hashed is None:
         raise ValueError(f"{identifier_type} value is empty or malformed after normalisation")
-    customers, keys = customer_keys(data, identifier_type, hashed)
-    when = datetime.now(UTC).isoformat(timespec="seconds")
+    roots = [r for r in model_roots if r.is_dir()]
+    customers, keys = find_person(data, identifier_type, hashed)
+    pending = _pending(data)
+    if pending is not None:  # finish what a crash interrupted, together with this person
+        customers = sorted(set(customers) | set(pending["customer_ids"]))
+        old_keys = pd.DataFrame(
+            pending["keys"], columns=[S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY], dtype="string"
+        )
+        keys = pd.concat([keys, old_keys]).drop_duplicates().reset_index(drop=True)
+    target = Target(
+        customers, keys, {value.strip()}
+    )  # the value as typed: also found in unparseable raw rows
+    tables = _tables(data, roots)
+    raw = [p for rel in RAW_IDENTIFIER_COLUMNS if (p := data / S.RAW_DIR / rel).is_file()]
+    _validate(tables, raw)
+    when = pending["erased_at"] if pending else datetime.now(UTC).isoformat(timespec="seconds")
+    old_hashes = set(pending["old_hashes"]) if pending else {file_sha256(p) for p in tables}
+    journal = {
+        "data": str(data.resolve()),
+        "erased_at": when,
+        "customer_ids": customers,
+        "keys": keys.to_numpy().tolist(),
+        "old_hashes": sorted(old_hashes),
+    }
+    _write_json(journal_path(), journal)
+    _remove_leftovers([data, *roots])
+    removed = {str(p): n for p in tables if (n := purge_parquet(p, target))}
+    removed |= _purge_raw(data, target, key)
+    if before_record is not None:
+        before_record(customers)
+    already = not customers and not removed and _is_recorded(identifier_type, hashed)
     _record(keys, when)
-    files = [p for layer in LAYERS for p in sorted((data / layer).glob("*.parquet"))]
-    old_hashes = {file_sha256(p) for p in files}
-    con = duckdb.connect()
-    con.register("erased_keys", keys)
-    con.register("erased_customers", pd.DataFrame({S.CUSTOMER_ID: customers}, dtype="string"))
-    removed = {str(p): n for p in files if (n := _purge_parquet(con, p))}
-    removed |= _purge_raw(con, data / S.RAW_DIR, keys, key)
     _refresh_manifests(data, when, len(customers))
     note = {
         "reason": "erasure",
@@ -218,5 +247,23 @@ def erase_person(
         "n_customers": len(customers),
         "registry": str(registry_path()),
     }
-    marked = _stale_markers(data, old_hashes, model_roots, note)
-    return ErasureResult(customers, len(keys), removed, marked)
+    marked = _stale_markers(data, old_hashes, roots, note) if removed or pending else []
+    journal_path().unlink()
+    return ErasureResult(customers, len(keys), removed, marked, already, pending is not None)
+
+
+def _purge_raw(data: Path, target: Target, key: bytes) -> dict[str, int]:
+    """The raw exports (01_raw) and the generator's ground truth, rewritten without the person."""
+    removed: dict[str, int] = {}
+    for rel, columns in RAW_IDENTIFIER_COLUMNS.items():
+        path = data / S.RAW_DIR / rel
+        if path.is_file():
+            purge = purge_raw_jsonl if path.suffix == ".jsonl" else purge_raw_csv
+            if n := purge(path, columns, target, key):
+                removed[str(path)] = n
+    return removed | purge_ground_truth(data / GROUND_TRUTH_DIR, target, key)
+
+
+def _is_recorded(identifier_type: str, key: str) -> bool:
+    erased = erased_keys()
+    return bool(((erased[S.IDENTIFIER_TYPE] == identifier_type) & (erased[S.IDENTIFIER_KEY] == key)).any())

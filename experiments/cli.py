@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -488,25 +487,33 @@ def score(
     ] = "arrow",
 ) -> None:
     """Score every customer: top-k items (business filters applied before the top-k), calibrated purchase
-    probability, churn risk and RFM segment. Customers without marketing consent are left out."""
+    probability, churn risk and RFM segment. Customers without marketing consent are left out. The snapshot
+    is checked first: readable, the columns the bundle needs, and the SHA-256 `o2o prep` recorded."""
     from serving.artifact import load_bundle
-    from serving.batch import held_out_examples, score_snapshot
+    from serving.batch import held_out_examples, recorded_sha256, score_snapshot
     from serving.scoring import ItemFilter
 
     with user_errors():
         bundle = load_bundle(artifact)
-        if split is None:
-            snapshot = _snapshot(features)
-        else:
+        if split is None:  # the snapshot must be the file prep wrote (an erasure refreshes its checksum)
+            snapshot, recorded = _snapshot(features), recorded_sha256(features, S.SNAPSHOT_FILE)
+        else:  # built from prep files checked against prep's manifest
             out = out / f"held_out_{split}"
-            snapshot = held_out_examples(features, split, out)
+            snapshot, recorded = held_out_examples(features, split, out), None
     rules = ItemFilter(tuple(exclude_item or ()), tuple(exclude_category or ()), store)
     if engine == "spark":
         from serving.batch_spark import score_snapshot_spark
 
         with user_errors(), console.status("scoring on Spark"):
             path = score_snapshot_spark(
-                bundle, snapshot, out, k=k, exclude_seen=exclude_seen, rules=rules, chunk_size=chunk_size
+                bundle,
+                snapshot,
+                out,
+                k=k,
+                exclude_seen=exclude_seen,
+                rules=rules,
+                chunk_size=chunk_size,
+                recorded_sha256=recorded,
             )
         _wrote(path, out / S.MANIFEST_FILE)
         return
@@ -527,6 +534,7 @@ def score(
             progress=tick,
             rules=rules,
             restart=restart,
+            recorded_sha256=recorded,
         )
     _wrote(path, out / S.MANIFEST_FILE)
 
@@ -541,13 +549,17 @@ def serve_command(
     port: int,
     threads: int | None = None,
     history_url: str | None = None,
+    instance_dir: Path | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and environment that run the service (run it in REPO_ROOT).
 
     The environment is this process's (``O2O_API_KEYS`` passes through) plus the service's settings;
     ``threads`` None lets the service size ONNX Runtime to its cores ÷ workers; ``history_url`` None leaves
-    the customer-history store in memory.
+    the customer-history store in memory; ``instance_dir`` is the server's own folder (its Prometheus files;
+    None: the workers make one in the temporary directory, :mod:`serving.metrics`).
     """
+    from serving.metrics import INSTANCE_DIR_ENV
+
     env = {**os.environ, "O2O_BUNDLE": str(bundle.resolve()), "O2O_SNAPSHOT": str(snapshot.resolve())}
     env.pop("O2O_ORT_THREADS", None)
     if threads is not None:
@@ -555,6 +567,9 @@ def serve_command(
     env.pop("O2O_HISTORY_URL", None)
     if history_url:
         env["O2O_HISTORY_URL"] = _absolute_sqlite_url(history_url)
+    env.pop(INSTANCE_DIR_ENV, None)
+    if instance_dir is not None:
+        env[INSTANCE_DIR_ENV] = str(instance_dir.resolve())
     app_ref = "serving.service:O2OService"
     return [sys.executable, "-m", "bentoml", "serve", app_ref, "--host", host, "--port", str(port)], env
 
@@ -594,15 +609,24 @@ def serve(
 ) -> None:
     """Run the BentoML HTTP service (/recommend, /intent, /events, /similar-items, /livez, /readyz, /metrics)
     until interrupted. Set O2O_API_KEYS (comma-separated) to require an X-API-Key header; unset, the API
-    is open."""
+    is open. The bundle and the snapshot are checked first (one line and exit 2 when either would not load);
+    SIGTERM or Ctrl-C stops the server and all its workers; a worker that cannot load stops it with exit 3."""
+    import tempfile
+
     from serving.artifact import bundle_path
+    from serving.lifecycle import check_inputs, run_server
 
     with user_errors():
         bundle = bundle_path(artifact)  # a tag → its folder in the model store, checksums verified
         snapshot = _snapshot(features)
-    cmd, env = serve_command(bundle, snapshot, host, port, threads, history_url)
-    console.print(f"serving {artifact} on http://{host}:{port}  (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=REPO_ROOT))
+        check_inputs(bundle, snapshot)
+    with tempfile.TemporaryDirectory(prefix="o2o-serve-") as folder:
+        cmd, env = serve_command(bundle, snapshot, host, port, threads, history_url, Path(folder))
+        console.print(f"serving {artifact} on http://{host}:{port}  (Ctrl-C to stop)")
+        code = run_server(cmd, env, REPO_ROOT)
+    if code != 0:
+        console.print(f"[red]error:[/] the server stopped with exit status {code}")
+    raise typer.Exit(code)
 
 
 report_app = typer.Typer(help="Reports a person reads: a run's report (--run), or a campaign plan.")
@@ -706,16 +730,54 @@ def _existing_history_store(url: str, i: int) -> HistoryStore:
     try:
         return open_history_store(url, None, existing=True)
     except redis.RedisError as e:
-        raise RuntimeError(f"history store #{i + 1} cannot be reached ({e}); nothing was erased") from None
+        raise RuntimeError(
+            f"history store #{i + 1} cannot be reached ({e}); nothing was erased. If that store no longer "
+            "exists, remove its entry from $O2O_HOME/history_stores.json"
+        ) from None
+
+
+def _stores_for_erasure(given: list[str]) -> tuple[list[str], list[str]]:
+    """The store URLs ``o2o erase`` must clean: those given, plus every store a service registered
+    (serving.store_registry); and warnings for stores it cannot reach from here (a running server's memory).
+
+    A registered store that needs a password not given is refused before anything is erased; a registered
+    SQLite file that no longer exists, or an in-memory store whose server has exited, is forgotten.
+    """
+    from serving.store_registry import MEMORY, forget_stores, redact_url, registered_stores
+
+    urls = {redact_url(u): u for u in given}
+    warnings, gone = [], set()
+    for entry in registered_stores():
+        if entry.kind == MEMORY:
+            if entry.process_alive():
+                warnings.append(
+                    f"a server (pid {entry.pid} on {entry.host}) keeps customer histories in memory: it serves "
+                    "this person until it restarts on the erased snapshot; restart it now"
+                )
+            else:
+                gone.add(entry.key)
+        elif entry.url in urls:
+            continue
+        elif entry.kind == "sqlite" and not Path(entry.url.partition("://")[2][1:]).is_file():
+            gone.add(entry.key)
+        elif entry.needs_password:
+            raise RuntimeError(
+                f"a service keeps histories in {entry.url} (registered {entry.opened_at}), which needs its "
+                "password: pass it with --history-url; nothing was erased"
+            )
+        else:
+            urls[entry.url] = entry.url
+    forget_stores(gone)
+    return list(urls.values()), warnings
 
 
 def _delete_from_store(store: HistoryStore, customer_ids: list[str], i: int) -> int:
     try:
         return store.delete(customer_ids)
-    except Exception as e:  # the data layers are erased already: say what is left to delete by hand
+    except Exception as e:  # the files are clean; the journal stays, so the same command finishes the job
         raise RuntimeError(
-            f"the data layers are erased, but deleting customer(s) {', '.join(customer_ids)} from history store "
-            f"#{i + 1} failed ({type(e).__name__}: {e}): delete them there by hand"
+            f"the data files are erased, but deleting from history store #{i + 1} failed ({type(e).__name__}: "
+            f"{e}): fix the store, then run the same command again to finish the erasure"
         ) from None
 
 
@@ -727,18 +789,19 @@ def erase(
     data: Annotated[Path, typer.Option(help="prepared data folder (01_raw … 05_scores)")] = Path(
         "data/synthetic"
     ),
-    runs_dir: Annotated[Path, typer.Option(help="runs to check for retraining")] = Path("runs"),
+    runs_dir: Annotated[Path, typer.Option(help="runs to clean and check for retraining")] = Path("runs"),
     artifacts: Annotated[Path, typer.Option(help="bundles to check for retraining")] = Path("artifacts"),
     history_url: Annotated[
         list[str] | None,
         typer.Option(
-            help="a service's customer-history store to delete the person from too: 'sqlite:///data/history.db' "
-            "or 'redis://127.0.0.1:6379/0' (repeatable; each is opened before anything is erased)"
+            help="a service's customer-history store: 'sqlite:///data/history.db' or 'redis://127.0.0.1:6379/0' "
+            "(repeatable). Stores a service registered are cleaned without it; give a registered store's URL "
+            "when it carries a password. Each is opened before anything is erased"
         ),
     ] = None,
 ) -> None:
-    """Erase a person from every layer and the service's history stores, keep them out of later runs, and flag
-    models built on them (bundle folders and their copies in the BentoML model store)."""
+    """Erase a person from every file and history store, keep them out of later runs, and flag models built
+    on them (bundle folders and their copies in the BentoML model store). Safe to rerun after a crash."""
     from data_prep.erasure import erase_person
     from serving.artifact import registered_bundles
 
@@ -746,17 +809,27 @@ def erase(
     with user_errors(), ExitStack() as stack:
         if not sep or not value:
             raise ValueError(f"--identifier must be TYPE:VALUE, got {identifier!r}")
-        stores = [
-            stack.enter_context(_existing_history_store(url, i)) for i, url in enumerate(history_url or [])
-        ]
-        result = erase_person(data, id_type, value, [runs_dir, artifacts, *registered_bundles()])
-        deleted = [_delete_from_store(store, result.customer_ids, i) for i, store in enumerate(stores)]
+        urls, warnings = _stores_for_erasure(history_url or [])
+        stores = [stack.enter_context(_existing_history_store(url, i)) for i, url in enumerate(urls)]
+        deleted: list[int] = []
+
+        def clean_stores(customer_ids: list[str]) -> None:
+            deleted.extend(_delete_from_store(s, customer_ids, i) for i, s in enumerate(stores))
+
+        roots = [runs_dir, artifacts, *registered_bundles()]
+        result = erase_person(data, id_type, value, roots, before_record=clean_stores)
+    if result.resumed:
+        console.print("finished an erasure that was interrupted earlier")
+    if result.already_erased:
+        console.print("already erased: nothing of this identifier is left")
     console.print(
         f"erased {len(result.customer_ids)} customer(s), {result.n_identifiers} identifier key(s); "
         f"{sum(result.rows_removed.values()):,} rows removed from {len(result.rows_removed)} file(s)"
     )
     for i, n in enumerate(deleted):
-        console.print(f"  history store {_store_name(history_url or [], i)}: {n} customer(s) deleted")
+        console.print(f"  history store {_store_name(urls, i)}: {n} customer(s) deleted")
+    for line in warnings:
+        console.print(f"  [yellow]warning:[/] {line}")
     for path in result.marked_for_retraining:
         console.print(f"  [yellow]retrain required:[/] {path}")
 

@@ -4,6 +4,7 @@ bundle copies in the BentoML model store are flagged for retraining like the exp
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from data_prep.manifest import file_sha256
 from data_prep.pipeline import run_prep
 from experiments.cli import app
 from serving.artifact import bundle_path, register_bundle
+from serving.checksums import write_checksums
 from serving.history import RedisHistoryStore, SqliteHistoryStore, read_snapshot
+from tests.conftest import Pipeline
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # the test database of tests/serving/test_history.py
 REDIS_PREFIX = "o2o:history:"  # what `open_history_store` (the service, o2o erase) uses
@@ -70,18 +73,19 @@ def snapshot_person(data: Path) -> tuple[str, str]:
     raise AssertionError("no CRM member with a snapshot history in the tiny retailer")
 
 
-def stale_bundle(folder: Path, data: Path) -> Path:
-    """A bundle folder built on the current features (its data manifest names their hashes)."""
-    folder.mkdir(parents=True)
-    manifest = json.loads((data / S.FEATURES_DIR / S.MANIFEST_FILE).read_text())["outputs"]
-    doc = {"version": "e1", "models": {}, "data_manifest": manifest}
+def stale_bundle(folder: Path, data: Path, template: Path) -> Path:
+    """A real bundle (``template``'s models) whose data manifest names the hashes of ``data``'s features:
+    one built on the data the erasure changes."""
+    shutil.copytree(template, folder)
+    doc = json.loads((folder / S.BUNDLE_FILE).read_text())
+    doc["data_manifest"] = json.loads((data / S.FEATURES_DIR / S.MANIFEST_FILE).read_text())["outputs"]
     (folder / S.BUNDLE_FILE).write_text(json.dumps(doc))
-    (folder / S.CHECKSUMS_FILE).write_text(json.dumps({S.BUNDLE_FILE: file_sha256(folder / S.BUNDLE_FILE)}))
+    write_checksums(folder)  # listed and signed, as export does
     return folder
 
 
 def test_erase_deletes_the_person_from_sqlite_and_redis_stores_and_flags_store_bundles(
-    prepared: Path, redis_db: redis.Redis, bentoml_home: Path, tmp_path: Path
+    prepared: Path, redis_db: redis.Redis, bentoml_home: Path, tmp_path: Path, tiny_pipeline: Pipeline
 ) -> None:
     data = prepared
     snapshot = data / S.FEATURES_DIR / S.SNAPSHOT_FILE
@@ -90,7 +94,7 @@ def test_erase_deletes_the_person_from_sqlite_and_redis_stores_and_flags_store_b
     shared = RedisHistoryStore(REDIS_URL, snapshot)
     n = len(sqlite)
     assert customer in {c for c, _ in read_snapshot(snapshot)} and shared.get(customer) is not None
-    exported = stale_bundle(tmp_path / "artifacts" / "o2o" / "e1", data)
+    exported = stale_bundle(tmp_path / "artifacts" / "o2o" / "e1", data, tiny_pipeline.bundle)
     tag = register_bundle(exported)
     urls = ["--history-url", f"sqlite:///{tmp_path}/history.db", "--history-url", REDIS_URL]
 

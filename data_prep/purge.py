@@ -1,0 +1,243 @@
+"""Removing one person's rows from files, for erasure (:mod:`data_prep.erasure`).
+
+Each function rewrites one file without the rows of the erased customers or identifiers, atomically (a
+temporary file beside it, then a rename), and returns how many rows it removed; a file holding none of them is
+left untouched. Parquet files keep their schema and its metadata (the batch scorer's part metadata included)
+and are streamed batch by batch, so memory stays bounded whatever the file's size. Raw CSV and JSONL exports are
+rewritten line for line: every kept record keeps its exact bytes, undecodable bytes included, so erasure never
+changes what another person's rows say.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_prep import pii
+from data_prep import schema as S
+
+BATCH_ROWS = 65_536
+NODE_COLUMNS = ("node", "src", "dst")  # identity-graph tables: "<identifier_type>:<identifier_key>"
+RAW_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # bytes in == bytes out, even invalid ones
+
+
+@dataclass
+class Target:
+    """Who is erased: customer ids and identifier keys (by type), and the raw values seen so far."""
+
+    customer_ids: list[str]
+    keys: pd.DataFrame  # identifier_type, identifier_key
+    raw_values: set[str] = field(default_factory=set)  # raw identifier values found in raw exports
+
+    def __post_init__(self) -> None:
+        types, keys = self.keys[S.IDENTIFIER_TYPE].tolist(), self.keys[S.IDENTIFIER_KEY].tolist()
+        self._pairs = set(zip(types, keys, strict=True))
+        self._customers = pa.array(self.customer_ids, pa.string())
+        self._nodes = pa.array([f"{t}:{k}" for t, k in self._pairs], pa.string())
+        self._by_type = {
+            t: pa.array([k for tt, k in self._pairs if tt == t], pa.string()) for t in set(types)
+        }
+
+    def has_key(self, identifier_type: str, key: str | None) -> bool:
+        return key is not None and (identifier_type, key) in self._pairs
+
+    def mask(self, batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
+        """True for the rows of ``batch`` that belong to the target; None when no column can tell."""
+        names = set(batch.schema.names)
+        terms = []
+        if S.CUSTOMER_ID in names:
+            terms.append(pc.is_in(_text(batch, S.CUSTOMER_ID), self._customers))
+        for id_type, col in S.IDENTIFIER_KEY_COLUMNS.items():
+            if col in names and id_type in self._by_type:
+                terms.append(pc.is_in(_text(batch, col), self._by_type[id_type]))
+        if {S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY} <= names:
+            node = pc.binary_join_element_wise(
+                _text(batch, S.IDENTIFIER_TYPE), _text(batch, S.IDENTIFIER_KEY), ":"
+            )
+            terms.append(pc.is_in(node, self._nodes))
+        terms += [pc.is_in(_text(batch, c), self._nodes) for c in NODE_COLUMNS if c in names]
+        if not terms:
+            return None
+        hit = terms[0]
+        for term in terms[1:]:
+            hit = pc.or_kleene(hit, term)
+        return pc.fill_null(hit, False)  # a NULL key matches nobody
+
+
+def _text(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
+    col = batch.column(name)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return (
+        col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else col.cast(pa.string())
+    )
+
+
+def relevant_columns(schema: pa.Schema) -> list[str]:
+    """The columns :meth:`Target.mask` reads (empty: the file cannot hold a person)."""
+    keys = [S.CUSTOMER_ID, *S.IDENTIFIER_KEY_COLUMNS.values(), *NODE_COLUMNS]
+    cols = [c for c in keys if c in schema.names]
+    if {S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY} <= set(schema.names):
+        cols += [S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY]
+    return cols
+
+
+def count_parquet(path: Path, target: Target) -> int:
+    """Rows of ``path`` that belong to the target (reads only the key columns)."""
+    file = pq.ParquetFile(path)
+    cols = relevant_columns(file.schema_arrow)
+    if not cols:
+        return 0
+    n = 0
+    for batch in file.iter_batches(BATCH_ROWS, columns=cols):
+        mask = target.mask(batch)
+        n += 0 if mask is None else int(pc.sum(mask).as_py() or 0)
+    return n
+
+
+def purge_parquet(path: Path, target: Target) -> int:
+    """Rewrite ``path`` without the target's rows; returns how many were removed (0: file untouched)."""
+    n = count_parquet(path, target)
+    if not n:
+        return 0
+    file = pq.ParquetFile(path)
+    tmp = path.with_name(path.name + ".erasing")
+    with pq.ParquetWriter(tmp, file.schema_arrow) as out:  # the schema carries its metadata
+        for batch in file.iter_batches(BATCH_ROWS):
+            mask = target.mask(batch)
+            out.write_batch(batch.filter(pc.invert(mask)) if mask is not None else batch)
+    tmp.replace(path)
+    return n
+
+
+def _rewrite_lines(path: Path, keep: Callable[[IO[str]], Iterator[tuple[str, bool]]]) -> int:
+    """Rewrite a text file keeping the records ``keep`` marks True (each record: its exact raw text)."""
+    tmp = path.with_name(path.name + ".erasing")
+    removed = 0
+    with open(path, newline="", **RAW_ENCODING) as src, open(tmp, "w", newline="", **RAW_ENCODING) as dst:
+        for text, kept in keep(src):
+            if kept:
+                dst.write(text)
+            else:
+                removed += 1
+    if removed:
+        tmp.replace(path)
+    else:
+        tmp.unlink()
+    return removed
+
+
+class _Recorder:
+    """A line iterator that remembers the lines it has handed out (the raw text of a CSV record)."""
+
+    def __init__(self, f: IO[str]) -> None:
+        self.f, self.lines = f, []  # type: ignore[var-annotated]
+
+    def __iter__(self) -> _Recorder:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.f)
+        self.lines.append(line)
+        return line
+
+    def take(self) -> str:
+        text, self.lines = "".join(self.lines), []
+        return text
+
+
+def _erased_value(target: Target, id_type: str, value: object, key: bytes) -> bool:
+    if not isinstance(value, str) or not value.strip():
+        return False
+    if target.has_key(id_type, pii.pseudonymise(id_type, value, key)):
+        target.raw_values.add(value.strip())
+        return True
+    return False
+
+
+def _holds_known_value(text: str, target: Target) -> bool:
+    """A record that could not be parsed is dropped when it carries a raw value already erased elsewhere."""
+    return any(v and v in text for v in target.raw_values)
+
+
+def purge_raw_csv(path: Path, columns: dict[str, str], target: Target, key: bytes) -> int:
+    """Drop the CSV records whose identifier ``columns`` (raw column → identifier type) hash to the target."""
+
+    def keep(src: IO[str]) -> Iterator[tuple[str, bool]]:
+        lines = _Recorder(src)
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        yield lines.take(), True
+        if header is None:
+            return
+        where = {i: columns[name.strip()] for i, name in enumerate(header) if name.strip() in columns}
+        for row in reader:
+            hit = any(_erased_value(target, t, row[i], key) for i, t in where.items() if i < len(row))
+            text = lines.take()
+            yield text, not (hit or (len(row) != len(header) and _holds_known_value(text, target)))
+
+    return _rewrite_lines(path, keep)
+
+
+def purge_raw_jsonl(path: Path, columns: dict[str, str], target: Target, key: bytes) -> int:
+    """Drop the JSON lines whose identifier fields hash to the target (an unparseable line: when it carries a
+    raw value already erased)."""
+
+    def keep(src: IO[str]) -> Iterator[tuple[str, bool]]:
+        for line in src:
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                yield line, not _holds_known_value(line, target)
+                continue
+            yield line, not any(_erased_value(target, t, record.get(c), key) for c, t in columns.items())
+
+    return _rewrite_lines(path, keep)
+
+
+def purge_ground_truth(folder: Path, target: Target, key: bytes) -> dict[str, int]:
+    """The synthetic generator's truth: drop the erased person's identifiers and every row of their
+    ``person_id`` from each CSV of ``ground_truth/`` (files without a ``person_id`` column stay)."""
+    identifiers = folder / "identifiers.csv"
+    if not identifiers.is_file():
+        return {}
+    persons: set[str] = set()
+    with open(identifiers, newline="", **RAW_ENCODING) as f:
+        for row in csv.DictReader(f):
+            if _erased_value(target, row.get("identifier_type") or "", row.get("identifier"), key):
+                persons.add(row.get("person_id") or "")
+    persons.discard("")
+    removed = {}
+    for path in sorted(folder.glob("*.csv")):
+        n = _purge_csv_column(path, "person_id", persons)
+        if n:
+            removed[str(path)] = n
+    return removed
+
+
+def _purge_csv_column(path: Path, column: str, values: Iterable[str]) -> int:
+    wanted = set(values)
+
+    def keep(src: IO[str]) -> Iterator[tuple[str, bool]]:
+        lines = _Recorder(src)
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        yield lines.take(), True
+        if header is None or column not in header:
+            return
+        i = header.index(column)
+        for row in reader:
+            yield lines.take(), not (i < len(row) and row[i] in wanted)
+
+    return _rewrite_lines(path, keep) if wanted else 0
