@@ -83,6 +83,7 @@ def screen_file(
     structure: bool = False,
     delimiter: str = ",",
     quote: str = '"',
+    unread: Path | None = None,
 ) -> Screened:
     """Copy ``path`` to ``dest`` without its unreadable lines; return ``dest`` and the lines rejected.
 
@@ -90,7 +91,7 @@ def screen_file(
     field count differs from the header's or whose quoting is broken (``malformed_row``: a record opened by
     an unclosed quote is its first line alone, the lines after it are read again), and a JSONL line that is
     not JSON (``malformed_json``). Blank lines are kept: engines skip them. Nothing is decoded or re-encoded:
-    kept lines are the original bytes.
+    kept lines are the original bytes. With ``unread``, the rejected lines' bytes are written there.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     with path.open("rb") as src, dest.open("wb") as out:
@@ -101,7 +102,17 @@ def screen_file(
             out.write(header)
             n_fields = len(csv_header(path, delimiter, quote))
             rejects = _screen_csv(src, out, n_fields if structure else None, delimiter, quote)
+    if unread is not None:
+        _copy_lines(path, {r.line for r in rejects}, unread)
     return Screened(dest, rejects)
+
+
+def _copy_lines(path: Path, lines: set[int], dest: Path) -> None:
+    """The given lines of ``path`` (1-based), each ending in a newline, to ``dest``."""
+    with path.open("rb") as src, dest.open("wb") as out:
+        for n, raw in enumerate(src, start=1):
+            if n in lines:
+                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
 
 
 def _screen_jsonl(src: BinaryIO, out: BinaryIO, structure: bool) -> list[LineReject]:

@@ -16,7 +16,9 @@ relative to the mapping file's folder), how to read them, and where each canonic
         currency: {column: currency, rates: {USD: 7.1}, target: CNY}
 
 DuckDB reads every source column as text and writes the canonical files; nothing is dropped or repaired
-here, so prep's ledger still balances against the raw rows. A timestamp that does not parse and a price in
+here, so prep's ledger still balances against the raw rows. A line that does not decode (a till writing
+Latin-1 into a UTF-8 export) goes to the end of its canonical file as it came, and prep rejects it
+(``bad_encoding``); a header that does not decode, or a record DuckDB cannot parse, stops the import. A timestamp that does not parse and a price in
 an unknown currency are written empty; a number that does not parse is written as it came. Prep then
 rejects such rows with a reason. Timestamps are written in UTC: ISO-8601 with ``Z`` for online events,
 ``YYYY-MM-DD HH:MM:SS`` for every other kind. The format is documented in ``docs/mapping.md``.
@@ -25,7 +27,7 @@ rejects such rows with a reason. Timestamps are written in UTC: ISO-8601 with ``
 from __future__ import annotations
 
 import codecs
-import csv
+import dataclasses
 import glob
 import os
 import shutil
@@ -43,7 +45,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from data_prep import engine
+from data_prep import engine, screening
 from data_prep import schema as S
 
 Progress = Callable[[str], None]
@@ -347,6 +349,9 @@ class ImportResult:
     n_rows: dict[str, int]  # kind → rows written
     n_rows_by_source: dict[str, int]  # source name → rows written (distinct rows for ``distinct`` sources)
     seconds: float
+    n_unread: dict[str, int] = dataclasses.field(
+        default_factory=dict
+    )  # source → lines passed on undecoded (below)
 
 
 def import_sources(
@@ -372,30 +377,49 @@ def import_sources(
     raw = out / S.RAW_DIR
     raw.mkdir(parents=True, exist_ok=True)
     parts: dict[str, list[Path]] = {kind: [] for kind in CANONICAL}
+    unread: dict[str, list[Path]] = {kind: [] for kind in CANONICAL}
     counts: dict[str, int] = {}
+    n_unread: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix=".import-", dir=raw) as tmp, duckdb.connect() as con:
         stage = Path(tmp)
         for i, src in enumerate(mapping.sources):
             say(f"{src.name}: {src.kind} ← {src.path}")
             where = f"mapping {mapping_path}: source {src.name!r}"
             part = stage / f"part{i}"
-            counts[src.name] = _import_source(con, src, base, stage, part, where)
+            undecoded = stage / f"unread{i}"
+            n_written, n_unread[src.name] = _import_source(con, src, base, stage, part, where, undecoded)
+            counts[src.name] = n_written + n_unread[src.name]
             parts[src.kind].append(part)
-        staged = {kind: _assemble(spec, parts[kind], stage / kind) for kind, spec in CANONICAL.items()}
+            unread[src.kind] += [undecoded] if n_unread[src.name] else []
+        staged = {
+            kind: _assemble(spec, parts[kind] + unread[kind], stage / kind)
+            for kind, spec in CANONICAL.items()
+        }
         for kind, path in staged.items():
             CANONICAL[kind].path(out).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, CANONICAL[kind].path(out))
     n_rows = {kind: sum(counts[s.name] for s in mapping.sources if s.kind == kind) for kind in CANONICAL}
     files = {kind: spec.path(out) for kind, spec in CANONICAL.items()}
-    return ImportResult(mapping_path, files, n_rows, counts, time.perf_counter() - start)
+    return ImportResult(mapping_path, files, n_rows, counts, time.perf_counter() - start, n_unread)
 
 
 def _import_source(
-    con: duckdb.DuckDBPyConnection, src: SourceSpec, base: Path, stage: Path, part: Path, where: str
-) -> int:
-    """Write one source's canonical rows (no header) to ``part``; returns the number of rows."""
+    con: duckdb.DuckDBPyConnection,
+    src: SourceSpec,
+    base: Path,
+    stage: Path,
+    part: Path,
+    where: str,
+    unread: Path,
+) -> tuple[int, int]:
+    """Write one source's canonical rows (no header) to ``part`` and the lines that cannot be decoded, as
+    they came, to ``unread``; returns the number of each."""
     files = _expand(src, base, where)
     needed = src.source_columns()
+    decoded = [_decodable(src, i, f, stage, where) for i, f in enumerate(files)]
+    _concat([u for _f, u in decoded if u is not None], unread)
+    n_unread = sum(1 for _f, u in decoded if u is not None for _line in u.open("rb"))
+    files = [f for f, _u in decoded]
     if src.format == "jsonl":
         _check_json_keys(con, files, needed, where)
     reads = [_read_sql(src, i, f, needed, stage, where) for i, f in enumerate(files)]
@@ -407,7 +431,45 @@ def _import_source(
         row = con.execute(f"COPY ({query}) TO {_lit(str(part))} ({options})").fetchone()
     except duckdb.Error as e:
         raise SourceError(f"{where}: cannot be read: {engine.safe_error_text(e)}") from None
-    return int(row[0]) if row else 0
+    return (int(row[0]) if row else 0), n_unread
+
+
+def _decodable(src: SourceSpec, i: int, path: Path, stage: Path, where: str) -> tuple[Path, Path | None]:
+    """The file as UTF-8 without the lines that do not decode, and those lines as they came (None if none).
+
+    Undecodable lines are not dropped or repaired: they go to the end of the canonical file as they came, and
+    prep rejects them (``bad_encoding``) with the canonical file and line. A header that does not decode
+    stops the import.
+    """
+    if src.format == "parquet":
+        return path, None
+    opts = src.csv or CsvOptions()
+    unread = stage / f"unread-{i}-{path.name}"
+    if src.format == "csv" and codecs.lookup(opts.encoding).name != "utf-8":
+        path = _transcode(path, opts.encoding, stage / f"utf8-{i}-{path.name}", where, unread)
+    elif not screening.is_utf8(path):
+        if src.format == "csv":
+            _csv_header(path, opts, where)
+        clean = stage / f"clean-{i}-{path.name}"
+        fmt: screening.FileFormat = "jsonl" if src.format == "jsonl" else "csv"
+        path = screening.screen_file(
+            path, fmt, clean, delimiter=opts.delimiter, quote=opts.quote, unread=unread
+        ).path
+    return path, unread if unread.exists() and unread.stat().st_size else None
+
+
+def _csv_header(path: Path, opts: CsvOptions, where: str) -> list[str]:
+    try:
+        return screening.csv_header(path, opts.delimiter, opts.quote)
+    except screening.UnreadableFile as e:
+        raise SourceError(f"{where}: {e}") from None
+
+
+def _concat(paths: list[Path], dest: Path) -> None:
+    with dest.open("wb") as out:
+        for p in paths:
+            with p.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
 
 
 def _expand(src: SourceSpec, base: Path, where: str) -> list[Path]:
@@ -453,10 +515,7 @@ def _read_sql(src: SourceSpec, i: int, path: Path, needed: list[str], stage: Pat
         _require_columns(header, needed, path, where)
         return f"{head} FROM read_parquet({_lit(str(path))})"
     opts = src.csv or CsvOptions()
-    if codecs.lookup(opts.encoding).name != "utf-8":
-        path = _transcode(path, opts.encoding, stage / f"utf8-{i}-{path.name}", where)
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f, delimiter=opts.delimiter, quotechar=opts.quote), [])
+    header = _csv_header(path, opts, where)
     _require_columns(header, needed, path, where)
     types = "{" + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in header) + "}"
     q = _lit(opts.quote)
@@ -472,13 +531,19 @@ def _require_columns(header: list[str], needed: list[str], path: Path, where: st
         raise SourceError(f"{where}: {path} has no column(s) {missing}; its columns are {header}")
 
 
-def _transcode(path: Path, encoding: str, dest: Path, where: str) -> Path:
-    """Stream a non-UTF-8 file into a UTF-8 copy (DuckDB reads UTF-8 only without extensions)."""
-    try:
-        with path.open(encoding=encoding, newline="") as f, dest.open("w", encoding="utf-8", newline="") as g:
-            shutil.copyfileobj(f, g, 1 << 20)
-    except UnicodeDecodeError as e:
-        raise SourceError(f"{where}: {path} is not valid {encoding} (byte {e.start})") from None
+def _transcode(path: Path, encoding: str, dest: Path, where: str, unread: Path) -> Path:
+    """Stream a non-UTF-8 file into a UTF-8 copy (DuckDB reads UTF-8 only without extensions), line by line:
+    a line that is not valid ``encoding`` goes to ``unread`` as it came; a header that is not stops."""
+    with path.open("rb") as f, dest.open("wb") as g, unread.open("wb") as bad:
+        for n, raw in enumerate(f, start=1):
+            try:
+                g.write(raw.decode(encoding).encode("utf-8"))
+            except UnicodeDecodeError as e:
+                if n == 1:
+                    raise SourceError(
+                        f"{where}: {path} line 1 (the header) is not valid {encoding} (byte {e.start})"
+                    ) from None
+                bad.write(raw if raw.endswith(b"\n") else raw + b"\n")
     return dest
 
 

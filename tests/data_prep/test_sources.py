@@ -517,3 +517,56 @@ def test_mapped_retailer_preps_to_the_same_events_as_the_original(
     assert mapped.ledger["sources"]["pos"]["n_accepted"] > 0
     events = pd.read_parquet(mapped.events_dir / S.EVENTS_FILE)
     pd.testing.assert_frame_equal(events, pd.read_parquet(expected.events_dir / S.EVENTS_FILE))
+
+
+def test_undecodable_lines_pass_to_prep_which_rejects_them(tmp_path: Path) -> None:
+    """A till writing Latin-1 into a UTF-8 export, a JSONL line with a stray byte and a GBK line that is not
+    GBK: the import goes through, those lines reach the canonical files as they came (at the end), and prep
+    rejects each one (bad_encoding) with the canonical file and line; the ledger balances."""
+    from data_prep import engine, pii
+    from data_prep.pipeline import build_events_layer
+
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "till.csv").write_bytes(
+        b"bon,datum,artikel,menge,summe\nT1,2026-01-05 09:15:00,A1,1,2.5\n"
+        b"T2,2026-01-05 09:16:00,Caf\xe9,1,2.5\nT3,2026-01-05 09:17:00,A1,1,2.5\n"
+    )
+    (exports / "web.jsonl").write_bytes(
+        b'{"id":"e1","t":"2026-01-05T10:00:00Z"}\n{"id":"e2\xff","t":"2026-01-05T10:01:00Z"}\n'
+    )
+    (exports / "members.csv").write_bytes(
+        "card,joined\nK1,2026-01-01 10:00:00\n".encode("gbk") + b"K2\x81\x20,x\n"
+    )
+    result = run(
+        tmp_path,
+        """
+        sources:
+          - {name: till, kind: pos, path: exports/till.csv, format: csv, timestamp: {column: datum},
+             columns: {transaction_id: bon, item_id: artikel, quantity: menge, amount: summe},
+             constants: {line_no: "1", store_id: ST1}}
+          - {name: web, kind: online, path: exports/web.jsonl, format: jsonl, timestamp: {column: t},
+             columns: {event_id: id}, constants: {channel: web, event_type: view}}
+          - {name: members, kind: crm, path: exports/members.csv, format: csv, csv: {encoding: gbk},
+             timestamp: {column: joined}, columns: {loyalty_card: card}}
+        """,
+    )
+    assert result.n_unread == {"till": 1, "web": 1, "members": 1}
+    assert result.n_rows_by_source == {"till": 3, "web": 2, "members": 2}
+    pos = raw_file(tmp_path, S.RAW_POS_DIR, S.RAW_POS_FILE).read_bytes().splitlines()
+    assert pos[-1] == b"T2,2026-01-05 09:16:00,Caf\xe9,1,2.5" and len(pos) == 4
+    web = raw_file(tmp_path, S.RAW_ONLINE_DIR, S.RAW_ONLINE_FILE).read_bytes().splitlines()
+    assert web[-1] == b'{"id":"e2\xff","t":"2026-01-05T10:01:00Z"}' and len(web) == 2
+
+    out = tmp_path / "out"
+    ledger = build_events_layer(engine.connect(), out, out, pii.load_key())[2]
+    assert ledger["balanced"]
+    for source in ("pos", "online", "crm"):
+        assert ledger["sources"][source]["rejected_by_reason"].get("bad_encoding") == 1, source
+    rejects = pd.read_parquet(out / S.EVENTS_DIR / S.REJECTS_FILE)
+    unread = rejects[rejects[S.REJECT_REASON] == "bad_encoding"]
+    assert set(zip(unread[S.SOURCE], unread[S.RAW_LINE], strict=True)) == {
+        ("pos", 4),
+        ("online", 2),
+        ("crm", 3),
+    }
