@@ -166,7 +166,8 @@ def _erased_value(target: Target, id_type: str, value: object, key: bytes) -> bo
 
 def _holds_known_value(text: str, target: Target) -> bool:
     """A record that could not be parsed is dropped when it carries a raw value already erased elsewhere."""
-    return any(v and v in text for v in target.raw_values)
+    lowered = text.lower()
+    return any(v and v.lower() in lowered for v in target.raw_values)
 
 
 def purge_raw_csv(path: Path, columns: dict[str, str], target: Target, key: bytes) -> int:

@@ -338,3 +338,22 @@ def test_open_existing_refuses_memory_and_a_missing_sqlite_file(tmp_path: Path) 
     SqliteHistoryStore(tmp_path / "h.db").close()
     with open_history_store(f"sqlite:///{tmp_path}/h.db", None, existing=True) as store:
         assert isinstance(store, SqliteHistoryStore)
+
+
+def test_sqlite_delete_leaves_no_readable_copy_in_the_file_or_its_wal(snapshot: Path, tmp_path: Path) -> None:
+    """Erasure: the deleted row's bytes are in neither the database file, its WAL nor its shared memory,
+    although another connection (a running service) keeps the file open (issue 18, finding 2)."""
+    path = tmp_path / "history.db"
+    service = SqliteHistoryStore(path, snapshot)
+    service.append("c2", [ev("secret-item-c2", 300)])  # an appended version too: an older record in the WAL
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+    assert any(b"secret-item-c2" in f.read_bytes() for f in files if f.exists())
+    eraser = SqliteHistoryStore(path)
+    assert eraser.delete(["c2"]) == 1
+    for f in files:
+        if f.exists():
+            data = f.read_bytes()
+            assert b"secret-item-c2" not in data and b'"c2"' not in data and b"c2" not in data, f
+    assert service.get("c2") is None and service.get("c1") is not None
+    eraser.close()
+    service.close()
