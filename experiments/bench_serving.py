@@ -206,7 +206,10 @@ def start_server(
     command: list[str], env: dict[str, str], port: int, log: Path, cwd: Path, timeout: float = 120.0
 ) -> subprocess.Popen:
     """Start ``bentoml serve`` (``command``, output to ``log``) and return once ``/readyz`` answers 200;
-    RuntimeError naming the log when it exits or is not ready within ``timeout`` seconds (then killed)."""
+    RuntimeError naming the log when it exits or is not ready within ``timeout`` seconds (then stopped with
+    its workers, :func:`serving.lifecycle.stop_server`: they run in sessions of their own)."""
+    from serving.lifecycle import stop_server
+
     with log.open("w") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
@@ -219,7 +222,7 @@ def start_server(
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    proc.kill()
+    stop_server(proc)
     raise RuntimeError(f"the server was not ready within {timeout:g} s; its log: {log}")
 
 

@@ -13,7 +13,8 @@ logs the traceback (``log_exception``), which for a client error holds the reque
   the middleware and drops the record for a client error (4xx). A 5xx keeps BentoML's traceback (frames and
   the exception's message, never the request body).
 - The middleware refuses, before BentoML reads anything, a POST whose content type is not JSON (415) and a body
-  over :data:`MAX_BODY_BYTES` (413).
+  over :data:`MAX_BODY_BYTES` (413, closing the connection: :mod:`serving.http` drains what the client still
+  sends, up to a bound, so that it reads the 413 instead of a reset).
 """
 
 from __future__ import annotations
@@ -340,6 +341,10 @@ class ErrorResponseMiddleware:
         body = json.dumps(problem.body()).encode()
         kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"content-type")]
         kept += [(b"content-type", JSON_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+        if problem.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            # the rest of the body is not read: the connection closes once the client has read the answer
+            # (serving.http drains what it still sends, up to a bound, instead of resetting it)
+            kept = [(k, v) for k, v in kept if k.lower() != b"connection"] + [(b"connection", b"close")]
         await send({"type": "http.response.start", "status": problem.status, "headers": kept})
         await send({"type": "http.response.body", "body": body})
         log_event(

@@ -56,6 +56,8 @@ from serving.history import (
     NewEvent,
     open_history_store,
 )
+from serving.http import install_limits
+from serving.lifecycle import report_startup_failure, watch_for_failed_workers
 from serving.logs import (
     ERROR_BODY_SCHEMA,
     ApiError,
@@ -63,6 +65,7 @@ from serving.logs import (
     install_logging,
     log_event,
 )
+from serving.metrics import RequestMetricsMiddleware, use_instance_folder
 from serving.scoring import (
     ItemFilter,
     check_k,
@@ -100,6 +103,11 @@ ItemEventType = Literal["view", "add_to_cart", "remove_from_cart", "order", "pur
 Channel = Literal["web", "app", "miniprogram", "store"]
 if get_args(ItemEventType) != S.ITEM_EVENT_TYPES or get_args(Channel) != S.CHANNELS:
     raise RuntimeError("serving.service's ItemEventType/Channel differ from data_prep.schema's")
+# BentoML gives no hook between loading this module in a worker and starting uvicorn, so the connection limits,
+# this server's own Prometheus folder and the exit status of a server whose worker cannot load are set here
+install_limits()
+use_instance_folder()
+watch_for_failed_workers()
 OPENAPI_PATH = "/docs.json"  # where BentoML serves the OpenAPI document (its UI at / reads it)
 API_KEY_SCHEME = "ApiKey"
 
@@ -442,12 +450,25 @@ def tracing_config(environ: Mapping[str, str]) -> dict[str, Any]:
     return {"excluded_urls": list(API_ROUTES)}
 
 
-@bentoml.service(name=SERVICE_NAME, traffic={"timeout": 10}, workers=1, tracing=tracing_config(os.environ))
+@bentoml.service(
+    name=SERVICE_NAME,
+    traffic={"timeout": 10},
+    workers=1,
+    tracing=tracing_config(os.environ),
+    metrics={"enabled": False},  # labelled by raw path: serving.metrics counts requests instead
+)
 class O2OService:
     bundle_model = bundle_model()
 
     def __init__(self) -> None:
         install_logging()
+        try:
+            self._load()
+        except Exception as e:  # in a worker: one line, and the whole server stops (serving.lifecycle)
+            report_startup_failure(e)
+            raise
+
+    def _load(self) -> None:
         n_cores, n_workers = available_cores(), bentoml_workers()
         threads, source = ort_threads(os.environ, n_cores, n_workers)
         # a tag: resolved through BentoML's model store, then verified as any tag is
@@ -614,7 +635,9 @@ class O2OService:
 _service = cast("bentoml.Service[O2OService]", O2OService)
 if sorted(api.route for api in _service.apis.values()) != sorted(API_ROUTES):
     raise RuntimeError("serving.service's API_ROUTES differ from the service's routes")
-# the error middleware goes first (outermost of ours) so that it also rewrites and logs the API-key 401s
+# the metrics go first (outermost of ours) so that refused requests are counted too; then the error middleware,
+# so that it also rewrites and logs the API-key 401s
+_service.add_asgi_middleware(RequestMetricsMiddleware, routes=API_ROUTES)
 _service.add_asgi_middleware(
     ErrorResponseMiddleware,
     api_paths=[api.route for api in _service.apis.values()],
