@@ -25,12 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from data_prep import pii
-
 log = logging.getLogger(__name__)
 
 STORES_FILE = "history_stores.json"
 MEMORY = "memory"
+HOME_ENV = "O2O_HOME"  # as data_prep.pii.o2o_home (not imported: the service image lacks its phonenumbers)
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def store_kind(url: str | None) -> str:
 
 
 def registry_path() -> Path:
-    return pii.o2o_home() / STORES_FILE
+    return Path(os.environ.get(HOME_ENV, Path.home() / ".o2o")) / STORES_FILE
 
 
 @contextmanager
