@@ -4,6 +4,7 @@ bundle copies in the BentoML model store are flagged for retraining like the exp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from data_prep.pipeline import run_prep
 from experiments.cli import app
 from serving.artifact import bundle_path, register_bundle
 from serving.checksums import write_checksums
-from serving.history import RedisHistoryStore, SqliteHistoryStore, read_snapshot
+from serving.history import RedisHistoryStore, SqliteHistoryStore, open_history_store, read_snapshot
+from serving.store_registry import forget_stores, register_store, registered_stores
 from tests.conftest import Pipeline
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # the test database of tests/serving/test_history.py
@@ -135,3 +137,33 @@ def test_a_store_that_cannot_be_opened_stops_erasure_before_anything_is_erased(
     assert r.exit_code == 2 and message in " ".join(r.output.split()) and "Traceback" not in r.output
     assert {p: file_sha256(p) for p in sorted(data.rglob("*.parquet"))} == before
     assert erased_keys().empty
+
+
+def test_erase_finds_registered_stores_refuses_one_it_cannot_open_and_warns_about_running_memory(
+    prepared: Path, tmp_path: Path, bentoml_home: Path
+) -> None:
+    """No store is missed silently (issue 18, finding 3): a registered store needing a password that was not
+    given stops the erasure before anything changes; given, it is cleaned; a running in-memory server is named."""
+    data = prepared
+    email, customer = snapshot_person(data)
+    snapshot = data / S.FEATURES_DIR / S.SNAPSHOT_FILE
+    register_store("redis://:pw@127.0.0.1:1/0", snapshot)  # a service elsewhere, password not on file
+    memory = open_history_store(None, snapshot)  # this process plays a running in-memory server
+    before = {p: file_sha256(p) for p in sorted(data.rglob("*.parquet"))}
+
+    refused = _erase(email, data)
+
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "needs its password" in " ".join(refused.output.split()) and "pw@" not in refused.output
+    assert {p: file_sha256(p) for p in sorted(data.rglob("*.parquet"))} == before and erased_keys().empty
+
+    forget_stores({e.key for e in registered_stores() if e.kind == "redis"})
+    sqlite = SqliteHistoryStore(tmp_path / "gone.db", snapshot)
+    register_store(f"sqlite:///{tmp_path}/gone.db", snapshot)  # a store deleted since: forgotten
+    sqlite.close()
+    (tmp_path / "gone.db").unlink()
+    r = _erase(email, data)
+    assert r.exit_code == 0, r.output
+    assert "keeps customer histories in memory" in " ".join(r.output.split())
+    assert str(os.getpid()) in r.output and memory.get(customer) is not None  # it is named, not reached
+    assert [e.kind for e in registered_stores()] == ["memory"]
