@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -226,6 +227,40 @@ def write_parquet(con: ibis.BaseBackend, expr: ir.Table, path: Path) -> None:
     with pq.ParquetWriter(path, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch)
+
+
+def write_parquet_parts(con: ibis.BaseBackend, exprs: Iterable[ir.Table], path: Path) -> None:
+    """One Parquet file at ``path`` holding the rows of every expression in turn (same columns), each computed
+    and written out before the next starts: a big result built piece by piece within the memory cap.
+
+    DuckDB writes each piece to a file of its own, then copies them in order into one (the same Parquet
+    types as :func:`write_parquet`); other engines stream each piece's batches into one writer.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if engine_name(con) != DUCKDB:
+        _stream_parts(con, exprs, path)
+        return
+    with tempfile.TemporaryDirectory(prefix="o2o-parts-", dir=path.parent) as tmp:
+        parts = []
+        for i, expr in enumerate(exprs):
+            parts.append(Path(tmp) / f"{i:05d}.parquet")
+            con.to_parquet(expr, parts[-1])
+        files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+        target = str(path).replace("'", "''")
+        con.raw_sql(f"COPY (SELECT * FROM read_parquet([{files}])) TO '{target}' (FORMAT parquet)")
+
+
+def _stream_parts(con: ibis.BaseBackend, exprs: Iterable[ir.Table], path: Path) -> None:
+    writer: pq.ParquetWriter | None = None
+    try:
+        for expr in exprs:
+            reader = con.to_pyarrow_batches(expr)
+            writer = writer or pq.ParquetWriter(path, reader.schema)
+            for batch in reader:
+                writer.write_batch(batch if batch.schema == writer.schema else batch.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def read_parquet(con: ibis.BaseBackend, path: Path) -> ir.Table:

@@ -49,6 +49,7 @@ class PrepStepError(RuntimeError):
 
 
 CHURN_HORIZON_DAYS = S.CHURN_HORIZON_DAYS
+SESSION_CHUNK_DAYS = 7  # I2 examples are built this many days of add-to-carts at a time
 
 
 @dataclass(frozen=True)
@@ -457,9 +458,11 @@ def build_features_layer(
         S.SPLIT_TEST: (splits.test, splits.data_end),
     }
     for split, (lo, hi) in session_windows.items():
-        _write(
-            con, sessions.session_intent_examples(events, lo, hi), out_dir / S.split_file("session", split), m
-        )
+        # a week of add-to-carts at a time: the history of every session at once outgrows the memory cap
+        chunks = sessions.time_chunks(lo, hi, SESSION_CHUNK_DAYS)
+        parts = (sessions.session_intent_examples(events, lo, hi, part=c) for c in chunks)
+        engine.write_parquet_parts(con, parts, out_dir / S.split_file("session", split))
+        m.add_output(out_dir / S.split_file("session", split))
     progress("scoring snapshot, RFM segments, churn labels, clusters")
     end = splits.data_end
     aggregates = engine.materialize(con, fe.intent_aggregates(everyone, end))  # each on its own: together

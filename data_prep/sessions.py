@@ -14,7 +14,7 @@ to an account after the session already counts as that customer's here.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import ibis
 import ibis.expr.types as ir
@@ -32,8 +32,12 @@ def _history_key(t: ir.Table) -> ir.StringValue:
     return t[S.CUSTOMER_ID].fill_null("session:" + t[S.SESSION_ID].fill_null(""))
 
 
+def _at(t: datetime) -> ir.TimestampScalar:
+    return ibis.literal(t, type=UTC_TS)
+
+
 def _first_add_to_cart(online: ir.Table, start: datetime, end: datetime) -> ir.Table:
-    lo, hi = ibis.literal(start, type=UTC_TS), ibis.literal(end, type=UTC_TS)
+    lo, hi = _at(start), _at(end)
     atc = online.filter(
         (online[S.EVENT_TYPE] == S.EV_ADD_TO_CART) & (online[S.TS] >= lo) & (online[S.TS] < hi)
     )
@@ -81,12 +85,18 @@ def _session_aggregates(online: ir.Table, first: ir.Table) -> tuple[ir.Table, ir
     return inputs, bought.mutate(_bought=ibis.literal(1, "int8"))
 
 
-def _customer_history(events: ir.Table, first: ir.Table, history_days: int) -> ir.Table:
+def _customer_history(
+    events: ir.Table, first: ir.Table, history_days: int, start: datetime, end: datetime
+) -> ir.Table:
     """Per session: the history sequence (items, event_types, channels, timestamps, oldest first, ties
     broken by :func:`features.event_order`), and the customer's item events outside the session (last
-    ``history_days``) and other online sessions (last 7 days) before the add-to-cart."""
+    ``history_days``) and other online sessions (last 7 days) before the add-to-cart.
+
+    Only events from ``history_days`` before ``start`` to ``end`` can be inputs of a session whose
+    add-to-cart is in ``[start, end)``: the join reads no others (it would hold every pair otherwise)."""
     e = fe.item_events(events)
     e = e.mutate(**{_KEY: _history_key(e)})
+    e = e.filter(e[S.TS].between(_at(start - timedelta(days=history_days)), _at(end)))  # no later input
     h = e.join(first, e[_KEY] == first[_KEY]).select(
         e[S.TS],
         e[S.EVENT_ID],
@@ -114,9 +124,12 @@ def _customer_history(events: ir.Table, first: ir.Table, history_days: int) -> i
     return fe.unpack(agg).rename({S.SESSION_ID: "sid"})
 
 
-def _purchases_before(events: ir.Table, first: ir.Table) -> ir.Table:
-    """Per session: the customer's distinct orders / baskets before the add-to-cart and days since the last."""
-    p = events.filter(events[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES))
+def _purchases_before(events: ir.Table, first: ir.Table, end: datetime) -> ir.Table:
+    """Per session: the customer's distinct orders / baskets before the add-to-cart and days since the last.
+
+    Events from ``end`` on are left out: an order's first event is before the add-to-cart or it does not count.
+    """
+    p = events.filter(events[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES) & (events[S.TS] < _at(end)))
     p = p.mutate(**{_KEY: _history_key(p), "_order": p[S.ORDER_ID].fill_null(p[S.EVENT_ID])})
     orders = p.group_by([_KEY, "_order"]).aggregate(_ts=p[S.TS].min())
     j = orders.join(first, (orders[_KEY] == first[_KEY]) & (orders._ts < first[ATC_TS]))
@@ -131,20 +144,39 @@ def _purchases_before(events: ir.Table, first: ir.Table) -> ir.Table:
     )
 
 
+def time_chunks(start: datetime, end: datetime, days: int) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` cut into consecutive windows of ``days`` (the last one shorter), oldest first.
+
+    Examples built window by window and concatenated in this order are the examples of the whole window,
+    in the same row order (they are sorted by add-to-cart time)."""
+    step = timedelta(days=days)
+    bounds = [start]
+    while bounds[-1] + step < end:
+        bounds.append(bounds[-1] + step)
+    return list(zip(bounds, [*bounds[1:], end], strict=True))
+
+
 def session_intent_examples(
-    events: ir.Table, start: datetime, end: datetime, history_days: int = S.SESSION_HISTORY_DAYS
+    events: ir.Table,
+    start: datetime,
+    end: datetime,
+    history_days: int = S.SESSION_HISTORY_DAYS,
+    part: tuple[datetime, datetime] | None = None,
 ) -> ir.Table:
-    """One row per session whose first add-to-cart falls in ``[start, end)``.
+    """One row per session whose first add-to-cart in ``[start, end)`` falls in ``[start, end)``, or with
+    ``part`` in that sub-window of it (examples built piece by piece, see :func:`time_chunks`).
 
     Columns: session_id, customer_id (may be null), atc_ts, the history sequence (items, event_types,
     channels, timestamps), :data:`schema.SESSION_FEATURES` and ``label`` (an order after the add-to-cart in
     the same session).
     """
+    lo, hi = part or (start, end)
     online = events.filter((events[S.SOURCE] == "online") & events[S.SESSION_ID].notnull())
     first = _first_add_to_cart(online, start, end)
+    first = first.filter((first[ATC_TS] >= _at(lo)) & (first[ATC_TS] < _at(hi))) if part else first
     inputs, bought = _session_aggregates(online, first)
-    history = _customer_history(events, first, history_days)
-    purchases = _purchases_before(events, first)
+    history = _customer_history(events, first, history_days, lo, hi)
+    purchases = _purchases_before(events, first, hi)
     out = (
         first.join(inputs, S.SESSION_ID)
         .left_join(history, S.SESSION_ID)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from data_prep import schema as S
-from data_prep.sessions import session_intent_examples
+from data_prep.sessions import session_intent_examples, time_chunks
 
 T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
 
@@ -115,3 +115,30 @@ def test_events_after_the_add_to_cart_do_not_change_inputs() -> None:
     cols = [S.SESSION_ID, S.SI_N_EVENTS, S.SI_N_VIEWS, S.SI_N_ITEMS, S.SI_SECONDS]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert a[S.ITEMS].map(list).tolist() == b[S.ITEMS].map(list).tolist()
+
+
+def test_examples_built_week_by_week_are_the_examples_of_the_whole_window() -> None:
+    """Prep builds I2 examples a week of add-to-carts at a time (memory): concatenated, the pieces are the
+    whole window's examples, rows in the same order, history reaching back before each piece included; a
+    session whose add-to-carts straddle a piece boundary counts once, at its first add-to-cart."""
+    day = 24 * 60
+    rows = [
+        ("old", -20 * day, S.EV_VIEW, "X"),  # history from before the window
+        ("pos", -9 * day, S.EV_PURCHASE, "P"),
+        ("w0", -8 * day, S.EV_ADD_TO_CART, "A"),
+        ("edge", -1, S.EV_ADD_TO_CART, "B"),  # the last minute of one week ...
+        ("edge", 1, S.EV_ADD_TO_CART, "C"),  # ... and the first of the next
+        ("edge", 2, S.EV_ORDER, "B"),
+        *ROWS,
+        ("late", 9 * day, S.EV_VIEW, "D"),
+        ("late", 9 * day + 1, S.EV_ADD_TO_CART, "D"),
+    ]
+    t = events(rows)
+    start, end = T0 - timedelta(days=14), T0 + timedelta(days=14)
+    chunks = time_chunks(start, end, 7)
+    assert chunks[2] == (T0, T0 + timedelta(days=7)) and len(chunks) == 4
+    whole = session_intent_examples(t, start, end).to_pandas()
+    pieces = [session_intent_examples(t, start, end, part=c).to_pandas() for c in chunks]
+    assert [len(p) for p in pieces] == [1, 1, 2, 1]  # w0 | edge | s2, s1 | late
+    pd.testing.assert_frame_equal(pd.concat(pieces, ignore_index=True), whole)
+    assert list(whole[S.SESSION_ID]) == ["w0", "edge", "s2", "s1", "late"]
