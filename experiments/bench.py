@@ -33,6 +33,25 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {cpus} CPUs, Python {platform.python_version()}"
 
 
+def _commit() -> str:
+    """The checked-out commit (``+dirty`` with uncommitted changes), or ``unknown`` outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return (
+        head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        if head.returncode == 0
+        else "unknown"
+    )
+
+
 @bench_app.command("prep")
 def bench_prep(
     customers: Annotated[int, typer.Option(min=100, help="synthetic persons (≈86 raw rows each)")] = 12_000,
@@ -61,15 +80,22 @@ def bench_prep(
         raise typer.Exit(1)
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # Linux: KiB
     rows = _raw_rows(root / S.EVENTS_DIR / S.MANIFEST_FILE)
+    layers = (S.EVENTS_DIR, S.CUSTOMERS_DIR, S.FEATURES_DIR)
     result: dict[str, Any] = {
         "customers": customers,
         "engine": engine,
         "raw_rows": rows,
         "generate_seconds": round(gen_s, 1),
         "prep_seconds": round(prep_s, 1),
+        "layer_seconds": {
+            layer: json.loads((root / layer / S.MANIFEST_FILE).read_text())["seconds"] for layer in layers
+        },
         "raw_rows_per_second": round(rows / prep_s),
         "prep_peak_rss_gb": round(peak_gb, 2),
+        "duckdb_memory": os.environ.get("O2O_DUCKDB_MEMORY", "default (data_prep/engine.py)"),
         "machine": _machine(),
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "command": " ".join(["o2o", "bench", "prep", "--customers", str(customers), "--engine", engine]),
     }
     table = Table(title="prep benchmark")
