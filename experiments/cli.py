@@ -490,7 +490,7 @@ def score(
     probability, churn risk and RFM segment. Customers without marketing consent are left out. The snapshot
     is checked first: readable, the columns the bundle needs, and the SHA-256 `o2o prep` recorded."""
     from serving.artifact import load_bundle
-    from serving.batch import held_out_examples, recorded_sha256, score_snapshot
+    from serving.batch import check_snapshot, held_out_examples, recorded_sha256, score_snapshot
     from serving.scoring import ItemFilter
 
     with user_errors():
@@ -500,6 +500,7 @@ def score(
         else:  # built from prep files checked against prep's manifest
             out = out / f"held_out_{split}"
             snapshot, recorded = held_out_examples(features, split, out), None
+        check_snapshot(bundle, snapshot, recorded)  # before any progress bar; the scorer checks it again
     rules = ItemFilter(tuple(exclude_item or ()), tuple(exclude_category or ()), store)
     if engine == "spark":
         from serving.batch_spark import score_snapshot_spark

@@ -6,11 +6,12 @@ Reads the snapshot in Arrow record batches and runs the same scoring functions a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,19 @@ def held_out_examples(features: Path, split: str, out_dir: Path) -> Path:
     window after it) with the customers' consent flags, written as a table :func:`score_snapshot` reads.
 
     Scoring these instead of the live snapshot lets a campaign be evaluated on outcomes the models never saw.
+    Both files must have the SHA-256 prep recorded (ScoringInputError otherwise: rerun `o2o prep`).
     """
     if split not in (S.SPLIT_VAL, S.SPLIT_TEST):
         raise ValueError(f"split must be {S.SPLIT_VAL!r} or {S.SPLIT_TEST!r}, got {split!r}")
-    path = features / S.split_file("intent", split)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `o2o prep` first or pass --features")
-    examples = pq.read_table(path)
-    flags = pq.read_table(features / S.SNAPSHOT_FILE, columns=[S.CUSTOMER_ID, S.CONSENT_MARKETING])
+    path = _verified(features, S.split_file("intent", split))
+    snapshot = _verified(features, S.SNAPSHOT_FILE)
+    try:
+        examples = pq.read_table(path)
+        flags = pq.read_table(snapshot, columns=[S.CUSTOMER_ID, S.CONSENT_MARKETING])
+    except (pa.ArrowException, OSError) as e:
+        raise ScoringInputError(
+            f"{path} or {snapshot}: unreadable ({_first_line(e)}); rerun `o2o prep`"
+        ) from None
     at = pc.index_in(examples.column(S.CUSTOMER_ID), value_set=flags.column(S.CUSTOMER_ID))
     consent = pc.fill_null(pc.take(flags.column(S.CONSENT_MARKETING), at), False)  # unknown: no consent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +105,136 @@ def held_out_examples(features: Path, split: str, out_dir: Path) -> Path:
 
 
 class ScoringStateError(RuntimeError):
-    """The output folder holds a scoring run with other inputs or settings: resuming it would mix them."""
+    """The output folder holds a scoring run with other inputs or settings, or a damaged part: resuming it
+    would mix or lose rows."""
+
+
+class ScoringInputError(ValueError):
+    """A scoring input is unreadable, lacks a column the bundle needs, or is not the file prep wrote; the
+    message names the file and the remedy."""
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _is_str(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def _list_of(element: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
+    return lambda t: bool((pa.types.is_list(t) or pa.types.is_large_list(t)) and element(t.value_type))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t))
+
+
+_STRINGS, _NUMBER_LISTS = _list_of(_is_str), _list_of(pa.types.is_integer)
+# columns score_batch reads when present, with the type it reads them as
+_OPTIONAL: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
+    S.CHANNELS_COL: (_STRINGS, "list<string>"),
+    S.TIMESTAMPS_COL: (_NUMBER_LISTS, "list<int64> (epoch seconds)"),
+    S.SEGMENT: (_is_str, "string"),
+    S.CONSENT_MARKETING: (pa.types.is_boolean, "bool"),
+    S.F_N_ONLINE_ALL: (_is_number, "a number"),
+    S.F_N_STORE_ALL: (_is_number, "a number"),
+}
+
+
+def input_columns(bundle: Bundle) -> dict[str, tuple[Callable[[pa.DataType], bool], str]]:
+    """Columns a snapshot must have for ``bundle`` → (type test, expected type in words): customer id and
+    histories always, the channels and timestamps a model encodes, every aggregate a classifier takes."""
+    need: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
+        S.CUSTOMER_ID: (_is_str, "string"),
+        S.ITEMS: (_STRINGS, "list<string>"),
+        S.EVENT_TYPES_COL: (_STRINGS, "list<string>"),
+    }
+    models = [m for m in (bundle.recommender, bundle.intent, bundle.churn) if m is not None]
+    if any(m.spec.model_config.n_channels for m in models):
+        need[S.CHANNELS_COL] = _OPTIONAL[S.CHANNELS_COL]
+    if any(m.spec.model_config.n_gap_buckets for m in models):
+        need[S.TIMESTAMPS_COL] = _OPTIONAL[S.TIMESTAMPS_COL]
+    for m in models:
+        if m.task == "intent":
+            need |= {name: (_is_number, "a number") for name in m.classifier.feature_names}
+    return need
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
+    except (pa.ArrowException, OSError) as e:
+        raise ScoringInputError(
+            f"{path}: not a readable Parquet file ({_first_line(e)}); rerun `o2o prep`"
+        ) from None
+
+
+def check_snapshot(bundle: Bundle, snapshot: Path, recorded_sha256: str | None = None) -> str | None:
+    """Before any work: ``snapshot`` is readable Parquet with every column ``bundle`` needs, of the type it
+    needs, and (``recorded_sha256`` given) the very file prep wrote. Returns its SHA-256 (None for a folder,
+    which Spark reads). ScoringInputError otherwise, naming the file and the remedy."""
+    if not snapshot.exists():
+        raise ScoringInputError(f"{snapshot} not found: run `o2o prep` first or pass --features")
+    schema, required = _read_schema(snapshot), input_columns(bundle)
+    problems = []
+    for name, (ok, expected) in (_OPTIONAL | required).items():
+        if name not in schema.names:
+            problems += [f"no column {name!r}"] if name in required else []
+        elif not ok(schema.field(name).type):
+            problems.append(f"column {name!r} is {schema.field(name).type}, expected {expected}")
+    if problems:
+        raise ScoringInputError(
+            f"{snapshot}: cannot be scored with this bundle ({'; '.join(problems)}); rerun `o2o prep`, or score "
+            "with a bundle trained on this data"
+        )
+    if not snapshot.is_file():
+        return None
+    stat = snapshot.stat()
+    digest = _sha256(snapshot.resolve(), stat.st_size, stat.st_mtime_ns)
+    if recorded_sha256 is not None and digest != recorded_sha256:
+        raise ScoringInputError(
+            f"{snapshot}: SHA-256 differs from the one `o2o prep` recorded in its manifest (the file was changed "
+            "after prep); rerun `o2o prep`"
+        )
+    return digest
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """SHA-256 of ``path`` as of (``size``, ``mtime_ns``): the CLI checks a snapshot before its progress bar
+    starts and the scorer checks it again, reading it once."""
+    return file_sha256(path)
+
+
+def recorded_sha256(features: Path, name: str) -> str:
+    """The SHA-256 prep recorded for ``features/name`` in ``features/manifest.json`` (an erasure refreshes
+    it); ScoringInputError when there is none."""
+    path = features / S.MANIFEST_FILE
+    try:
+        entry = json.loads(path.read_text())["outputs"][name]
+        return str(entry["sha256"])
+    except FileNotFoundError:
+        raise ScoringInputError(
+            f"{path} not found: cannot check {features / name}; rerun `o2o prep`"
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise ScoringInputError(
+            f"{path} records no SHA-256 for {name}: cannot check {features / name}; rerun `o2o prep`"
+        ) from None
+
+
+def _verified(features: Path, name: str) -> Path:
+    """``features/name`` once it is readable and has the SHA-256 prep recorded."""
+    path = features / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `o2o prep` first or pass --features")
+    if file_sha256(path) != recorded_sha256(features, name):
+        raise ScoringInputError(
+            f"{path}: SHA-256 differs from the one `o2o prep` recorded in its manifest (the file was changed "
+            "after prep); rerun `o2o prep`"
+        )
+    return path
 
 
 def part_name(i: int) -> str:
@@ -114,11 +249,17 @@ def _part_counts(dataset: Path, i: int) -> tuple[int, int] | None:
     """(rows read, rows scored) of chunk ``i`` if it was finished, else None."""
     marker = dataset / _empty_marker(i)
     if marker.is_file():
-        return int(json.loads(marker.read_text())["rows_in"]), 0
+        try:
+            return int(json.loads(marker.read_text())["rows_in"]), 0
+        except (ValueError, KeyError, TypeError):
+            raise ScoringStateError(f"{marker} is damaged: start over with --restart") from None
     part = dataset / part_name(i)
     if not part.is_file():
         return None
-    meta = pq.read_metadata(part)  # a file cut short by a kill never gets its final name (os.replace)
+    try:  # a file cut short by a kill never gets its final name (os.replace): this one was damaged later
+        meta = pq.read_metadata(part)
+    except (pa.ArrowException, OSError) as e:
+        raise ScoringStateError(f"{part} is damaged ({_first_line(e)}): start over with --restart") from None
     rows_in = (meta.metadata or {}).get(ROWS_IN_KEY.encode())
     if rows_in is None:
         raise ScoringStateError(f"{part} was not written by this scorer (no {ROWS_IN_KEY}): use --restart")
@@ -131,10 +272,10 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_settings(bundle: Bundle, snapshot: Path, **settings: object) -> dict[str, object]:
+def run_settings(bundle: Bundle, digest: str | None, **settings: object) -> dict[str, object]:
     """What makes two scoring runs the same (paths left out: the same files may be reached two ways), as
-    both engines record it in their manifest; a snapshot folder (Spark reads those) has no checksum."""
-    digest = file_sha256(snapshot) if snapshot.is_file() else None
+    both engines record it in their manifest; ``digest``: the snapshot's SHA-256 (:func:`check_snapshot`;
+    None for a snapshot folder, which Spark reads)."""
     return {"bundle_version": bundle.version, "snapshot_sha256": digest, **settings}
 
 
@@ -148,6 +289,40 @@ def check_request(bundle: Bundle, k: int, rules: ItemFilter | None) -> ItemFilte
     return rules
 
 
+def _open_dataset(dataset: Path, settings: dict[str, object], restart: bool) -> None:
+    """Start ``dataset`` with ``settings`` recorded, or check a started one was made with the same."""
+    state = dataset / STATE_FILE
+    if restart or (dataset.exists() and not state.is_file()):  # an old single-file output, or asked to
+        shutil.rmtree(dataset) if dataset.is_dir() else dataset.unlink(missing_ok=True)
+    if not state.is_file():
+        dataset.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps(settings, indent=2))
+        return
+    try:
+        before = json.loads(state.read_text())
+    except ValueError:
+        raise ScoringStateError(f"{state} is damaged: start over with --restart") from None
+    if before != settings:
+        differs = sorted(key for key in settings if before.get(key) != settings[key])
+        raise ScoringStateError(
+            f"{dataset} holds scores made with other inputs or settings ({', '.join(differs)}): "
+            "score into another folder, or start over with --restart"
+        )
+
+
+def _batches(pf: pq.ParquetFile, path: Path, chunk_size: int) -> Iterator[pa.RecordBatch]:
+    """``pf``'s record batches; a page that cannot be decoded is a ScoringInputError naming ``path``."""
+    batches = pf.iter_batches(batch_size=chunk_size)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise ScoringInputError(f"{path}: damaged Parquet ({_first_line(e)}); rerun `o2o prep`") from None
+        yield batch
+
+
 def score_snapshot(
     bundle: Bundle,
     snapshot: Path,
@@ -159,47 +334,38 @@ def score_snapshot(
     campaign: bool = True,
     rules: ItemFilter | None = None,
     restart: bool = False,
+    recorded_sha256: str | None = None,
 ) -> Path:
     """Score the customers in ``snapshot`` into the Parquet dataset ``out_dir/scores.parquet/`` (one
     ``part-NNNNN.parquet`` per chunk of ``chunk_size`` customers; one row per customer scored).
 
-    Resumable: every part is written under a temporary name and renamed when complete, and the settings of
-    the run (snapshot checksum, bundle, k, filters, chunk size) are recorded first; a rerun after a kill
-    skips the chunks already written, so the output holds every customer exactly once. A rerun with other
-    inputs or settings is refused unless ``restart`` (which starts over). With ``campaign`` (the default:
-    these scores feed marketing), customers without marketing consent are left out; the manifest counts
-    them. ``exclude_seen`` defaults to the setting the recommender was evaluated with.
+    Before any work the snapshot is checked (:func:`check_snapshot`: readable, the columns the bundle needs,
+    and with ``recorded_sha256`` the SHA-256 prep recorded for it). Resumable: every part is written under a
+    temporary name and renamed when complete, and the settings of the run (snapshot checksum, bundle, k,
+    filters, chunk size) are recorded first; a rerun after a kill skips the chunks already written, so the
+    output holds every customer exactly once. A rerun with other inputs or settings, or over a damaged part,
+    is refused unless ``restart`` (which starts over). With ``campaign`` (the default: these scores feed
+    marketing), customers without marketing consent are left out; the manifest counts them.
+    ``exclude_seen`` defaults to the setting the recommender was evaluated with.
     """
     rules = check_request(bundle, k, rules)
+    digest = check_snapshot(bundle, snapshot, recorded_sha256)
     t0 = time.perf_counter()
     dataset = out_dir / SCORES_FILE
     settings = run_settings(
         bundle,
-        snapshot,
+        digest,
         k=k,
         exclude_seen=exclude_seen,
         chunk_size=chunk_size,
         campaign=campaign,
         filters=rules.to_dict(),
     )
-    state = dataset / STATE_FILE
-    if restart or (dataset.exists() and not state.is_file()):  # an old single-file output, or asked to
-        shutil.rmtree(dataset) if dataset.is_dir() else dataset.unlink(missing_ok=True)
-    if state.is_file():
-        before = json.loads(state.read_text())
-        if before != settings:
-            differs = sorted(key for key in settings if before.get(key) != settings[key])
-            raise ScoringStateError(
-                f"{dataset} holds scores made with other inputs or settings ({', '.join(differs)}): "
-                "score into another folder, or start over with --restart"
-            )
-    else:
-        dataset.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps(settings, indent=2))
+    _open_dataset(dataset, settings, restart)
     pf = pq.ParquetFile(snapshot)
     total, done, excluded, resumed = pf.metadata.num_rows, 0, 0, 0
     gate = campaign and S.CONSENT_MARKETING in pf.schema_arrow.names
-    for i, raw_batch in enumerate(pf.iter_batches(batch_size=chunk_size)):
+    for i, raw_batch in enumerate(_batches(pf, snapshot, chunk_size)):
         finished = _part_counts(dataset, i)
         if finished is not None:  # written before a kill: kept as it is
             rows_in, rows_scored = finished

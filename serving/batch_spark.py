@@ -33,7 +33,7 @@ import pyarrow as pa
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from serving.artifact import THREADS_ENV, Bundle, load_bundle
-from serving.batch import SCORES_FILE, check_request, run_settings, score_batch
+from serving.batch import SCORES_FILE, check_request, check_snapshot, run_settings, score_batch
 from serving.scoring import ItemFilter
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ def score_snapshot_spark(
     partitions: int | None = None,
     threads: int | None = None,
     session: SparkSession | None = None,
+    recorded_sha256: str | None = None,
 ) -> Path:
     """Score the customers in ``snapshot`` on Spark into the Parquet dataset ``out_dir/scores.parquet/`` and
     write ``out_dir/manifest.json``; the same rows (customers, items, scores, probabilities, segments) as
@@ -127,7 +128,8 @@ def score_snapshot_spark(
     least this many tasks (default: the session's default parallelism; the snapshot is repartitioned when
     Spark reads it in fewer). ``threads``: ONNX Runtime threads per task (default ``$O2O_ORT_THREADS`` or 1:
     Spark already runs one task per core). ``session``: default :func:`data_prep.engine.spark_session`
-    (``$O2O_SPARK_MASTER``, default ``local[*]``).
+    (``$O2O_SPARK_MASTER``, default ``local[*]``). The snapshot is checked first as the arrow engine checks
+    it (:func:`serving.batch.check_snapshot`, ``recorded_sha256`` included).
 
     Failure and reruns: this engine does not resume chunk by chunk like the arrow engine. Spark retries a
     failed task (``spark.task.maxFailures``; local mode: ``local[N,F]``), and the Parquet commit protocol
@@ -144,6 +146,7 @@ def score_snapshot_spark(
     t0 = time.perf_counter()
     bundle = bundle_ref if isinstance(bundle_ref, Bundle) else load_bundle(bundle_ref)
     rules = check_request(bundle, k, rules)
+    digest = check_snapshot(bundle, snapshot, recorded_sha256)  # before Spark starts
     threads = threads or int(os.environ.get(THREADS_ENV, 0)) or 1
     spark = session or spark_session("o2o-score", {"spark.ui.showConsoleProgress": "false"})
     dataset = out_dir / SCORES_FILE
@@ -184,7 +187,7 @@ def score_snapshot_spark(
         "snapshot": str(snapshot),
         **run_settings(
             bundle,
-            snapshot,
+            digest,
             k=k,
             exclude_seen=exclude_seen,
             chunk_size=chunk_size,
