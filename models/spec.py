@@ -254,10 +254,17 @@ def _parse(kind: Any, doc: object) -> Any:
     try:
         return _adapter(kind).validate_python(doc)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(document)'}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(_problem(err) for err in e.errors())
         raise SpecError(problems) from None
+
+
+def _problem(err: Any) -> str:
+    """One validation error as ``field.path: what is wrong`` (the union's tag left out of the path)."""
+    loc = [str(p) for p in err["loc"]]
+    if loc and loc[0] in ("recommender", "intent"):
+        loc = loc[1:]
+    unknown = err["type"] in ("unexpected_keyword_argument", "extra_forbidden")
+    return f"{'.'.join(loc) or '(document)'}: {'unknown field' if unknown else err['msg']}"
 
 
 def parse_run(doc: object) -> RunSpec:

@@ -262,7 +262,7 @@ def similar_items(model: OnnxModel, item_id: str, k: int) -> tuple[list[str], li
     """
     unit = model.unit_item_embeddings  # (V+1, D)
     if unit is None:
-        raise ValueError("this model has no per-item embeddings to compare")
+        raise ValueError("this model has no item embeddings (one shared embedding for every item)")
     check_k(model, k)
     idx = int(model.vocab.lookup([item_id])[0])
     if idx == 0:
