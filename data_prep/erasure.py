@@ -255,12 +255,13 @@ def erase_person(
 def _purge_raw(data: Path, target: Target, key: bytes) -> dict[str, int]:
     """The raw exports (01_raw) and the generator's ground truth, rewritten without the person."""
     removed: dict[str, int] = {}
-    for rel, columns in RAW_IDENTIFIER_COLUMNS.items():
-        path = data / S.RAW_DIR / rel
-        if path.is_file():
-            purge = purge_raw_jsonl if path.suffix == ".jsonl" else purge_raw_csv
-            if n := purge(path, columns, target, key):
-                removed[str(path)] = n
+    for _ in range(2):  # the second pass: unreadable rows holding a raw value the first pass found elsewhere
+        for rel, columns in RAW_IDENTIFIER_COLUMNS.items():
+            path = data / S.RAW_DIR / rel
+            if path.is_file():
+                purge = purge_raw_jsonl if path.suffix == ".jsonl" else purge_raw_csv
+                if n := purge(path, columns, target, key):
+                    removed[str(path)] = removed.get(str(path), 0) + n
     return removed | purge_ground_truth(data / GROUND_TRUTH_DIR, target, key)
 
 

@@ -155,9 +155,14 @@ class _Recorder:
         return text
 
 
+def _undecodable(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (kept as lone surrogates by :data:`RAW_ENCODING`)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 def _erased_value(target: Target, id_type: str, value: object, key: bytes) -> bool:
-    if not isinstance(value, str) or not value.strip():
-        return False
+    if not isinstance(value, str) or not value.strip() or _undecodable(value):
+        return False  # an undecodable value has no key (prep rejects its row): see _holds_known_value
     if target.has_key(id_type, pii.pseudonymise(id_type, value, key)):
         target.raw_values.add(value.strip())
         return True
@@ -184,7 +189,8 @@ def purge_raw_csv(path: Path, columns: dict[str, str], target: Target, key: byte
         for row in reader:
             hit = any(_erased_value(target, t, row[i], key) for i, t in where.items() if i < len(row))
             text = lines.take()
-            yield text, not (hit or (len(row) != len(header) and _holds_known_value(text, target)))
+            unreadable = len(row) != len(header) or _undecodable(text)
+            yield text, not (hit or (unreadable and _holds_known_value(text, target)))
 
     return _rewrite_lines(path, keep)
 
@@ -199,8 +205,11 @@ def purge_raw_jsonl(path: Path, columns: dict[str, str], target: Target, key: by
                 record = json.loads(line) if line.strip() else None
             except ValueError:
                 record = None
-            if not isinstance(record, dict):
-                yield line, not _holds_known_value(line, target)
+            if not isinstance(record, dict) or _undecodable(line):
+                hit = isinstance(record, dict) and any(
+                    _erased_value(target, t, record.get(c), key) for c, t in columns.items()
+                )
+                yield line, not (hit or _holds_known_value(line, target))
                 continue
             yield line, not any(_erased_value(target, t, record.get(c), key) for c, t in columns.items())
 
