@@ -1,7 +1,8 @@
 """``train(config)``: one entry point that fits a model, evaluates it beside its baselines, and leaves a run.
 
-A run directory ``runs/<run_id>/`` holds: ``config.yaml`` (resolved), ``model.json`` (what export needs to
-rebuild the network), ``items.parquet`` (the fitted vocabulary), ``checkpoints/`` (``last.ckpt``: a killed
+A run directory ``runs/<run_id>/`` holds: ``config.yaml`` (resolved), ``model.json`` (the model's spec,
+:class:`models.spec.RecommenderSpec` or :class:`models.spec.IntentSpec`: what export needs to rebuild the
+network), ``items.parquet`` (the fitted vocabulary), ``checkpoints/`` (``last.ckpt``: a killed
 run resumes from it, :mod:`training.resume`), ``logs/metrics.csv`` and ``tensorboard/`` (Lightning's logs),
 ``provenance.json`` (git commit, package versions, seed, host: :mod:`training.provenance`) and
 ``metrics.json`` (validation and test metrics of the model and its baselines, data manifest hashes,

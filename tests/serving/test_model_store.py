@@ -119,7 +119,7 @@ def test_export_registers_the_bundle_and_its_tag_loads_the_same_bundle(
         pd.read_parquet(out_tag / "scores.parquet"), pd.read_parquet(out_dir / "scores.parquet")
     )
     seen: dict[str, str] = {}
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env, cwd: seen.update(env) or 0)
+    monkeypatch.setattr("serving.lifecycle.run_server", lambda cmd, env, cwd: seen.update(env) or 0)
     r = runner.invoke(cli.app, ["serve", "--artifact", "o2o-bundle:t1", *feats])
     assert r.exit_code == 0, r.output
     assert seen["O2O_BUNDLE"] == str(Path(model.path).resolve())
