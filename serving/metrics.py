@@ -1,9 +1,11 @@
 """The service's request metrics on ``/metrics``: a fixed label set, in a Prometheus folder of this server's own.
 
 BentoML's request metrics label each request by its raw path, so every made-up path, refused ones included,
-added series for good (and a path may hold what a caller typed: an email). The service turns them off
-(``metrics={"enabled": False}``) and :class:`RequestMetricsMiddleware` counts requests instead, labelled by
-:func:`endpoint_label` (a known route, or ``"other"``) and the status code, and answers ``GET /metrics``.
+added series for good (and a path may hold what a caller typed: an email); its access log line wrote the raw
+path too. The service turns both off (``metrics={"enabled": False}``, ``logging.access.enabled: False``) and
+:class:`RequestMetricsMiddleware` counts requests instead, labelled by :func:`endpoint_label` (a known route,
+or ``"other"``) and the status code, writes one access line per request under the same label, and answers
+``GET /metrics``.
 
 Workers of one server share Prometheus' multiprocess folder (``PROMETHEUS_MULTIPROC_DIR``). BentoML puts it
 at ``$BENTOML_HOME/prometheus_multiproc_dir`` and empties it whenever any server starts under that home, which
@@ -34,6 +36,8 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.logs import log_event
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `bentoml serve` for its workers
 INSTANCE_DIR_ENV = "O2O_INSTANCE_DIR"  # set by `o2o serve`: the server's own folder (removed when it stops)
 INSTANCE_PREFIX = (
@@ -42,6 +46,7 @@ INSTANCE_PREFIX = (
 METRICS_PATH = "/metrics"
 OTHER = "other"  # the label of every path that is not a known route
 PROBES = ("/livez", "/healthz", "/readyz", "/docs.json", "/")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other: "other"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 REQUESTS = Counter(
@@ -112,7 +117,8 @@ def exposition() -> bytes:
 
 
 class RequestMetricsMiddleware:
-    """Counts and times every HTTP request under :func:`endpoint_label` and answers ``GET /metrics``.
+    """Counts and times every HTTP request under :func:`endpoint_label`, logs one access line for it (route
+    label, method, status, milliseconds; no path, address or value) and answers ``GET /metrics``.
 
     Register it first (outermost of the service's middlewares) so that refused requests are counted too.
     """
@@ -141,8 +147,13 @@ class RequestMetricsMiddleware:
             try:
                 await self.app(scope, receive, counted)
             finally:
+                seconds = default_timer() - started
                 REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
-                DURATION.labels(endpoint=endpoint, status=str(status)).observe(default_timer() - started)
+                DURATION.labels(endpoint=endpoint, status=str(status)).observe(seconds)
+                method = scope["method"] if scope["method"] in METHODS else OTHER
+                log_event(
+                    "request", endpoint=endpoint, method=method, status=status, ms=round(seconds * 1e3, 2)
+                )
 
     async def metrics(self, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import os
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -36,7 +36,6 @@ from typing import Annotated, Any, Literal, TypeVar, cast, get_args
 
 import anyio.to_thread
 import bentoml
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml.models import BentoModel
 from prometheus_client import Histogram
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from data_prep import schema as S
 from serving.artifact import THREADS_ENV, Bundle, OnnxModel, is_store_tag, load_bundle
 from serving.auth import API_KEY_HEADER, EXEMPT_PATHS, ApiKeyMiddleware, api_keys_from_env
+from serving.dispatcher import Batcher
 from serving.history import (
     MAX_EPOCH_SECONDS,
     MAX_HISTORY_EVENTS,
@@ -80,8 +80,8 @@ BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
 HISTORY_URL_ENV = "O2O_HISTORY_URL"
 TRACING_ENV = "O2O_TRACING"
-# adaptive batching of /recommend and /intent (BentoML's CorkDispatcher): at most this many requests per
-# batch, and a request still queued after this long is refused with 503 (an overloaded server sheds load)
+# adaptive batching of /recommend and /intent (serving.dispatcher): at most this many requests per batch, and
+# a request still queued after this long is refused with 503 (an overloaded server sheds load)
 BATCH_MAX_SIZE = 64
 BATCH_MAX_LATENCY_MS = 2_000
 BATCH_SIZE = Histogram(  # on /metrics: how many requests each batch served, per endpoint
@@ -428,8 +428,8 @@ def intent_batch(
     return score_in_groups(jobs, no_side, score, lambda e: e)
 
 
-def _overloaded() -> ScoredList:
-    raise ApiError(
+def _overloaded() -> ApiError:
+    return ApiError(
         HTTPStatus.SERVICE_UNAVAILABLE,
         "overloaded",
         f"the request left the batching queue unscored (the server is past its capacity: a request waits at "
@@ -455,7 +455,9 @@ def tracing_config(environ: Mapping[str, str]) -> dict[str, Any]:
     traffic={"timeout": 10},
     workers=1,
     tracing=tracing_config(os.environ),
-    metrics={"enabled": False},  # labelled by raw path: serving.metrics counts requests instead
+    # BentoML's request metrics and access log name the raw path: serving.metrics counts and logs instead
+    metrics={"enabled": False},
+    logging={"access": {"enabled": False}},
 )
 class O2OService:
     bundle_model = bundle_model()
@@ -477,7 +479,7 @@ class O2OService:
         self.bundle: Bundle = load_bundle(ref, threads)
         url = os.environ.get(HISTORY_URL_ENV) or None
         self.history: HistoryStore = open_history_store(url, Path(_env_path(SNAPSHOT_ENV)))
-        self._batchers: dict[str, Callable[[Any], Awaitable[Any]]] = {}  # see _batched
+        self._batchers: dict[str, Batcher[Any, Any]] = {}  # see _batched
         log_event(
             "service_loaded",
             bundle_version=self.bundle.version,
@@ -561,23 +563,17 @@ class O2OService:
     async def _batched(
         self, endpoint: str, score: Callable[[Sequence[Any]], list[Any]], job: object
     ) -> object:
-        """``job``'s answer through BentoML's adaptive batching: one CorkDispatcher per endpoint, made on
-        first use (on the event loop) with that endpoint's ``score``, groups the jobs that arrive while a
-        batch is being scored, sized by the latency it measures, and runs ``score`` on each batch in a worker
+        """``job``'s answer through adaptive batching (:class:`serving.dispatcher.Batcher`, one per endpoint,
+        made on first use with that endpoint's ``score``): concurrent jobs are scored together in a worker
         thread. An answer that is an exception (a job's own error) is raised here, for that request only."""
         if endpoint not in self._batchers:
-
-            def run(jobs: Sequence[Any]) -> list[Any]:
-                BATCH_SIZE.labels(endpoint=endpoint).observe(len(jobs))
-                return score(jobs)
-
-            dispatcher: CorkDispatcher[Any, Any] = CorkDispatcher(
-                max_latency_in_ms=BATCH_MAX_LATENCY_MS,
+            self._batchers[endpoint] = Batcher(
+                score,
                 max_batch_size=BATCH_MAX_SIZE,
-                fallback=_overloaded,
-                get_batch_size=lambda _: 1,
+                max_latency_s=BATCH_MAX_LATENCY_MS / 1000,
+                overloaded=_overloaded,
+                observe=BATCH_SIZE.labels(endpoint=endpoint).observe,
             )
-            self._batchers[endpoint] = dispatcher(run)  # type: ignore[arg-type]  # a plain function: a thread
         return await self._batchers[endpoint](job)
 
     @bentoml.api(route="/events")
