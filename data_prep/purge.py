@@ -27,7 +27,7 @@ from data_prep import schema as S
 
 BATCH_ROWS = 65_536
 NODE_COLUMNS = ("node", "src", "dst")  # identity-graph tables: "<identifier_type>:<identifier_key>"
-RAW_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # bytes in == bytes out, even invalid ones
+RAW_ENCODING, RAW_ERRORS = "utf-8", "surrogateescape"  # bytes in == bytes out, even invalid ones
 
 
 @dataclass
@@ -123,7 +123,10 @@ def _rewrite_lines(path: Path, keep: Callable[[IO[str]], Iterator[tuple[str, boo
     """Rewrite a text file keeping the records ``keep`` marks True (each record: its exact raw text)."""
     tmp = path.with_name(path.name + ".erasing")
     removed = 0
-    with open(path, newline="", **RAW_ENCODING) as src, open(tmp, "w", newline="", **RAW_ENCODING) as dst:
+    with (
+        open(path, newline="", encoding=RAW_ENCODING, errors=RAW_ERRORS) as src,
+        open(tmp, "w", newline="", encoding=RAW_ENCODING, errors=RAW_ERRORS) as dst,
+    ):
         for text, kept in keep(src):
             if kept:
                 dst.write(text)
@@ -156,7 +159,7 @@ class _Recorder:
 
 
 def _undecodable(text: str) -> bool:
-    """Whether ``text`` holds bytes that were not UTF-8 (kept as lone surrogates by :data:`RAW_ENCODING`)."""
+    """Whether ``text`` holds bytes that were not UTF-8 (kept as lone surrogates by :data:`RAW_ERRORS`)."""
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
@@ -223,7 +226,7 @@ def purge_ground_truth(folder: Path, target: Target, key: bytes) -> dict[str, in
     if not identifiers.is_file():
         return {}
     persons: set[str] = set()
-    with open(identifiers, newline="", **RAW_ENCODING) as f:
+    with open(identifiers, newline="", encoding=RAW_ENCODING, errors=RAW_ERRORS) as f:
         for row in csv.DictReader(f):
             if _erased_value(target, row.get("identifier_type") or "", row.get("identifier"), key):
                 persons.add(row.get("person_id") or "")

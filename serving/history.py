@@ -460,7 +460,7 @@ class RedisHistoryStore(HistoryStore):
                 pipe.execute()
             n += len(chunk)
         # customers an earlier snapshot held and this one does not (erased, or gone): they leave the store
-        gone = [c.decode() for c in cast("set[bytes]", self._client.sdiff(members, loading))]
+        gone = [c.decode() for c in cast("set[bytes]", self._client.sdiff([members, loading]))]
         self._delete_keys(gone)
         if n:
             self._client.rename(loading, members)
@@ -521,9 +521,10 @@ class RedisHistoryStore(HistoryStore):
         RDB snapshots are configured. A server that refuses CONFIG (a managed Redis) is logged, not fatal:
         its operator's persistence policy applies."""
         try:
-            config = cast(
-                "dict[str, str]", self._client.config_get("appendonly") | self._client.config_get("save")
-            )
+            config = {
+                **cast("dict[str, str]", self._client.config_get("appendonly")),
+                **cast("dict[str, str]", self._client.config_get("save")),
+            }
         except redis.ResponseError:
             log.warning(
                 "Redis refuses CONFIG GET: cannot tell whether its persistence files still hold deleted rows"
