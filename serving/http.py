@@ -5,7 +5,9 @@ for a request head and no connection limit. uvicorn picks its HTTP protocol clas
 (``uvicorn.config.HTTP_PROTOCOLS``; BentoML asks for ``"auto"``), so :func:`install_limits`, called when the
 service module loads, names :class:`LimitedHttpToolsProtocol` there: uvicorn's own httptools protocol with
 
-- a request head (request line and headers) over :data:`MAX_HEAD_BYTES` answered 431 and the connection closed;
+- a request head over :data:`MAX_HEAD_BYTES` (the request target and every header's name and value, with 4
+  bytes of separators each) answered 431 and the connection closed; a head still arriving is cut once its
+  raw bytes pass that plus :data:`HEAD_LINE_ALLOWANCE`, so that a 50 MB header is never read in full;
 - a head not complete :data:`HEAD_TIMEOUT_S` seconds after the connection opened, or after the first byte of a
   later request on a kept-alive connection, answered 408 and closed (an idle connection is closed silently);
 - at most :func:`max_connections` open connections per worker: one more is answered 503 and closed at once
@@ -29,7 +31,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.logs import log_event
 
-MAX_HEAD_BYTES = 16 * 1024  # request line + headers; a real request's head is well under 2 KiB
+MAX_HEAD_BYTES = 16 * 1024  # request target + header fields; a real request's head is well under 2 KiB
+HEAD_LINE_ALLOWANCE = (
+    1024  # raw bytes of an unfinished head beyond MAX_HEAD_BYTES: method, version, line ends
+)
 HEAD_TIMEOUT_S = 10.0  # for a request head to arrive in full
 MAX_CONNECTIONS = 1024  # per worker, and at most the descriptor limit less DESCRIPTOR_RESERVE
 DESCRIPTOR_RESERVE = 64  # descriptors kept for files, the history store and logs
@@ -57,6 +62,10 @@ def error_response(status: HTTPStatus, code: str, message: str) -> bytes:
         "connection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
+
+
+class HeadTooLarge(Exception):
+    """Raised in the parser's callback to stop it at a head over :data:`MAX_HEAD_BYTES`."""
 
 
 class LingeringTransport(asyncio.Transport):
@@ -144,6 +153,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.head_open = True  # the next bytes belong to a request head
         self.head_bytes = 0
+        self.heads_done = 0  # request heads parsed on this connection
+        self.head_size = 0  # of the head being parsed, as MAX_HEAD_BYTES counts it
+        self.refused = False  # answered with an error of ours: the client may still be sending
         self.head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -165,26 +177,51 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.lingering:
             self.transport.drop(len(data))
             return
-        was_open = self.head_open
+        was_open, heads_before = self.head_open, self.heads_done
         super().data_received(data)
-        # a chunk that ended a body and began the next head is not counted: the bound stays one chunk wide
-        if was_open and self.head_open and not self.transport.is_closing():
+        # only a chunk that is all head counts: one that ended a head (and held a body, perhaps the start of
+        # the next head) does not, so the bound stays one chunk wide
+        in_one_head = was_open and self.head_open and self.heads_done == heads_before
+        if in_one_head and not self.transport.is_closing():
             self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self.refuse(
-                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "headers_too_large",
-                    f"the request line and headers are over {MAX_HEAD_BYTES} bytes",
-                )
+            if self.head_bytes > MAX_HEAD_BYTES + HEAD_LINE_ALLOWANCE:
+                self.refuse_head()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a head the parser stopped on: 431 when it was :meth:`on_headers_complete`."""
+        if self.head_size > MAX_HEAD_BYTES:
+            self.refuse_head()
+        else:
+            super().send_400_response(msg)
+
+    def refuse_head(self) -> None:
+        self.refuse(
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            f"the request target and headers are over {MAX_HEAD_BYTES} bytes",
+        )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.head_open = True
+        self.head_open, self.head_size = True, 0
         self.arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self.head_size += len(name) + len(value) + 4  # ": " and the line end
 
     def on_headers_complete(self) -> None:
         self.head_open, self.head_bytes = False, 0
+        self.heads_done += 1
         self.cancel_head_timer()
+        if (
+            self.head_size > MAX_HEAD_BYTES
+        ):  # it came in one read: stop the parser, uvicorn calls send_400_response
+            raise HeadTooLarge(self.head_size)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -192,7 +229,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.head_open, self.head_bytes = True, 0  # the keep-alive timer covers the wait for the next one
 
     def client_sending(self) -> bool:
-        """Whether the client may still be sending: part of a head, or a body not read to its end."""
+        """Whether the client may still be sending: after a refusal, part of a head, a body not read to its end."""
+        if self.refused:
+            return True
         if self.head_open:
             return self.head_bytes > 0
         return self.cycle is not None and self.cycle.more_body
@@ -221,6 +260,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def refuse(self, status: HTTPStatus, code: str, message: str) -> None:
         """Answer ``status`` with the service's error body and close the connection gracefully."""
+        self.refused = True
         self.cancel_head_timer()
         self._unset_keepalive_if_required()
         log_event("connection_refused", status=status.value, error=code)

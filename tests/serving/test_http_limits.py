@@ -192,6 +192,17 @@ def test_a_just_small_enough_head_is_served(server: Server) -> None:
         assert client.get("/livez", headers={"x-filler": filler}).status_code == 200
 
 
+def test_a_body_far_larger_than_the_head_limit_is_served(server: Server, tiny_pipeline: Pipeline) -> None:
+    snapshot = pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE, columns=[S.CUSTOMER_ID])
+    customer = snapshot.column(S.CUSTOMER_ID)[0].as_py()
+    exclude = [f"no-such-item-{i:04d}-{'x' * 40}" for i in range(1000)]  # arrives with the head in one read
+    body = {"customer_id": customer, "k": 5, "exclude_items": exclude}
+    assert len(json.dumps(body)) > 4 * MAX_HEAD_BYTES
+    with server.client() as client:
+        r = client.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+
+
 def test_idle_and_slow_heads_are_closed_after_the_head_timeout(server: Server) -> None:
     with ExitStack() as stack:
         idle = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
