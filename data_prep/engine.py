@@ -100,6 +100,10 @@ def connect(engine: str = DUCKDB) -> ibis.BaseBackend:
         con = ibis.duckdb.connect()
         con.raw_sql("SET TimeZone = 'UTC'")
         con.raw_sql(f"SET memory_limit = '{os.environ.get(DUCKDB_MEMORY_ENV, DEFAULT_DUCKDB_MEMORY)}'")
+        # Results without ORDER BY need not keep their input order: DuckDB then streams big writes and
+        # materializations instead of buffering them in order (out of memory at 18M raw rows otherwise).
+        # Every layer file whose row order means something is written with an ORDER BY.
+        con.raw_sql("SET preserve_insertion_order = false")
         spill = tempfile.mkdtemp(prefix="o2o-duckdb-")  # not DuckDB's default ./.tmp in the user's folder
         atexit.register(shutil.rmtree, spill, ignore_errors=True)
         con.raw_sql(f"SET temp_directory = '{spill}'")
@@ -245,9 +249,16 @@ def write_parquet_parts(con: ibis.BaseBackend, exprs: Iterable[ir.Table], path: 
         for i, expr in enumerate(exprs):
             parts.append(Path(tmp) / f"{i:05d}.parquet")
             con.to_parquet(expr, parts[-1])
-        files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
-        target = str(path).replace("'", "''")
-        con.raw_sql(f"COPY (SELECT * FROM read_parquet([{files}])) TO '{target}' (FORMAT parquet)")
+        writer: pq.ParquetWriter | None = None
+        try:  # row groups copied in order (DuckDB would not keep the order without a sort)
+            for part in parts:
+                f = pq.ParquetFile(part)
+                writer = writer or pq.ParquetWriter(path, f.schema_arrow)
+                for i in range(f.num_row_groups):
+                    writer.write_table(f.read_row_group(i))
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _stream_parts(con: ibis.BaseBackend, exprs: Iterable[ir.Table], path: Path) -> None:
