@@ -209,11 +209,11 @@ def _sha256(path: Path, size: int, mtime_ns: int) -> str:
 
 def recorded_sha256(features: Path, name: str) -> str:
     """The SHA-256 prep recorded for ``features/name`` in ``features/manifest.json`` (an erasure refreshes
-    it); ScoringInputError when there is none."""
+    it); ScoringInputError when there is none, or the manifest is of another data schema major version."""
     path = features / S.MANIFEST_FILE
     try:
-        entry = json.loads(path.read_text())["outputs"][name]
-        return str(entry["sha256"])
+        doc = json.loads(path.read_text())
+        schema, digest = str(doc.get("schema_version", "")), str(doc["outputs"][name]["sha256"])
     except FileNotFoundError:
         raise ScoringInputError(
             f"{path} not found: cannot check {features / name}; rerun `o2o prep`"
@@ -222,6 +222,12 @@ def recorded_sha256(features: Path, name: str) -> str:
         raise ScoringInputError(
             f"{path} records no SHA-256 for {name}: cannot check {features / name}; rerun `o2o prep`"
         ) from None
+    if schema.split(".")[0] != S.SCHEMA_VERSION.split(".")[0]:
+        raise ScoringInputError(
+            f"{path}: written by a prep of data schema {schema or '(none)'}, this code reads schema "
+            f"{S.SCHEMA_VERSION}; rerun `o2o prep`"
+        )
+    return digest
 
 
 def _verified(features: Path, name: str) -> Path:

@@ -20,8 +20,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from data_prep import schema as S
-from data_prep.manifest import file_sha256
+from models.spec import BundleSpec, to_json
 from serving.artifact import register_bundle
+from serving.checksums import write_checksums
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENTOFILE = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())
@@ -75,8 +76,15 @@ def test_bentofile_packages_install_everything_the_service_imports() -> None:
 def fake_bundle(folder: Path, version: str) -> Path:
     """Enough of a bundle to register (the build only records the model's tag)."""
     folder.mkdir(parents=True)
-    (folder / S.BUNDLE_FILE).write_text(json.dumps({"version": version, "models": {}}))
-    (folder / S.CHECKSUMS_FILE).write_text(json.dumps({S.BUNDLE_FILE: file_sha256(folder / S.BUNDLE_FILE)}))
+    doc = BundleSpec(
+        version=version,
+        created_at="2026-12-01T00:00:00+00:00",
+        schema_version=S.SCHEMA_VERSION,
+        models={},
+        data_manifest={},
+    )
+    (folder / S.BUNDLE_FILE).write_text(json.dumps(to_json(doc)))
+    write_checksums(folder)
     return folder
 
 

@@ -171,3 +171,15 @@ def test_a_damaged_part_on_resume_names_the_part_and_restart(
         pq.read_table(out / SCORES_FILE).num_rows
         == json.loads((out / S.MANIFEST_FILE).read_text())["rows_scored"]
     )
+
+
+def test_features_of_another_data_schema_are_refused(tiny_pipeline, features: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads((features / S.MANIFEST_FILE).read_text())
+    (features / S.MANIFEST_FILE).write_text(json.dumps(doc | {"schema_version": "0.9"}))
+    r = score(tiny_pipeline.bundle, features, tmp_path / "out")
+    refused(
+        r,
+        "written by a prep of data schema 0.9",
+        f"this code reads schema {S.SCHEMA_VERSION}",
+        "rerun `o2o prep`",
+    )
