@@ -29,6 +29,7 @@ from serving.batch import (
     REC_SCORES,
     REC_SOURCE,
     SCORES_FILE,
+    ScoringInputError,
     score_snapshot,
 )
 from serving.scoring import ItemFilter
@@ -188,6 +189,25 @@ def test_worker_bundle_is_cached_and_verified(tiny_pipeline, tmp_path: Path) -> 
     (copy / S.CHECKSUMS_FILE).write_text(json.dumps(sums))  # another manifest: loaded (and verified) afresh
     with pytest.raises(BundleError):
         worker_bundle(str(copy), 1)
+
+
+def test_the_snapshot_is_checked_before_spark_starts(
+    tiny_pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The spark engine refuses a snapshot as the arrow engine does, before a Spark session exists."""
+    import data_prep.engine
+
+    def no_spark(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Spark was started for an input that cannot be scored")
+
+    monkeypatch.setattr(data_prep.engine, "spark_session", no_spark)
+    snapshot = tmp_path / S.SNAPSHOT_FILE
+    pq.write_table(pq.read_table(tiny_pipeline.features / S.SNAPSHOT_FILE).drop_columns([S.ITEMS]), snapshot)
+    with pytest.raises(ScoringInputError, match="no column 'items'"):
+        score_snapshot_spark(tiny_pipeline.bundle, snapshot, tmp_path / "out")
+    shutil.copy(tiny_pipeline.features / S.SNAPSHOT_FILE, snapshot)
+    with pytest.raises(ScoringInputError, match="SHA-256 differs"):
+        score_snapshot_spark(tiny_pipeline.bundle, snapshot, tmp_path / "out", recorded_sha256="0" * 64)
 
 
 def test_the_executor_module_imports_no_torch() -> None:

@@ -110,3 +110,19 @@ def test_the_bundle_carries_the_recommender_item_table(tiny_pipeline) -> None:  
     assert rec is not None and rec.item_embeddings is not None
     assert rec.item_embeddings.shape == (rec.vocab.n_items + 1, table.shape[1])
     assert not (tiny_pipeline.bundle / "intent" / S.ITEM_EMBEDDINGS_FILE).exists()
+
+
+def test_a_run_whose_model_json_is_not_a_spec_is_refused_before_any_work(
+    tiny_pipeline, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A run from before the typed contract (its model.json has no spec_version) is retrained, not guessed at."""
+    run = tmp_path / "old-run"
+    shutil.copytree(tiny_pipeline.intent_run, run)
+    doc = json.loads((run / "model.json").read_text())
+    del doc["spec_version"]
+    (run / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(
+        ValueError, match=r"model\.json: not a model spec this code reads \(no spec_version.*retrain"
+    ):
+        ex.export_bundle([run], tmp_path / "out", version="old")
+    assert not (tmp_path / "out").exists()
