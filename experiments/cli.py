@@ -490,7 +490,8 @@ def score(
     probability, churn risk and RFM segment. Customers without marketing consent are left out. The snapshot
     is checked first: readable, the columns the bundle needs, and the SHA-256 `o2o prep` recorded."""
     from serving.artifact import load_bundle
-    from serving.batch import check_snapshot, held_out_examples, recorded_sha256, score_snapshot
+    from serving.batch import held_out_examples, score_snapshot
+    from serving.inputs import check_snapshot, recorded_sha256
     from serving.scoring import ItemFilter
 
     with user_errors():

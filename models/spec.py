@@ -224,7 +224,6 @@ class BundleSpec:
 
 RunSpec = RecommenderSpec | IntentSpec
 ServedSpec = ServedRecommender | ServedIntent
-T = TypeVar("T")
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 _RUN = Annotated[RecommenderSpec | IntentSpec, Field(discriminator="task")]
 _SERVED = Annotated[ServedRecommender | ServedIntent, Field(discriminator="task")]

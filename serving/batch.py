@@ -6,7 +6,6 @@ Reads the snapshot in Arrow record batches and runs the same scoring functions a
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -20,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep import schema as S
-from data_prep.manifest import file_sha256
 from serving.artifact import Bundle
+from serving.inputs import ScoringInputError, check_snapshot, first_line, verified
 from serving.scoring import ItemFilter, allowed_items, check_k, feature_matrix, intent_probability, recommend
 
 SCORES_FILE = "scores.parquet"  # a Parquet dataset folder: part-NNNNN.parquet, one per chunk
@@ -87,14 +86,14 @@ def held_out_examples(features: Path, split: str, out_dir: Path) -> Path:
     """
     if split not in (S.SPLIT_VAL, S.SPLIT_TEST):
         raise ValueError(f"split must be {S.SPLIT_VAL!r} or {S.SPLIT_TEST!r}, got {split!r}")
-    path = _verified(features, S.split_file("intent", split))
-    snapshot = _verified(features, S.SNAPSHOT_FILE)
+    path = verified(features, S.split_file("intent", split))
+    snapshot = verified(features, S.SNAPSHOT_FILE)
     try:
         examples = pq.read_table(path)
         flags = pq.read_table(snapshot, columns=[S.CUSTOMER_ID, S.CONSENT_MARKETING])
     except (pa.ArrowException, OSError) as e:
         raise ScoringInputError(
-            f"{path} or {snapshot}: unreadable ({_first_line(e)}); rerun `o2o prep`"
+            f"{path} or {snapshot}: unreadable ({first_line(e)}); rerun `o2o prep`"
         ) from None
     at = pc.index_in(examples.column(S.CUSTOMER_ID), value_set=flags.column(S.CUSTOMER_ID))
     consent = pc.fill_null(pc.take(flags.column(S.CONSENT_MARKETING), at), False)  # unknown: no consent
@@ -107,140 +106,6 @@ def held_out_examples(features: Path, split: str, out_dir: Path) -> Path:
 class ScoringStateError(RuntimeError):
     """The output folder holds a scoring run with other inputs or settings, or a damaged part: resuming it
     would mix or lose rows."""
-
-
-class ScoringInputError(ValueError):
-    """A scoring input is unreadable, lacks a column the bundle needs, or is not the file prep wrote; the
-    message names the file and the remedy."""
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _is_str(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
-
-
-def _list_of(element: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
-    return lambda t: bool((pa.types.is_list(t) or pa.types.is_large_list(t)) and element(t.value_type))
-
-
-def _is_number(t: pa.DataType) -> bool:
-    return bool(pa.types.is_integer(t) or pa.types.is_floating(t))
-
-
-_STRINGS, _NUMBER_LISTS = _list_of(_is_str), _list_of(pa.types.is_integer)
-# columns score_batch reads when present, with the type it reads them as
-_OPTIONAL: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
-    S.CHANNELS_COL: (_STRINGS, "list<string>"),
-    S.TIMESTAMPS_COL: (_NUMBER_LISTS, "list<int64> (epoch seconds)"),
-    S.SEGMENT: (_is_str, "string"),
-    S.CONSENT_MARKETING: (pa.types.is_boolean, "bool"),
-    S.F_N_ONLINE_ALL: (_is_number, "a number"),
-    S.F_N_STORE_ALL: (_is_number, "a number"),
-}
-
-
-def input_columns(bundle: Bundle) -> dict[str, tuple[Callable[[pa.DataType], bool], str]]:
-    """Columns a snapshot must have for ``bundle`` → (type test, expected type in words): customer id and
-    histories always, the channels and timestamps a model encodes, every aggregate a classifier takes."""
-    need: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
-        S.CUSTOMER_ID: (_is_str, "string"),
-        S.ITEMS: (_STRINGS, "list<string>"),
-        S.EVENT_TYPES_COL: (_STRINGS, "list<string>"),
-    }
-    models = [m for m in (bundle.recommender, bundle.intent, bundle.churn) if m is not None]
-    if any(m.spec.model_config.n_channels for m in models):
-        need[S.CHANNELS_COL] = _OPTIONAL[S.CHANNELS_COL]
-    if any(m.spec.model_config.n_gap_buckets for m in models):
-        need[S.TIMESTAMPS_COL] = _OPTIONAL[S.TIMESTAMPS_COL]
-    for m in models:
-        if m.task == "intent":
-            need |= {name: (_is_number, "a number") for name in m.classifier.feature_names}
-    return need
-
-
-def _read_schema(path: Path) -> pa.Schema:
-    try:
-        return pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
-    except (pa.ArrowException, OSError) as e:
-        raise ScoringInputError(
-            f"{path}: not a readable Parquet file ({_first_line(e)}); rerun `o2o prep`"
-        ) from None
-
-
-def check_snapshot(bundle: Bundle, snapshot: Path, recorded_sha256: str | None = None) -> str | None:
-    """Before any work: ``snapshot`` is readable Parquet with every column ``bundle`` needs, of the type it
-    needs, and (``recorded_sha256`` given) the very file prep wrote. Returns its SHA-256 (None for a folder,
-    which Spark reads). ScoringInputError otherwise, naming the file and the remedy."""
-    if not snapshot.exists():
-        raise ScoringInputError(f"{snapshot} not found: run `o2o prep` first or pass --features")
-    schema, required = _read_schema(snapshot), input_columns(bundle)
-    problems = []
-    for name, (ok, expected) in (_OPTIONAL | required).items():
-        if name not in schema.names:
-            problems += [f"no column {name!r}"] if name in required else []
-        elif not ok(schema.field(name).type):
-            problems.append(f"column {name!r} is {schema.field(name).type}, expected {expected}")
-    if problems:
-        raise ScoringInputError(
-            f"{snapshot}: cannot be scored with this bundle ({'; '.join(problems)}); rerun `o2o prep`, or score "
-            "with a bundle trained on this data"
-        )
-    if not snapshot.is_file():
-        return None
-    stat = snapshot.stat()
-    digest = _sha256(snapshot.resolve(), stat.st_size, stat.st_mtime_ns)
-    if recorded_sha256 is not None and digest != recorded_sha256:
-        raise ScoringInputError(
-            f"{snapshot}: SHA-256 differs from the one `o2o prep` recorded in its manifest (the file was changed "
-            "after prep); rerun `o2o prep`"
-        )
-    return digest
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    """SHA-256 of ``path`` as of (``size``, ``mtime_ns``): the CLI checks a snapshot before its progress bar
-    starts and the scorer checks it again, reading it once."""
-    return file_sha256(path)
-
-
-def recorded_sha256(features: Path, name: str) -> str:
-    """The SHA-256 prep recorded for ``features/name`` in ``features/manifest.json`` (an erasure refreshes
-    it); ScoringInputError when there is none, or the manifest is of another data schema major version."""
-    path = features / S.MANIFEST_FILE
-    try:
-        doc = json.loads(path.read_text())
-        schema, digest = str(doc.get("schema_version", "")), str(doc["outputs"][name]["sha256"])
-    except FileNotFoundError:
-        raise ScoringInputError(
-            f"{path} not found: cannot check {features / name}; rerun `o2o prep`"
-        ) from None
-    except (ValueError, KeyError, TypeError):
-        raise ScoringInputError(
-            f"{path} records no SHA-256 for {name}: cannot check {features / name}; rerun `o2o prep`"
-        ) from None
-    if schema.split(".")[0] != S.SCHEMA_VERSION.split(".")[0]:
-        raise ScoringInputError(
-            f"{path}: written by a prep of data schema {schema or '(none)'}, this code reads schema "
-            f"{S.SCHEMA_VERSION}; rerun `o2o prep`"
-        )
-    return digest
-
-
-def _verified(features: Path, name: str) -> Path:
-    """``features/name`` once it is readable and has the SHA-256 prep recorded."""
-    path = features / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `o2o prep` first or pass --features")
-    if file_sha256(path) != recorded_sha256(features, name):
-        raise ScoringInputError(
-            f"{path}: SHA-256 differs from the one `o2o prep` recorded in its manifest (the file was changed "
-            "after prep); rerun `o2o prep`"
-        )
-    return path
 
 
 def part_name(i: int) -> str:
@@ -265,7 +130,7 @@ def _part_counts(dataset: Path, i: int) -> tuple[int, int] | None:
     try:  # a file cut short by a kill never gets its final name (os.replace): this one was damaged later
         meta = pq.read_metadata(part)
     except (pa.ArrowException, OSError) as e:
-        raise ScoringStateError(f"{part} is damaged ({_first_line(e)}): start over with --restart") from None
+        raise ScoringStateError(f"{part} is damaged ({first_line(e)}): start over with --restart") from None
     rows_in = (meta.metadata or {}).get(ROWS_IN_KEY.encode())
     if rows_in is None:
         raise ScoringStateError(f"{part} was not written by this scorer (no {ROWS_IN_KEY}): use --restart")
@@ -325,7 +190,7 @@ def _batches(pf: pq.ParquetFile, path: Path, chunk_size: int) -> Iterator[pa.Rec
         except StopIteration:
             return
         except (pa.ArrowException, OSError) as e:
-            raise ScoringInputError(f"{path}: damaged Parquet ({_first_line(e)}); rerun `o2o prep`") from None
+            raise ScoringInputError(f"{path}: damaged Parquet ({first_line(e)}); rerun `o2o prep`") from None
         yield batch
 
 

@@ -33,7 +33,8 @@ import pyarrow as pa
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from serving.artifact import THREADS_ENV, Bundle, load_bundle
-from serving.batch import SCORES_FILE, check_request, check_snapshot, run_settings, score_batch
+from serving.batch import SCORES_FILE, check_request, run_settings, score_batch
+from serving.inputs import check_snapshot
 from serving.scoring import ItemFilter
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def score_snapshot_spark(
     Spark reads it in fewer). ``threads``: ONNX Runtime threads per task (default ``$O2O_ORT_THREADS`` or 1:
     Spark already runs one task per core). ``session``: default :func:`data_prep.engine.spark_session`
     (``$O2O_SPARK_MASTER``, default ``local[*]``). The snapshot is checked first as the arrow engine checks
-    it (:func:`serving.batch.check_snapshot`, ``recorded_sha256`` included).
+    it (:func:`serving.inputs.check_snapshot`, ``recorded_sha256`` included).
 
     Failure and reruns: this engine does not resume chunk by chunk like the arrow engine. Spark retries a
     failed task (``spark.task.maxFailures``; local mode: ``local[N,F]``), and the Parquet commit protocol

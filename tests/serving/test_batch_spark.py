@@ -29,9 +29,9 @@ from serving.batch import (
     REC_SCORES,
     REC_SOURCE,
     SCORES_FILE,
-    ScoringInputError,
     score_snapshot,
 )
+from serving.inputs import ScoringInputError
 from serving.scoring import ItemFilter
 
 pyspark = pytest.importorskip(

@@ -19,7 +19,8 @@ from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from experiments import cli
 from serving.artifact import load_bundle
-from serving.batch import SCORES_FILE, ScoringInputError, check_snapshot, part_name
+from serving.batch import SCORES_FILE, part_name
+from serving.inputs import ScoringInputError, check_snapshot
 
 runner = CliRunner()
 
