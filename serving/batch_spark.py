@@ -13,8 +13,9 @@ engines. With ``mapInArrow`` the executors see the same columns and types as the
 
 Nothing here imports torch, Lightning or ``training``; pyspark is imported only on the driver's side
 (executors already run inside it). Executors load the bundle themselves, once per Python worker, from the
-folder the driver resolved (checksums verified on load), so on a cluster that folder must be on storage every
-executor reads at the same path.
+folder the driver resolved (signature and checksums verified on load), so on a cluster that folder must be on
+storage every executor reads at the same path, and every executor needs the bundle-signing key
+(``O2O_BUNDLE_KEY``, :mod:`serving.checksums`).
 """
 
 from __future__ import annotations
