@@ -19,10 +19,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from data_prep import schema as S
-from models.spec import BundleSpec, to_json
 from serving.artifact import register_bundle
-from serving.checksums import write_checksums
+from tests.conftest import Pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENTOFILE = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())
@@ -73,21 +71,6 @@ def test_bentofile_packages_install_everything_the_service_imports() -> None:
     assert imported - requirement_closure(PACKAGES) == set()
 
 
-def fake_bundle(folder: Path, version: str) -> Path:
-    """Enough of a bundle to register (the build only records the model's tag)."""
-    folder.mkdir(parents=True)
-    doc = BundleSpec(
-        version=version,
-        created_at="2026-12-01T00:00:00+00:00",
-        schema_version=S.SCHEMA_VERSION,
-        models={},
-        data_manifest={},
-    )
-    (folder / S.BUNDLE_FILE).write_text(json.dumps(to_json(doc)))
-    write_checksums(folder)
-    return folder
-
-
 def offline(cmd: list[str]) -> list[str]:
     """``cmd`` in a network namespace of its own (no network at all) where ``unshare`` allows it; the caller
     also points pip and uv away from any index."""
@@ -100,8 +83,10 @@ def offline(cmd: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_bentoml_build_makes_a_bento_of_the_service_offline(bentoml_home: Path, tmp_path: Path) -> None:
-    tag = register_bundle(fake_bundle(tmp_path / "bundle", "b1"))
+def test_bentoml_build_makes_a_bento_of_the_service_offline(
+    bentoml_home: Path, tiny_pipeline: Pipeline
+) -> None:
+    tag = register_bundle(tiny_pipeline.bundle)  # a real, signed bundle: the store verifies it
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PIP_NO_INDEX": "1", "UV_OFFLINE": "1"}
     cmd = offline([sys.executable, "-m", "bentoml", "build", "--output", "tag"])
     r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
