@@ -69,9 +69,10 @@ def pseudonymise_columns(con: ibis.BaseBackend, t: ir.Table, columns: dict[str, 
     Each lookup is a session table with a name of its own: the engine resolves tables by name when the query
     runs, so a shared name would let one source's expression read another source's lookup.
     """
+    raw = t  # distinct values from the raw rows, not through the joins already added
     for raw_col, id_type in columns.items():
         key_col = S.KEY_COLUMNS[id_type]
-        distinct = t.select(raw_col).filter(t[raw_col].notnull()).distinct().to_pyarrow()
+        distinct = raw.select(raw_col).filter(raw[raw_col].notnull()).distinct().to_pyarrow()
         values = distinct.column(0).to_pylist()
         keys = pii.pseudonymise_many(id_type, values, key)
         mapping = pa.table({"_raw": pa.array(values, pa.string()), key_col: pa.array(keys, pa.string())})

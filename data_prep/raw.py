@@ -66,6 +66,18 @@ def _text_table(
     return t.mutate(**absent) if absent else t
 
 
+def write_raw_parquet(con: ibis.BaseBackend, t: ir.Table, dest: Path, path: Path) -> None:
+    """Parse the whole file once into Parquet (text columns): a file the engine cannot parse stops the run
+    here with the file named. Every later query reads the Parquet copy: no second parse of the raw text,
+    and the engine knows its row count when it plans joins."""
+    try:
+        engine.write_parquet(con, t, dest)
+    except Exception as e:  # the engine's parse error (DuckDB or Spark)
+        if engine.is_resource_error(e):
+            raise
+        raise RawInputError(f"{path}: cannot be parsed: {engine.safe_error_text(e)}") from None
+
+
 def count_raw_rows(t: ir.Table, path: Path) -> int:
     """Parse the whole file now, so a file the engine cannot parse stops the run here with the file named."""
     try:
@@ -87,23 +99,24 @@ def read_source(
 ) -> RawSource:
     """Read one raw file, screening it first when it is not UTF-8 and again when the engine cannot parse it.
 
-    Screened copies are written under ``work`` and must outlive every query on the returned table.
+    The returned table reads a Parquet copy of the parsed rows (every column text) under ``work``, which must
+    outlive every query on it; so do the screened copies.
     """
     header = _csv_columns(require(path), columns, optional) if fmt == "csv" else []
     copy = work / f"{name}-{path.name}"
     screened = screening.Screened(path)
     if not screening.is_utf8(path):
         screened = screening.screen_file(path, fmt, copy)
-    t = _text_table(con, screened.path, fmt, columns, header)
+    parsed = work / f"{name}.parquet"
     try:
-        n = int(t.count().execute())
+        engine.write_parquet(con, _text_table(con, screened.path, fmt, columns, header), parsed)
     except Exception as e:  # the engine cannot parse a line: find the lines, read the rest
         if engine.is_resource_error(e):
             raise
         screened = screening.screen_file(path, fmt, copy, structure=True)
-        t = _text_table(con, screened.path, fmt, columns, header)
-        n = count_raw_rows(t, path)
-    return RawSource(t, n + len(screened.rejects), path, screened.rejects)
+        write_raw_parquet(con, _text_table(con, screened.path, fmt, columns, header), parsed, path)
+    t = engine.read_parquet(con, parsed)
+    return RawSource(t, count_raw_rows(t, path) + len(screened.rejects), path, screened.rejects)
 
 
 def empty_source(con: ibis.BaseBackend, columns: tuple[str, ...]) -> RawSource:
