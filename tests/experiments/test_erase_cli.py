@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -26,9 +25,8 @@ from serving.checksums import write_checksums
 from serving.history import RedisHistoryStore, SqliteHistoryStore, open_history_store, read_snapshot
 from serving.store_registry import forget_stores, register_store, registered_stores
 from tests.conftest import Pipeline
+from tests.experiments.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/15"  # the test database of tests/serving/test_history.py
-REDIS_PREFIX = "o2o:history:"  # what `open_history_store` (the service, o2o erase) uses
 runner = CliRunner()
 
 
@@ -39,26 +37,6 @@ def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     generate_retailer(data, RetailerSpec(n_customers=150, seed=11))
     run_prep(data, data)
     return data
-
-
-@pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    """The test database, without the service's keys before and after (skipped when no server answers)."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        pytest.skip(f"no Redis server at {REDIS_URL} ({e})")
-
-    def clear() -> None:
-        keys = list(client.scan_iter(match=REDIS_PREFIX + "*"))
-        if keys:
-            client.delete(*keys)
-
-    clear()
-    yield client
-    clear()
-    client.close()
 
 
 def snapshot_person(data: Path) -> tuple[str, str]:

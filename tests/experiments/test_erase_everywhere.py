@@ -9,7 +9,6 @@ registered when it loaded the snapshot. After the erasure, every file under the 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -27,22 +26,9 @@ from serving.artifact import load_bundle
 from serving.batch import held_out_examples, score_snapshot
 from serving.history import SqliteHistoryStore, open_history_store
 from tests.conftest import Pipeline
+from tests.experiments.conftest import REDIS_PREFIX, REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
 runner = CliRunner()
-
-
-@pytest.fixture
-def redis_store_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        pytest.skip(f"no Redis server at {REDIS_URL} ({e})")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture
@@ -100,14 +86,14 @@ def leftovers(root: Path, needles: list[str]) -> list[str]:
 
 def redis_leftovers(client: redis.Redis, needles: list[str]) -> list[str]:
     found = []
-    for key in client.scan_iter(count=1_000):
+    for key in client.scan_iter(match=REDIS_PREFIX + "*", count=1_000):
         dumped = key + (client.dump(key) or b"")
         found += [f"redis {key!r}: {n}" for n in needles if n.encode() in dumped]
     return found
 
 
 def test_erase_leaves_nothing_in_any_file_or_store(
-    workdir: Path, redis_store_db: redis.Redis, monkeypatch: pytest.MonkeyPatch, bentoml_home: Path
+    workdir: Path, redis_db: redis.Redis, monkeypatch: pytest.MonkeyPatch, bentoml_home: Path
 ) -> None:
     data = workdir / "data"
     email, customer = best_known_person(data)
@@ -117,7 +103,7 @@ def test_erase_leaves_nothing_in_any_file_or_store(
     service_stores = [open_history_store(u, snapshot) for u in (sqlite_url, REDIS_URL)]  # as a service does
     assert all(s.get(customer) is not None for s in service_stores)
     needles = [email, email.lower(), customer]
-    assert leftovers(workdir, needles) and redis_leftovers(redis_store_db, needles)  # the scan can see them
+    assert leftovers(workdir, needles) and redis_leftovers(redis_db, needles)  # the scan can see them
 
     # no --history-url: the stores a service registered are found; the SQLite one stays open, as it would
     r = runner.invoke(
@@ -139,7 +125,7 @@ def test_erase_leaves_nothing_in_any_file_or_store(
     assert "history store #1 (sqlite): 1 customer(s) deleted" in r.output
     assert "history store #2 (redis): 1 customer(s) deleted" in r.output
     assert leftovers(workdir, needles) == []
-    assert redis_leftovers(redis_store_db, needles) == []
+    assert redis_leftovers(redis_db, needles) == []
     assert all(s.get(customer) is None for s in service_stores)
     assert not (workdir / "home" / JOURNAL_FILE).exists() and len(erased_keys()) > 0
     # the service restarts on the erased snapshot: nobody comes back, everybody else is still served
