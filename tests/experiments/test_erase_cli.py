@@ -22,7 +22,8 @@ from data_prep.pipeline import run_prep
 from experiments.cli import app
 from serving.artifact import bundle_path, register_bundle
 from serving.checksums import write_checksums
-from serving.history import RedisHistoryStore, SqliteHistoryStore, open_history_store, read_snapshot
+from serving.history import open_history_store, read_snapshot
+from serving.history_stores import RedisHistoryStore, SqliteHistoryStore
 from serving.store_registry import forget_stores, register_store, registered_stores
 from tests.conftest import Pipeline
 from tests.experiments.conftest import REDIS_URL

@@ -24,7 +24,8 @@ from experiments.campaign import campaign_report
 from experiments.cli import app
 from serving.artifact import load_bundle
 from serving.batch import held_out_examples, score_snapshot
-from serving.history import SqliteHistoryStore, open_history_store
+from serving.history import open_history_store
+from serving.history_stores import SqliteHistoryStore
 from tests.conftest import Pipeline
 from tests.experiments.conftest import REDIS_PREFIX, REDIS_URL
 

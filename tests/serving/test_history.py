@@ -23,10 +23,9 @@ from serving.history import (
     HistoryStore,
     InMemoryHistoryStore,
     NewEvent,
-    RedisHistoryStore,
-    SqliteHistoryStore,
     open_history_store,
 )
+from serving.history_stores import RedisHistoryStore, SqliteHistoryStore
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 KINDS = ["memory", "sqlite", "redis"]
