@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ class PrepStepError(RuntimeError):
 
 CHURN_HORIZON_DAYS = S.CHURN_HORIZON_DAYS
 SESSION_CHUNK_DAYS = 7  # I2 examples are built this many days of add-to-carts at a time
+EVENTS_PER_PIECE = (
+    4_000_000  # per-customer steps run for a share of the customers with about this many events
+)
 
 
 @dataclass(frozen=True)
@@ -384,6 +388,21 @@ def events_as_of(
     return engine.materialize(con, idn.attach_customers(window.drop(S.CUSTOMER_ID), idn.identity_map(labels)))
 
 
+def per_customer(con: ibis.BaseBackend, build: Callable[[ir.Table], ir.Table], events: ir.Table) -> ir.Table:
+    """``build(events)`` for a step whose rows depend on each customer's own events only (sequences,
+    examples), computed for one share of the customers at a time and materialized when the events are many.
+
+    Sequence lists are aggregated in memory (DuckDB cannot spill them): at 18M events, every customer's at
+    once outgrows the memory cap. Up to :data:`EVENTS_PER_PIECE` events it is one lazy query, as before.
+    """
+    n_pieces = -(-int(events.count().execute()) // EVENTS_PER_PIECE)
+    if n_pieces <= 1:
+        return build(events)
+    bucket = (events[S.CUSTOMER_ID].fill_null("").hash() % n_pieces + n_pieces) % n_pieces
+    pieces = [engine.materialize(con, build(events.filter(bucket == b))) for b in range(n_pieces)]
+    return ibis.union(*pieces)
+
+
 def build_features_layer(
     con: ibis.BaseBackend,
     events: ir.Table,
@@ -428,29 +447,28 @@ def build_features_layer(
         for c in (*splits.train_cutoffs, splits.val, splits.test)
     }
     progress("next-item examples (R2)")
-    train_seq = fe.customer_sequences(as_of[splits.val], splits.val)
+    train_seq = per_customer(con, lambda e: fe.customer_sequences(e, splits.val), as_of[splits.val])
     train_seq = train_seq.filter(train_seq[S.ITEMS].length() >= 2)
     _write(con, train_seq, out_dir / S.split_file("rec", S.SPLIT_TRAIN), m)
     for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
-        examples = fe.next_item_examples(as_of[c], c, horizon_days)
+        build = partial(fe.next_item_examples, cutoff=c, horizon_days=horizon_days)
+        examples = per_customer(con, build, as_of[c])
         _write(con, examples, out_dir / S.split_file("rec", split), m)
     # protocol R1 (leave-one-out) input: each consented customer's whole history, with side information
-    _write(con, fe.customer_sequences(events, splits.data_end), out_dir / S.SEQUENCES_FILE, m)
+    sequences = per_customer(con, lambda e: fe.customer_sequences(e, splits.data_end), events)
+    _write(con, sequences, out_dir / S.SEQUENCES_FILE, m)
     progress("intent examples (I1)")
+
     # One cutoff at a time (each computed and spilled before the next): their sequence lists, built
     # together in one query, would not fit DuckDB's memory cap at 10M events.
-    train = ibis.union(
-        *[
-            engine.materialize(
-                con, segments.with_segment(fe.intent_examples(as_of[c], c, horizon_days), as_of[c], c)
-            )
-            for c in splits.train_cutoffs
-        ]
-    )
+    def intent(c: datetime) -> ir.Table:
+        examples = per_customer(con, lambda e: fe.intent_examples(e, c, horizon_days), as_of[c])
+        return segments.with_segment(examples, as_of[c], c)
+
+    train = ibis.union(*[engine.materialize(con, intent(c)) for c in splits.train_cutoffs])
     _write(con, train, out_dir / S.split_file("intent", S.SPLIT_TRAIN), m)
     for split, c in ((S.SPLIT_VAL, splits.val), (S.SPLIT_TEST, splits.test)):
-        examples = segments.with_segment(fe.intent_examples(as_of[c], c, horizon_days), as_of[c], c)
-        _write(con, examples, out_dir / S.split_file("intent", split), m)
+        _write(con, intent(c), out_dir / S.split_file("intent", split), m)
     engine.release(list(as_of.values()))  # the per-cutoff copies of the events: done with them
     progress("session intent examples (I2)")
     session_windows = {
@@ -467,7 +485,9 @@ def build_features_layer(
     progress("scoring snapshot, RFM segments, churn labels, clusters")
     end = splits.data_end
     aggregates = engine.materialize(con, fe.intent_aggregates(everyone, end))  # each on its own: together
-    sequences = engine.materialize(con, fe.customer_sequences(everyone, end))  # they outgrow the memory cap
+    sequences = engine.materialize(  # they outgrow the memory cap
+        con, per_customer(con, lambda e: fe.customer_sequences(e, end), everyone)
+    )
     snapshot = fe.join_snapshot(aggregates, sequences, end)
     flags = customers.select(S.CUSTOMER_ID, S.CONSENT_ANALYTICS, S.CONSENT_MARKETING)
     rfm = engine.materialize(con, segments.rfm_segments(everyone, splits.data_end))
