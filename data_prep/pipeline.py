@@ -535,16 +535,15 @@ def write_churn_examples(
         c: events_as_of(con, events, evidence, c, c + horizon)
         for c in (*plan.train_cutoffs, plan.val, plan.test)
     }
-    train = ibis.union(
-        *[
-            engine.materialize(con, segments.churn_examples(as_of[c], c, CHURN_HORIZON_DAYS))
-            for c in plan.train_cutoffs
-        ]
-    )
+
+    def churn(c: datetime) -> ir.Table:  # segments.churn_examples, a share of the customers at a time
+        build = partial(segments.labelled_snapshots, cutoff=c, horizon_days=CHURN_HORIZON_DAYS)
+        return segments.with_segment(per_customer(con, build, as_of[c]), as_of[c], c)
+
+    train = ibis.union(*[engine.materialize(con, churn(c)) for c in plan.train_cutoffs])
     _write(con, train, out_dir / S.split_file(S.CHURN_PREFIX, S.SPLIT_TRAIN), m)
     for split, c in ((S.SPLIT_VAL, plan.val), (S.SPLIT_TEST, plan.test)):
-        examples = segments.churn_examples(as_of[c], c, CHURN_HORIZON_DAYS)
-        _write(con, examples, out_dir / S.split_file(S.CHURN_PREFIX, split), m)
+        _write(con, churn(c), out_dir / S.split_file(S.CHURN_PREFIX, split), m)
     engine.release(list(as_of.values()))
     return json.loads(plan.to_json())
 

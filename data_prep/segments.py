@@ -105,9 +105,14 @@ def churn_labels(events: ir.Table, cutoff: datetime, horizon_days: int = 60) -> 
 def churn_examples(events: ir.Table, cutoff: datetime, horizon_days: int = 60) -> ir.Table:
     """Churn examples at one cutoff: the snapshot (aggregates and sequence before ``cutoff``) of every
     customer who purchased before it, and ``label`` = :func:`churn_labels` (1 = no purchase in the horizon)."""
+    return with_segment(labelled_snapshots(events, cutoff, horizon_days), events, cutoff)
+
+
+def labelled_snapshots(events: ir.Table, cutoff: datetime, horizon_days: int = 60) -> ir.Table:
+    """:func:`churn_examples` without the segment: each row depends on its customer's events only."""
     snap = fe.customer_snapshot(events, cutoff)
     j = snap.join(churn_labels(events, cutoff, horizon_days), S.CUSTOMER_ID)
-    return with_segment(j.select(*snap.columns, **{S.LABEL: j[S.CHURN]}), events, cutoff)
+    return j.select(*snap.columns, **{S.LABEL: j[S.CHURN]})
 
 
 def with_segment(examples: ir.Table, events: ir.Table, cutoff: datetime) -> ir.Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from data_prep import engine, pipeline
 from data_prep import features as fe
 from data_prep import schema as S
+from data_prep.generate import RetailerSpec, generate_retailer
+from data_prep.pipeline import run_prep
 
 
 def test_sequences_built_piece_by_piece_equal_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,3 +35,24 @@ def test_sequences_built_piece_by_piece_equal_the_whole(monkeypatch: pytest.Monk
     key = lambda df: df.sort_values(S.CUSTOMER_ID).reset_index(drop=True)  # noqa: E731
     assert len(whole) == 7
     pd.testing.assert_frame_equal(key(pieces).map(str), key(whole).map(str))
+
+
+def _rows(path: Path) -> pd.DataFrame:
+    """A Parquet file's rows in a canonical order (the files written piece by piece have no row order)."""
+    df = pd.read_parquet(path)
+    text = df.map(lambda v: repr(list(v)) if hasattr(v, "__len__") and not isinstance(v, str) else repr(v))
+    return text.sort_values(list(text.columns)).reset_index(drop=True)
+
+
+def test_prep_in_pieces_writes_the_same_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "raw"
+    generate_retailer(raw, RetailerSpec(n_customers=120, seed=3, n_days=240))
+    run_prep(raw, tmp_path / "whole")
+    monkeypatch.setattr(pipeline, "EVENTS_PER_PIECE", 5_000)  # several pieces per step
+    run_prep(raw, tmp_path / "pieces")
+    files = sorted((tmp_path / "whole" / S.FEATURES_DIR).glob("*.parquet"))
+    assert len(files) > 15
+    for f in files:
+        pd.testing.assert_frame_equal(
+            _rows(tmp_path / "pieces" / S.FEATURES_DIR / f.name), _rows(f), obj=f.name
+        )
