@@ -103,6 +103,7 @@ def bench_prep(
     The generator runs in a child process of its own first (``o2o generate``), so none of its memory is
     counted in prep's figures.
     """
+    commit = _commit()  # the code the children import, before anyone commits more
     root = workdir or Path(tempfile.mkdtemp(prefix="o2o-bench-"))
     gen_cmd = [
         sys.executable,
@@ -144,7 +145,7 @@ def bench_prep(
         "prep_tree_peak_rss_gb": round(prep.tree_peak_rss_gb, 2),
         "duckdb_memory": os.environ.get("O2O_DUCKDB_MEMORY", "default (data_prep/engine.py)"),
         "machine": _machine(),
-        "commit": _commit(),
+        "commit": commit,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "command": " ".join(["o2o", "bench", "prep", "--customers", str(customers), "--engine", engine]),
     }
