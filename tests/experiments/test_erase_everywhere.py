@@ -36,7 +36,8 @@ runner = CliRunner()
 def workdir(tiny_pipeline: Pipeline, tmp_path: Path) -> Path:
     """A copy of the tiny pipeline's root, completed to the demo's shape (held-out scores, campaign)."""
     root = tmp_path / "work"
-    shutil.copytree(tiny_pipeline.data.parent, root)
+    for name in ("data", "runs", "artifacts"):  # what the demo leaves (other tests add files of their own)
+        shutil.copytree(tiny_pipeline.data.parent / name, root / name)
     data, features = root / "data", root / "data" / S.FEATURES_DIR
     bundle = load_bundle(root / "artifacts" / "o2o" / tiny_pipeline.bundle.name)
     held_out = data / "05_scores" / f"held_out_{S.SPLIT_TEST}"
