@@ -7,9 +7,10 @@ Imports no torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
-from typing import TypeAlias
+from itertools import chain
+from typing import TypeAlias, cast
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +61,11 @@ class ItemVocabulary:
         if self.item_ids_ is None or self.arrow_ids_ is None or self.position_ is None:
             raise RuntimeError("ItemVocabulary is not fitted: call fit() first")
         return self.item_ids_, self.arrow_ids_, self.position_
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """Item id → 1-based index."""
+        return self._check()[2]
 
     @property
     def n_items(self) -> int:
@@ -156,6 +162,55 @@ class FlatSequences:
         return places_from_end(self.row, self.n_rows)
 
 
+def _is_arrow(values: object) -> bool:
+    return isinstance(values, pa.Array | pa.ChunkedArray)
+
+
+def newest_suffixes(
+    items: Sequence[Sequence[str] | None],
+    vocab: ItemVocabulary,
+    n_known: int | None,
+    **aligned: Sequence[Sequence[object] | None] | None,
+) -> tuple[list[Sequence[str]], dict[str, list[Sequence[object]] | None]]:
+    """Each Python history cut to its shortest suffix holding its newest ``n_known`` known items (the whole
+    history when it holds fewer; ``n_known`` None: no cut), and every list of ``aligned`` (by name; None
+    stays None) cut alike.
+
+    An API request or a stored history is a Python list of up to a thousand events, of which the models read
+    only the newest ``max_len`` known ones: cutting here, a few dict lookups per row, spares converting the
+    rest to Arrow. Raises ValueError naming the list that has not as many entries as its history (the check
+    :func:`flatten_sequences` makes, made here before anything is cut).
+    """
+    position = vocab.positions
+    starts: list[int] = []
+    for row in items:
+        row = () if row is None else row
+        known, start = 0, 0
+        if n_known is None:
+            starts.append(0)
+            continue
+        for at in range(len(row) - 1, -1, -1):
+            if row[at] in position:
+                known += 1
+                if known == n_known:
+                    start = at
+                    break
+        starts.append(start)
+    cut: dict[str, list[Sequence[object]] | None] = {}
+    for what, values in aligned.items():
+        if values is None:
+            cut[what] = None
+            continue
+        if len(values) != len(items) or any(_len(v) != _len(r) for v, r in zip(values, items, strict=True)):
+            raise ValueError(f"{what} must align with items (same number of entries in every sequence)")
+        cut[what] = [() if v is None else v[s:] for v, s in zip(values, starts, strict=True)]
+    return [() if r is None else r[s:] for r, s in zip(items, starts, strict=True)], cut
+
+
+def _len(values: Sized | None) -> int:
+    return 0 if values is None else len(values)
+
+
 def flatten_sequences(
     items: ListInput,
     vocab: ItemVocabulary,
@@ -170,26 +225,76 @@ def flatten_sequences(
 
     ``newest`` keeps only each sequence's newest that many known events; their context is the same as
     without the cut (the oldest one's time gap still counts from the known event before it), and only
-    they are looked up, which is what makes long histories cheap to score.
+    they are looked up, which is what makes long histories cheap to score. Python lists (an API batch:
+    small) are cut to that window first (:func:`newest_suffixes`) and read with dict lookups; Arrow columns
+    (a scoring chunk, a training table) in one C++ pass each. Both give the same arrays.
     """
+    lists = {"event_types": event_types, "channels": channels, "timestamps": timestamps}
+    if any(_is_arrow(v) for v in (items, *lists.values())):
+        return _flatten_arrow(items, vocab, lists, type_names, channel_names, newest)
+    cut_items, cut = newest_suffixes(
+        cast("Sequence[Sequence[str] | None]", items),
+        vocab,
+        None if newest is None else newest + 1,  # the window and the known event before it (its first gap)
+        **cast("dict[str, Sequence[Sequence[object]] | None]", lists),
+    )
+    n = len(cut_items)
+    lengths = np.fromiter((len(r) for r in cut_items), dtype=np.int64, count=n)
+    item = vocab.lookup(list(chain.from_iterable(cut_items)))  # (E,) every event left
+    at, row, keep = _window(item, lengths, newest)
+    ctx = np.zeros((len(at), N_CONTEXT), dtype=np.int64)
+    positions = at.tolist()
+    for column, key, names in (
+        (CTX_EVENT_TYPE, "event_types", type_names),
+        (CTX_CHANNEL, "channels", channel_names),
+    ):
+        if (values := cut[key]) is not None:
+            flat = list(chain.from_iterable(values))
+            index = {name: i + 1 for i, name in enumerate(names)}
+            ctx[:, column] = np.fromiter((index.get(flat[p], 0) for p in positions), np.int64, len(at))
+    if (stamps := cut["timestamps"]) is not None:
+        flat_ts = list(chain.from_iterable(stamps))
+        ts = np.array([flat_ts[p] for p in positions], dtype=np.int64)
+        ctx[:, CTX_TIME_GAP] = gap_buckets(ts, row)
+    return FlatSequences(item[at][keep], ctx[keep], row[keep], n)
+
+
+def _window(
+    item: np.ndarray, lengths: np.ndarray, newest: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat positions of the known events whose context is built, their rows, and which of them are kept
+    (all, or each row's newest ``newest``; the one before them only gives the window its first gap)."""
+    at = np.flatnonzero(item > 0)  # (N,) flat positions of the known events
+    row = np.repeat(np.arange(len(lengths)), lengths)[at]  # (N,)
+    keep = np.ones(len(at), dtype=bool)
+    if newest is not None:
+        from_end = places_from_end(row, len(lengths))
+        near = from_end <= newest
+        at, row, keep = at[near], row[near], from_end[near] < newest
+    return at, row, keep
+
+
+def _flatten_arrow(
+    items: ListInput,
+    vocab: ItemVocabulary,
+    lists: dict[str, ListInput | None],
+    type_names: Sequence[str],
+    channel_names: Sequence[str],
+    newest: int | None,
+) -> FlatSequences:
+    """:func:`flatten_sequences` of Arrow columns (a scoring chunk, a training table): one C++ pass each."""
     arr = as_list_array(items)
     n = len(arr)
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     item = vocab.lookup(pc.list_flatten(arr))  # (E,) every event
-    at = np.flatnonzero(item > 0)  # (N,) flat positions of the known events
-    row = np.repeat(np.arange(n), lengths)[at]  # (N,)
-    keep = np.ones(len(at), dtype=bool)
-    if newest is not None:
-        from_end = places_from_end(row, n)
-        near = from_end <= newest  # the window and the known event just before it (the window's first gap)
-        at, row, keep = at[near], row[near], from_end[near] < newest
+    at, row, keep = _window(item, lengths, newest)
     ctx = np.zeros((len(at), N_CONTEXT), dtype=np.int64)
     taken = pa.array(at, type=pa.int64())  # the positions whose context is built
-    if event_types is not None:
+    if (event_types := lists["event_types"]) is not None:
         ctx[:, CTX_EVENT_TYPE] = _names_index(event_types, type_names, lengths, "event_types", taken)
-    if channels is not None:
+    if (channels := lists["channels"]) is not None:
         ctx[:, CTX_CHANNEL] = _names_index(channels, channel_names, lengths, "channels", taken)
-    if timestamps is not None:
+    if (timestamps := lists["timestamps"]) is not None:
         ts = _aligned(timestamps, lengths, "timestamps", pa.int64()).take(taken)
         ctx[:, CTX_TIME_GAP] = gap_buckets(ts.to_numpy(zero_copy_only=False).astype(np.int64), row)
     return FlatSequences(item[at][keep], ctx[keep], row[keep], n)

@@ -207,7 +207,8 @@ def recommend(
     if segments is not None and len(segments) != len(arr):
         raise ValueError(f"segments has {len(segments)} entries for {len(arr)} histories")
     allowed = allowed_items(model, rules)
-    item_idx, feeds = model.sequence_feeds(arr, event_types, channels, timestamps)
+    # the lists as given: Python lists are cut to the graph's window before they become Arrow
+    item_idx, feeds = model.sequence_feeds(items, event_types, channels, timestamps)
     n = len(item_idx)
     feeds["exclude_seen"] = np.full(n, float(exclude), dtype=np.float32)
     feeds["allowed"] = allowed

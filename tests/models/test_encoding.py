@@ -15,6 +15,7 @@ from models.encoding import (
     encode_sequences,
     flatten_sequences,
     gap_buckets,
+    newest_suffixes,
 )
 
 
@@ -97,6 +98,30 @@ def test_cutting_to_the_newest_keeps_every_context_of_the_uncut_sequences() -> N
     assert (cut.ctx[:, CTX_TIME_GAP] > 1).any()  # some windows start after an earlier known event
     item_idx, ctx = encode_sequences(seqs, vocab(), 3, types, channels=channels, timestamps=ts, **kw)
     assert item_idx.shape == (40, 3) and ctx.shape == (40, 3, N_CONTEXT)
+
+
+def test_python_histories_are_cut_before_arrow_and_encode_as_arrow_ones_do() -> None:
+    rng = np.random.default_rng(1)
+    names = ["a", "b", "c", "d", "zz", None]  # zz unknown, None a null item
+    lengths = rng.integers(0, 30, size=50)
+    seqs = [rng.choice(np.array(names, dtype=object), size=n).tolist() for n in lengths]
+    types = [rng.choice(["view", "order"], size=n).tolist() for n in lengths]
+    ts = [np.cumsum(rng.integers(0, 10 * 86_400, size=n)).tolist() for n in lengths]
+    kw = {"type_names": ["view", "order"]}
+    from_python = encode_sequences(seqs, vocab(), 4, types, timestamps=ts, **kw)
+    arrow = [pa.array(v) for v in (seqs, types, ts)]
+    from_arrow = encode_sequences(arrow[0], vocab(), 4, arrow[1], timestamps=arrow[2], **kw)
+    for got, want in zip(from_python, from_arrow, strict=True):
+        assert np.array_equal(got, want)
+    cut, aligned = newest_suffixes(seqs, vocab(), 5, event_types=types, channels=None)
+    assert aligned["channels"] is None
+    for row, full, types_row in zip(cut, seqs, aligned["event_types"] or [], strict=True):
+        known = [i for i in row if i in ("a", "b", "c", "d")]
+        assert len(row) == len(types_row) and list(full[len(full) - len(row) :]) == list(row)
+        assert len(known) == min(5, sum(i in ("a", "b", "c", "d") for i in full))
+        assert not row or row[0] in ("a", "b", "c", "d") or len(row) == len(full)  # shortest suffix
+    with pytest.raises(ValueError, match="timestamps must align"):
+        encode_sequences([["a", "b"], ["c"]], vocab(), 5, timestamps=[[1, 2], [3, 4]])
 
 
 def test_lookup_of_many_ids_agrees_with_the_lookup_of_a_few() -> None:
