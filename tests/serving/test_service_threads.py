@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from serving.artifact import THREADS_ENV
+from serving.artifact import THREADS_ENV, session_options
 from serving.service import SERVICE_NAME, available_cores, ort_threads
 
 
@@ -30,6 +30,13 @@ def test_the_environment_overrides_the_default() -> None:
 def test_a_setting_that_is_not_a_whole_number_above_zero_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match=THREADS_ENV):
         ort_threads({THREADS_ENV: value}, 2, 1)
+
+
+def test_sessions_use_the_threads_given_and_do_not_spin_between_calls() -> None:
+    opts = session_options(3)
+    assert opts.intra_op_num_threads == 3 and opts.inter_op_num_threads == 1
+    # a spinning pool holds the cores between calls: the event loop and the clients starve (benchmarks.md)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_available_cores_follow_the_affinity_mask() -> None:
