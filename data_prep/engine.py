@@ -221,11 +221,16 @@ def _string_schema(columns: list[str]):  # type: ignore[no-untyped-def]
     return StructType([StructField(c, StringType()) for c in columns])
 
 
+# DuckDB's writer buffers a whole row group (122,880 rows by default) before it writes it; rows that hold
+# sequence lists make that hundreds of MB outside the memory cap. A byte bound keeps each group small.
+PARQUET_ROW_GROUP_BYTES = "32MB"
+
+
 def write_parquet(con: ibis.BaseBackend, expr: ir.Table, path: Path) -> None:
     """One Parquet file at ``path`` (Spark would write a folder of parts; we stream its rows instead)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if engine_name(con) == DUCKDB:
-        con.to_parquet(expr, path)
+        con.to_parquet(expr, path, row_group_size_bytes=PARQUET_ROW_GROUP_BYTES)
         return
     reader = con.to_pyarrow_batches(expr)
     with pq.ParquetWriter(path, reader.schema) as writer:
@@ -248,7 +253,7 @@ def write_parquet_parts(con: ibis.BaseBackend, exprs: Iterable[ir.Table], path: 
         parts = []
         for i, expr in enumerate(exprs):
             parts.append(Path(tmp) / f"{i:05d}.parquet")
-            con.to_parquet(expr, parts[-1])
+            con.to_parquet(expr, parts[-1], row_group_size_bytes=PARQUET_ROW_GROUP_BYTES)
         writer: pq.ParquetWriter | None = None
         try:  # row groups copied in order (DuckDB would not keep the order without a sort)
             for part in parts:

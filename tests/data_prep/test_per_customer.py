@@ -56,3 +56,26 @@ def test_prep_in_pieces_writes_the_same_features(tmp_path: Path, monkeypatch: py
         pd.testing.assert_frame_equal(
             _rows(tmp_path / "pieces" / S.FEATURES_DIR / f.name), _rows(f), obj=f.name
         )
+
+
+@pytest.mark.parametrize("parts", [False, True], ids=["one query", "in parts"])
+def test_parquet_row_groups_are_bounded_in_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: bool
+) -> None:
+    """DuckDB buffers a whole row group before writing it (122,880 rows by default): with sequence lists in
+    each row, that buffer lies outside the memory cap, so the writer is told to cut groups by size."""
+    import pyarrow.parquet as pq
+
+    con = engine.connect()
+    n = 20_000  # DuckDB cuts groups at multiples of 2,048 rows: enough rows for several
+    seqs = pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "items": [list(range(100))] * n})
+    expr = engine.temp_table(con, seqs)
+    monkeypatch.setattr(engine, "PARQUET_ROW_GROUP_BYTES", "1MB")  # ~16 MB of lists in all
+    out = tmp_path / "seq.parquet"
+    if parts:
+        engine.write_parquet_parts(con, [expr.limit(n // 2), expr.limit(n // 2, offset=n // 2)], out)
+    else:
+        engine.write_parquet(con, expr, out)
+    meta = pq.ParquetFile(out).metadata
+    assert meta.num_rows == n
+    assert meta.num_row_groups >= 4
