@@ -99,17 +99,29 @@ def _window(events: ir.Table, start: datetime, end: datetime) -> ir.Table:
     return events.filter(known & (events[S.TS] >= _at(start)) & (events[S.TS] < _at(end)))
 
 
-def event_order(events: ir.Table) -> list[ir.Value]:
-    """Sort keys that put a customer's events in time order, ties broken reproducibly.
+BASKET = "_basket"  # column set by :func:`mark_baskets`: the event is one line of a basket of several
 
-    Lines of one basket (a POS transaction or an online order) share a timestamp and carry no order among
-    themselves: sorting them by ``event_id`` would sort them by product id, so "the first item of the next
-    basket" (protocol R2's target) would be the product with the smallest id and every sequence would list a
-    basket in id order. Their tie order is an MD5 of the event id instead: fixed, but unrelated to the item.
-    Other ties (e.g. ratings in the same second) keep the ``event_id`` order, which mappings set to the
-    source's row order.
+
+def mark_baskets(events: ir.Table, group: str = S.CUSTOMER_ID) -> ir.Table:
+    """``events`` with :data:`BASKET`: true for the lines of an order that holds two or more of ``group``'s
+    events (a POS transaction, an online order of several products), false for an event alone in its order
+    (a MovieLens rating, which its mapping gives an order of its own) and for events without an order."""
+    lines = events[S.EVENT_ID].count().over(group_by=[events[group], events[S.ORDER_ID]])
+    return events.mutate(**{BASKET: events[S.ORDER_ID].notnull() & (lines > 1)})
+
+
+def event_order(events: ir.Table) -> list[ir.Value]:
+    """Sort keys that put a customer's events in time order, ties broken reproducibly (``events`` passed
+    through :func:`mark_baskets`).
+
+    Lines of one basket share a timestamp and carry no order among themselves: sorting them by ``event_id``
+    would sort them by product id, so "the first item of the next basket" (protocol R2's target) would be the
+    product with the smallest id and every sequence would list a basket in id order. Their tie order is an
+    MD5 of the event id instead: fixed, but unrelated to the item. Every other tie (ratings in the same second,
+    each an order of its own) keeps the ``event_id`` order, which mappings set to the source's row order, as
+    protocol R1 requires.
     """
-    in_basket = events[S.ORDER_ID].notnull()
+    in_basket = events[BASKET]
     tie = ibis.ifelse(in_basket, events[S.EVENT_ID].hexdigest("md5"), events[S.EVENT_ID])
     return [events[S.TS], in_basket, tie]
 
@@ -196,7 +208,7 @@ def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = True) 
     Ties in time are broken by :func:`event_order` so the order is reproducible. ``detail`` (default) adds the
     aligned ``channels`` and ``timestamps`` (whole epoch seconds) lists that side-information inputs need.
     """
-    e = item_events(_before(events, cutoff))
+    e = mark_baskets(item_events(_before(events, cutoff)))
     e = e.mutate(_pos=ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=event_order(e)))
     seqs = e.group_by(S.CUSTOMER_ID).aggregate(**{SEQUENCE: collect_sequence(e, e._pos, detail)})
     return unpack(seqs, detail=detail)
@@ -205,7 +217,7 @@ def customer_sequences(events: ir.Table, cutoff: datetime, detail: bool = True) 
 def next_item_targets(events: ir.Table, start: datetime, end: datetime) -> ir.Table:
     """customer_id, target_item: the first add-to-cart / order / store purchase in ``[start, end)``."""
     e = _window(events, start, end)
-    e = e.filter(e[S.ITEM_ID].notnull() & e[S.EVENT_TYPE].isin(S.TARGET_EVENT_TYPES))
+    e = mark_baskets(e.filter(e[S.ITEM_ID].notnull() & e[S.EVENT_TYPE].isin(S.TARGET_EVENT_TYPES)))
     rank = ibis.row_number().over(group_by=S.CUSTOMER_ID, order_by=event_order(e))
     first = e.mutate(_rank=rank).filter(ibis._["_rank"] == 0)
     return first.select(S.CUSTOMER_ID, **{S.TARGET_ITEM: first[S.ITEM_ID]})
@@ -229,6 +241,7 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
     is_purchase = e[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES)
     purchase_order = ibis.ifelse(is_purchase, e[S.ORDER_ID], ibis.null("string"))
     last7, last30 = e._age < 7, e._age < 30
+    in_store = e[S.CHANNEL] == S.CHANNEL_STORE
     agg = e.group_by(S.CUSTOMER_ID).aggregate(
         **{
             S.F_RECENCY_DAYS: e._age.min(),
@@ -240,8 +253,9 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
             S.F_N_PURCHASES_30D: purchase_order.nunique(where=last30).cast("float64"),
             S.F_N_PURCHASES_ALL: purchase_order.nunique().cast("float64"),
             S.F_MONETARY_ALL: e[S.AMOUNT].sum(where=e[S.EVENT_TYPE].isin(S.SPEND_EVENT_TYPES)).fill_null(0.0),
-            S.F_N_ONLINE_ALL: (e[S.SOURCE] == "online").sum().cast("float64"),
-            S.F_N_STORE_ALL: e[S.ORDER_ID].nunique(where=e[S.SOURCE] == "pos").cast("float64"),
+            # by channel, not by source: order-level rows (source "orders") are online orders or store visits
+            S.F_N_ONLINE_ALL: (~in_store).sum().cast("float64"),
+            S.F_N_STORE_ALL: e[S.ORDER_ID].nunique(where=in_store).cast("float64"),
             S.F_DAYS_SINCE_PURCHASE: e._age.min(where=is_purchase).fill_null(NO_PURCHASE_DAYS),
         }
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -39,7 +39,7 @@ from data_prep.raw import (
     require,
 )
 from data_prep.raw import RawInputError as RawInputError  # re-exported: callers catch it here
-from data_prep.report import write_data_report
+from data_prep.report import data_warnings, write_data_report
 from data_prep.screening import FileFormat
 
 Progress = Callable[[str], None]
@@ -65,6 +65,7 @@ class PrepResult:
     identity_metrics: dict[str, Any] | None
     splits: fe.TimeSplits
     report: Path
+    warnings: list[str] = field(default_factory=list)
 
 
 def pseudonymise_columns(con: ibis.BaseBackend, t: ir.Table, columns: dict[str, str], key: bytes) -> ir.Table:
@@ -612,5 +613,12 @@ def _run_prep(
     say("data report")
     report = write_data_report(out)
     return PrepResult(
-        out / S.EVENTS_DIR, out / S.CUSTOMERS_DIR, out / S.FEATURES_DIR, ledger, metrics, splits, report
+        out / S.EVENTS_DIR,
+        out / S.CUSTOMERS_DIR,
+        out / S.FEATURES_DIR,
+        ledger,
+        metrics,
+        splits,
+        report,
+        data_warnings(out),
     )

@@ -155,6 +155,21 @@ def _identity_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def data_warnings(out: Path) -> list[str]:
+    """What about a prep output limits the models trained on it, one sentence each (the report's warnings,
+    printed by ``o2o prep`` too)."""
+    import pyarrow.parquet as pq
+
+    warnings = []
+    if pq.ParquetFile(out / S.FEATURES_DIR / S.ITEMS_FILE).metadata.num_rows == 0:
+        warnings.append(
+            "no item events before the validation cutoff (an export of order totals, say): every item "
+            "sequence is empty, so the recommender cannot train and the intent model's sequence input "
+            "contributes nothing (it learns from the aggregates alone)"
+        )
+    return warnings
+
+
 def write_data_report(out: Path) -> Path:
     """Build ``out/data_report.md`` and its plots from the layers under ``out``; returns the report path."""
     plots = out / PLOTS_DIR
@@ -174,6 +189,7 @@ def write_data_report(out: Path) -> Path:
         f"train {', '.join(c[:10] for c in splits['train_cutoffs'])}; validation {splits['val'][:10]}; "
         f"test {splits['test'][:10]}; label horizon {splits['horizon_days']} days.",
         "",
+        *[f"**Warning:** {w}.\n" for w in data_warnings(out)],
         "## Events",
         "",
         f"![events per day]({PLOTS_DIR}/events_per_day.png)",

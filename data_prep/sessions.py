@@ -113,6 +113,7 @@ def _customer_history(
     h = h.filter((h[S.TS] >= since) & _up_to(h, h[S.TS], h[S.EVENT_ID]))
     other = h.own_session.isnull() | (h.own_session != h.sid)
     last7 = h[S.TS] >= h[ATC_TS] - ibis.interval(days=7)
+    h = fe.mark_baskets(h, group="sid")
     h = h.mutate(_pos=ibis.row_number().over(group_by=h.sid, order_by=fe.event_order(h)))
     agg = h.group_by(h.sid).aggregate(
         **{

@@ -193,6 +193,8 @@ def prep(
             f"identity: precision {m['pairwise_precision']:.4f}, recall {m['pairwise_recall']:.4f}, "
             f"{m['n_resolved_customers']} customers for {m['n_true_persons']} true persons"
         )
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     _wrote(result.events_dir, result.customers_dir, result.features_dir, result.report)
 
 

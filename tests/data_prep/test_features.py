@@ -83,6 +83,18 @@ def test_aggregates_exact() -> None:
     assert agg.loc["c2", S.F_DAYS_SINCE_PURCHASE] == fe.NO_PURCHASE_DAYS
 
 
+def test_aggregates_count_order_level_rows_by_channel() -> None:
+    """An export of order totals (source ``orders``, no items): online orders and store visits count as such."""
+    rows = [
+        {**ev("c1", -5, S.EV_ORDER, None, 30.0, "w1"), S.SOURCE: "orders", S.CHANNEL: "web"},
+        {**ev("c1", -3, S.EV_ORDER, None, 20.0, "a1"), S.SOURCE: "orders", S.CHANNEL: "app"},
+        {**ev("c1", -2, S.EV_PURCHASE, None, 9.0, "s1"), S.SOURCE: "orders", S.CHANNEL: S.CHANNEL_STORE},
+    ]
+    c1 = fe.intent_aggregates(table(rows), CUTOFF).to_pandas().set_index(S.CUSTOMER_ID).loc["c1"]
+    assert (c1[S.F_N_ONLINE_ALL], c1[S.F_N_STORE_ALL], c1[S.F_N_PURCHASES_ALL]) == (2, 1, 3)
+    assert c1[S.F_MONETARY_ALL] == pytest.approx(59.0)
+
+
 def test_future_events_reach_no_feature_or_sequence() -> None:
     before = fe.intent_examples(table(PAST), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])
     after = fe.intent_examples(table(PAST + FUTURE), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])
@@ -121,6 +133,21 @@ def test_basket_lines_are_not_ordered_by_product_id() -> None:
     views = [ev("c2", -1, S.EV_VIEW, it) for it in items]
     seq2 = list(fe.customer_sequences(table(views[::-1]), CUTOFF).to_pandas()[S.ITEMS].iloc[0])
     assert seq2 == items
+
+
+def test_orders_of_one_event_sharing_a_second_keep_the_source_row_order() -> None:
+    """Protocol R1: a MovieLens rating is an order of its own; ratings in the same second keep the row order
+    (their event ids), so the last and second-to-last events are the source's, not an MD5's."""
+    rows = []
+    for i, item in enumerate(["M9", "M3", "M7", "M1", "M5", "M2"]):  # row order, not id order
+        r = ev("c1", -2, S.EV_ORDER, item, 1.0, f"o{i}")
+        rows.append({**r, S.EVENT_ID: f"ml-{i:06d}"})
+    seq = fe.customer_sequences(table(rows[::-1]), CUTOFF).to_pandas()[S.ITEMS].iloc[0]
+    assert list(seq) == ["M9", "M3", "M7", "M1", "M5", "M2"]
+    later = [{**ev("c1", 1, S.EV_ORDER, it, 1.0, f"n{i}"), S.EVENT_ID: f"ml-{10 + i:06d}"} for i, it in
+             enumerate(["M8", "M4"])]  # fmt: skip
+    target = fe.next_item_examples(table(rows + later[::-1]), CUTOFF, 14).to_pandas()[S.TARGET_ITEM].iloc[0]
+    assert target == "M8"
 
 
 def test_vocabulary_ignores_items_first_seen_after_cutoff() -> None:

@@ -69,3 +69,14 @@ def test_the_recommender_says_why_it_cannot_train_on_it(orders_only: Path, tmp_p
     cfg = load_config("recommender", None, [f"data.features_dir={orders_only / S.FEATURES_DIR}"])
     with pytest.raises(ValueError, match="no item-level events"):
         train(cfg, tmp_path / "runs", progress_bar=False)
+
+
+def test_prep_warns_that_there_are_no_items_and_counts_the_orders(orders_only: Path) -> None:
+    from data_prep.report import REPORT_FILE, data_warnings
+
+    (warning,) = data_warnings(orders_only)
+    assert "no item events" in warning
+    assert f"**Warning:** {warning}" in (orders_only / REPORT_FILE).read_text()
+    snap = pd.read_parquet(orders_only / S.FEATURES_DIR / S.SNAPSHOT_FILE)
+    buyers = snap[snap[S.F_N_PURCHASES_ALL] > 0]
+    assert len(buyers) > 0 and (buyers[S.F_N_STORE_ALL] == buyers[S.F_N_PURCHASES_ALL]).all()
