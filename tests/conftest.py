@@ -32,6 +32,41 @@ class Pipeline:
     scores: Path
 
 
+@dataclass(frozen=True)
+class Prepared:
+    template: Path  # the raw retailer as generated
+    data: Path  # a copy of it, prepared (01_raw … 04_features)
+
+
+@pytest.fixture(scope="session")
+def prepared_150(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """A 150-customer retailer (seed 11) generated and prepared once per session, under an O2O_HOME of its
+    own. Tests that change files (erasure) take :func:`copy_prepared` of it, never the original."""
+    import shutil
+
+    from data_prep.generate import RetailerSpec, generate_retailer
+    from data_prep.pipeline import run_prep
+
+    root = tmp_path_factory.mktemp("prepared_150")
+    template, data = root / "template", root / "data"
+    generate_retailer(template, RetailerSpec(n_customers=150, seed=11))
+    shutil.copytree(template, data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("O2O_HOME", str(root / "home"))
+        run_prep(data, data)
+    return Prepared(template, data)
+
+
+def copy_prepared(prepared: Prepared, dest: Path) -> Prepared:
+    """A private copy of ``prepared`` under ``dest``."""
+    import shutil
+
+    copy = Prepared(dest / "template", dest / "data")
+    shutil.copytree(prepared.template, copy.template)
+    shutil.copytree(prepared.data, copy.data)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     """generate → prep → train (2 epochs each) → export → score, on a few hundred customers."""

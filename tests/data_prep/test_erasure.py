@@ -12,19 +12,15 @@ import pytest
 
 from data_prep import schema as S
 from data_prep.erasure import RETRAIN_MARKER, erase_person, erased_keys
-from data_prep.generate import RetailerSpec, generate_retailer
 from data_prep.pipeline import run_prep
+from tests.conftest import Prepared, copy_prepared
 
 
 @pytest.fixture
-def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+def prepared(prepared_150: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
-    template = tmp_path / "template"
-    generate_retailer(template, RetailerSpec(n_customers=150, seed=11))
-    data = tmp_path / "data"
-    shutil.copytree(template, data)
-    run_prep(data, data)
-    return template, data
+    copy = copy_prepared(prepared_150, tmp_path)
+    return copy.template, copy.data
 
 
 def omni_email(data: Path) -> str:

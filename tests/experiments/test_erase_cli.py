@@ -16,28 +16,23 @@ from typer.testing import CliRunner
 from data_prep import pii
 from data_prep import schema as S
 from data_prep.erasure import RETRAIN_MARKER, erased_keys
-from data_prep.generate import RetailerSpec, generate_retailer
 from data_prep.manifest import file_sha256
-from data_prep.pipeline import run_prep
 from experiments.cli import app
 from serving.artifact import bundle_path, register_bundle
 from serving.checksums import write_checksums
 from serving.history import open_history_store, read_snapshot
 from serving.history_stores import RedisHistoryStore, SqliteHistoryStore
 from serving.store_registry import forget_stores, register_store, registered_stores
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, Prepared, copy_prepared
 from tests.experiments.conftest import REDIS_URL
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def prepared(prepared_150: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
-    data = tmp_path / "data"
-    generate_retailer(data, RetailerSpec(n_customers=150, seed=11))
-    run_prep(data, data)
-    return data
+    return copy_prepared(prepared_150, tmp_path).data
 
 
 def snapshot_person(data: Path) -> tuple[str, str]:
