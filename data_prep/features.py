@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import ibis
 import ibis.expr.types as ir
@@ -61,22 +61,38 @@ def plan_splits(
     n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
     stride_days: int = 7,
     min_history_days: int = 14,
+    test_date: date | None = None,
 ) -> TimeSplits:
-    """Cutoffs at midnights: test = end − h, val = test − h, train = val − h − k·stride (k < n).
+    """Cutoffs at midnights: test = end − h (or ``test_date``), val = test − h, train = val − h − k·stride
+    (k < n).
 
-    Train cutoffs with less than ``min_history_days`` of data before them are dropped; at least one must
-    remain, else the data is too short for the horizon.
+    ``test_date`` evaluates the data as of a date a study needs (a season, before a campaign): its label
+    window must end within the data. Train cutoffs with less than ``min_history_days`` of data before them
+    are dropped; at least one must remain, else the data is too short for the horizon.
     """
     start = datetime(first_ts.year, first_ts.month, first_ts.day, tzinfo=UTC)
     end = datetime(last_ts.year, last_ts.month, last_ts.day, tzinfo=UTC) + timedelta(days=1)
     h = timedelta(days=horizon_days)
     test = end - h
+    if test_date is not None:
+        asked = datetime(test_date.year, test_date.month, test_date.day, tzinfo=UTC)
+        if asked > test:
+            raise ValueError(
+                f"test date {test_date} is too late: its {horizon_days}-day label window must end by the "
+                f"end of the data ({end.date()}), so the latest test date is {test.date()}"
+            )
+        test = asked
     val = test - h
     train = tuple(
         c
         for k in range(n_train_cutoffs)
         if (c := val - h - timedelta(days=k * stride_days)) >= start + timedelta(days=min_history_days)
     )
+    if not train and test_date is not None:
+        raise ValueError(
+            f"test date {test_date} is too early: the data starts {start.date()}, and a test date needs "
+            f"{2 * horizon_days + min_history_days} days of data before it"
+        )
     if not train:
         span = (end - start).days
         raise ValueError(
@@ -234,14 +250,22 @@ def next_item_examples(events: ir.Table, cutoff: datetime, horizon_days: int) ->
 
 
 def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
-    """One row per customer with any event before ``cutoff``: the :data:`schema.INTENT_FEATURES`."""
+    """One row per customer with any event before ``cutoff``: the :data:`schema.INTENT_FEATURES`.
+
+    Activity counts and recency come from every event; purchase timing (first and last order, by channel,
+    the gaps between consecutive orders, recent orders and spend) from the customer's orders, one row per
+    order id, so an export of order totals without items feeds them as fully as item lines do. Channels
+    decide online or store, not the source. A customer without an order gets :data:`NO_PURCHASE_DAYS` for
+    every "days since" and for the mean gap, 0 for the spread."""
     e = _before(events, cutoff)
     age_days = (epoch_seconds(_at(cutoff)) - epoch_seconds(e[S.TS])) / SECONDS_PER_DAY
     e = e.mutate(_age=age_days)
     is_purchase = e[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES)
     purchase_order = ibis.ifelse(is_purchase, e[S.ORDER_ID], ibis.null("string"))
-    last7, last30 = e._age < 7, e._age < 30
+    last7, last30, last90 = e._age < 7, e._age < 30, e._age < 90
     in_store = e[S.CHANNEL] == S.CHANNEL_STORE
+    spend = e[S.EVENT_TYPE].isin(S.SPEND_EVENT_TYPES)
+    day = e._age.floor()
     agg = e.group_by(S.CUSTOMER_ID).aggregate(
         **{
             S.F_RECENCY_DAYS: e._age.min(),
@@ -252,14 +276,52 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
             S.F_N_CARTS_7D: (last7 & (e[S.EVENT_TYPE] == S.EV_ADD_TO_CART)).sum().cast("float64"),
             S.F_N_PURCHASES_30D: purchase_order.nunique(where=last30).cast("float64"),
             S.F_N_PURCHASES_ALL: purchase_order.nunique().cast("float64"),
-            S.F_MONETARY_ALL: e[S.AMOUNT].sum(where=e[S.EVENT_TYPE].isin(S.SPEND_EVENT_TYPES)).fill_null(0.0),
+            S.F_MONETARY_ALL: e[S.AMOUNT].sum(where=spend).fill_null(0.0),
             # by channel, not by source: order-level rows (source "orders") are online orders or store visits
             S.F_N_ONLINE_ALL: (~in_store).sum().cast("float64"),
             S.F_N_STORE_ALL: e[S.ORDER_ID].nunique(where=in_store).cast("float64"),
             S.F_DAYS_SINCE_PURCHASE: e._age.min(where=is_purchase).fill_null(NO_PURCHASE_DAYS),
+            S.F_N_PURCHASES_90D: purchase_order.nunique(where=last90).cast("float64"),
+            S.F_MONETARY_90D: e[S.AMOUNT].sum(where=spend & last90).fill_null(0.0),
+            S.F_ACTIVE_DAYS_30D: day.nunique(where=last30).cast("float64"),
+            S.F_ACTIVE_DAYS_90D: day.nunique(where=last90).cast("float64"),
         }
     )
-    return agg.select(S.CUSTOMER_ID, *S.INTENT_FEATURES)
+    timing = _purchase_timing(e.filter(is_purchase & e[S.ORDER_ID].notnull()))
+    j = agg.left_join(timing, S.CUSTOMER_ID)
+    never = ibis.literal(NO_PURCHASE_DAYS)
+    fills = {
+        S.F_DAYS_SINCE_FIRST_PURCHASE: never,
+        S.F_DAYS_SINCE_ONLINE_PURCHASE: never,
+        S.F_DAYS_SINCE_STORE_PURCHASE: never,
+        S.F_PURCHASE_GAP_MEAN: never,
+        S.F_PURCHASE_GAP_STD: ibis.literal(0.0),
+    }
+    return j.select(
+        S.CUSTOMER_ID,
+        *[c for c in S.INTENT_FEATURES if c not in fills],
+        **{c: j[c].fill_null(v) for c, v in fills.items()},
+    ).select(S.CUSTOMER_ID, *S.INTENT_FEATURES)
+
+
+def _purchase_timing(purchases: ir.Table) -> ir.Table:
+    """Per customer, from one row per order (its earliest line): days since the first order and since the
+    last online and store order, and the mean and spread of the days between consecutive orders (null
+    where undefined)."""
+    orders = purchases.group_by([S.CUSTOMER_ID, S.ORDER_ID]).aggregate(
+        _age=purchases._age.max(), _store=(purchases[S.CHANNEL] == S.CHANNEL_STORE).any()
+    )
+    newer = ibis.window(group_by=S.CUSTOMER_ID, order_by=[ibis.desc("_age"), S.ORDER_ID])
+    orders = orders.mutate(_gap=orders._age - orders._age.lead().over(newer))
+    return orders.group_by(S.CUSTOMER_ID).aggregate(
+        **{
+            S.F_DAYS_SINCE_FIRST_PURCHASE: orders._age.max(),
+            S.F_DAYS_SINCE_ONLINE_PURCHASE: orders._age.min(where=~orders._store),
+            S.F_DAYS_SINCE_STORE_PURCHASE: orders._age.min(where=orders._store),
+            S.F_PURCHASE_GAP_MEAN: orders._gap.mean(),
+            S.F_PURCHASE_GAP_STD: orders._gap.std(how="pop"),
+        }
+    )
 
 
 def purchase_labels(events: ir.Table, cutoff: datetime, horizon_days: int) -> ir.Table:

@@ -12,7 +12,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -412,6 +412,7 @@ def build_features_layer(
     horizon_days: int,
     progress: Progress,
     n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
+    test_date: date | None = None,
 ) -> fe.TimeSplits:
     """Write ``04_features``: vocabulary, R2 rec_{train,val,test}, R1 sequences, I1 intent_{train,val,test}, I2 sessions,
     snapshot, RFM, churn and clusters.
@@ -432,7 +433,9 @@ def build_features_layer(
             "no events of a customer with analytics consent: nothing to build features from. Data without "
             "recorded consent (public research sets) needs `--consent-default grant`"
         )
-    splits = fe.plan_splits(span.lo.to_pydatetime(), span.hi.to_pydatetime(), horizon_days, n_train_cutoffs)
+    splits = fe.plan_splits(
+        span.lo.to_pydatetime(), span.hi.to_pydatetime(), horizon_days, n_train_cutoffs, test_date=test_date
+    )
     (out_dir / S.SPLITS_FILE).write_text(splits.to_json())
     catalog = engine.read_parquet(con, out / S.EVENTS_DIR / S.CATALOG_FILE)
     _write(con, fe.item_vocabulary(events, catalog, splits.val), out_dir / S.ITEMS_FILE, m)
@@ -572,8 +575,12 @@ def run_prep(
     engine_name: str = engine.DUCKDB,
     consent_default: bool = False,
     n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
+    test_date: date | None = None,
 ) -> PrepResult:
     """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark).
+
+    ``test_date`` sets the test cutoff of the I1 and R2 splits (validation and training cutoffs follow it);
+    by default it is the end of the data less the horizon.
 
     A step that runs out of memory or disk, or fails inside DuckDB, raises :class:`PrepStepError`: one line
     naming the step (the last progress message) and the remedy.
@@ -585,7 +592,9 @@ def run_prep(
         (progress or (lambda _msg: None))(msg)
 
     try:
-        return _run_prep(raw, out, horizon_days, say, engine_name, consent_default, n_train_cutoffs)
+        return _run_prep(
+            raw, out, horizon_days, say, engine_name, consent_default, n_train_cutoffs, test_date
+        )
     except Exception as e:
         message = engine.failure_message(steps[0] or "start", e)
         if message is None:
@@ -601,6 +610,7 @@ def _run_prep(
     engine_name: str,
     consent_default: bool,
     n_train_cutoffs: int,
+    test_date: date | None = None,
 ) -> PrepResult:
     key = pii.load_key()
     con = engine.connect(engine_name)
@@ -609,7 +619,7 @@ def _run_prep(
     say("resolve identities (03_customers)")
     resolved, evidence, metrics = build_customers_layer(con, events, profiles, raw, out, key, consent_default)
     say("features, labels and splits (04_features)")
-    splits = build_features_layer(con, resolved, evidence, out, horizon_days, say, n_train_cutoffs)
+    splits = build_features_layer(con, resolved, evidence, out, horizon_days, say, n_train_cutoffs, test_date)
     say("data report")
     report = write_data_report(out)
     return PrepResult(

@@ -6,7 +6,7 @@ unified names below. Change a name here, never as a string literal elsewhere.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: purchase-timing aggregates added to INTENT_FEATURES
 
 RAW_DIR = "01_raw"  # layer folder of the raw files; the source folders below live inside it
 
@@ -381,6 +381,16 @@ F_MONETARY_ALL = "monetary_all"
 F_N_ONLINE_ALL = "n_online_all"
 F_N_STORE_ALL = "n_store_all"
 F_DAYS_SINCE_PURCHASE = "days_since_purchase"
+# purchase timing (orders = distinct order ids of order/purchase events; order-level rows included)
+F_DAYS_SINCE_FIRST_PURCHASE = "days_since_first_purchase"
+F_DAYS_SINCE_ONLINE_PURCHASE = "days_since_online_purchase"
+F_DAYS_SINCE_STORE_PURCHASE = "days_since_store_purchase"
+F_PURCHASE_GAP_MEAN = "purchase_gap_mean_days"  # mean days between consecutive orders
+F_PURCHASE_GAP_STD = "purchase_gap_std_days"  # their spread (0 with fewer than three orders)
+F_N_PURCHASES_90D = "n_purchases_90d"
+F_MONETARY_90D = "monetary_90d"
+F_ACTIVE_DAYS_30D = "active_days_30d"  # days (24-h spans back from the cutoff) with any event
+F_ACTIVE_DAYS_90D = "active_days_90d"
 INTENT_FEATURES = (
     F_RECENCY_DAYS,
     F_TENURE_DAYS,
@@ -394,6 +404,15 @@ INTENT_FEATURES = (
     F_N_ONLINE_ALL,
     F_N_STORE_ALL,
     F_DAYS_SINCE_PURCHASE,
+    F_DAYS_SINCE_FIRST_PURCHASE,
+    F_DAYS_SINCE_ONLINE_PURCHASE,
+    F_DAYS_SINCE_STORE_PURCHASE,
+    F_PURCHASE_GAP_MEAN,
+    F_PURCHASE_GAP_STD,
+    F_N_PURCHASES_90D,
+    F_MONETARY_90D,
+    F_ACTIVE_DAYS_30D,
+    F_ACTIVE_DAYS_90D,
 )
 
 # RFM and segments (04_features/rfm.parquet, as of the end of the data), churn, behavioural clusters.

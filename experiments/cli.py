@@ -166,13 +166,27 @@ def prep(
         str,
         typer.Option(help="consent of customers with no recorded choice: deny (privacy by default) | grant"),
     ] = "deny",
+    test_date: Annotated[
+        str | None,
+        typer.Option(
+            help="test cutoff YYYY-MM-DD for the I1/R2 splits (validation and training cutoffs before it); "
+            "default: the end of the data less the horizon",
+            metavar="<date>",
+        ),
+    ] = None,
 ) -> None:
     """Unify, clean, pseudonymise, resolve identities and build features/labels/splits (Ibis on DuckDB)."""
+    from datetime import date
+
     from data_prep.pipeline import run_prep
 
     with user_errors():
         if consent_default not in ("deny", "grant"):
             raise ValueError(f"--consent-default must be deny or grant, got {consent_default!r}")
+        try:
+            test_day = None if test_date is None else date.fromisoformat(test_date)
+        except ValueError:
+            raise ValueError(f"--test-date must be a date YYYY-MM-DD, got {test_date!r}") from None
         result = run_prep(
             raw,
             out or raw,
@@ -181,6 +195,7 @@ def prep(
             engine_name=engine,
             consent_default=consent_default == "grant",
             n_train_cutoffs=train_cutoffs,
+            test_date=test_day,
         )
     for source, entry in result.ledger["sources"].items():
         console.print(

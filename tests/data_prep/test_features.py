@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import ibis
 import pandas as pd
@@ -95,6 +95,31 @@ def test_aggregates_count_order_level_rows_by_channel() -> None:
     assert c1[S.F_MONETARY_ALL] == pytest.approx(59.0)
 
 
+def test_purchase_timing_aggregates_exact() -> None:
+    rows = [
+        ev("c1", -40, S.EV_PURCHASE, "A", 10.0, "t1"),  # store, 40 days before the cutoff
+        ev("c1", -20, S.EV_ORDER, "B", 5.0, "o1"),  # online
+        ev("c1", -5, S.EV_ORDER, "C", 2.0, "o2"),  # online, two lines
+        {**ev("c1", -5, S.EV_ORDER, "D", 3.0, "o2"), S.EVENT_ID: "o2-D"},
+        ev("c1", -1.2, S.EV_VIEW, "E"),
+        ev("c1", -1.5, S.EV_VIEW, "F"),  # same day back from the cutoff as the view above
+        ev("c2", -3, S.EV_VIEW, "A"),  # never bought
+    ]
+    agg = fe.intent_aggregates(table(rows), CUTOFF).to_pandas().set_index(S.CUSTOMER_ID)
+    c1, c2 = agg.loc["c1"], agg.loc["c2"]
+    assert c1[S.F_DAYS_SINCE_FIRST_PURCHASE] == pytest.approx(40.0)
+    assert c1[S.F_DAYS_SINCE_ONLINE_PURCHASE] == pytest.approx(5.0)
+    assert c1[S.F_DAYS_SINCE_STORE_PURCHASE] == pytest.approx(40.0)
+    assert c1[S.F_PURCHASE_GAP_MEAN] == pytest.approx(17.5)  # gaps of 20 and 15 days
+    assert c1[S.F_PURCHASE_GAP_STD] == pytest.approx(2.5)
+    assert (c1[S.F_N_PURCHASES_90D], c1[S.F_MONETARY_90D]) == (3, pytest.approx(20.0))
+    assert (c1[S.F_ACTIVE_DAYS_30D], c1[S.F_ACTIVE_DAYS_90D]) == (3, 4)  # days 1, 5, 20; and 40
+    never = fe.NO_PURCHASE_DAYS
+    assert c2[S.F_DAYS_SINCE_FIRST_PURCHASE] == c2[S.F_PURCHASE_GAP_MEAN] == never
+    assert (c2[S.F_PURCHASE_GAP_STD], c2[S.F_N_PURCHASES_90D], c2[S.F_ACTIVE_DAYS_30D]) == (0, 0, 1)
+    assert list(agg.columns) == list(S.INTENT_FEATURES)
+
+
 def test_future_events_reach_no_feature_or_sequence() -> None:
     before = fe.intent_examples(table(PAST), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])
     after = fe.intent_examples(table(PAST + FUTURE), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])
@@ -169,6 +194,20 @@ def test_plan_splits_windows_do_not_overlap() -> None:
     assert len(many.train_cutoffs) == 10  # older ones with < 14 days of history before them dropped
     with pytest.raises(ValueError, match="too short"):
         fe.plan_splits(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 20, tzinfo=UTC), 14)
+
+
+def test_a_chosen_test_date_moves_every_cutoff_and_is_checked() -> None:
+    lo, hi = datetime(2026, 1, 5, 3, tzinfo=UTC), datetime(2026, 5, 4, 22, tzinfo=UTC)  # end 2026-05-05
+    s = fe.plan_splits(lo, hi, 14, test_date=date(2026, 3, 2))
+    assert (s.test, s.val) == (datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 2, 16, tzinfo=UTC))
+    assert s.train_cutoffs[-1] == datetime(2026, 2, 2, tzinfo=UTC) and s.data_end == datetime(
+        2026, 5, 5, tzinfo=UTC
+    )
+    assert fe.plan_splits(lo, hi, 14, test_date=date(2026, 4, 21)) == fe.plan_splits(lo, hi, 14)  # the latest
+    with pytest.raises(ValueError, match=r"too late: .* latest test date is 2026-04-21"):
+        fe.plan_splits(lo, hi, 14, test_date=date(2026, 4, 22))
+    with pytest.raises(ValueError, match="too early"):
+        fe.plan_splits(lo, hi, 14, test_date=date(2026, 1, 30))
 
 
 def test_label_window_end_is_exclusive() -> None:
