@@ -97,6 +97,13 @@ def run_demo(
     return DemoResult(data, rec.run_dir, intent.run_dir, bundle_dir, scores, seconds, summary)
 
 
+INTENT_BASELINES = {  # metrics.json name → label in the summary
+    "logistic_regression": "logistic regression",
+    "gradient_boosting": "gradient boosting",
+    "bg_nbd": "BG/NBD",
+}
+
+
 def summarise(rec: dict, intent: dict, identity: dict | None, seconds: float) -> dict[str, Any]:
     r_model, r_pop = rec["model"]["test"], rec["baselines"]["most_popular"]["test"]
     names = headline(rec)
@@ -117,7 +124,7 @@ def summarise(rec: dict, intent: dict, identity: dict | None, seconds: float) ->
             "sequence_model": {k: i_model[k] for k in ("roc_auc", "pr_auc", "log_loss", "ece", "n_examples")},
             **{
                 b: {k: intent["baselines"][b]["test"][k] for k in ("roc_auc", "pr_auc", "log_loss", "ece")}
-                for b in ("logistic_regression", "gradient_boosting")
+                for b in INTENT_BASELINES
                 if b in intent["baselines"]
             },
         },
@@ -134,10 +141,7 @@ def print_summary(console: Console, s: dict[str, Any], paths: list[Path]) -> Non
         for base, label in (("most_popular", "most popular"), ("item_knn", "ItemKNN")):
             table.add_row("recommender (R2)", m, f"{rec['sasrec'][m]:.4f}", f"{rec[base][m]:.4f}", label)
     for m in ("roc_auc", "pr_auc", "ece"):
-        for base, label in (
-            ("logistic_regression", "logistic regression"),
-            ("gradient_boosting", "gradient boosting"),
-        ):
+        for base, label in INTENT_BASELINES.items():
             if base in intent:
                 ours, theirs = intent["sequence_model"][m], intent[base][m]
                 table.add_row("intent (I1)", m, f"{ours:.4f}", f"{theirs:.4f}", label)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from data_prep import schema as S
 
 
 class MostPopular:
@@ -245,3 +252,57 @@ def gradient_boosting_baseline(seed: int = 0) -> HistGradientBoostingClassifier:
         n_iter_no_change=20,
         random_state=seed,
     )
+
+
+class BetaGeoBaseline:
+    """BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"), the buy-till-you-die model,
+    from pymc-marketing, fit by maximum a posteriori on each row's order history as of its cutoff. Like
+    scikit-learn's classifiers it takes the aggregate matrix (:data:`schema.INTENT_FEATURES`, by name) and
+    answers ``predict_proba``: P(at least one order within ``horizon_days``) = 1 − P(no order in (T, T + h]).
+
+    Its inputs, in weeks: frequency = orders after the first, recency = first to last order, T = first order
+    to the cutoff. A customer without an order is taken as born at its first event with none since
+    (frequency 0, recency 0, T = tenure). The model never sees the labels: it is fit to the histories alone,
+    as buy-till-you-die models are.
+    """
+
+    REQUIRED = (S.F_N_PURCHASES_ALL, S.F_DAYS_SINCE_FIRST_PURCHASE, S.F_DAYS_SINCE_PURCHASE, S.F_TENURE_DAYS)
+
+    def __init__(self, feature_names: Sequence[str], horizon_days: int) -> None:
+        missing = [n for n in self.REQUIRED if n not in feature_names]
+        if missing:
+            raise ValueError(f"BG/NBD needs the aggregates {', '.join(missing)}")
+        self.columns = [list(feature_names).index(n) for n in self.REQUIRED]
+        self.horizon_weeks = horizon_days / 7.0
+        self.model: Any = None
+
+    def histories(self, features: np.ndarray) -> pd.DataFrame:
+        """One row per example: customer_id (the row number), frequency, recency, T (weeks)."""
+        n, first, last, tenure = (np.asarray(features[:, c], dtype=np.float64) for c in self.columns)
+        bought = n >= 1
+        frequency = np.where(bought, n - 1, 0.0)
+        recency = np.where(bought, np.maximum(first - last, 0.0), 0.0) / 7.0
+        age = np.where(bought, first, tenure) / 7.0
+        return pd.DataFrame(
+            {"customer_id": np.arange(len(n)), "frequency": frequency, "recency": recency, "T": age}
+        )
+
+    def fit(self, features: np.ndarray, label: np.ndarray | None = None) -> BetaGeoBaseline:
+        del label  # fit to the histories, not to the outcome
+        with warnings.catch_warnings():  # ArviZ's refactor notice; PyTensor's "no BLAS" (four scalars here)
+            warnings.simplefilter("ignore")
+            from pymc_marketing.clv import BetaGeoModel
+
+            self.model = BetaGeoModel(data=self.histories(features))
+            self.model.fit(method="map", progressbar=False)
+        return self
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("fit the BG/NBD baseline before predicting")
+        no_order = self.model.expected_probability_no_purchase(
+            self.horizon_weeks, data=self.histories(features)
+        )
+        p = 1.0 - np.asarray(no_order, dtype=np.float64).reshape(-1)
+        p = np.clip(np.nan_to_num(p, nan=0.0), 1e-6, 1 - 1e-6)
+        return np.column_stack([1.0 - p, p])

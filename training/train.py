@@ -39,6 +39,7 @@ from models.encoding import N_GAP_BUCKETS, flatten_sequences
 from models.spec import IntentConfig, IntentSpec, RecommenderSpec, RunSpec, SASRecConfig, net_config, to_json
 from training import distributed
 from training.baselines import (
+    BetaGeoBaseline,
     ItemKNN,
     MostPopular,
     RepeatHistory,
@@ -470,7 +471,7 @@ def train_intent(
         "model": with_f1((y_val, calibration.apply(p_val)), calibrated_test),
         "calibration": calibration_record,
         "warm_start": warm,
-        "baselines": _intent_baselines(dm, tc.seed)
+        "baselines": _intent_baselines(dm, tc.seed, cfg)
         if evaluate_test and distributed.process_rank() == 0
         else {},
         "distributed": ranks,
@@ -489,22 +490,35 @@ def train_intent(
     return _finish(run_dir, cfg, spec, metrics, t0)
 
 
-def _intent_baselines(dm: IntentDataModule, seed: int) -> dict[str, dict[str, dict[str, float]]]:
-    """Logistic regression and histogram gradient boosting on the aggregates, fit on the training cutoffs;
-    their own probabilities (both are fit with log-loss, so they need no separate calibration)."""
+def _intent_baselines(
+    dm: IntentDataModule, seed: int, cfg: IntentRunConfig
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Logistic regression and histogram gradient boosting on the aggregates, fit on the training cutoffs
+    (both are fit with log-loss, so they need no separate calibration); for purchase (I1) and churn also
+    BG/NBD on the order histories, the buy-till-you-die model (churn: 1 − P(an order in 60 days))."""
     train = dm.splits[S.SPLIT_TRAIN]
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for name, model in (
+    models: list[tuple[str, Any]] = [
         ("logistic_regression", logistic_regression_baseline(seed)),
         ("gradient_boosting", gradient_boosting_baseline(seed)),
-    ):
+    ]
+    if cfg.target in ("purchase", "churn") and set(BetaGeoBaseline.REQUIRED) <= set(dm.feature_names):
+        horizon = cfg.horizon_days if cfg.target == "purchase" else S.CHURN_HORIZON_DAYS
+        models.append(("bg_nbd", BetaGeoBaseline(dm.feature_names, horizon)))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, model in models:
         model.fit(train.features, train.label.astype(int))
         val, test = (
-            (dm.splits[s].label, model.predict_proba(dm.splits[s].features)[:, 1])
+            (dm.splits[s].label, _positive(model, dm.splits[s].features, name, cfg.target))
             for s in (S.SPLIT_VAL, S.SPLIT_TEST)
         )
         out[name] = with_f1(val, test)
     return out
+
+
+def _positive(model: Any, features: np.ndarray, name: str, target: str) -> np.ndarray:
+    """The probability of the positive class; BG/NBD predicts an order, so churn is its complement."""
+    p = model.predict_proba(features)[:, 1]
+    return 1.0 - p if name == "bg_nbd" and target == "churn" else p
 
 
 def _intent_protocol_text(cfg: IntentRunConfig) -> str:
