@@ -256,7 +256,8 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
     the gaps between consecutive orders, recent orders and spend) from the customer's orders, one row per
     order id, so an export of order totals without items feeds them as fully as item lines do. Channels
     decide online or store, not the source. A customer without an order gets :data:`NO_PURCHASE_DAYS` for
-    every "days since" and for the mean gap, 0 for the spread."""
+    every "days since" and for the mean gap, 0 for the spread. Every aggregate is ≥ 0 (the models take
+    log1p of them)."""
     e = _before(events, cutoff)
     age_days = (epoch_seconds(_at(cutoff)) - epoch_seconds(e[S.TS])) / SECONDS_PER_DAY
     e = e.mutate(_age=age_days)
@@ -276,13 +277,14 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
             S.F_N_CARTS_7D: (last7 & (e[S.EVENT_TYPE] == S.EV_ADD_TO_CART)).sum().cast("float64"),
             S.F_N_PURCHASES_30D: purchase_order.nunique(where=last30).cast("float64"),
             S.F_N_PURCHASES_ALL: purchase_order.nunique().cast("float64"),
-            S.F_MONETARY_ALL: e[S.AMOUNT].sum(where=spend).fill_null(0.0),
+            S.F_MONETARY_ALL: ibis.greatest(e[S.AMOUNT].sum(where=spend).fill_null(0.0), 0.0),
             # by channel, not by source: order-level rows (source "orders") are online orders or store visits
             S.F_N_ONLINE_ALL: (~in_store).sum().cast("float64"),
             S.F_N_STORE_ALL: e[S.ORDER_ID].nunique(where=in_store).cast("float64"),
             S.F_DAYS_SINCE_PURCHASE: e._age.min(where=is_purchase).fill_null(NO_PURCHASE_DAYS),
             S.F_N_PURCHASES_90D: purchase_order.nunique(where=last90).cast("float64"),
-            S.F_MONETARY_90D: e[S.AMOUNT].sum(where=spend & last90).fill_null(0.0),
+            # net of returns, floored at 0: a window can hold the return of something bought before it
+            S.F_MONETARY_90D: ibis.greatest(e[S.AMOUNT].sum(where=spend & last90).fill_null(0.0), 0.0),
             S.F_ACTIVE_DAYS_30D: day.nunique(where=last30).cast("float64"),
             S.F_ACTIVE_DAYS_90D: day.nunique(where=last90).cast("float64"),
         }

@@ -114,6 +114,10 @@ def test_purchase_timing_aggregates_exact() -> None:
     assert c1[S.F_PURCHASE_GAP_STD] == pytest.approx(2.5)
     assert (c1[S.F_N_PURCHASES_90D], c1[S.F_MONETARY_90D]) == (3, pytest.approx(20.0))
     assert (c1[S.F_ACTIVE_DAYS_30D], c1[S.F_ACTIVE_DAYS_90D]) == (3, 4)  # days 1, 5, 20; and 40
+    returned = [*rows, {**ev("c1", -2, S.EV_RETURN, "A", -50.0, "r1"), S.SOURCE: "pos", S.CHANNEL: "store"}]
+    again = fe.intent_aggregates(table(returned), CUTOFF).to_pandas().set_index(S.CUSTOMER_ID)
+    assert again.loc["c1", [S.F_MONETARY_90D, S.F_MONETARY_ALL]].tolist() == [0.0, 0.0]  # net < 0: floored
+    assert (again.to_numpy() >= 0).all()
     never = fe.NO_PURCHASE_DAYS
     assert c2[S.F_DAYS_SINCE_FIRST_PURCHASE] == c2[S.F_PURCHASE_GAP_MEAN] == never
     assert (c2[S.F_PURCHASE_GAP_STD], c2[S.F_N_PURCHASES_90D], c2[S.F_ACTIVE_DAYS_30D]) == (0, 0, 1)
