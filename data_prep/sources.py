@@ -459,10 +459,22 @@ def _decodable(src: SourceSpec, i: int, path: Path, stage: Path, where: str) -> 
 
 
 def _csv_header(path: Path, opts: CsvOptions, where: str) -> list[str]:
+    """The header's column names; refuses empty or repeated names (a file aligned with runs of spaces, read
+    with ``delimiter: " "``, gives empty ones), which no query can name."""
     try:
-        return screening.csv_header(path, opts.delimiter, opts.quote)
+        header = screening.csv_header(path, opts.delimiter, opts.quote)
     except screening.UnreadableFile as e:
         raise SourceError(f"{where}: {e}") from None
+    empty = [i + 1 for i, c in enumerate(header) if not c.strip()]
+    repeated = sorted({c for c in header if c.strip() and header.count(c) > 1})
+    if empty or repeated:
+        what = f"empty column name(s) at position(s) {empty[:5]}" if empty else f"repeated name(s) {repeated}"
+        aligned = " (a file aligned with runs of spaces?)" if opts.delimiter.isspace() and empty else ""
+        raise SourceError(
+            f"{where}: {path.name}: the header read with delimiter {opts.delimiter!r} has {what}{aligned}: "
+            "export it with one delimiter between columns (e.g. CSV or tab-separated) and set csv.delimiter"
+        )
+    return header
 
 
 def _concat(paths: list[Path], dest: Path) -> None:

@@ -384,6 +384,26 @@ def test_malformed_csv_row_stops_with_the_source_named(tmp_path: Path) -> None:
         run(tmp_path, BASE.format(kind="online", path="web.csv", format="csv", columns="{event_id: id}"))
 
 
+@pytest.mark.parametrize(
+    ("text", "delimiter", "expected"),
+    [
+        ("id    cookie  sku\ne1    c1      S1\n", " ", r"empty column name.*aligned with runs of spaces"),
+        ("id,id,sku\ne1,c1,S1\n", ",", r"repeated name\(s\) \['id'\]"),
+    ],
+    ids=["space-aligned", "repeated"],
+)
+def test_a_header_no_query_can_name_is_refused_saying_why(
+    tmp_path: Path, text: str, delimiter: str, expected: str
+) -> None:
+    """A whitespace-aligned export read with a space delimiter gave DuckDB's 'Binder Error: Need named
+    argument for struct pack'; the import now says what is wrong with the header."""
+    write(tmp_path / "web.txt", text)
+    mapping = BASE.format(kind="online", path="web.txt", format="csv", columns="{event_id: id}")
+    mapping += f"    csv: {{delimiter: {delimiter!r}}}\n"
+    with pytest.raises(SourceError, match=expected):
+        run(tmp_path, mapping)
+
+
 def test_refuses_an_output_folder_with_synthetic_ground_truth(tmp_path: Path) -> None:
     write(tmp_path / "web.csv", WEB_CSV)
     (tmp_path / "out" / S.GROUND_TRUTH_DIR).mkdir(parents=True)
