@@ -300,10 +300,8 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
         S.F_PURCHASE_GAP_STD: ibis.literal(0.0),
     }
     return j.select(
-        S.CUSTOMER_ID,
-        *[c for c in S.INTENT_FEATURES if c not in fills],
-        **{c: j[c].fill_null(v) for c, v in fills.items()},
-    ).select(S.CUSTOMER_ID, *S.INTENT_FEATURES)
+        S.CUSTOMER_ID, **{c: j[c].fill_null(fills[c]) if c in fills else j[c] for c in S.INTENT_FEATURES}
+    )
 
 
 def _purchase_timing(purchases: ir.Table) -> ir.Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -42,8 +43,6 @@ class Prepared:
 def prepared_150(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     """A 150-customer retailer (seed 11) generated and prepared once per session, under an O2O_HOME of its
     own. Tests that change files (erasure) take :func:`copy_prepared` of it, never the original."""
-    import shutil
-
     from data_prep.generate import RetailerSpec, generate_retailer
     from data_prep.pipeline import run_prep
 
@@ -59,8 +58,6 @@ def prepared_150(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
 
 def copy_prepared(prepared: Prepared, dest: Path) -> Prepared:
     """A private copy of ``prepared`` under ``dest``."""
-    import shutil
-
     copy = Prepared(dest / "template", dest / "data")
     shutil.copytree(prepared.template, copy.template)
     shutil.copytree(prepared.data, copy.data)

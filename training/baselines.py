@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -258,7 +258,8 @@ class BetaGeoBaseline:
     """BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"), the buy-till-you-die model,
     from pymc-marketing, fit by maximum a posteriori on each row's order history as of its cutoff. Like
     scikit-learn's classifiers it takes the aggregate matrix (:data:`schema.INTENT_FEATURES`, by name) and
-    answers ``predict_proba``: P(at least one order within ``horizon_days``) = 1 − P(no order in (T, T + h]).
+    answers ``predict_proba``: P(at least one order within ``horizon_days``) = 1 − P(no order in (T, T + h]),
+    or with ``positive="lapse"`` (churn) P(no order) as the positive class.
 
     Its inputs, in weeks: frequency = orders after the first, recency = first to last order, T = first order
     to the cutoff. A customer without an order is taken as born at its first event with none since
@@ -268,12 +269,15 @@ class BetaGeoBaseline:
 
     REQUIRED = (S.F_N_PURCHASES_ALL, S.F_DAYS_SINCE_FIRST_PURCHASE, S.F_DAYS_SINCE_PURCHASE, S.F_TENURE_DAYS)
 
-    def __init__(self, feature_names: Sequence[str], horizon_days: int) -> None:
+    def __init__(
+        self, feature_names: Sequence[str], horizon_days: int, positive: Literal["order", "lapse"] = "order"
+    ) -> None:
         missing = [n for n in self.REQUIRED if n not in feature_names]
         if missing:
             raise ValueError(f"BG/NBD needs the aggregates {', '.join(missing)}")
         self.columns = [list(feature_names).index(n) for n in self.REQUIRED]
         self.horizon_weeks = horizon_days / 7.0
+        self.positive = positive
         self.model: Any = None
 
     def histories(self, features: np.ndarray) -> pd.DataFrame:
@@ -305,4 +309,6 @@ class BetaGeoBaseline:
         )
         p = 1.0 - np.asarray(no_order, dtype=np.float64).reshape(-1)
         p = np.clip(np.nan_to_num(p, nan=0.0), 1e-6, 1 - 1e-6)
+        if self.positive == "lapse":
+            p = 1.0 - p
         return np.column_stack([1.0 - p, p])

@@ -502,23 +502,21 @@ def _intent_baselines(
         ("gradient_boosting", gradient_boosting_baseline(seed)),
     ]
     if cfg.target in ("purchase", "churn") and set(BetaGeoBaseline.REQUIRED) <= set(dm.feature_names):
-        horizon = cfg.horizon_days if cfg.target == "purchase" else S.CHURN_HORIZON_DAYS
-        models.append(("bg_nbd", BetaGeoBaseline(dm.feature_names, horizon)))
+        bg_nbd = (
+            BetaGeoBaseline(dm.feature_names, cfg.horizon_days)
+            if cfg.target == "purchase"
+            else BetaGeoBaseline(dm.feature_names, S.CHURN_HORIZON_DAYS, positive="lapse")
+        )
+        models.append(("bg_nbd", bg_nbd))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, model in models:
         model.fit(train.features, train.label.astype(int))
         val, test = (
-            (dm.splits[s].label, _positive(model, dm.splits[s].features, name, cfg.target))
+            (dm.splits[s].label, model.predict_proba(dm.splits[s].features)[:, 1])
             for s in (S.SPLIT_VAL, S.SPLIT_TEST)
         )
         out[name] = with_f1(val, test)
     return out
-
-
-def _positive(model: Any, features: np.ndarray, name: str, target: str) -> np.ndarray:
-    """The probability of the positive class; BG/NBD predicts an order, so churn is its complement."""
-    p = model.predict_proba(features)[:, 1]
-    return 1.0 - p if name == "bg_nbd" and target == "churn" else p
 
 
 def _intent_protocol_text(cfg: IntentRunConfig) -> str:

@@ -147,3 +147,6 @@ def test_bg_nbd_ranks_and_calibrates_customers_of_a_bg_nbd_world() -> None:
     p = model.predict_proba(test)[:, 1]
     assert roc_auc_score(label, p) > 0.75
     assert abs(p.mean() - label.mean()) < 0.03  # the right level, not only the right order
+    lapse = BetaGeoBaseline(list(S.INTENT_FEATURES), 14, positive="lapse")
+    lapse.model = model.model  # the same fit: churn's positive class is no order in the horizon
+    np.testing.assert_allclose(lapse.predict_proba(test)[:, 1], 1.0 - p)
