@@ -219,7 +219,9 @@ def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
     ``raw`` has the columns of ``01_raw/orders/orders.csv`` as strings, identifiers replaced by their keys.
     Rejected: no order id (``missing_id``), bad time, a channel other than web / app / miniprogram / store,
     a store order naming no known store, a total that is missing, not a number or not positive
-    (``bad_price``; refunds of order-level sources are not matched to purchases).
+    (``bad_price``; refunds of order-level sources are not matched to purchases). A total of exactly 0 is
+    kept, as an order with spend 0, on rows whose ``zero_total`` column (the import writes it from the
+    source's mapping option) reads ``keep``; a negative total is rejected either way.
     """
     ts = raw[S.ORD_TS].try_cast(UTC_TS)
     order = _empty_to_null(raw[S.ORD_ORDER_ID])
@@ -227,13 +229,18 @@ def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
     store = _empty_to_null(raw[S.ORD_STORE_ID])
     total = raw[S.ORD_TOTAL].try_cast("float64")
     in_store = channel == S.CHANNEL_STORE
+    keep_zero = (
+        (_empty_to_null(raw[S.ORD_ZERO_TOTAL]).lower() == S.ZERO_TOTAL_KEEP).fill_null(False)
+        if S.ORD_ZERO_TOTAL in raw.columns
+        else ibis.literal(False)
+    )
     reason = _first_reason(
         [
             (order.isnull(), R_MISSING_ID),
             (ts.isnull(), R_BAD_TIMESTAMP),
             (channel.isnull() | ~channel.isin(S.CHANNELS), R_UNKNOWN_CHANNEL),
             (in_store & (store.isnull() | ~store.isin(stores[S.CAT_STORE_ID])), R_UNKNOWN_STORE),
-            (total.isnull() | (total <= 0), R_BAD_PRICE),
+            (total.isnull() | (total < 0) | ((total == 0) & ~keep_zero), R_BAD_PRICE),
         ]
     )
     return raw.select(

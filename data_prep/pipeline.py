@@ -131,7 +131,7 @@ RAW_SOURCES: dict[str, tuple[str, str, FileFormat, tuple[str, ...], tuple[str, .
         S.RAW_ACCOUNT_COLUMNS,
         S.ACCOUNT_OPTIONAL_COLUMNS,
     ),
-    "orders": (S.RAW_ORDERS_DIR, S.RAW_ORDERS_FILE, "csv", S.RAW_ORDER_COLUMNS, ()),
+    "orders": (S.RAW_ORDERS_DIR, S.RAW_ORDERS_FILE, "csv", S.RAW_ORDER_COLUMNS, S.ORDER_OPTIONAL_COLUMNS),
 }
 OPTIONAL_SOURCES = ("accounts", "orders")  # not every retailer exports them
 

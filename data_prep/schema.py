@@ -82,7 +82,12 @@ ORD_ACCOUNT_ID = "account_id"
 ORD_EMAIL = "email"
 ORD_LOYALTY_CARD = "loyalty_card"
 ORD_PHONE = "phone"
-ORD_TOTAL = "total"  # order total in the shop currency, > 0
+ORD_TOTAL = "total"  # order total in the shop currency, > 0 (= 0 too where zero_total is "keep")
+# written by the import from the source option ``zero_total`` (one value per row, as several sources feed
+# one file): "keep" makes a total of exactly 0 a purchase with spend 0; empty or "reject": it is bad_price
+ORD_ZERO_TOTAL = "zero_total"
+ZERO_TOTAL_KEEP = "keep"
+ZERO_TOTAL_REJECT = "reject"
 
 # ---------------------------------------------------------------- raw: catalogue (CSV)
 RAW_CATALOG_DIR = "catalog"
@@ -153,7 +158,9 @@ RAW_ORDER_COLUMNS = (
     ORD_LOYALTY_CARD,
     ORD_PHONE,
     ORD_TOTAL,
+    ORD_ZERO_TOTAL,
 )
+ORDER_OPTIONAL_COLUMNS = (ORD_ZERO_TOTAL,)  # absent from older raw layouts: read as null (reject)
 ACCOUNT_OPTIONAL_COLUMNS = (ACC_PHONE, ACC_LOYALTY_CARD)  # absent from older raw layouts: read as null
 RAW_ITEM_COLUMNS = (CAT_ITEM_ID, CAT_CATEGORY, CAT_PRICE)
 RAW_STORE_COLUMNS = (CAT_STORE_ID, CAT_CITY)

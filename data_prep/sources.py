@@ -206,6 +206,9 @@ class SourceSpec(_Model):
     currency: CurrencySpec | None = None
     row_number: RowNumberSpec | None = None
     distinct: bool = False  # catalogue kinds only: one row per distinct canonical row (e.g. stores)
+    # orders only: keep a total of exactly 0 (free, fully discounted, voucher orders) as an order with spend
+    # 0, or reject it (bad_price, the default). Written to the canonical zero_total column of every row.
+    zero_total: Literal["keep", "reject"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SourceSpec:
@@ -221,6 +224,8 @@ class SourceSpec(_Model):
             raise ValueError(f"currency: kind {self.kind!r} has no price column")
         if AMOUNT in fed and S.POS_UNIT_PRICE in fed:
             raise ValueError(f"{AMOUNT}: set either {AMOUNT} or {S.POS_UNIT_PRICE}, not both")
+        if self.zero_total is not None and self.kind != "orders":
+            raise ValueError(f"zero_total: only for kind orders, not {self.kind!r}")
         if self.distinct and self.kind not in ("items", "stores"):
             raise ValueError("distinct: only for items and stores (prep counts every row of the other kinds)")
         if self.csv is not None and self.format != "csv":
@@ -261,7 +266,12 @@ class Mapping(_Model):
 
 
 def _check_canonical(kind: str, section: str, col: str) -> None:
-    allowed = (*CANONICAL[kind].columns, *((AMOUNT,) if kind == "pos" else ()))
+    if kind == "orders" and col == S.ORD_ZERO_TOTAL:
+        raise ValueError(
+            f"{section}.{col}: set by the source option 'zero_total: keep | reject', not from the source"
+        )
+    mapped = [c for c in CANONICAL[kind].columns if c != S.ORD_ZERO_TOTAL]  # zero_total: an option's
+    allowed = (*mapped, *((AMOUNT,) if kind == "pos" else ()))
     if col not in allowed:
         raise ValueError(
             f"{section}.{col}: unknown canonical column {col!r} for kind {kind!r}; expected one of {list(allowed)}"
@@ -586,6 +596,8 @@ def _canonical_exprs(src: SourceSpec) -> dict[str, str]:
     spec = CANONICAL[src.kind]
     fed = _fed_columns(src)
     exprs = {c: _recode(src, c, _value_expr(src, c)) for c in (*spec.columns, AMOUNT) if c in fed}
+    if src.zero_total is not None:  # orders: the source's rule travels with each of its rows to prep
+        exprs[S.ORD_ZERO_TOTAL] = _lit(src.zero_total)
     if spec.price_column and src.currency is not None and spec.price_column in exprs:
         exprs[spec.price_column] = _convert(exprs[spec.price_column], src.currency)
     if AMOUNT in exprs:  # POS: a line or order total

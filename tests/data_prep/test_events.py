@@ -270,3 +270,26 @@ def test_order_level_rows_are_purchases_without_items() -> None:
     assert kept[S.AMOUNT].tolist() == [42.5, 10.0]
     assert kept[S.ITEM_ID].isna().all() and kept[S.QUANTITY].isna().all()
     assert kept.loc["orders:O2", S.ACCOUNT_KEY] == "ak"
+
+
+@pytest.mark.parametrize(
+    ("total", "zero_total", "reason"),
+    [
+        ("0", S.ZERO_TOTAL_KEEP, None),
+        ("0.00", " Keep ", None),  # the column is read trimmed, in any case
+        ("0", S.ZERO_TOTAL_REJECT, ev.R_BAD_PRICE),
+        ("0", "", ev.R_BAD_PRICE),  # no rule written: the default
+        ("0", "kept", ev.R_BAD_PRICE),  # only 'keep' keeps (the mapping checks its option's spelling)
+        ("-5", S.ZERO_TOTAL_KEEP, ev.R_BAD_PRICE),  # a negative total is never kept
+        ("a lot", S.ZERO_TOTAL_KEEP, ev.R_BAD_PRICE),
+        ("", S.ZERO_TOTAL_KEEP, ev.R_BAD_PRICE),
+        ("0", None, ev.R_BAD_PRICE),
+    ],
+)
+def test_a_zero_total_is_kept_only_where_its_row_says_keep(
+    total: str, zero_total: str | None, reason: str | None
+) -> None:
+    out = run_orders([order_row(total=total, zero_total=zero_total)])
+    assert out[S.REJECT_REASON].fillna("accepted").tolist() == [reason or "accepted"]
+    if reason is None:  # kept as a store purchase with spend 0
+        assert out[[S.EVENT_TYPE, S.AMOUNT]].values.tolist() == [[S.EV_PURCHASE, 0.0]]

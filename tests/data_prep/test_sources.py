@@ -168,6 +168,55 @@ def test_pos_csv_delimiter_encoding_pattern_amounts_and_order_level_rows(tmp_pat
     assert raw_file(tmp_path, S.RAW_ONLINE_DIR, S.RAW_ONLINE_FILE).read_text() == ""
 
 
+def test_zero_total_option_keeps_free_orders_of_its_source_only_and_the_ledger_balances(
+    tmp_path: Path,
+) -> None:
+    """Two order exports, one with ``zero_total: keep``: its 0.00 receipt becomes a purchase with spend 0; the
+    other's stays ``bad_price``, and negative or non-numeric totals are rejected under either rule."""
+    from data_prep import engine, pii
+    from data_prep.pipeline import build_events_layer
+
+    receipts = "receipt,at,shop,card,paid\n" + "".join(
+        f"{{p}}{i},2026-01-0{4 + i} 10:00:00,ST1,K{i},{paid}\n"
+        for i, paid in enumerate(("12.5", "0.00", "-4", "free"), start=1)
+    )
+    write(tmp_path / "vouchers.csv", receipts.format(p="V"))
+    write(tmp_path / "franchise.csv", receipts.format(p="F"))
+    source = "{{name: {name}, kind: orders, path: {name}.csv, format: csv, timestamp: {{column: at}}, "
+    source += "columns: {{order_id: receipt, store_id: shop, loyalty_card: card, total: paid}}, "
+    source += "constants: {{channel: store}}{option}}}"
+    result = run(
+        tmp_path,
+        f"""
+        sources:
+          - {source.format(name="vouchers", option=", zero_total: keep")}
+          - {source.format(name="franchise", option="")}
+          - {{name: shops, kind: stores, path: vouchers.csv, format: csv, columns: {{store_id: shop}},
+             distinct: true}}
+        """,
+    )
+    assert result.n_rows_by_source == {"vouchers": 4, "franchise": 4, "shops": 1}
+    orders = csv_records(tmp_path, S.RAW_ORDERS_DIR, S.RAW_ORDERS_FILE, S.RAW_ORDER_COLUMNS)
+    assert [(r[S.ORD_ORDER_ID], r[S.ORD_ZERO_TOTAL]) for r in orders] == [
+        ("V1", "keep"), ("V2", "keep"), ("V3", "keep"), ("V4", "keep"),
+        ("F1", ""), ("F2", ""), ("F3", ""), ("F4", ""),
+    ]  # fmt: skip
+
+    out = tmp_path / "out"
+    ledger = build_events_layer(engine.connect(), out, out, pii.load_key())[2]["sources"]["orders"]
+    assert ledger["n_raw"] == 8 and ledger["balanced"]
+    assert (ledger["n_accepted"], ledger["n_rejected"], ledger["rejected_by_reason"]) == (
+        3,
+        5,
+        {"bad_price": 5},
+    )
+    events = pd.read_parquet(out / S.EVENTS_DIR / S.EVENTS_FILE).set_index(S.EVENT_ID)
+    assert events[S.AMOUNT].to_dict() == {"orders:V1": 12.5, "orders:V2": 0.0, "orders:F1": 12.5}
+    assert (events[S.EVENT_TYPE] == S.EV_PURCHASE).all()
+    rejects = pd.read_parquet(out / S.EVENTS_DIR / S.REJECTS_FILE)
+    assert sorted(rejects[S.EVENT_ID]) == ["orders:F2", "orders:F3", "orders:F4", "orders:V3", "orders:V4"]
+
+
 @pytest.mark.parametrize(
     ("fmt", "zone", "value", "expected"),
     [
@@ -335,6 +384,15 @@ sources:
         ({"kind": "pos", "columns": "{amount: id, unit_price: sku}"}, ["either amount or unit_price"]),
         ({"columns": "{event_id: id}\n    distinct: true"}, ["source 'web'", "distinct"]),
         ({"columns": "{event_id: id}\n    templates: {session_id: '{cookie!r}'}"}, ["session_id"]),
+        (
+            {"kind": "orders", "columns": "{order_id: id}\n    zero_total: kepp"},
+            ["source 'web'", "zero_total: Input should be 'keep' or 'reject' (got 'kepp')"],
+        ),
+        ({"columns": "{event_id: id}\n    zero_total: keep"}, ["zero_total: only for kind orders"]),
+        (
+            {"kind": "orders", "columns": "{order_id: id}\n    constants: {zero_total: keep}"},
+            ["constants.zero_total", "set by the source option 'zero_total: keep | reject'"],
+        ),
     ],
 )
 def test_mapping_errors_name_the_mapping_source_and_column(
