@@ -10,6 +10,8 @@ or rejected with the first reason that applies, in the order each ``unify_*`` fu
 
 from __future__ import annotations
 
+import sys
+
 import ibis
 import ibis.expr.types as ir
 
@@ -32,6 +34,7 @@ R_UNMATCHED_RETURN = (
     "unmatched_return"  # negative quantity with no earlier purchase of the item by that customer
 )
 MAX_PRICE_RATIO = 10.0  # a unit price above this multiple of the catalogue price is a keying error
+MAX_FINITE = sys.float_info.max  # the largest finite double: beyond it (either sign) lie only infinities
 R_ERASED = "erased"  # not a reject: the person was erased; counted in the ledger, stored nowhere
 IS_DUPLICATE = "is_duplicate"
 
@@ -95,17 +98,28 @@ def _with_catalogue_price(raw: ir.Table, item_col: str, catalog_items: ir.Table)
     return j.drop("_cat_item")
 
 
+def not_finite(x: ir.FloatingValue) -> ir.BooleanValue:
+    """NaN or ±infinity (null for null). Both engines parse 'nan', 'inf', 'Infinity', '1e999'… into these.
+
+    Written to mean the same on DuckDB and Spark: Ibis compiles ``isinf`` for Spark to a literal false,
+    ``x != x`` is false for NaN on both (each treats NaN as equal to itself and larger than any number), and
+    for Spark Ibis compiles ``isnull``/``notnull`` to count NaN as null (DuckDB does not), so a check guarded
+    by ``notnull()`` would let NaN through on one engine only."""
+    return x.isnan() | (x.abs() > MAX_FINITE)
+
+
 def _absurd(price: ir.FloatingValue, cat_price: ir.FloatingValue) -> ir.BooleanValue:
-    """Zero, negative, or more than MAX_PRICE_RATIO times the catalogue price."""
-    return (price <= 0) | (cat_price.notnull() & (price > cat_price * MAX_PRICE_RATIO))
+    """Not finite, zero, negative, or more than MAX_PRICE_RATIO times the catalogue price."""
+    return not_finite(price) | (price <= 0) | (cat_price.notnull() & (price > cat_price * MAX_PRICE_RATIO))
 
 
 def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
     """Online events (web/app/mini-program) → unified columns + ``reason`` (null when valid).
 
     ``raw`` has the columns of ``01_raw/online/events.jsonl`` as strings, with ``device_id``/``account_id``/
-    ``email`` replaced by ``device_key``/``account_key``/``email_key``. Cart and order prices of zero or above
-    ``MAX_PRICE_RATIO`` × the catalogue price are rejected (``bad_price``).
+    ``email`` replaced by ``device_key``/``account_key``/``email_key``. Cart and order prices that are not
+    finite (NaN, infinite), zero or above ``MAX_PRICE_RATIO`` × the catalogue price are rejected
+    (``bad_price``).
     """
     raw = _with_catalogue_price(raw, S.ON_ITEM_ID, catalog_items)
     ts = raw[S.ON_TS].try_cast(UTC_TS)
@@ -126,7 +140,7 @@ def unify_online_events(raw: ir.Table, catalog_items: ir.Table) -> ir.Table:
             (has_item & ~item.isin(catalog_items[S.CAT_ITEM_ID]), R_UNKNOWN_ITEM),
             (with_qty & (qty.isnull() | (qty <= 0)), R_BAD_QUANTITY),
             ((etype == S.EV_ORDER) & price.isnull(), R_BAD_PRICE),
-            (with_qty & price.notnull() & _absurd(price, raw._cat_price), R_BAD_PRICE),
+            (with_qty & _absurd(price, raw._cat_price), R_BAD_PRICE),  # null: no price given
         ]
     )
     is_order = etype == S.EV_ORDER
@@ -161,8 +175,8 @@ def unify_pos_lines(raw: ir.Table, catalog_items: ir.Table, stores: ir.Table) ->
 
     ``raw`` has the columns of ``01_raw/pos/pos_lines.csv`` as strings, with ``loyalty_card``/``phone``
     replaced by ``card_key``/``phone_key``. A negative quantity is a ``return`` (checked against earlier
-    purchases by :func:`verify_returns`); a zero quantity is rejected; so is a unit price of zero or above
-    ``MAX_PRICE_RATIO`` × the catalogue price.
+    purchases by :func:`verify_returns`); a zero quantity is rejected; so is a unit price that is not finite
+    (NaN, infinite), zero or above ``MAX_PRICE_RATIO`` × the catalogue price.
     """
     raw = _with_catalogue_price(raw, S.POS_ITEM_ID, catalog_items)
     ts = raw[S.POS_TS].try_cast(UTC_TS)
@@ -218,10 +232,10 @@ def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
 
     ``raw`` has the columns of ``01_raw/orders/orders.csv`` as strings, identifiers replaced by their keys.
     Rejected: no order id (``missing_id``), bad time, a channel other than web / app / miniprogram / store,
-    a store order naming no known store, a total that is missing, not a number or not positive
-    (``bad_price``; refunds of order-level sources are not matched to purchases). A total of exactly 0 is
-    kept, as an order with spend 0, on rows whose ``zero_total`` column (the import writes it from the
-    source's mapping option) reads ``keep``; a negative total is rejected either way.
+    a store order naming no known store, a total that is missing, not a number, not finite ('nan', 'inf',
+    '1e999') or not positive (``bad_price``; refunds of order-level sources are not matched to purchases).
+    A total of exactly 0 is kept, as an order with spend 0, on rows whose ``zero_total`` column (the import
+    writes it from the source's mapping option) reads ``keep``; a negative total is rejected either way.
     """
     ts = raw[S.ORD_TS].try_cast(UTC_TS)
     order = _empty_to_null(raw[S.ORD_ORDER_ID])
@@ -240,7 +254,10 @@ def unify_orders(raw: ir.Table, stores: ir.Table) -> ir.Table:
             (ts.isnull(), R_BAD_TIMESTAMP),
             (channel.isnull() | ~channel.isin(S.CHANNELS), R_UNKNOWN_CHANNEL),
             (in_store & (store.isnull() | ~store.isin(stores[S.CAT_STORE_ID])), R_UNKNOWN_STORE),
-            (total.isnull() | (total < 0) | ((total == 0) & ~keep_zero), R_BAD_PRICE),
+            (
+                total.isnull() | not_finite(total) | (total < 0) | ((total == 0) & ~keep_zero),
+                R_BAD_PRICE,
+            ),
         ]
     )
     return raw.select(

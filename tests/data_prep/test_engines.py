@@ -52,3 +52,20 @@ def test_duckdb_and_spark_write_identical_layers(tmp_path: Path) -> None:
     assert (duck / S.EVENTS_DIR / S.LEDGER_FILE).read_text() == (
         spark / S.EVENTS_DIR / S.LEDGER_FILE
     ).read_text()
+
+
+@pytest.mark.skipif(not _java_available(), reason="Spark needs a Java runtime (java on PATH or JAVA_HOME)")
+def test_amounts_that_are_not_finite_are_bad_price_on_spark_too() -> None:
+    """On Spark, Ibis compiles ``isinf`` to a literal false and ``notnull`` to exclude NaN: the checks must
+    depend on neither (issue 19)."""
+    from data_prep import engine
+    from tests.data_prep.test_events import (
+        assert_only_fine_rows_pass,
+        every_not_finite_row_and_fine_ones,
+        unify_all,
+    )
+
+    rows = every_not_finite_row_and_fine_ones()
+    con = engine.connect(engine.SPARK)
+    marked = engine.materialize(con, unify_all(rows, con))
+    assert_only_fine_rows_pass(rows, marked)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ibis
+import ibis.expr.types as ir
 import pandas as pd
 import pytest
 
+from data_prep import engine
 from data_prep import events as ev
 from data_prep import schema as S
 from data_prep.pipeline import build_ledger
@@ -293,3 +295,79 @@ def test_a_zero_total_is_kept_only_where_its_row_says_keep(
     assert out[S.REJECT_REASON].fillna("accepted").tolist() == [reason or "accepted"]
     if reason is None:  # kept as a store purchase with spend 0
         assert out[[S.EVENT_TYPE, S.AMOUNT]].values.tolist() == [[S.EV_PURCHASE, 0.0]]
+
+
+# Spellings that both engines parse into NaN or ±infinity ('1e999' overflows); each must be rejected, never
+# summed into a spend (one NaN or infinity poisons every monetary aggregate of its customer).
+NOT_FINITE = ["nan", "NaN", "inf", "-inf", "Infinity", "-Infinity", "1e999", "-1e999", " +INF "]
+UNPRICED = pd.DataFrame({S.CAT_ITEM_ID: ["C"], S.CAT_CATEGORY: ["c3"], S.CAT_PRICE: [""]})
+
+
+def not_finite_rows(spelling: str) -> dict[str, list[dict]]:
+    """One row per amount column, each with ``spelling`` as its amount, on an item with no catalogue price
+    (so no ratio check can catch it)."""
+    online = {"item_id": "C", "quantity": "1", "price": spelling}
+    return {
+        "orders": [order_row(total=spelling), order_row(order_id="O2", total=spelling, zero_total="keep")],
+        "pos": [pos_row(item_id="C", unit_price=spelling)],
+        "online": [
+            online_row(event_id="o", event_type="order", order_id="o1", **online),
+            online_row(event_id="c", event_type="add_to_cart", **online),
+            online_row(event_id="r", event_type="remove_from_cart", **online),
+        ],
+    }
+
+
+def unify_all(rows: dict[str, list[dict]], con: ibis.BaseBackend | None = None) -> ir.Table:
+    """Every source's rows unified and duplicate-marked, on ``con`` (an in-memory DuckDB when None)."""
+
+    def table(frame: pd.DataFrame) -> ir.Table:
+        return ibis.memtable(frame) if con is None else engine.temp_table(con, frame)
+
+    catalog, stores = table(pd.concat([CATALOG, UNPRICED])), table(STORES)
+    parts = [
+        ev.unify_orders(table(pd.DataFrame(rows["orders"]).astype("string")), stores),
+        ev.unify_pos_lines(table(pd.DataFrame(rows["pos"]).astype("string")), catalog, stores),
+        ev.unify_online_events(table(pd.DataFrame(rows["online"]).astype("string")), catalog),
+    ]
+    return ev.mark_duplicates(ibis.union(*parts))
+
+
+@pytest.mark.parametrize("spelling", NOT_FINITE)
+def test_amounts_that_are_not_finite_are_bad_price(spelling: str) -> None:
+    out = unify_all(not_finite_rows(spelling)).to_pandas().sort_values([S.SOURCE, S.EVENT_ID])
+    assert out[S.REJECT_REASON].tolist() == [ev.R_BAD_PRICE] * 6, out[[S.EVENT_ID, S.REJECT_REASON]]
+
+
+def every_not_finite_row_and_fine_ones() -> dict[str, list[dict]]:
+    """Every spelling in every amount column (ids of their own, so nothing merges), plus one row per source
+    whose amount is fine, the order's total large but finite (ids ``fine``)."""
+    rows: dict[str, list[dict]] = {"orders": [], "pos": [], "online": []}
+    key = {"orders": S.ORD_ORDER_ID, "pos": S.POS_TRANSACTION_ID, "online": S.ON_EVENT_ID}
+    for i, spelling in enumerate(NOT_FINITE):
+        for source, source_rows in not_finite_rows(spelling).items():
+            for j, row in enumerate(source_rows):
+                rows[source].append({**row, key[source]: f"{row[key[source]]}-{i}-{j}"})
+    rows["orders"].append(order_row(order_id="fine", total="1e308"))
+    rows["pos"].append(pos_row(transaction_id="fine", item_id="C", unit_price="3.25"))
+    rows["online"].append(
+        online_row(event_id="fine", event_type="order", order_id="f", item_id="C", quantity="2", price="1.5")
+    )
+    return rows
+
+
+def assert_only_fine_rows_pass(rows: dict[str, list[dict]], marked: ir.Table) -> None:
+    """Every not-finite amount is ``bad_price``, the ledger balances, the fine rows keep their amounts."""
+    ledger = build_ledger(ev.count_outcomes(marked).to_pandas(), {k: len(v) for k, v in rows.items()})
+    assert ledger["balanced"]
+    for source, n_bad in (("orders", 2), ("pos", 1), ("online", 3)):
+        src = ledger["sources"][source]
+        assert src["rejected_by_reason"] == {ev.R_BAD_PRICE: n_bad * len(NOT_FINITE)}, source
+        assert (src["n_accepted"], src["n_merged_duplicate"]) == (1, 0), source
+    kept = ev.accepted_events(marked).to_pandas().set_index(S.SOURCE)[S.AMOUNT]
+    assert kept.to_dict() == {"orders": 1e308, "pos": 6.5, "online": 3.0}
+
+
+def test_not_finite_amounts_keep_the_ledger_balanced_and_normal_amounts_pass() -> None:
+    rows = every_not_finite_row_and_fine_ones()
+    assert_only_fine_rows_pass(rows, unify_all(rows))
