@@ -67,9 +67,12 @@ def _signup(
     at_till = (store_lo > 0) & (first >= 0)
     days_before = np.floor(rng.uniform(1, 3 * 365, member.size)) - rng.uniform(10, 21, member.size) / 24
     signup = np.where(store_lo > 0, (store_lo * 24 + 9) * _MS_PER_HOUR, -days_before * MS_PER_DAY)
-    till = pos.visits.sec[np.maximum(first, 0)] * 1000 - rng.integers(60, 600, member.size) * 1000
+    visit = np.maximum(first, 0) if pos.visits.sec.size else None  # a chunk may hold no basket at all
+    till_sec = np.zeros(member.size, np.int64) if visit is None else pos.visits.sec[visit]
+    till = till_sec * 1000 - rng.integers(60, 600, member.size) * 1000
     signup = np.where(at_till, till, signup).astype(np.int64) // 1000 * 1000
-    store = np.where(at_till, pos.visits.store[np.maximum(first, 0)], persons.home_store[member])
+    till_store = persons.home_store[member] if visit is None else pos.visits.store[visit]
+    store = np.where(at_till, till_store, persons.home_store[member])
     return signup, store
 
 

@@ -3,7 +3,9 @@ funnel around it, and the rows of ``events.jsonl``.
 
 An online mission is 1..n sessions over the days before its decision time: each session is a walk over
 items (complement / same category / preferred category), with searches, add-to-carts and removals; only the
-last session of a buying mission orders, so browsing and abandoned carts precede purchases.
+last session of a buying mission orders, so browsing precedes purchases. The last session of an abandoning
+mission leaves its target in the cart (the cart that brings the person back, :mod:`behaviour`); a non-buying
+mission's other carts of its target are removed again.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Sessions:
     ip: np.ndarray  # (N,) int64 IPv4 address
     logged_in: np.ndarray  # (N,) bool
     ordering: np.ndarray  # (N,) bool: the session ends in an order
+    abandon: np.ndarray  # (N,) bool: the session leaves the mission's target in the cart
+    browse: np.ndarray  # (N,) bool: a session of a mission that buys nothing
     target: np.ndarray  # (N,) mission target item
     target_pos: np.ndarray  # (N,) view step where the target is shown, -1 when not shown
     n_views: np.ndarray  # (N,)
@@ -68,9 +72,10 @@ def draw_sessions(
 ) -> Sessions:
     """Sessions of the online missions, then kiosk sessions of store visits. The last session of a mission
     sits at the mission time; earlier ones follow exponential gaps (mean 1.3 days) backwards. Only the last
-    session of a buying, non-webrooming mission orders. Sessions are logged in with the person's login
-    chance (app: 0.9; ordering: at least 0.7), never on a never-login device; every other device of an
-    account holder is logged in on its last session at least."""
+    session of a buying, non-webrooming mission orders; the last of an abandoning mission leaves its target in
+    the cart. Sessions are logged in with the person's login chance (app: 0.9; ordering: at least 0.7), never
+    on a never-login device; every other device of an account holder is logged in on its last session at
+    least."""
     m = np.flatnonzero(~missions.is_store)
     n_sessions = 1 + rng.poisson(np.where(missions.buys[m], 1.2, 0.5))
     mission = np.repeat(m, n_sessions)
@@ -84,10 +89,11 @@ def draw_sessions(
     slot = np.where(persons.n_devices[person] == 2, (rng.random(person.size) < 0.3).astype(int), 0)
     channel = persons.device_channel[person, slot]
     ordering = (from_last == 0) & missions.buys[mission] & ~missions.webroom[mission]
+    abandon = (from_last == 0) & missions.abandon[mission]
     start_ms = np.round(time * MS_PER_DAY).astype(np.int64)
     logged_in = _draw_logins(persons, person, slot, channel, ordering, start_ms, rng)
     n_views = np.minimum(1 + rng.poisson(np.where(ordering, 6.0, 4.5)), _MAX_VIEWS)
-    shown = ordering | (rng.random(person.size) < 0.8)
+    shown = ordering | abandon | (rng.random(person.size) < 0.8)
     own = Sessions(
         person=person,
         start_ms=start_ms,
@@ -98,6 +104,8 @@ def draw_sessions(
         ip=_draw_ips(persons.home_ip[person], channel, rng),
         logged_in=logged_in,
         ordering=ordering,
+        abandon=abandon,
+        browse=~missions.buys[mission],
         target=missions.target[mission],
         target_pos=np.where(shown, rng.integers(0, n_views), -1),
         n_views=n_views,
@@ -157,6 +165,8 @@ def _kiosk_sessions(
         ip=world.stores.ip[missions.store[visit]],
         logged_in=rng.random(n) < _KIOSK_LOGIN,
         ordering=np.zeros(n, bool),
+        abandon=np.zeros(n, bool),
+        browse=np.zeros(n, bool),
         target=missions.target[visit],
         target_pos=rng.integers(0, n_views),
         n_views=n_views,
@@ -232,16 +242,19 @@ def _funnel_events(
     sessions: Sessions, views: tuple[np.ndarray, ...], rng: np.random.Generator
 ) -> tuple[np.ndarray, ...]:
     """(session, key, etype, item, quantity): views plus the searches, add-to-carts, removals and order
-    lines around them, sorted by (session, key). The target is carted for sure in an ordering session and
-    with 35% (an abandoned cart) otherwise; other first views are carted with 10% / 5%. An order holds
-    what is still in the cart."""
+    lines around them, sorted by (session, key). The target is carted for sure, and kept, in an ordering
+    or abandoning session; otherwise with 35%, removed again in a mission that buys nothing (else with 25%).
+    Other first views are carted with 10% (ordering) / 5%, 30% of them removed. An order holds what is
+    still in the cart."""
     s, step, item, jumped = views
     ordering, is_target = sessions.ordering[s], item == sessions.target[s]
+    kept = ordering | sessions.abandon[s]
     first = ~pd.DataFrame({"s": s, "i": item}).duplicated().to_numpy()
     cart = first & (
-        rng.random(s.size) < np.where(is_target, np.where(ordering, 1.0, 0.35), np.where(ordering, 0.1, 0.05))
+        rng.random(s.size) < np.where(is_target, np.where(kept, 1.0, 0.35), np.where(ordering, 0.1, 0.05))
     )
-    remove = cart & (rng.random(s.size) < np.where(is_target, np.where(ordering, 0.0, 0.25), 0.3))
+    p_remove = np.where(kept, 0.0, np.where(sessions.browse[s], 1.0, 0.25))
+    remove = cart & (rng.random(s.size) < np.where(is_target, p_remove, 0.3))
     search = rng.random(s.size) < np.where(step == 0, 0.3, np.where(jumped, 0.6, 0.0))
     quantity = 1 + (rng.random(s.size) < 0.15) * rng.integers(1, 3, s.size)
     parts = (

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from data_prep.synthetic.behaviour import draw_behaviour
 from data_prep.synthetic.crm import build_records
 from data_prep.synthetic.faults import inject_faults
 from data_prep.synthetic.missions import draw_missions
@@ -23,7 +24,7 @@ from data_prep.synthetic.online import build_online_events, draw_sessions, first
 from data_prep.synthetic.persons import draw_persons
 from data_prep.synthetic.spec import GeneratedRetailer, RetailerSpec
 from data_prep.synthetic.stores import build_pos
-from data_prep.synthetic.truth import identifier_truth, person_truth
+from data_prep.synthetic.truth import behaviour_truth, identifier_truth, intensity_truth, person_truth
 from data_prep.synthetic.world import World, draw_world
 from data_prep.synthetic.writer import RawWriter
 
@@ -34,6 +35,8 @@ class _Chunk:
     identifiers: pa.Table
     persons: pa.Table
     faults: pa.Table
+    behaviour: pa.Table
+    intensity: pa.Table  # expected purchases per person and day (ground_truth/purchase_intensity.parquet)
 
 
 def generate_retailer(
@@ -64,6 +67,8 @@ def generate_retailer(
             writer.append("identifiers", chunk.identifiers)
             writer.append("persons", chunk.persons)
             writer.append("faults", chunk.faults)
+            writer.append("behaviour", chunk.behaviour)
+            writer.append("intensity", chunk.intensity)
             t = chunk.tables
             say(
                 f"persons {gid0 + 1:,}-{gid0 + n:,}: {t['online'].num_rows:,} online events, "
@@ -93,7 +98,8 @@ def _simulate_chunk(
     rng: np.random.Generator,
 ) -> _Chunk:
     persons = draw_persons(spec, world, gid0, n, rng)
-    missions = draw_missions(spec, world, persons, rng)
+    behaviour = draw_behaviour(spec, world.catalog, persons, rng)
+    missions, rates = draw_missions(spec, world, persons, behaviour, rng)
     sessions = draw_sessions(spec, world, missions, persons, rng)
     events = build_online_events(spec, world, sessions, persons, rng)
     online = render_online(spec, world, chunk, sessions, persons, events, rng)
@@ -107,4 +113,6 @@ def _simulate_chunk(
         identifiers=identifier_truth(spec, persons, tables),
         persons=person_truth(spec, persons),
         faults=faults,
+        behaviour=behaviour_truth(spec, world, persons, behaviour),
+        intensity=intensity_truth(spec, persons, rates),
     )

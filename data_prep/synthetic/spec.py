@@ -52,10 +52,11 @@ NO_FAULTS = FaultRates.none()
 
 @dataclass(frozen=True)
 class RetailerSpec:
-    """Knobs of the synthetic retailer. Defaults: 5k persons over 240 days, ~0.79M online events, ~84k POS
-    lines, ~2.4k loyalty members, ~3.6k online accounts, ~21k injected faults (seed 0; ~12 s on a busy
-    core, ~0.5 GB). 240 days leave room for churn's three 60-day label windows (prep needs ≥ 208).
-    The same spec always gives byte-identical files; chunk_size is part of the spec."""
+    """Knobs of the synthetic retailer. Defaults: 5k persons over 240 days, ~0.79M online events, ~85k POS
+    lines, ~2.4k loyalty members, ~3.6k online accounts, ~20k injected faults (seed 0; ~7 s on a busy
+    core). 240 days leave room for churn's three 60-day label windows (prep needs ≥ 208).
+    The same spec always gives byte-identical files; chunk_size is part of the spec. How rates move with
+    time and each person's past: :mod:`data_prep.synthetic.behaviour` and docs/data.md."""
 
     n_customers: int = 5000  # persons simulated (all kinds)
     seed: int = 0  # seed of the world and of every chunk's generator
@@ -65,8 +66,10 @@ class RetailerSpec:
     n_categories: int = 24  # item categories (named after retail words)
     n_stores: int = 12  # physical stores
     kind_shares: tuple[float, float, float] = (0.35, 0.30, 0.35)  # online_only, offline_only, omni
-    online_missions_per_day: float = 0.09  # online missions a day at propensity 1 (omni: times omni_rate)
-    store_missions_per_day: float = 0.06  # store visits a day at propensity 1 (omni: times omni_rate)
+    online_missions_per_day: float = (
+        0.061  # regular online missions a day at propensity 1 (omni: x omni_rate)
+    )
+    store_missions_per_day: float = 0.043  # regular store visits a day at propensity 1 (omni: x omni_rate)
     omni_rate: float = 0.7  # omni persons split their shopping over both channels
     buy_half_propensity: float = 1.5  # propensity at which an online mission ends in a purchase half the time
     late_join_share: float = 0.2  # persons whose activity starts inside the window
@@ -83,6 +86,24 @@ class RetailerSpec:
     promo_lift: float = 1.5  # online mission rate multiplier in promotion weeks (stores: half the lift)
     promo_discount: float = 0.15  # price cut on every item during promotion weeks
     channel_shift_share: float = 0.1  # persons whose channel mix changes on a day inside the window
+    # behaviour over time (data_prep/synthetic/behaviour.py; docs/data.md, "The synthetic retailer")
+    onboarding_start: float = 0.35  # a late joiner's mission rate on day one, as a share of the settled rate
+    onboarding_days: float = (
+        21.0  # time constant (days) of the climb from onboarding_start to the settled rate
+    )
+    decline_days: int = 42  # lapsers' rate falls over this many days before the lapse ...
+    decline_floor: float = 0.15  # ... to this share of the settled rate on the last day
+    replenish_share: float = 0.6  # persons who re-buy one consumable item on a cycle of their own
+    replenish_days: tuple[float, float] = (14.0, 49.0)  # range of those cycles c_p in days (uniform)
+    replenish_jitter: float = 0.1  # standard deviation of each cycle's length, as a share of c_p
+    replenish_spread: float = 0.06  # standard deviation of the timing around each due date, share of c_p
+    replenish_mass: float = 1.0  # expected replenishment missions per cycle
+    promo_response_shape: float = 1.0  # gamma shape of per-person deal-proneness (mean 1; small: unequal)
+    promo_dip: float = 0.3  # the week after a promotion: rate divided by 1 + promo_dip * (own lift - 1)
+    cart_abandon_share: float = 0.3  # non-buying online missions that leave the target in the cart
+    cart_return_rate: float = 0.6  # expected return missions after an abandoned cart (online)
+    cart_return_days: float = 2.0  # time constant (days) of those returns
+    cart_return_buy: float = 0.55  # chance a return mission buys
     # identities
     member_share: float = 0.7  # persons who ever shop in store holding a loyalty card
     crm_email_share: float = 0.7  # members who gave the CRM their email
@@ -123,6 +144,18 @@ class RetailerSpec:
             raise ValueError(f"need chunk_size <= {MAX_CHUNK_SIZE} and at most {MAX_CHUNKS} chunks")
         if self.promo_interval_days < 0 or 0 < self.promo_interval_days < 7:
             raise ValueError("promo_interval_days must be 0 (none) or >= 7")
+        lo, hi = self.replenish_days
+        if not 1.0 <= lo <= hi:
+            raise ValueError("replenish_days must be (lo, hi) with 1 <= lo <= hi")
+        positive = (self.onboarding_days, self.decline_days, self.promo_response_shape, self.cart_return_days)
+        if min(positive) <= 0:
+            raise ValueError(
+                "onboarding_days, decline_days, promo_response_shape, cart_return_days must be > 0"
+            )
+        if min(self.replenish_jitter, self.replenish_spread, self.replenish_mass, self.promo_dip) < 0:
+            raise ValueError("replenish_jitter, replenish_spread, replenish_mass and promo_dip must be >= 0")
+        if self.cart_return_rate < 0:
+            raise ValueError("cart_return_rate must be >= 0")
 
     def _check_shares(self) -> None:
         if len(self.kind_shares) != 3 or min(self.kind_shares) < 0 or abs(sum(self.kind_shares) - 1) > 1e-9:
@@ -149,6 +182,11 @@ class RetailerSpec:
             self.consent_marketing_rate,
             self.consent_change_share,
             self.return_receipt_share,
+            self.onboarding_start,
+            self.decline_floor,
+            self.replenish_share,
+            self.cart_abandon_share,
+            self.cart_return_buy,
         )
         if not all(0.0 <= x <= 1.0 for x in shares):
             raise ValueError("shares and rates must lie in [0, 1]")

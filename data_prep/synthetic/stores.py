@@ -23,6 +23,9 @@ from data_prep.synthetic.world import MS_PER_DAY, World, draw_categories, group_
 
 _SEC_PER_DAY = 86_400
 _MAX_RETURN_DAYS = 14
+TILL_CARD = 0.78  # a member's baskets where the card is scanned
+TILL_MEMBER_PHONE = 0.12  # ... where, no card shown, the till phone is typed instead
+TILL_GUEST_PHONE = 0.06  # a non-member's baskets with a phone typed (e-receipt)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,11 @@ def build_pos(
     return Pos(table.take(pa.array(order)), returns, visits, _first_visits(persons, visits))
 
 
+def till_identified(persons: Persons) -> np.ndarray:
+    """(P,) chance that a basket of the person carries one of their identifiers (card or till phone)."""
+    return np.where(persons.card >= 0, TILL_CARD + TILL_MEMBER_PHONE, TILL_GUEST_PHONE)
+
+
 def _draw_visits(
     spec: RetailerSpec, missions: Missions, persons: Persons, rng: np.random.Generator
 ) -> tuple[Visits, np.ndarray]:
@@ -106,8 +114,8 @@ def _draw_visits(
         sec=sec,
         person=person,
         store=missions.store[visit],
-        card=member & (u < 0.78),
-        phone=np.where(member, (u >= 0.78) & (u < 0.9), u < 0.06),
+        card=member & (u < TILL_CARD),
+        phone=np.where(member, (u >= TILL_CARD) & (u < TILL_CARD + TILL_MEMBER_PHONE), u < TILL_GUEST_PHONE),
         is_return=np.zeros(visit.size, bool),
         refund_of=np.full(visit.size, -1, np.int64),
     )

@@ -1,23 +1,60 @@
-"""Ground truth of one chunk: who is behind every raw identifier value, and who each person is.
+"""Ground truth of one chunk: who is behind every raw identifier value, who each person is, how they behave
+and their expected purchases day by day.
 
-Built from the final (rendered, faulty) raw tables, so every value written anywhere is listed exactly as
-written. A value names one person unless its ``sharing`` says otherwise (household phone, store kiosk,
-recycled number with its validity dates).
+Identifiers are built from the final (rendered, faulty) raw tables, so every value written anywhere is listed
+exactly as written. A value names one person unless its ``sharing`` says otherwise (household phone, store
+kiosk, recycled number with its validity dates).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_prep import schema as S
 from data_prep.synthetic import identities as I
 from data_prep.synthetic import text as T
+from data_prep.synthetic.behaviour import Behaviour
 from data_prep.synthetic.crm import CONSENT_TEXT, latest_consent
+from data_prep.synthetic.missions import PurchaseRates
 from data_prep.synthetic.persons import KINDS, Persons
 from data_prep.synthetic.spec import RetailerSpec
-from data_prep.synthetic.world import MS_PER_DAY
+from data_prep.synthetic.stores import till_identified
+from data_prep.synthetic.world import MS_PER_DAY, World
+
+# ground_truth/purchase_intensity.parquet: one row per person and day with a purchase rate above zero
+GT_INTENSITY_FILE = "purchase_intensity.parquet"
+GT_DATE = "date"  # the UTC day [date, date + 1 day)
+GT_INTENSITY = "intensity"  # expected purchases of the person that day, any channel (each a basket or order)
+GT_RECORDED_INTENSITY = (
+    "recorded_intensity"  # ... of them, those recorded with one of the person's identifiers
+)
+GT_INTENSITY_COLUMNS = (S.GT_PERSON_ID, GT_DATE, GT_INTENSITY, GT_RECORDED_INTENSITY)
+INTENSITY_SCHEMA = pa.schema(
+    [
+        (S.GT_PERSON_ID, pa.string()),
+        (GT_DATE, pa.date32()),
+        (GT_INTENSITY, pa.float32()),
+        (GT_RECORDED_INTENSITY, pa.float32()),
+    ]
+)
+# ground_truth/behaviour.csv: each person's latent behaviour (data_prep/synthetic/behaviour.py)
+GT_BEHAVIOUR_FILE = "behaviour.csv"
+GT_ACTIVE_FROM = "active_from"  # ISO date the person can first shop (the export's first day: from before it)
+GT_LAPSE_DATE = "lapse_date"  # ISO date the person stops for good; empty: shops to the end of the export
+GT_REPLENISH_ITEM = "replenish_item"  # item re-bought on a cycle; empty: no cycle
+GT_REPLENISH_DAYS = "replenish_days"  # that cycle's length in days
+GT_PROMO_RESPONSE = "promo_response"  # deal-proneness (mean 1): the share of the promotion lift shown
+GT_BEHAVIOUR_COLUMNS = (
+    S.GT_PERSON_ID,
+    GT_ACTIVE_FROM,
+    GT_LAPSE_DATE,
+    GT_REPLENISH_ITEM,
+    GT_REPLENISH_DAYS,
+    GT_PROMO_RESPONSE,
+)
 
 # (table, column, identifier type, sharing-tag column or None for personal values)
 IDENTIFIER_SOURCES = (
@@ -129,5 +166,53 @@ def person_truth(spec: RetailerSpec, persons: Persons) -> pa.Table:
             ),
             S.GT_CONSENT_ANALYTICS: T.vocabulary(CONSENT_TEXT, consent[:, 0]),
             S.GT_CONSENT_MARKETING: T.vocabulary(CONSENT_TEXT, consent[:, 1]),
+        }
+    )
+
+
+def purchase_intensity(persons: Persons, rates: PurchaseRates) -> tuple[np.ndarray, np.ndarray]:
+    """(P, D) expected purchases each day, any channel, and those recorded with the person's identifiers.
+
+    A purchase is counted on the day it lands: a store basket on its day, an online order on its day, a
+    webrooming mission's basket on the next day. Online orders always carry the person's device; a store
+    basket carries their card or till phone with :func:`stores.till_identified`."""
+    online, webroom = rates.online * (1 - rates.webroom), rates.online * rates.webroom
+    next_day = np.zeros_like(webroom)
+    next_day[:, 1:] = webroom[:, :-1]  # a webroom on the last day falls after the export: never seen
+    store = rates.store + next_day
+    return online + store, online + store * till_identified(persons)[:, None]
+
+
+def intensity_truth(spec: RetailerSpec, persons: Persons, rates: PurchaseRates) -> pa.Table:
+    """purchase_intensity.parquet rows (:data:`INTENSITY_SCHEMA`) of the chunk: every (person, day) with an
+    expected purchase above zero, by person and day."""
+    purchases, recorded = purchase_intensity(persons, rates)
+    person, day = np.nonzero(purchases > 0)
+    epoch_day = (pd.Timestamp(spec.start) - pd.Timestamp("1970-01-01")).days
+    names = person_ids(persons.gid)
+    return pa.table(
+        [
+            names.take(pa.array(person)),
+            pa.array((epoch_day + day).astype(np.int32), pa.date32()),
+            pa.array(purchases[person, day].astype(np.float32)),
+            pa.array(recorded[person, day].astype(np.float32)),
+        ],
+        schema=INTENSITY_SCHEMA,
+    )
+
+
+def behaviour_truth(spec: RetailerSpec, world: World, persons: Persons, behaviour: Behaviour) -> pa.Table:
+    """behaviour.csv rows (:data:`GT_BEHAVIOUR_COLUMNS`) of the chunk."""
+    lapses = persons.active_to < spec.n_days
+    has_cycle = behaviour.cycle_item >= 0
+    item = world.catalog.item_ids[np.maximum(behaviour.cycle_item, 0)]
+    return pa.table(
+        {
+            S.GT_PERSON_ID: person_ids(persons.gid),
+            GT_ACTIVE_FROM: _dates(spec, persons.active_from),
+            GT_LAPSE_DATE: _dates(spec, np.where(lapses, persons.active_to, -1)),
+            GT_REPLENISH_ITEM: T.with_nulls(pa.array(item.tolist(), pa.string()), has_cycle),
+            GT_REPLENISH_DAYS: T.with_nulls(T.money(pa.array(behaviour.cycle), scale=2), has_cycle),
+            GT_PROMO_RESPONSE: T.money(pa.array(behaviour.promo_response), scale=4),
         }
     )

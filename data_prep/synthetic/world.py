@@ -53,15 +53,10 @@ class Stores:
 
 @dataclass(frozen=True)
 class Calendar:
-    weight: np.ndarray  # (2, n_days) relative volume by channel (ONLINE, STORE): season x promotion
-    cum_weight: np.ndarray  # (2, n_days + 1) running sum of weight (mission counts over a window)
+    season: np.ndarray  # (n_days,) relative daily volume of the season (mean about 1)
     promo: np.ndarray  # (n_days,) bool: a promotion day
+    post_promo: np.ndarray  # (n_days,) bool: one of the PROMO_DAYS days after a promotion week
     weekday0: int  # weekday of day 0 (Monday = 0)
-
-    def expected_days(self, channel: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Weighted length of the day windows [lo, hi) (integer days)."""
-        cum = self.cum_weight[channel]
-        return cum[hi.astype(np.int64)] - cum[lo.astype(np.int64)]
 
 
 @dataclass(frozen=True)
@@ -92,18 +87,19 @@ def draw_world(spec: RetailerSpec) -> World:
 
 def _build_calendar(spec: RetailerSpec, rng: np.random.Generator) -> Calendar:
     """Season: a cosine over the year (peak mid-December). Promotions: a week every promo_interval_days,
-    the first at a random offset; online volume times promo_lift, stores half the lift."""
+    the first at a random offset (how each person responds: :mod:`behaviour`)."""
     dates = pd.date_range(spec.start, periods=spec.n_days, freq="D")
     season = 1 + spec.seasonal_amplitude * np.cos(2 * np.pi * (dates.dayofyear - _PEAK_DAY_OF_YEAR) / 365.25)
     promo = np.zeros(spec.n_days, dtype=bool)
+    after = np.zeros(spec.n_days, dtype=bool)
     if spec.promo_interval_days:
         first = int(rng.integers(0, spec.promo_interval_days))
         for s in range(first, spec.n_days, spec.promo_interval_days):
             promo[s : s + PROMO_DAYS] = True
-    lift = np.stack([np.where(promo, spec.promo_lift, 1.0), np.where(promo, (1 + spec.promo_lift) / 2, 1.0)])
-    weight = season.to_numpy()[None, :] * lift
-    cum = np.concatenate([np.zeros((2, 1)), np.cumsum(weight, axis=1)], axis=1)
-    return Calendar(weight=weight, cum_weight=cum, promo=promo, weekday0=int(dates[0].weekday()))
+            after[s + PROMO_DAYS : s + 2 * PROMO_DAYS] = True
+    return Calendar(
+        season=season.to_numpy(), promo=promo, post_promo=after & ~promo, weekday0=int(dates[0].weekday())
+    )
 
 
 def _build_catalog(spec: RetailerSpec, rng: np.random.Generator) -> Catalog:

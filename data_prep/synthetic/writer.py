@@ -1,8 +1,8 @@
 """The only place the generator writes files: raw exports and ground truth, appended chunk by chunk.
 
 CSV goes through Arrow's writer with quoting off (a value that would need quotes is an error, not a silent
-change of the format); JSON lines through DuckDB. Only the schema columns are written: hidden working
-columns (``_person``, ...) never reach a file.
+change of the format); JSON lines through DuckDB; the purchase intensity to Parquet, a row group per chunk.
+Only the schema columns are written: hidden working columns (``_person``, ...) never reach a file.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from types import TracebackType
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from data_prep import schema as S
 from data_prep.synthetic import text as T
+from data_prep.synthetic import truth
 from data_prep.synthetic.world import World
 
 _CSV = pcsv.WriteOptions(include_header=False, quoting_style="none")
@@ -24,7 +26,8 @@ _CSV = pcsv.WriteOptions(include_header=False, quoting_style="none")
 
 class RawWriter:
     """Creates every file of ``out/01_raw`` and ``out/ground_truth`` (overwriting) and appends tables to
-    them by name: "online", "accounts", "pos", "crm", "identifiers", "persons", "faults"."""
+    them by name: "online", "accounts", "pos", "crm", "identifiers", "persons", "faults", "behaviour",
+    "intensity"."""
 
     def __init__(self, out: Path) -> None:
         self.raw_dir, self.truth_dir = out / S.RAW_DIR, out / S.GROUND_TRUTH_DIR
@@ -37,11 +40,15 @@ class RawWriter:
             "identifiers": (self.truth_dir / S.GT_IDENTIFIERS_FILE, S.GT_IDENTIFIER_COLUMNS),
             "persons": (self.truth_dir / S.GT_PERSONS_FILE, S.GT_PERSON_COLUMNS),
             "faults": (self.truth_dir / S.GT_FAULTS_FILE, S.GT_FAULT_COLUMNS),
+            "behaviour": (self.truth_dir / truth.GT_BEHAVIOUR_FILE, truth.GT_BEHAVIOUR_COLUMNS),
+            "intensity": (self.truth_dir / truth.GT_INTENSITY_FILE, truth.GT_INTENSITY_COLUMNS),
         }
         self.rows = dict.fromkeys(self._files, 0)
         for path, columns in self._files.values():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("" if path.suffix == ".jsonl" else ",".join(columns) + "\n", encoding="utf-8")
+            if path.suffix != ".parquet":
+                path.write_text("" if path.suffix == ".jsonl" else ",".join(columns) + "\n", encoding="utf-8")
+        self._parquet = pq.ParquetWriter(self._files["intensity"][0], truth.INTENSITY_SCHEMA)
         self._con = duckdb.connect()
         self._con.execute("SET threads = 1")  # keeps row order; the CPU is busy generating anyway
         self._con.execute("SET enable_progress_bar = false")
@@ -52,6 +59,7 @@ class RawWriter:
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._parquet.close()
         self._con.close()
 
     def append(self, name: str, table: pa.Table) -> None:
@@ -59,6 +67,9 @@ class RawWriter:
         table = table.select(list(columns))
         if path.suffix == ".jsonl":
             self._append_jsonl(path, table)
+        elif path.suffix == ".parquet":
+            if table.num_rows:
+                self._parquet.write_table(table)
         else:
             _append_csv(path, table)
         self.rows[name] += table.num_rows

@@ -9,10 +9,15 @@ from functools import cache
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from data_prep import schema as S
 from data_prep.generate import (
+    GT_BEHAVIOUR_COLUMNS,
+    GT_BEHAVIOUR_FILE,
+    GT_INTENSITY_COLUMNS,
+    GT_INTENSITY_FILE,
     NO_FAULTS,
     FaultRates,
     GeneratedRetailer,
@@ -105,9 +110,11 @@ def test_writes_every_file_with_exactly_the_schema_columns(retailer: GeneratedRe
         gt / S.GT_IDENTIFIERS_FILE: S.GT_IDENTIFIER_COLUMNS,
         gt / S.GT_PERSONS_FILE: S.GT_PERSON_COLUMNS,
         gt / S.GT_FAULTS_FILE: S.GT_FAULT_COLUMNS,
+        gt / GT_BEHAVIOUR_FILE: GT_BEHAVIOUR_COLUMNS,
     }
     for path, columns in expected.items():
         assert tuple(csv(path).columns) == columns, path
+    assert tuple(pq.read_schema(gt / GT_INTENSITY_FILE).names) == GT_INTENSITY_COLUMNS
     lines = (raw / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE).read_text().splitlines()
     assert lines
     assert all(tuple(json.loads(line)) == S.RAW_ONLINE_COLUMNS for line in lines)
@@ -133,7 +140,7 @@ def test_same_spec_gives_identical_bytes_and_another_seed_does_not(
     retailer: GeneratedRetailer, tmp_path: Path
 ) -> None:
     first, again = _files(retailer), _files(generate_retailer(tmp_path / "again", SPEC))
-    assert len(first) == 9 and first == again
+    assert len(first) == 11 and first == again  # 6 raw files, 5 of ground truth
     other = _files(generate_retailer(tmp_path / "other", replace(SPEC, seed=SPEC.seed + 1)))
     online_file = Path(S.RAW_DIR) / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE
     assert first[online_file] != other[online_file]
