@@ -356,22 +356,42 @@ def with_singletons(id_map: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([id_map, alone], ignore_index=True)
 
 
-def identity_metrics(raw: Path, steps: dict[str, pd.DataFrame], key: bytes) -> dict[str, Any]:
-    """Pairwise metrics of each resolution step against ``ground_truth/`` (raw values hashed first).
-
-    The last step is the one prep uses; its figures are also at the top level of the result.
-    """
+def truth_identifiers(raw: Path, key: bytes) -> pd.DataFrame:
+    """identifier_type, identifier_key, person_id: every identifier value of ``ground_truth/`` hashed as prep
+    hashes it (values that do not parse are left out), with the person behind it (several for a shared one)."""
     gt = pd.read_csv(raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE, dtype=str, keep_default_na=False)
     region = pii.phone_region()
     keys = [
         pii.pseudonymise(t, v, key, region)
         for t, v in zip(gt[S.IDENTIFIER_TYPE], gt[S.GT_IDENTIFIER], strict=True)
     ]
-    truth = pd.DataFrame(
+    return pd.DataFrame(
         {S.IDENTIFIER_TYPE: gt[S.IDENTIFIER_TYPE], S.IDENTIFIER_KEY: keys, S.GT_PERSON_ID: gt[S.GT_PERSON_ID]}
     ).dropna()
+
+
+def identity_metrics(raw: Path, steps: dict[str, pd.DataFrame], key: bytes) -> dict[str, Any]:
+    """Pairwise metrics of each resolution step against ``ground_truth/`` (raw values hashed first).
+
+    The last step is the one prep uses; its figures are also at the top level of the result.
+    """
+    truth = truth_identifiers(raw, key)
     by_step = {name: idn.pairwise_metrics(resolved, truth) for name, resolved in steps.items()}
     return {**list(by_step.values())[-1], "steps": by_step}
+
+
+def read_evidence(con: ibis.BaseBackend, out: Path) -> idn.Evidence:
+    """The timed identity evidence that :func:`build_customers_layer` wrote to ``out/03_customers``."""
+    folder = out / S.CUSTOMERS_DIR
+    files = (S.NODES_FILE, S.PAIRS_FILE, S.NETWORKS_FILE)
+    return idn.Evidence(*(engine.read_parquet(con, folder / f) for f in files))
+
+
+def identity_map_as_of(con: ibis.BaseBackend, evidence: idn.Evidence, cutoff: datetime) -> ir.Table:
+    """identifier_type, identifier_key, customer_id as resolved from the evidence before ``cutoff``: the
+    customers that the examples of that cutoff are about."""
+    labels, _ = _resolve(con, evidence, cutoff=cutoff)
+    return idn.identity_map(labels)
 
 
 def events_as_of(
@@ -384,9 +404,9 @@ def events_as_of(
     """Events before ``until`` (all when None) attributed to the customers that the evidence before
     ``cutoff`` resolves (materialized). Examples for a cutoff read nothing after its label window, so
     ``until`` = cutoff + horizon keeps the early cutoffs' copies small."""
-    labels, _ = _resolve(con, evidence, cutoff=cutoff)
+    id_map = identity_map_as_of(con, evidence, cutoff)
     window = events if until is None else events.filter(events[S.TS] < ibis.literal(until, type=ev.UTC_TS))
-    return engine.materialize(con, idn.attach_customers(window.drop(S.CUSTOMER_ID), idn.identity_map(labels)))
+    return engine.materialize(con, idn.attach_customers(window.drop(S.CUSTOMER_ID), id_map))
 
 
 def per_customer(con: ibis.BaseBackend, build: Callable[[ir.Table], ir.Table], events: ir.Table) -> ir.Table:

@@ -3,7 +3,8 @@
 Each seed is a full run (``runs/<name>-<stamp>/``); the evaluation folder ``runs/<name>-eval-<stamp>/``
 holds ``evaluation.json`` (every seed's figures and the summary), ``evaluation.md`` (the table a person
 reads) and ``evaluation.png`` (test headline metric, mean with min–max bars). Works for both tasks and
-both next-item protocols: the protocol comes from the config (``eval.protocol``).
+both next-item protocols: the protocol comes from the config (``eval.protocol``). On synthetic data with a
+purchase intensity in its ground truth, a purchase-intent (I1) evaluation adds the oracle's row: the ceiling.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from experiments.oracle import ORACLE, oracle_summary
 from experiments.report import headline
-from training.config import RunConfig
+from training.config import IntentRunConfig, RunConfig
 from training.train import RunResult, new_run_dir, train
 
 EVALUATION_JSON = "evaluation.json"
@@ -126,6 +128,7 @@ def evaluate(
             for s, m in zip(seeds, runs, strict=True)
         ],
     }
+    oracle_note = _add_oracle(cfg, summary)
     (out_dir / EVALUATION_JSON).write_text(json.dumps(summary, indent=2, default=float))
     title = f"{cfg.name}: {len(seeds)} seeds"
     _plot(summary["test"], title, out_dir / EVALUATION_PNG)
@@ -137,7 +140,7 @@ Figures are mean ± standard deviation over the seeds, on the test split (valida
 the baselines' settings).
 
 {summary_table(summary["test"])}
-
+{oracle_note}
 ![test headline metric]({EVALUATION_PNG})
 
 Validation split:
@@ -148,3 +151,25 @@ Training seconds per seed: {", ".join(f"{t:.1f}" for t in summary["train_seconds
 """
     (out_dir / EVALUATION_MD).write_text(text)
     return Evaluation(out_dir, summary)
+
+
+def _add_oracle(cfg: RunConfig, summary: dict[str, Any]) -> str:
+    """For an I1 purchase config on data whose ground truth holds the purchase intensity: the oracle's
+    figures as a row of the test and validation tables (one value, no spread) and under ``summary["oracle"]``.
+    Returns the line the report prints under the test table ("" when there is no oracle)."""
+    if not (isinstance(cfg, IntentRunConfig) and cfg.target == "purchase"):
+        return ""
+    found = oracle_summary(cfg.data.features_dir)
+    if found is None:
+        return ""
+    summary["oracle"] = found
+    for split in ("test", "val"):
+        names = list(next(iter(summary[split].values())))
+        row = {n: float(found[split][n]) for n in names}
+        summary[split][ORACLE] = {
+            n: {"mean": v, "std": 0.0, "min": v, "max": v, "n": 1} for n, v in row.items()
+        }
+    return (
+        "\nThe `oracle` row scores each example with its true chance of a purchase in the label window, from "
+        "the generator's purchase intensity (`experiments/oracle.py`, docs/data.md): the ceiling.\n"
+    )
