@@ -9,7 +9,8 @@ stays in the local cache and the output folder, never in the repository.
 A dataset with an ``export`` step is first written as the file a retailer would hand over, into
 ``out/exports/`` (Complete Journey's baskets as order totals, without items), and the built-in mapping then
 reads that file, its paths relative to ``out``: the import a user runs on their own export
-(``o2o data import``), not a loader of its own.
+(``o2o data import``), not a loader of its own. Like any import it lists the file in
+``01_raw/imported_from.json``, so that ``o2o erase`` cleans it with ``01_raw``.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ transaction that is safe to run again after a crash at any point:
 
 1. **find and validate** — every Parquet file under the data folder (any depth: 02_events … 05_scores, the
    scorer's part folders and held-out sets, campaign targets) and under the model roots (runs' cached
-   examples), the raw exports in 01_raw and the generator's ground truth; a file that cannot be read stops the
-   erasure before anything is changed, naming the file;
+   examples), the raw exports in 01_raw, the files an import read that lie in the data folder (a fetch's
+   ``exports/``: :mod:`data_prep.import_record`) and the generator's ground truth; a file that cannot be read
+   or cleaned stops the erasure before anything is changed, naming the file;
 2. **journal** — ``$O2O_HOME/erasure_pending.json`` holds who is being erased, so that a rerun after a crash
    finishes the job even though the identity map no longer names them;
 3. **delete** — their rows leave every file (atomic rewrites: :mod:`data_prep.purge`), then the caller's
@@ -32,13 +33,16 @@ import pyarrow.parquet as pq
 
 from data_prep import pii
 from data_prep import schema as S
+from data_prep.import_record import ImportedFile, read_record
 from data_prep.manifest import file_sha256
 from data_prep.purge import (
     Target,
+    csv_header,
     purge_ground_truth,
     purge_parquet,
     purge_raw_csv,
     purge_raw_jsonl,
+    purge_raw_parquet,
 )
 
 REGISTRY_FILE = "erasures.jsonl"
@@ -64,6 +68,8 @@ class ErasureResult:
     marked_for_retraining: list[Path]
     already_erased: bool = False  # the identifier was erased before and nothing of it was left
     resumed: bool = False  # an erasure a crash interrupted was finished first
+    # files an import read from outside the data folder, holding raw identifiers: the operator's to erase
+    inputs_outside: tuple[Path, ...] = ()
 
 
 def registry_path() -> Path:
@@ -175,6 +181,76 @@ def _validate(tables: list[Path], raw: list[Path]) -> None:
             raise ValueError(f"{path}: cannot be read and rewritten; nothing was erased: fix its permissions")
 
 
+def _import_inputs(data: Path) -> tuple[list[ImportedFile], list[Path]]:
+    """The files the import into ``data`` read that hold identifiers and still exist: those inside ``data``
+    (cleaned with 01_raw), and the paths of those outside it."""
+    inside, outside = [], set()
+    for f in read_record(data):
+        if f.holds_identifiers and f.path.is_file():
+            if f.path.resolve().is_relative_to(data.resolve()):
+                inside.append(f)
+            else:
+                outside.add(f.path)
+    return inside, sorted(outside)
+
+
+def _validate_inputs(inputs: list[ImportedFile]) -> None:
+    """Refuse before anything changes when an import's input in the data folder cannot be cleaned."""
+    remedy = (
+        "nothing was erased: delete the file (prep reads 01_raw, which the import wrote from it), then run "
+        "the erasure again"
+    )
+    for f in inputs:
+        if f.built_identifiers:
+            raise ValueError(
+                f"{f.path}: an import read it, and its mapping (source {f.source!r}) builds "
+                f"{list(f.built_identifiers)} from templates or recoded values, so its rows cannot be matched "
+                f"to a person; {remedy}"
+            )
+        if f.format == "jsonl":
+            continue  # a JSON key may be missing from any record
+        try:
+            names = (
+                pq.read_schema(f.path).names
+                if f.format == "parquet"
+                else csv_header(f.path, f.delimiter, f.quote, f.encoding)
+            )
+        except Exception as e:  # unreadable: pyarrow and codecs raise several kinds
+            raise ValueError(f"{f.path}: cannot be read ({type(e).__name__}: {e}); {remedy}") from None
+        missing = sorted({c for c, _t in f.identifiers} - set(names))
+        if missing:
+            raise ValueError(
+                f"{f.path}: has no column(s) {missing}, which the import read identifiers from (the file "
+                f"changed since); {remedy}"
+            )
+
+
+def _column_sets(identifiers: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """(column, identifier type) pairs as column → type maps, a column that holds two types in two maps."""
+    sets: list[dict[str, str]] = []
+    for col, id_type in identifiers:
+        free = next((s for s in sets if col not in s), None)
+        if free is None:
+            free = {}
+            sets.append(free)
+        free[col] = id_type
+    return sets
+
+
+def _purge_input(f: ImportedFile, target: Target, key: bytes) -> int:
+    n = 0
+    for columns in _column_sets(f.identifiers):
+        if f.format == "csv":
+            n += purge_raw_csv(
+                f.path, columns, target, key, delimiter=f.delimiter, quote=f.quote, encoding=f.encoding
+            )
+        elif f.format == "jsonl":
+            n += purge_raw_jsonl(f.path, columns, target, key)
+        else:
+            n += purge_raw_parquet(f.path, columns, target, key)
+    return n
+
+
 def _remove_leftovers(roots: Iterable[Path]) -> None:
     """Half-written rewrites a crash left behind (they may hold other customers' rows, never cleaned)."""
     for root in roots:
@@ -221,7 +297,9 @@ def erase_person(
     )  # the value as typed: also found in unparseable raw rows
     tables = _tables(data, roots)
     raw = [p for rel in RAW_IDENTIFIER_COLUMNS if (p := data / S.RAW_DIR / rel).is_file()]
-    _validate(tables, raw)
+    inputs, outside = _import_inputs(data)
+    _validate(tables, [*raw, *(f.path for f in inputs)])
+    _validate_inputs(inputs)
     when = pending["erased_at"] if pending else datetime.now(UTC).isoformat(timespec="seconds")
     old_hashes = set(pending["old_hashes"]) if pending else {file_sha256(p) for p in tables}
     journal = {
@@ -234,7 +312,7 @@ def erase_person(
     _write_json(journal_path(), journal)
     _remove_leftovers([data, *roots])
     removed = {str(p): n for p in tables if (n := purge_parquet(p, target))}
-    removed |= _purge_raw(data, target, key)
+    removed |= _purge_raw(data, inputs, target, key)
     if before_record is not None:
         before_record(customers)
     already = not customers and not removed and _is_recorded(identifier_type, hashed)
@@ -248,19 +326,26 @@ def erase_person(
     }
     marked = _stale_markers(data, old_hashes, roots, note) if removed or pending else []
     journal_path().unlink()
-    return ErasureResult(customers, len(keys), removed, marked, already, pending is not None)
+    return ErasureResult(customers, len(keys), removed, marked, already, pending is not None, tuple(outside))
 
 
-def _purge_raw(data: Path, target: Target, key: bytes) -> dict[str, int]:
-    """The raw exports (01_raw) and the generator's ground truth, rewritten without the person."""
+def _purge_raw(data: Path, inputs: list[ImportedFile], target: Target, key: bytes) -> dict[str, int]:
+    """The raw exports (01_raw), the import's inputs in the data folder and the generator's ground truth,
+    rewritten without the person."""
     removed: dict[str, int] = {}
+
+    def count(path: Path, n: int) -> None:
+        if n:
+            removed[str(path)] = removed.get(str(path), 0) + n
+
     for _ in range(2):  # the second pass: unreadable rows holding a raw value the first pass found elsewhere
         for rel, columns in RAW_IDENTIFIER_COLUMNS.items():
             path = data / S.RAW_DIR / rel
             if path.is_file():
                 purge = purge_raw_jsonl if path.suffix == ".jsonl" else purge_raw_csv
-                if n := purge(path, columns, target, key):
-                    removed[str(path)] = removed.get(str(path), 0) + n
+                count(path, purge(path, columns, target, key))
+        for f in inputs:
+            count(f.path, _purge_input(f, target, key))
     return removed | purge_ground_truth(data / GROUND_TRUTH_DIR, target, key)
 
 

@@ -5,7 +5,8 @@ temporary file beside it, then a rename), and returns how many rows it removed; 
 left untouched. Parquet files keep their schema and its metadata (the batch scorer's part metadata included)
 and are streamed batch by batch, so memory stays bounded whatever the file's size. Raw CSV and JSONL exports are
 rewritten line for line: every kept record keeps its exact bytes, undecodable bytes included, so erasure never
-changes what another person's rows say.
+changes what another person's rows say. The files an import read (a retailer's own CSV in any delimiter and
+encoding, JSONL, Parquet) are read as the import read them: identifier values as text.
 """
 
 from __future__ import annotations
@@ -119,13 +120,15 @@ def purge_parquet(path: Path, target: Target) -> int:
     return n
 
 
-def _rewrite_lines(path: Path, keep: Callable[[IO[str]], Iterator[tuple[str, bool]]]) -> int:
+def _rewrite_lines(
+    path: Path, keep: Callable[[IO[str]], Iterator[tuple[str, bool]]], encoding: str = RAW_ENCODING
+) -> int:
     """Rewrite a text file keeping the records ``keep`` marks True (each record: its exact raw text)."""
     tmp = path.with_name(path.name + ".erasing")
     removed = 0
     with (
-        open(path, newline="", encoding=RAW_ENCODING, errors=RAW_ERRORS) as src,
-        open(tmp, "w", newline="", encoding=RAW_ENCODING, errors=RAW_ERRORS) as dst,
+        open(path, newline="", encoding=encoding, errors=RAW_ERRORS) as src,
+        open(tmp, "w", newline="", encoding=encoding, errors=RAW_ERRORS) as dst,
     ):
         for text, kept in keep(src):
             if kept:
@@ -164,6 +167,8 @@ def _undecodable(text: str) -> bool:
 
 
 def _erased_value(target: Target, id_type: str, value: object, key: bytes) -> bool:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # a JSON or Parquet number, as the import's CAST(... AS VARCHAR) writes it
     if not isinstance(value, str) or not value.strip() or _undecodable(value):
         return False  # an undecodable value has no key (prep rejects its row): see _holds_known_value
     if target.has_key(id_type, pii.pseudonymise(id_type, value, key)):
@@ -178,24 +183,75 @@ def _holds_known_value(text: str, target: Target) -> bool:
     return any(v and v.lower() in lowered for v in target.raw_values)
 
 
-def purge_raw_csv(path: Path, columns: dict[str, str], target: Target, key: bytes) -> int:
-    """Drop the CSV records whose identifier ``columns`` (raw column → identifier type) hash to the target."""
+def purge_raw_csv(
+    path: Path,
+    columns: dict[str, str],
+    target: Target,
+    key: bytes,
+    *,
+    delimiter: str = ",",
+    quote: str = '"',
+    encoding: str = RAW_ENCODING,
+) -> int:
+    """Drop the CSV records whose identifier ``columns`` (raw column → identifier type) hash to the target.
+
+    ``delimiter``, ``quote`` (also the escape: ``""`` inside quotes) and ``encoding`` as the file was read."""
 
     def keep(src: IO[str]) -> Iterator[tuple[str, bool]]:
         lines = _Recorder(src)
-        reader = csv.reader(lines)
+        reader = csv.reader(lines, delimiter=delimiter, quotechar=quote)
         header = next(reader, None)
         yield lines.take(), True
         if header is None:
             return
-        where = {i: columns[name.strip()] for i, name in enumerate(header) if name.strip() in columns}
+        where = {i: columns[c] for i, c in enumerate(csv_names(header)) if c in columns}
         for row in reader:
             hit = any(_erased_value(target, t, row[i], key) for i, t in where.items() if i < len(row))
             text = lines.take()
             unreadable = len(row) != len(header) or _undecodable(text)
             yield text, not (hit or (unreadable and _holds_known_value(text, target)))
 
-    return _rewrite_lines(path, keep)
+    return _rewrite_lines(path, keep, encoding)
+
+
+def csv_names(header: list[str]) -> list[str]:
+    """Column names as an import matches them: trimmed, without a byte-order mark."""
+    return [name.lstrip("\ufeff").strip() for name in header]
+
+
+def csv_header(path: Path, delimiter: str = ",", quote: str = '"', encoding: str = RAW_ENCODING) -> list[str]:
+    """The column names of a CSV file (empty for an empty file)."""
+    with open(path, newline="", encoding=encoding, errors=RAW_ERRORS) as f:
+        return csv_names(next(csv.reader(f, delimiter=delimiter, quotechar=quote), []))
+
+
+def purge_raw_parquet(path: Path, columns: dict[str, str], target: Target, key: bytes) -> int:
+    """Rewrite a raw Parquet file (a retailer's export) without the rows whose identifier ``columns`` (raw
+    column → identifier type) hash to the target; its schema and metadata are kept."""
+    file = pq.ParquetFile(path)
+    cols = [c for c in columns if c in file.schema_arrow.names]
+    if not cols:
+        return 0
+
+    def mask(batch: pa.RecordBatch) -> pa.Array:
+        hit = pa.array([False] * batch.num_rows)
+        for c in cols:  # each distinct value hashed once
+            values = batch.column(c)
+            if pa.types.is_dictionary(values.type):
+                values = values.cast(values.type.value_type)
+            erased = [v for v in pc.unique(values).to_pylist() if _erased_value(target, columns[c], v, key)]
+            hit = pc.or_(hit, pc.fill_null(pc.is_in(values, pa.array(erased, values.type)), False))
+        return hit
+
+    n = sum(int(pc.sum(mask(b)).as_py() or 0) for b in file.iter_batches(BATCH_ROWS, columns=cols))
+    if not n:
+        return 0
+    tmp = path.with_name(path.name + ".erasing")
+    with pq.ParquetWriter(tmp, file.schema_arrow) as out:
+        for batch in file.iter_batches(BATCH_ROWS):
+            out.write_batch(batch.filter(pc.invert(mask(batch))))
+    tmp.replace(path)
+    return n
 
 
 def purge_raw_jsonl(path: Path, columns: dict[str, str], target: Target, key: bytes) -> int:

@@ -47,6 +47,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from data_prep import engine, screening
 from data_prep import schema as S
+from data_prep.import_record import ImportedFile, write_record
 
 Progress = Callable[[str], None]
 Kind = Literal["online", "accounts", "pos", "crm", "orders", "items", "stores"]
@@ -372,7 +373,8 @@ def import_sources(
     Relative source paths are resolved against ``base_dir`` (default: the mapping file's folder). A kind
     that no source feeds gets a header-only CSV (or an empty JSONL file), so that prep runs unchanged.
     Several sources of one kind are concatenated in mapping order; each keeps its files' row order.
-    The canonical files are replaced only after every source has been read.
+    The canonical files are replaced only after every source has been read, and ``01_raw/imported_from.json``
+    then lists the files read and their identifier columns (:mod:`data_prep.import_record`).
     """
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -390,6 +392,7 @@ def import_sources(
     unread: dict[str, list[Path]] = {kind: [] for kind in CANONICAL}
     counts: dict[str, int] = {}
     n_unread: dict[str, int] = {}
+    inputs: list[ImportedFile] = []
     with tempfile.TemporaryDirectory(prefix=".import-", dir=raw) as tmp, duckdb.connect() as con:
         stage = Path(tmp)
         for i, src in enumerate(mapping.sources):
@@ -397,7 +400,9 @@ def import_sources(
             where = f"mapping {mapping_path}: source {src.name!r}"
             part = stage / f"part{i}"
             undecoded = stage / f"unread{i}"
-            n_written, n_unread[src.name] = _import_source(con, src, base, stage, part, where, undecoded)
+            read = _expand(src, base, where)
+            inputs += [_imported_file(src, f) for f in read]
+            n_written, n_unread[src.name] = _import_source(con, src, read, stage, part, where, undecoded)
             counts[src.name] = n_written + n_unread[src.name]
             parts[src.kind].append(part)
             unread[src.kind] += [undecoded] if n_unread[src.name] else []
@@ -408,6 +413,7 @@ def import_sources(
         for kind, path in staged.items():
             CANONICAL[kind].path(out).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, CANONICAL[kind].path(out))
+        write_record(out, inputs)
     n_rows = {kind: sum(counts[s.name] for s in mapping.sources if s.kind == kind) for kind in CANONICAL}
     files = {kind: spec.path(out) for kind, spec in CANONICAL.items()}
     return ImportResult(mapping_path, files, n_rows, counts, time.perf_counter() - start, n_unread)
@@ -416,15 +422,14 @@ def import_sources(
 def _import_source(
     con: duckdb.DuckDBPyConnection,
     src: SourceSpec,
-    base: Path,
+    files: list[Path],
     stage: Path,
     part: Path,
     where: str,
     unread: Path,
 ) -> tuple[int, int]:
-    """Write one source's canonical rows (no header) to ``part`` and the lines that cannot be decoded, as
-    they came, to ``unread``; returns the number of each."""
-    files = _expand(src, base, where)
+    """Write one source's canonical rows (no header) from its ``files`` to ``part`` and the lines that cannot
+    be decoded, as they came, to ``unread``; returns the number of each."""
     needed = src.source_columns()
     decoded = [_decodable(src, i, f, stage, where) for i, f in enumerate(files)]
     _concat([u for _f, u in decoded if u is not None], unread)
@@ -442,6 +447,23 @@ def _import_source(
     except duckdb.Error as e:
         raise SourceError(f"{where}: cannot be read: {engine.safe_error_text(e)}") from None
     return (int(row[0]) if row else 0), n_unread
+
+
+def _imported_file(src: SourceSpec, path: Path) -> ImportedFile:
+    """Where the identifiers of ``src`` sit in its file ``path``: a column each, unless the mapping builds
+    them (a template, recoded values), when no one column of the file holds the value prep hashes."""
+    direct: list[tuple[str, str]] = []
+    built: list[str] = []
+    for col, id_type in S.RAW_IDENTIFIER_COLUMNS.get(src.kind, {}).items():
+        if col in src.columns and col not in src.values:
+            v = src.columns[col]
+            direct += [(c, id_type) for c in ([v] if isinstance(v, str) else v)]
+        elif col in src.templates or col in src.values:
+            built.append(col)
+    opts = src.csv or CsvOptions()
+    return ImportedFile(
+        path, src.name, src.format, tuple(direct), tuple(built), opts.delimiter, opts.quote, opts.encoding
+    )
 
 
 def _decodable(src: SourceSpec, i: int, path: Path, stage: Path, where: str) -> tuple[Path, Path | None]:

@@ -852,6 +852,11 @@ def erase(
         console.print(f"  [yellow]warning:[/] {line}")
     for path in result.marked_for_retraining:
         console.print(f"  [yellow]retrain required:[/] {path}")
+    for path in result.inputs_outside:
+        console.print(
+            f"  [yellow]not cleaned:[/] {path}: an import read it from outside the data folder; it still holds "
+            "the person's raw identifiers (yours to erase)"
+        )
 
 
 @app.command()

