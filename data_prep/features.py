@@ -256,8 +256,8 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
     the gaps between consecutive orders, recent orders and spend) from the customer's orders, one row per
     order id, so an export of order totals without items feeds them as fully as item lines do. Channels
     decide online or store, not the source. A customer without an order gets :data:`NO_PURCHASE_DAYS` for
-    every "days since" and for the mean gap, 0 for the spread. Every aggregate is ≥ 0 (the models take
-    log1p of them)."""
+    every "days since" and for the mean gap, 0 for the spread. The weekly activity calendar
+    (:func:`activity_calendar`) follows the aggregates. Every value is ≥ 0 (the models take log1p of them)."""
     e = _before(events, cutoff)
     age_days = (epoch_seconds(_at(cutoff)) - epoch_seconds(e[S.TS])) / SECONDS_PER_DAY
     e = e.mutate(_age=age_days)
@@ -291,6 +291,7 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
     )
     timing = _purchase_timing(e.filter(is_purchase & e[S.ORDER_ID].notnull()))
     j = agg.left_join(timing, S.CUSTOMER_ID)
+    j = j.left_join(activity_calendar(e), S.CUSTOMER_ID)
     never = ibis.literal(NO_PURCHASE_DAYS)
     fills = {
         S.F_DAYS_SINCE_FIRST_PURCHASE: never,
@@ -298,10 +299,39 @@ def intent_aggregates(events: ir.Table, cutoff: datetime) -> ir.Table:
         S.F_DAYS_SINCE_STORE_PURCHASE: never,
         S.F_PURCHASE_GAP_MEAN: never,
         S.F_PURCHASE_GAP_STD: ibis.literal(0.0),
-    }
+    } | dict.fromkeys(S.ACTIVITY_FEATURES, ibis.literal(0.0))
     return j.select(
         S.CUSTOMER_ID, **{c: j[c].fill_null(fills[c]) if c in fills else j[c] for c in S.INTENT_FEATURES}
     )
+
+
+def activity_calendar(e: ir.Table) -> ir.Table:
+    """customer_id and the :data:`schema.ACTIVITY_FEATURES`: per 7-day span back from the cutoff (week 0 the
+    newest, :data:`schema.ACTIVITY_WEEKS` of them) the online and store orders (distinct order ids of
+    purchases, order-level rows included), net spend floored at 0, days with any event and add-to-cart
+    events. ``e`` holds the events before the cutoff with their ``_age`` in days. Customers with no event in
+    the calendar's span have no row (the caller fills 0).
+
+    Two steps so the wide pivot runs over one row per customer and active week, not over the events."""
+    e = e.filter(e._age < S.ACTIVITY_WEEKS * 7).mutate(_week=(e._age / 7).floor().cast("int16"))
+    purchase = e[S.EVENT_TYPE].isin(S.PURCHASE_EVENT_TYPES)
+    store = e[S.CHANNEL] == S.CHANNEL_STORE
+    weekly = e.group_by([S.CUSTOMER_ID, "_week"]).aggregate(
+        online_orders=e[S.ORDER_ID].nunique(where=purchase & ~store).cast("float64"),
+        store_orders=e[S.ORDER_ID].nunique(where=purchase & store).cast("float64"),
+        # to the cent: a float sum's last bits depend on the order rows arrive in (prep in pieces, threads)
+        spend=ibis.greatest(
+            e[S.AMOUNT].sum(where=e[S.EVENT_TYPE].isin(S.SPEND_EVENT_TYPES)).fill_null(0.0), 0.0
+        ).round(2),
+        active_days=e._age.floor().nunique().cast("float64"),
+        carts=(e[S.EVENT_TYPE] == S.EV_ADD_TO_CART).sum().cast("float64"),
+    )
+    cells = {
+        f"wk{w:02d}_{m}": weekly[m].sum(where=weekly._week == w).fill_null(0.0)
+        for w in range(S.ACTIVITY_WEEKS)
+        for m in S.ACTIVITY_MEASURES
+    }
+    return weekly.group_by(S.CUSTOMER_ID).aggregate(**cells)
 
 
 def _purchase_timing(purchases: ir.Table) -> ir.Table:

@@ -575,9 +575,9 @@ def write_churn_examples(
 def write_clusters(out_dir: Path, m: Manifest) -> dict[str, Any]:
     """Fit KMeans on the intent training rows, assign every snapshot customer, save profiles."""
     train = pd.read_parquet(
-        out_dir / S.split_file("intent", S.SPLIT_TRAIN), columns=[S.CUSTOMER_ID, *S.INTENT_FEATURES]
+        out_dir / S.split_file("intent", S.SPLIT_TRAIN), columns=[S.CUSTOMER_ID, *S.AGGREGATE_FEATURES]
     )
-    snapshot = pd.read_parquet(out_dir / S.SNAPSHOT_FILE, columns=[S.CUSTOMER_ID, *S.INTENT_FEATURES])
+    snapshot = pd.read_parquet(out_dir / S.SNAPSHOT_FILE, columns=[S.CUSTOMER_ID, *S.AGGREGATE_FEATURES])
     model = clusters.fit_clusters(train)
     assigned = clusters.assign_clusters(model, snapshot)
     assigned.to_parquet(out_dir / S.CLUSTERS_FILE, index=False)

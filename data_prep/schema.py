@@ -6,7 +6,8 @@ unified names below. Change a name here, never as a string literal elsewhere.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1.1"  # 1.1: purchase-timing aggregates added to INTENT_FEATURES
+# 1.1: purchase-timing aggregates; 1.2: the weekly activity calendar (ACTIVITY_FEATURES)
+SCHEMA_VERSION = "1.2"
 
 RAW_DIR = "01_raw"  # layer folder of the raw files; the source folders below live inside it
 
@@ -398,7 +399,7 @@ F_N_PURCHASES_90D = "n_purchases_90d"
 F_MONETARY_90D = "monetary_90d"
 F_ACTIVE_DAYS_30D = "active_days_30d"  # days (24-h spans back from the cutoff) with any event
 F_ACTIVE_DAYS_90D = "active_days_90d"
-INTENT_FEATURES = (
+AGGREGATE_FEATURES = (  # the point-in-time aggregates (clusters and reports use these alone)
     F_RECENCY_DAYS,
     F_TENURE_DAYS,
     F_N_EVENTS_7D,
@@ -421,6 +422,14 @@ INTENT_FEATURES = (
     F_ACTIVE_DAYS_30D,
     F_ACTIVE_DAYS_90D,
 )
+# The weekly activity calendar: for each of the ACTIVITY_WEEKS 7-day spans back from the cutoff (week 0 the
+# newest), each measure of ACTIVITY_MEASURES; orders are distinct order ids (order-level rows included), by
+# channel; spend is net and floored at 0; active days are days with any event; carts are add-to-cart events.
+ACTIVITY_WEEKS = 26
+ACTIVITY_MEASURES = ("online_orders", "store_orders", "spend", "active_days", "carts")
+ACTIVITY_FEATURES = tuple(f"wk{w:02d}_{m}" for w in range(ACTIVITY_WEEKS) for m in ACTIVITY_MEASURES)
+# the intent models' inputs: the aggregates, then the calendar week-major (wk00_online_orders, wk00_store_...)
+INTENT_FEATURES = AGGREGATE_FEATURES + ACTIVITY_FEATURES
 
 # RFM and segments (04_features/rfm.parquet, as of the end of the data), churn, behavioural clusters.
 RFM_FILE = "rfm.parquet"

@@ -121,6 +121,7 @@ def summarise(rec: dict, intent: dict, identity: dict | None, seconds: float) ->
             "protocol": intent["protocol"],
             "positive_rate": i_model["positive_rate"],
             "calibration": intent.get("calibration", {}).get("method", "none"),
+            "shipped": intent.get("selection", {}).get("shipped", "net"),
             "sequence_model": {k: i_model[k] for k in ("roc_auc", "pr_auc", "log_loss", "ece", "n_examples")},
             **{
                 b: {k: intent["baselines"][b]["test"][k] for k in ("roc_auc", "pr_auc", "log_loss", "ece")}
@@ -146,7 +147,10 @@ def print_summary(console: Console, s: dict[str, Any], paths: list[Path]) -> Non
                 ours, theirs = intent["sequence_model"][m], intent[base][m]
                 table.add_row("intent (I1)", m, f"{ours:.4f}", f"{theirs:.4f}", label)
     console.print(table)
-    console.print(f"intent positive rate {intent['positive_rate']:.3f}; calibration: {intent['calibration']}")
+    console.print(
+        f"intent positive rate {intent['positive_rate']:.3f}; shipped candidate (chosen on validation): "
+        f"{intent.get('shipped', 'net')}; calibration: {intent['calibration']}"
+    )
     c = s.get("campaign")
     if c and c.get("actual_conversions") is not None:
         console.print(

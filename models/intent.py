@@ -1,8 +1,13 @@
-"""Purchase-intent classifier: a SASRec sequence encoder plus point-in-time aggregates → one logit.
+"""Purchase-intent classifier: a SASRec sequence encoder, a weekly activity calendar read by a GRU, and
+point-in-time aggregates → one logit.
 
 The encoder is a :class:`models.sasrec.SASRec` held by composition, so it can start from a trained
-recommender's weights. Aggregates are ``log1p``-transformed and standardised with statistics fitted on the
-training split and stored as buffers, so the exported graph takes raw aggregates.
+recommender's weights. Features (aggregates, then the calendar's cells) are ``log1p``-transformed and
+standardised with statistics fitted on the training split and stored as buffers, so the exported graph takes
+raw values. The calendar (:data:`data_prep.schema.ACTIVITY_FEATURES`: per week back from the cutoff, orders by
+channel, spend, active days, carts) is read oldest week first by a GRU whose last state joins the head: the
+purchase rhythm, trend and lapse that buy-till-you-die models live on, also for customers without item
+events (Valendin et al. 2022, "Customer base analysis with recurrent neural networks").
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ class IntentNet(nn.Module):
             # (max_len, R) weight of an earlier occurrence by its distance from the newest event, softplus'd;
             # starts at 1 for every age, so each count begins as the plain number of earlier occurrences
             self.revisit_age = nn.Parameter(torch.full((cfg.max_len, cfg.revisit_features), REPEAT_AGE_INIT))
+        n_flat = cfg.n_features - cfg.n_activity  # features that go to the head as they are
+        if cfg.n_activity:
+            self.activity = nn.GRU(cfg.activity_measures, cfg.activity_hidden, batch_first=True)
+        width = cfg.d_model + n_flat + cfg.revisit_features + (cfg.activity_hidden if cfg.n_activity else 0)
         self.head = nn.Sequential(
-            nn.Linear(cfg.d_model + cfg.n_features + cfg.revisit_features, cfg.hidden),
+            nn.Linear(width, cfg.hidden),
             nn.GELU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, 1),
@@ -47,10 +56,23 @@ class IntentNet(nn.Module):
         has_history = (item_idx[:, -1:] != 0).float()  # (B, 1): all-padding rows carry no sequence signal
         h = h * has_history  # (B, D)
         f = (torch.log1p(features.clamp(min=0.0)) - self.feat_mean) / self.feat_std  # (B, F)
-        parts = [h, f]
+        parts = [h]
+        if self.cfg.n_activity:
+            n_flat = self.cfg.n_features - self.cfg.n_activity
+            parts += [f[:, :n_flat], self.read_calendar(f[:, n_flat:])]
+        else:
+            parts.append(f)
         if self.cfg.revisit_features:
             parts.append(self.revisits(item_idx))
         return self.head(torch.cat(parts, dim=1)).squeeze(1)  # (B,)
+
+    def read_calendar(self, cells: torch.Tensor) -> torch.Tensor:
+        """(B, W·M) scaled calendar cells, newest week first → (B, H): the GRU's state after the newest week."""
+        weeks = cells.reshape(
+            cells.shape[0], self.cfg.activity_weeks, self.cfg.activity_measures
+        )  # (B, W, M)
+        _, last = self.activity(weeks.flip(1))  # oldest week first; last: (1, B, H)
+        return last[0]  # (B, H)
 
     def revisits(self, item_idx: torch.Tensor) -> torch.Tensor:
         """(B, R): log(1 + Σ w_r[age]) over the earlier occurrences of each row's newest item (0 when none)."""

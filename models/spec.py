@@ -85,6 +85,25 @@ class IntentConfig:
     # > 0: the head also gets this many learned, age-weighted counts of the newest item's earlier
     # occurrences in the input (I2: was the item just carted looked at before, and how recently)
     revisit_features: int = 0
+    # > 0: the last activity_weeks × activity_measures features are a weekly activity calendar (week 0 the
+    # newest, week-major; data_prep.schema.ACTIVITY_FEATURES), read by a GRU of width activity_hidden
+    activity_weeks: int = 0
+    activity_measures: int = 0
+    activity_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        if (self.activity_weeks > 0) != (self.activity_measures > 0):
+            raise ValueError("activity_weeks and activity_measures are both 0 (no calendar) or both > 0")
+        if self.activity_weeks * self.activity_measures > self.n_features:
+            raise ValueError(
+                f"an activity calendar of {self.activity_weeks} × {self.activity_measures} does not fit in "
+                f"{self.n_features} features"
+            )
+
+    @property
+    def n_activity(self) -> int:
+        """Features that are calendar cells (the last ones of the ``features`` input)."""
+        return self.activity_weeks * self.activity_measures
 
     def encoder_config(self) -> SASRecConfig:
         return SASRecConfig(
@@ -100,6 +119,40 @@ class IntentConfig:
             n_categories=self.n_categories,
             item_identity=self.item_identity,
         )
+
+
+NET = "net"  # the sequence network among a stack's components
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What an intent graph outputs: σ(bias + Σ weights[k] · logit(p_k)) over its components' probabilities —
+    ``net`` (the sequence network) and/or scikit-learn models on the same features (``logistic_regression``,
+    ``gradient_boosting``), composed into one graph at export. The default, the network alone, is
+    σ(logit(p_net)) = p_net."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _STRICT
+
+    components: tuple[str, ...] = (NET,)
+    weights: tuple[float, ...] = (1.0,)
+    bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.components or len(self.components) != len(self.weights):
+            raise ValueError("a stack needs one weight per component, and at least one component")
+        if len(set(self.components)) != len(self.components):
+            raise ValueError(f"a stack lists a component twice: {self.components}")
+
+    @classmethod
+    def single(cls, name: str) -> Stack:
+        return cls((name,), (1.0,), 0.0)
+
+    @property
+    def is_net_only(self) -> bool:
+        return self == Stack()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"components": list(self.components), "weights": list(self.weights), "bias": self.bias}
 
 
 NetConfig = TypeVar("NetConfig", SASRecConfig, IntentConfig)
@@ -145,6 +198,7 @@ class IntentSpec(_Sequences):
     target: Target
     feature_names: tuple[str, ...]  # aggregate columns, in the order of the graph's ``features`` input
     calibration: Calibration  # applied to the graph's probability (fitted on validation)
+    stack: Stack = Stack()  # the shipped candidate (training.stacking): the network alone by default
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -83,6 +83,13 @@ class IntentModelConfig(SequenceModelConfig):
         description="a finished recommender run folder: the sequence encoder starts from its weights (items "
         "matched by id; needs the same d_model)",
     )
+    activity: bool = Field(
+        True,
+        description="read the weekly activity calendar (orders by channel, spend, active days, carts per week "
+        "before the cutoff) with a GRU beside the item-event encoder; works when there are no items at all. "
+        "false: the calendar's cells go to the head as plain features",
+    )
+    activity_hidden: int = Field(32, ge=1, le=256, description="width of the activity calendar's GRU")
 
 
 class TrainConfig(_Strict):
@@ -281,6 +288,12 @@ class IntentRunConfig(_Strict):
         "churn: a customer who purchased before a cutoff makes no purchase in the 60 days after it",
     )
     horizon_days: int = Field(14, ge=1, description="label window after the cutoff (must match prep)")
+    select: Literal["best", "net"] = Field(
+        "best",
+        description="best: ship the candidate with the best validation ROC-AUC among the network, logistic "
+        "regression, gradient boosting and a stack of the three (training.stacking; the stack scored "
+        "out-of-fold); net: ship the network alone",
+    )
     tune: TuneConfig = TuneConfig()
 
 

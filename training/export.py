@@ -41,22 +41,26 @@ from models.sasrec import MASK_VALUE, SASRec, SASRecTopK
 from models.spec import (
     INTENT_INPUTS,
     INTENT_OUTPUTS,
+    NET,
     RECOMMENDER_INPUTS,
     RECOMMENDER_OUTPUTS,
     BundleModel,
     BundleSpec,
+    IntentSpec,
     RecommenderSpec,
     RunSpec,
     ServedIntent,
     ServedRecommender,
     ServedSpec,
     SpecError,
+    Stack,
     parse_run,
     role_of,
     to_json,
 )
 from serving.checksums import write_checksums
 from training.metrics import headline_metrics
+from training.stacking import COMPONENTS_DIR, apply_stack, compose, run_component
 from training.train import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SERVING_TABLES
 
 __all__ = ["export_bundle", "rebuild", "write_checksums"]
@@ -199,11 +203,28 @@ def _tied(scores: np.ndarray) -> np.ndarray:
     return np.concatenate([gap, pad], axis=1) | np.concatenate([pad, gap], axis=1)
 
 
-def check_parity(e: Exported, path: Path, seed: int = 0) -> dict[str, float]:
+def component_graphs(run_dir: Path, stack: Stack) -> dict[str, Path]:
+    """The run's converted component graphs the shipped stack needs (``components/<name>.onnx``)."""
+    paths = {n: run_dir / COMPONENTS_DIR / f"{n}.onnx" for n in stack.components if n != NET}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing} not found: the run's shipped stack needs them; retrain the run")
+    return paths
+
+
+def check_parity(
+    e: Exported,
+    path: Path,
+    seed: int = 0,
+    stack: Stack | None = None,
+    components: dict[str, Path] | None = None,
+) -> dict[str, float]:
     """Compare ONNX Runtime with torch on random batches, batch 1 and length 1 included.
 
     Scores/probabilities must agree within ``PARITY_ATOL``; top-k indices must agree except where two
-    scores tie within tolerance. Raises :class:`ExportParityError` otherwise.
+    scores tie within tolerance. A stacked intent graph is compared with the stack computed outside it:
+    the network in torch, each component's own graph (itself checked against scikit-learn at training).
+    Raises :class:`ExportParityError` otherwise.
     """
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
@@ -214,6 +235,10 @@ def check_parity(e: Exported, path: Path, seed: int = 0) -> dict[str, float]:
         with torch.no_grad():
             ref = e.module(*[torch.from_numpy(a) for a in inputs])
         ref_out = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        if stack is not None and not stack.is_net_only:
+            parts = {NET: ref_out[0].astype(np.float64)}
+            parts |= {n: run_component(p, inputs[2]) for n, p in (components or {}).items()}
+            ref_out[0] = apply_stack(stack, parts)
         got = sess.run(None, dict(zip(e.input_names, inputs, strict=True)))
         if any(np.isnan(g).any() for g in got):
             raise ExportParityError(f"ONNX output has NaN for batch={b}, length={t}")
@@ -294,7 +319,11 @@ def _export_one(run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     model_dir = bundle_dir / role
     model_dir.mkdir(parents=True)
     to_onnx(e, model_dir / ONNX_FILE)
-    parity = check_parity(e, model_dir / ONNX_FILE)
+    stack = e.spec.stack if isinstance(e.spec, IntentSpec) else None
+    components = {} if stack is None else component_graphs(run_dir, stack)
+    if stack is not None:
+        compose(model_dir / ONNX_FILE, stack, components, model_dir / ONNX_FILE)
+    parity = check_parity(e, model_dir / ONNX_FILE, stack=stack, components=components)
     shutil.copy(run_dir / S.ITEMS_FILE, model_dir / S.ITEMS_FILE)
     if e.task == "recommender":
         for name in SERVING_TABLES:  # cold-start and store-filter tables the run kept from prep

@@ -36,7 +36,17 @@ from data_prep import schema as S
 from data_prep.features import TimeSplits
 from data_prep.manifest import read_manifest
 from models.encoding import N_GAP_BUCKETS, flatten_sequences
-from models.spec import IntentConfig, IntentSpec, RecommenderSpec, RunSpec, SASRecConfig, net_config, to_json
+from models.spec import (
+    NET,
+    IntentConfig,
+    IntentSpec,
+    RecommenderSpec,
+    RunSpec,
+    SASRecConfig,
+    Stack,
+    net_config,
+    to_json,
+)
 from training import distributed
 from training.baselines import (
     BetaGeoBaseline,
@@ -59,6 +69,7 @@ from training.protocols import R1
 from training.provenance import PROVENANCE_FILE, write_provenance
 from training.recommender import EpochClock, RecommenderModule
 from training.resume import LOGS_DIR, check_resumable, last_checkpoint, merge_log, set_aside_log
+from training.stacking import apply_stack, choose_model, convert_components, run_component
 from training.warm_start import warm_start_encoder
 
 METRICS_FILE = "metrics.json"
@@ -293,6 +304,16 @@ def side_sizes(side_features: Sequence[str], n_categories: int) -> dict[str, int
     }
 
 
+def activity_sizes(use: bool, feature_names: Sequence[str]) -> dict[str, int]:
+    """The calendar's shape for the model config: weeks and measures when ``use`` and the features end with
+    the weekly activity calendar (:data:`schema.ACTIVITY_FEATURES`), else 0 (its cells, if any, are plain
+    features)."""
+    n = len(S.ACTIVITY_FEATURES)
+    if use and tuple(feature_names[-n:]) == S.ACTIVITY_FEATURES:
+        return {"activity_weeks": S.ACTIVITY_WEEKS, "activity_measures": len(S.ACTIVITY_MEASURES)}
+    return {"activity_weeks": 0, "activity_measures": 0}
+
+
 def _sequence_encoding(side_features: Sequence[str], categories: list[str]) -> dict[str, Any]:
     """The spec fields that say how input events are encoded (the same for every task)."""
     return {
@@ -442,6 +463,7 @@ def train_intent(
         n_items=dm.vocab.n_items,
         n_features=len(dm.feature_names),
         **side_sizes(m.side_features, n_categories=len(categories)),
+        **activity_sizes(m.activity, dm.feature_names),
     )
     module = IntentModule(dataclasses.asdict(net), tc.lr, tc.weight_decay)
     module.model.set_feature_scaling(*dm.feature_scaling())
@@ -459,9 +481,14 @@ def train_intent(
     ranks = distributed.rank_figures(trainer, module.results["val"]["roc_auc"])
     if evaluate_test:
         trainer.test(module, datamodule=dm, verbose=False)
-    calibration, calibration_record = choose_calibration(*module.predictions["val"], tc.calibration, tc.seed)
-    y_val, p_val = module.predictions["val"]
-    test = module.predictions.get("test")
+    y_val, net_val = module.predictions["val"]
+    net_test = module.predictions.get("test")
+    # a tuning trial (no test) compares networks: no other candidate is fitted; rank 0 alone selects
+    selecting = cfg.select == "best" and evaluate_test and distributed.process_rank() == 0
+    components = _fit_components(dm, tc.seed) if selecting else {}
+    stack, p_val, selection = _select(cfg, dm, run_dir, components, (y_val, net_val))
+    test = None if net_test is None else (net_test[0], _stack_test(stack, net_test[1], components, dm))
+    calibration, calibration_record = choose_calibration(y_val, p_val, tc.calibration, tc.seed)
     calibration_record["uncalibrated"] = with_f1((y_val, p_val), test)
     calibrated_test = None if test is None else (test[0], calibration.apply(test[1]))
     metrics: dict[str, Any] = {
@@ -469,9 +496,11 @@ def train_intent(
         "target": cfg.target,
         "protocol": _intent_protocol_text(cfg),
         "model": with_f1((y_val, calibration.apply(p_val)), calibrated_test),
+        "network": with_f1((y_val, net_val), net_test),
+        "selection": selection,
         "calibration": calibration_record,
         "warm_start": warm,
-        "baselines": _intent_baselines(dm, tc.seed, cfg)
+        "baselines": _intent_baselines(dm, tc.seed, cfg, components)
         if evaluate_test and distributed.process_rank() == 0
         else {},
         "distributed": ranks,
@@ -486,21 +515,67 @@ def train_intent(
         target=cfg.target,
         feature_names=tuple(dm.feature_names),
         calibration=calibration,
+        stack=stack,
     )
     return _finish(run_dir, cfg, spec, metrics, t0)
 
 
-def _intent_baselines(
-    dm: IntentDataModule, seed: int, cfg: IntentRunConfig
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Logistic regression and histogram gradient boosting on the aggregates, fit on the training cutoffs
-    (both are fit with log-loss, so they need no separate calibration); for purchase (I1) and churn also
-    BG/NBD on the order histories, the buy-till-you-die model (churn: 1 − P(an order in 60 days))."""
+def _fit_components(dm: IntentDataModule, seed: int) -> dict[str, Any]:
+    """Logistic regression and histogram gradient boosting on the features, fit on the training cutoffs
+    (both are fit with log-loss): the baselines, and the stack's other components."""
     train = dm.splits[S.SPLIT_TRAIN]
-    models: list[tuple[str, Any]] = [
-        ("logistic_regression", logistic_regression_baseline(seed)),
-        ("gradient_boosting", gradient_boosting_baseline(seed)),
-    ]
+    fitted = {
+        "logistic_regression": logistic_regression_baseline(seed),
+        "gradient_boosting": gradient_boosting_baseline(seed),
+    }
+    for model in fitted.values():
+        model.fit(train.features, train.label.astype(int))
+    return fitted
+
+
+def _select(
+    cfg: IntentRunConfig,
+    dm: IntentDataModule,
+    run_dir: Path,
+    components: dict[str, Any],
+    net_val: tuple[np.ndarray, np.ndarray],
+) -> tuple[Stack, np.ndarray, dict[str, Any]]:
+    """The shipped candidate (:mod:`training.stacking`), its validation probabilities and the record; with
+    ``select: net`` the network alone. Components are converted to ONNX first (a conversion that disagrees
+    with scikit-learn is no candidate) and selection sees their ONNX probabilities: what would be served."""
+    y_val, p_net = net_val
+    if not components:
+        return Stack(), p_net, {"shipped": NET, "rule": "select: net (no other candidate)"}
+    features = dm.splits[S.SPLIT_VAL].features
+    paths, conversion = convert_components(components, features, run_dir)
+    p_val = {NET: p_net} | {n: run_component(path, features) for n, path in paths.items()}
+    stack, p_chosen, record = choose_model(y_val, p_val, cfg.train.seed)
+    for n in set(paths) - set(stack.components):  # only what the shipped graph uses stays in the run
+        paths[n].unlink()
+    return stack, p_chosen, record | {"conversion": conversion}
+
+
+def _stack_test(
+    stack: Stack, p_net: np.ndarray, components: dict[str, Any], dm: IntentDataModule
+) -> np.ndarray:
+    """The shipped candidate's test probabilities (components as scikit-learn computes them on float32
+    features, which their ONNX graphs match within :data:`training.stacking.CONVERSION_ATOL`)."""
+    if stack.is_net_only:
+        return p_net
+    x = dm.splits[S.SPLIT_TEST].features.astype(np.float32).astype(np.float64)
+    p = {NET: p_net} | {n: components[n].predict_proba(x)[:, 1] for n in stack.components if n != NET}
+    return apply_stack(stack, p)
+
+
+def _intent_baselines(
+    dm: IntentDataModule, seed: int, cfg: IntentRunConfig, components: dict[str, Any]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Logistic regression and histogram gradient boosting on the features (the fitted components, or
+    fitted here), fit on the training cutoffs; for purchase (I1) and churn also BG/NBD on the order
+    histories, the buy-till-you-die model (churn: 1 − P(an order in 60 days))."""
+    train = dm.splits[S.SPLIT_TRAIN]
+    fitted = components or _fit_components(dm, seed)
+    models: list[tuple[str, Any]] = list(fitted.items())
     if cfg.target in ("purchase", "churn") and set(BetaGeoBaseline.REQUIRED) <= set(dm.feature_names):
         bg_nbd = (
             BetaGeoBaseline(dm.feature_names, cfg.horizon_days)
@@ -510,7 +585,8 @@ def _intent_baselines(
         models.append(("bg_nbd", bg_nbd))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, model in models:
-        model.fit(train.features, train.label.astype(int))
+        if name not in fitted:
+            model.fit(train.features, train.label.astype(int))
         val, test = (
             (dm.splits[s].label, model.predict_proba(dm.splits[s].features)[:, 1])
             for s in (S.SPLIT_VAL, S.SPLIT_TEST)

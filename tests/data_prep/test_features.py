@@ -124,6 +124,28 @@ def test_purchase_timing_aggregates_exact() -> None:
     assert list(agg.columns) == list(S.INTENT_FEATURES)
 
 
+def test_activity_calendar_counts_each_week_back_from_the_cutoff() -> None:
+    """Week w holds ages [7w, 7w + 7) days: orders by channel (distinct ids), net spend floored at 0,
+    active days and carts; a week with nothing is 0, and events older than the calendar reach no cell."""
+    rows = [
+        ev("c1", -1, S.EV_ORDER, "A", 4.0, "o1"),  # week 0, online, two lines of one order
+        {**ev("c1", -1, S.EV_ORDER, "B", 6.0, "o1"), S.EVENT_ID: "o1-B"},
+        ev("c1", -2, S.EV_ADD_TO_CART, "A"),  # week 0
+        ev("c1", -9, S.EV_PURCHASE, "C", 7.0, "t1"),  # week 1, store
+        {**ev("c1", -10, S.EV_RETURN, "C", -9.0, "r1"), S.SOURCE: "pos", S.CHANNEL: "store"},  # week 1
+        ev("c1", -7 * S.ACTIVITY_WEEKS - 1, S.EV_ORDER, "D", 50.0, "old"),  # before the calendar
+        ev("c2", -3, S.EV_VIEW, "A"),
+    ]
+    agg = fe.intent_aggregates(table(rows), CUTOFF).to_pandas().set_index(S.CUSTOMER_ID)
+    c1 = agg.loc["c1"]
+    assert [c1[f"wk00_{m}"] for m in S.ACTIVITY_MEASURES] == [1, 0, pytest.approx(10.0), 2, 1]
+    assert [c1[f"wk01_{m}"] for m in S.ACTIVITY_MEASURES] == [0, 1, 0.0, 2, 0]  # 7 - 9 < 0: floored
+    calendar = agg[list(S.ACTIVITY_FEATURES)]
+    assert calendar.loc["c1"].sum() == pytest.approx(1 + 10 + 2 + 1 + 1 + 2)  # nothing from "old"
+    assert calendar.loc["c2", "wk00_active_days"] == 1  # a view: an active day, nothing else
+    assert calendar.loc["c2"].sum() == 1
+
+
 def test_future_events_reach_no_feature_or_sequence() -> None:
     before = fe.intent_examples(table(PAST), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])
     after = fe.intent_examples(table(PAST + FUTURE), CUTOFF, 14).to_pandas().drop(columns=[S.LABEL])

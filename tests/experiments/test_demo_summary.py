@@ -1,4 +1,5 @@
-"""The demo's closing table: built from real run metrics, with both intent baselines and the calibration."""
+"""The demo's closing table: built from real run metrics, with the intent baselines, the shipped candidate and
+the calibration."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def test_summary_carries_every_baseline_and_the_calibration(tiny_pipeline) -> No
     s = summarise(rec, intent, None, 12.0)
     assert {"logistic_regression", "gradient_boosting"} <= set(s["intent"])
     assert s["intent"]["calibration"] == intent["calibration"]["method"]
+    assert s["intent"]["shipped"] == intent["selection"]["shipped"]  # which candidate validation chose
     console = Console(record=True, width=140)
     print_summary(console, s, [])
     text = console.export_text()
     assert "gradient boosting" in text and "ece" in text and "ItemKNN" in text
+    assert f"shipped candidate (chosen on validation): {intent['selection']['shipped']}" in text
