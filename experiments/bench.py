@@ -253,6 +253,42 @@ def bench_peers(
     console.print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
+@bench_app.command("oracle-gap")
+def bench_oracle_gap(
+    features: Annotated[
+        Path, typer.Option(help="synthetic 04_features (its raw folder has ground truth)")
+    ] = Path("data/synthetic/04_features"),
+    out: Annotated[Path, typer.Option(help="JSON result file")] = Path("runs/oracle_gap.json"),
+) -> None:
+    """Where the I1 gap to the synthetic oracle lies: a gradient-boosting probe's learning curve, the examples
+    the oracle knows to be lapsed, and both ROC-AUCs on the live examples (docs/benchmarks.md)."""
+    from experiments.oracle import oracle_gap
+
+    with console.status("oracle and probe"):
+        result = oracle_gap(features)
+    if result is None:
+        console.print(f"[red]{features} has no synthetic ground truth (purchase intensity): no oracle[/]")
+        raise typer.Exit(2)
+    result["commit"], result["command"] = _commit(), " ".join(["o2o", "bench", "oracle-gap", *sys.argv[3:]])
+    table = Table(title=f"I1 test split, {result['examples']:,} examples")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("oracle ROC-AUC", f"{result['oracle_roc_auc']:.4f}")
+    for c in result["learning_curve"]:
+        table.add_row(f"probe ROC-AUC, {c['rows']:,} training rows ({c['share']:.0%})", f"{c['roc_auc']:.4f}")
+    table.add_row("oracle probability 0 (lapsed) / of them positive", f"{result['oracle_zero']:,} / "
+                  f"{result['oracle_zero_positives']:,}")  # fmt: skip
+    table.add_row(
+        "probe: lapsed vs live non-buyers ROC-AUC", f"{result['probe_lapsed_vs_live_non_buyers_roc_auc']:.4f}"
+    )
+    table.add_row("live examples: oracle / probe ROC-AUC", f"{result['live_oracle_roc_auc']:.4f} / "
+                  f"{result['live_probe_roc_auc']:.4f}")  # fmt: skip
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
+
+
 @bench_app.command("score")
 def bench_score(
     artifact: Annotated[Path, typer.Option(help="bundle folder from `o2o export`")],

@@ -143,3 +143,45 @@ def oracle_summary(features_dir: Path) -> dict[str, Any] | None:
         (test[S.LABEL].to_numpy(), test[ORACLE_P].to_numpy()),
     )
     return {"ground_truth": str(raw / S.GROUND_TRUTH_DIR / GT_INTENSITY_FILE), **metrics}
+
+
+LEARNING_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def oracle_gap(features_dir: Path, seed: int = 0) -> dict[str, Any] | None:
+    """Where the gap between a model and the oracle lies, on the I1 test split, with gradient boosting on the
+    intent features (``training.baselines``) as the probe: its learning curve (trained on growing random
+    shares of the training rows), the examples the oracle gives exactly 0 (every person behind them lapsed
+    before the cutoff: a latent state a model can only infer from silence), how well the probe separates
+    those from live non-buyers, and both ROC-AUCs on the live examples alone. None without ground truth."""
+    from sklearn.metrics import roc_auc_score
+
+    from training.baselines import gradient_boosting_baseline
+
+    result = oracle(features_dir, S.SPLIT_TEST)
+    if result is None:
+        return None
+    names = list(S.INTENT_FEATURES)
+    train = pd.read_parquet(features_dir / S.split_file("intent", S.SPLIT_TRAIN), columns=[*names, S.LABEL])
+    test = pd.read_parquet(features_dir / S.split_file("intent", S.SPLIT_TEST), columns=[*names, S.LABEL])
+    x, y = train[names].to_numpy(), train[S.LABEL].to_numpy()
+    order = np.random.default_rng(seed).permutation(len(y))
+    curve, p = [], np.zeros(len(test))
+    for share in LEARNING_FRACTIONS:
+        rows = order[: max(1, int(share * len(y)))]
+        p = gradient_boosting_baseline(seed).fit(x[rows], y[rows]).predict_proba(test[names].to_numpy())[:, 1]
+        curve.append({"share": share, "rows": len(rows), "roc_auc": float(roc_auc_score(test[S.LABEL], p))})
+    label, oracle_p = result.examples[S.LABEL].to_numpy(), result.examples[ORACLE_P].to_numpy()
+    alive = oracle_p > 0
+    negatives = label == 0
+    return {
+        "examples": len(label),
+        "oracle_roc_auc": result.metrics["roc_auc"],
+        "probe_roc_auc": curve[-1]["roc_auc"],
+        "learning_curve": curve,
+        "oracle_zero": int((~alive).sum()),
+        "oracle_zero_positives": int(label[~alive].sum()),
+        "probe_lapsed_vs_live_non_buyers_roc_auc": float(roc_auc_score(alive[negatives], p[negatives])),
+        "live_oracle_roc_auc": float(roc_auc_score(label[alive], oracle_p[alive])),
+        "live_probe_roc_auc": float(roc_auc_score(label[alive], p[alive])),
+    }

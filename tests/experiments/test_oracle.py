@@ -15,7 +15,7 @@ import pytest
 from data_prep import schema as S
 from data_prep.generate import GT_INTENSITY_FILE
 from experiments import evaluate as ev
-from experiments.oracle import N_PERSONS, ORACLE, ORACLE_P, oracle, oracle_summary, raw_dir_of
+from experiments.oracle import N_PERSONS, ORACLE, ORACLE_P, oracle, oracle_gap, oracle_summary, raw_dir_of
 from tests.conftest import Prepared, copy_prepared
 from training.config import load_config
 from training.metrics import binary_metrics
@@ -132,3 +132,26 @@ def test_evaluate_adds_no_oracle_for_other_targets_or_data(
         result = ev.evaluate(cfg, [0], tmp_path / "runs")
         assert ORACLE not in result.summary and ORACLE not in result.summary["test"]
         assert f"| {ORACLE} |" not in (result.out_dir / ev.EVALUATION_MD).read_text()
+
+
+def test_oracle_gap_splits_the_examples_the_way_the_oracle_sees_them(prepared_150: Prepared) -> None:
+    features = prepared_150.data / S.FEATURES_DIR
+    gap = oracle_gap(features)
+    assert gap is not None
+    result = oracle(features, S.SPLIT_TEST)
+    assert result is not None
+    p = result.examples[ORACLE_P]
+    assert gap["examples"] == len(p) and gap["oracle_zero"] == int((p == 0).sum())
+    assert gap["oracle_zero_positives"] == 0  # nobody lapsed buys
+    train_rows = len(pd.read_parquet(features / S.split_file("intent", S.SPLIT_TRAIN), columns=[S.LABEL]))
+    assert [c["rows"] for c in gap["learning_curve"]] == [int(f * train_rows) for f in (0.25, 0.5, 1.0)]
+    assert gap["probe_roc_auc"] == gap["learning_curve"][-1]["roc_auc"]
+    assert gap["oracle_roc_auc"] == pytest.approx(result.metrics["roc_auc"])
+    for key in ("probe_lapsed_vs_live_non_buyers_roc_auc", "live_oracle_roc_auc", "live_probe_roc_auc"):
+        assert 0.0 <= gap[key] <= 1.0
+
+
+def test_oracle_gap_needs_ground_truth(prepared_150: Prepared, tmp_path: Path) -> None:
+    copy = _own_copy(prepared_150, tmp_path)
+    (copy.data / S.GROUND_TRUTH_DIR / GT_INTENSITY_FILE).unlink()
+    assert oracle_gap(copy.data / S.FEATURES_DIR) is None
