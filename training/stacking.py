@@ -15,6 +15,7 @@ validation figure is slightly optimistic beside the baselines' (which never saw 
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -196,10 +197,12 @@ def compose(net_graph: Path, stack: Stack, components: Mapping[str, Path], out: 
     """Rewrite the network's exported graph (inputs item_idx, ctx_idx, features → ``probability``) so it
     outputs the stack's probability: each component graph joins it under its own name prefix, reading the
     same ``features`` input, and σ(bias + Σ w·logit(clip(p))) replaces the output. The network alone: the
-    graph is left as it is."""
+    graph is left as it is (copied to ``out``)."""
     from onnx import TensorProto, compose, helper
 
     if stack.is_net_only:
+        if Path(out).resolve() != Path(net_graph).resolve():
+            shutil.copyfile(net_graph, out)
         return
     model = onnx.load(str(net_graph))
     g = model.graph
