@@ -64,6 +64,9 @@ def choose_model(
     negatives for K folds the stack is not a candidate."""
     y = np.asarray(y_val).astype(int)
     names = list(p_val)
+    if len(np.unique(y)) < 2:  # no ranking to compare on: the network, as trained
+        why = "validation holds one class only: no candidate can be compared, the network is shipped"
+        return Stack(), np.asarray(p_val[NET], dtype=np.float64), {"shipped": NET, "rule": why}
     scored: dict[str, tuple[float, float, Stack, np.ndarray]] = {}
     for n in names:
         q = np.asarray(p_val[n], dtype=np.float64)

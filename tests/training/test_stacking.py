@@ -109,3 +109,11 @@ def test_composed_graph_outputs_the_stack_and_passes_parity(fitted: dict, tmp_pa
     parts = {NET: net.astype(np.float64)} | {n: run_component(p, x[:4]) for n, p in paths.items()}
     np.testing.assert_allclose(got, apply_stack(stack, parts), atol=1e-5)
     assert not np.allclose(got, net, atol=1e-3)  # the stack is not the network alone
+
+
+def test_validation_with_one_class_ships_the_network() -> None:
+    y = np.zeros(50, dtype=int)
+    p = {NET: np.full(50, 0.2), "gradient_boosting": np.full(50, 0.1)}
+    stack, q, record = choose_model(y, p)
+    assert stack == Stack() and record["shipped"] == NET and "one class" in record["rule"]
+    np.testing.assert_array_equal(q, p[NET])
