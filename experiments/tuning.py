@@ -110,19 +110,35 @@ def storage_url(url: str | None, runs_dir: Path) -> str:
     return url
 
 
+STORAGE_OPEN_TRIES = 5  # workers started together race to create the schema of an empty database
+
+
 def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:
     """RDB storage with heartbeats: a trial whose worker died is failed after 3 silent heartbeats and
-    retried once with the same parameters."""
+    retried once with the same parameters.
+
+    Workers started at the same moment on an empty database all try to create Optuna's tables and its
+    alembic version row; all but one fail on the duplicate (IntegrityError, or "already exists"). The schema
+    is then there: opening again, after a short wait, succeeds."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     engine: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
+    for attempt in range(1, STORAGE_OPEN_TRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=heartbeat_seconds,
+                    grace_period=3 * heartbeat_seconds,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+        except (IntegrityError, ProgrammingError):
+            if attempt == STORAGE_OPEN_TRIES:
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:

@@ -186,3 +186,31 @@ def test_two_workers_share_a_postgres_study(tmp_path: Path, tiny_pipeline) -> No
         assert {t.user_attrs["worker"] for t in trials} == {0, 1}  # both really worked on it
     finally:
         optuna.delete_study(study_name=study, storage=url)
+
+
+def test_a_worker_that_loses_the_schema_race_opens_the_storage_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers started together on an empty database race to create Optuna's schema; the loser's
+    IntegrityError (failure injection: the first open raises it) is followed by a successful open."""
+    from sqlalchemy.exc import IntegrityError
+
+    from experiments import tuning
+
+    calls = []
+    real = tuning.RDBStorage
+
+    def racing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("duplicate key"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "RDBStorage", racing)
+    monkeypatch.setattr(tuning.time, "sleep", lambda s: None)
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
+    assert len(calls) == 2 and storage.get_all_studies() == []
+    calls.clear()
+    monkeypatch.setattr(tuning, "STORAGE_OPEN_TRIES", 1)  # with no try left, the error reaches the caller
+    with pytest.raises(IntegrityError):
+        open_storage(f"sqlite:///{tmp_path / 'other.db'}", 10)

@@ -61,12 +61,16 @@ def test_provenance_fails_soft(tmp_path: Path) -> None:
 @pytest.mark.parametrize("task", ["recommender", "intent"])
 def test_same_config_and_seed_give_the_same_metrics(tiny_pipeline, tmp_path: Path, task: str) -> None:  # type: ignore[no-untyped-def]
     cfg = _config(tiny_pipeline.features, task)
-    runs = [
-        train(c, tmp_path, progress_bar=False, evaluate_test=False).metrics["model"]["val"]
-        for c in (cfg, cfg, _config(tiny_pipeline.features, task, "train.seed=1"))
-    ]
+    runs = []
+    for c in (cfg, cfg, _config(tiny_pipeline.features, task, "train.seed=1")):
+        result = train(c, tmp_path, progress_bar=False, evaluate_test=False)
+        with (result.run_dir / LOGS_DIR / METRICS_LOG).open() as f:
+            losses = [r["train_loss"] for r in csv.DictReader(f) if r.get("train_loss")]
+        runs.append((result.metrics["model"]["val"], losses))  # the figures and the training trace
     assert runs[0] == runs[1]  # exactly: deterministic mode on CPU
-    assert runs[0] != runs[2]  # and the seed matters (the check above could not pass by accident)
+    # and the seed matters (the check above could not pass by accident; on a tiny world the validation
+    # figures alone can tie at 0, the training losses do not)
+    assert runs[0] != runs[2]
 
 
 # Stands in for a long training: a few steps into epoch 2 (epoch 1 is checkpointed when it ends) it says
