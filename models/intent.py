@@ -34,10 +34,11 @@ class IntentNet(nn.Module):
             # (max_len, R) weight of an earlier occurrence by its distance from the newest event, softplus'd;
             # starts at 1 for every age, so each count begins as the plain number of earlier occurrences
             self.revisit_age = nn.Parameter(torch.full((cfg.max_len, cfg.revisit_features), REPEAT_AGE_INIT))
-        n_flat = cfg.n_features - cfg.n_activity  # features that go to the head as they are
         if cfg.n_activity:
             self.activity = nn.GRU(cfg.activity_measures, cfg.activity_hidden, batch_first=True)
-        width = cfg.d_model + n_flat + cfg.revisit_features + (cfg.activity_hidden if cfg.n_activity else 0)
+        width = (
+            cfg.d_model + cfg.n_flat + cfg.revisit_features + (cfg.activity_hidden if cfg.n_activity else 0)
+        )
         self.head = nn.Sequential(
             nn.Linear(width, cfg.hidden),
             nn.GELU(),
@@ -58,7 +59,7 @@ class IntentNet(nn.Module):
         f = (torch.log1p(features.clamp(min=0.0)) - self.feat_mean) / self.feat_std  # (B, F)
         parts = [h]
         if self.cfg.n_activity:
-            n_flat = self.cfg.n_features - self.cfg.n_activity
+            n_flat = self.cfg.n_flat
             parts += [f[:, :n_flat], self.read_calendar(f[:, n_flat:])]
         else:
             parts.append(f)

@@ -105,6 +105,11 @@ class IntentConfig:
         """Features that are calendar cells (the last ones of the ``features`` input)."""
         return self.activity_weeks * self.activity_measures
 
+    @property
+    def n_flat(self) -> int:
+        """Features the head takes as they are (the aggregates; all of them without a calendar)."""
+        return self.n_features - self.n_activity
+
     def encoder_config(self) -> SASRecConfig:
         return SASRecConfig(
             n_items=self.n_items,
