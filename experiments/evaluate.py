@@ -20,15 +20,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow.parquet as pq
+from scipy import stats
 
+from data_prep import schema as S
 from experiments.oracle import ORACLE, oracle_summary
 from experiments.report import headline
 from training.config import IntentRunConfig, RunConfig
-from training.train import RunResult, new_run_dir, train
+from training.metrics import ndcg_gains
+from training.train import TEST_RANKS_FILE, RunResult, new_run_dir, train
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
 EVALUATION_PNG = "evaluation.png"
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,9 @@ def evaluate(
         ],
     }
     oracle_note = _add_oracle(cfg, summary)
+    paired = paired_comparison([r.run_dir for r in results])
+    if paired:
+        summary["paired_bootstrap"] = paired
     (out_dir / EVALUATION_JSON).write_text(json.dumps(summary, indent=2, default=float))
     title = f"{cfg.name}: {len(seeds)} seeds"
     _plot(summary["test"], title, out_dir / EVALUATION_PNG)
@@ -140,7 +150,7 @@ Figures are mean ± standard deviation over the seeds, on the test split (valida
 the baselines' settings).
 
 {summary_table(summary["test"])}
-{oracle_note}
+{oracle_note}{paired_table(paired)}
 ![test headline metric]({EVALUATION_PNG})
 
 Validation split:
@@ -173,3 +183,81 @@ def _add_oracle(cfg: RunConfig, summary: dict[str, Any]) -> str:
         "\nThe `oracle` row scores each example with its true chance of a purchase in the label window, from "
         "the generator's purchase intensity (`experiments/oracle.py`, docs/data.md): the ceiling.\n"
     )
+
+
+def paired_comparison(run_dirs: Sequence[Path], seed: int = 0) -> dict[str, dict[str, float]]:
+    """Ours against each baseline on the same test examples: NDCG@k ratio and difference with a paired
+    bootstrap interval (:data:`BOOTSTRAP_LEVEL`, BCa, :data:`BOOTSTRAP_RESAMPLES` resamples of the examples).
+
+    Each example's gain is averaged over the seeds first (the runs' ``test_ranks.parquet``, which must list
+    the same customers in the same order), so the interval is over examples, the finite test set, and the
+    seeds' spread is in the table beside it. {} when a run has no per-example ranks (an intent run, or an
+    older recommender run)."""
+    files = [d / TEST_RANKS_FILE for d in run_dirs]
+    if not files or not all(f.is_file() for f in files):
+        return {}
+    tables = [pq.read_table(f) for f in files]
+    customers = tables[0].column(S.CUSTOMER_ID)
+    if any(not t.column(S.CUSTOMER_ID).equals(customers) for t in tables[1:]):
+        raise ValueError(f"the runs' {TEST_RANKS_FILE} list different test examples: not one evaluation")
+
+    def gains(name: str) -> np.ndarray:
+        return np.mean([ndcg_gains(t.column(name).to_numpy()) for t in tables], axis=0)
+
+    ours = gains("ours")
+    out: dict[str, dict[str, float]] = {}
+    for name in [c for c in tables[0].column_names if c not in (S.CUSTOMER_ID, "ours")]:
+        base = gains(name)
+        if base.mean() == 0.0:
+            continue  # no hit at all: the ratio is undefined
+        row: dict[str, float] = {"ours": float(ours.mean()), "baseline": float(base.mean()), "n": len(ours)}
+        for stat, fn in (("ratio", _ratio_of_means), ("difference", _difference_of_means)):
+            row[stat] = float(fn(ours, base))
+            if np.array_equal(ours, base):  # every resample gives the point itself: no spread to estimate
+                row[f"{stat}_low"] = row[f"{stat}_high"] = row[stat]
+                continue
+            res = stats.bootstrap(
+                (ours, base),
+                fn,
+                paired=True,
+                vectorized=True,
+                n_resamples=BOOTSTRAP_RESAMPLES,
+                confidence_level=BOOTSTRAP_LEVEL,
+                method="BCa",
+                rng=np.random.default_rng(seed),
+            )
+            row[f"{stat}_low"] = float(res.confidence_interval.low)
+            row[f"{stat}_high"] = float(res.confidence_interval.high)
+        out[name] = row
+    return out
+
+
+def _ratio_of_means(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) / np.mean(b, axis=axis)
+
+
+def _difference_of_means(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def paired_table(paired: dict[str, dict[str, float]]) -> str:
+    """Markdown: ours against each baseline, ratio and difference of test NDCG with their intervals."""
+    if not paired:
+        return ""
+    pct = round(100 * BOOTSTRAP_LEVEL)
+    lines = [
+        "",
+        f"Ours against each baseline on the same {next(iter(paired.values()))['n']:.0f} test examples (each "
+        f"example's NDCG averaged over the seeds; {pct}% paired bootstrap interval, BCa, "
+        f"{BOOTSTRAP_RESAMPLES:,} resamples):",
+        "",
+        f"| baseline | ours | baseline | ratio ours/baseline ({pct}% interval) | difference ({pct}% interval) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in paired.items():
+        lines.append(
+            f"| {name} | {r['ours']:.4f} | {r['baseline']:.4f} | {r['ratio']:.3f} "
+            f"({r['ratio_low']:.3f} – {r['ratio_high']:.3f}) | {r['difference']:+.4f} "
+            f"({r['difference_low']:+.4f} – {r['difference_high']:+.4f}) |"
+        )
+    return "\n".join(lines) + "\n"

@@ -27,17 +27,30 @@ def headline_metrics(task: str, k: int = 10) -> list[str]:
     return list(INTENT_HEADLINE)
 
 
-def ranking_metrics(topk: np.ndarray, target: np.ndarray, k: int = 10) -> dict[str, float]:
-    """``topk`` (N, ≥k) item indices best first, ``target`` (N,) item index (0 = unknown, never a hit)."""
+def target_ranks(topk: np.ndarray, target: np.ndarray, k: int = 10) -> np.ndarray:
+    """(N,) 1-based rank of each example's target in its top ``k`` (0 = not there; targets unknown to the
+    vocabulary, index 0, are never a hit). ``topk`` (N, ≥k) item indices best first, ``target`` (N,)."""
     top = np.asarray(topk)[:, :k]
     tgt = np.asarray(target)[:, None]
     hit = (top == tgt) & (tgt > 0)  # (N, k)
-    found = hit.any(axis=1)
-    rank = np.where(found, hit.argmax(axis=1) + 1, 0)  # 1-based, 0 = miss
+    return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
+
+
+def ndcg_gains(ranks: np.ndarray) -> np.ndarray:
+    """(N,) each example's NDCG from :func:`target_ranks` (one relevant item: 1/log2(rank + 1), 0 = miss);
+    their mean is NDCG@k, and per-example gains are what a paired comparison resamples."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks > 0, 1.0 / np.log2(np.maximum(ranks, 1) + 1), 0.0)
+
+
+def ranking_metrics(topk: np.ndarray, target: np.ndarray, k: int = 10) -> dict[str, float]:
+    """``topk`` (N, ≥k) item indices best first, ``target`` (N,) item index (0 = unknown, never a hit)."""
+    rank = target_ranks(topk, target, k)
+    found = rank > 0
     safe = np.maximum(rank, 1)
     return {
         f"hr@{k}": float(found.mean()) if len(found) else 0.0,
-        f"ndcg@{k}": float(np.where(found, 1.0 / np.log2(safe + 1), 0.0).mean()) if len(found) else 0.0,
+        f"ndcg@{k}": float(ndcg_gains(rank).mean()) if len(found) else 0.0,
         f"mrr@{k}": float(np.where(found, 1.0 / safe, 0.0).mean()) if len(found) else 0.0,
         "n_examples": len(found),
     }

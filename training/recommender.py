@@ -28,7 +28,7 @@ from models.sasrec import (
     sampled_softmax_loss,
 )
 from training.baselines import drop_older_seen
-from training.metrics import ranking_metrics
+from training.metrics import ranking_metrics, target_ranks
 
 
 class RecommenderModule(L.LightningModule):
@@ -67,6 +67,7 @@ class RecommenderModule(L.LightningModule):
         self.k, self.exclude_seen = k, exclude_seen
         self.lr, self.weight_decay = lr, weight_decay
         self.results: dict[str, dict[str, float]] = {}  # last metrics per prefix ("val", "test")
+        self.ranks: dict[str, np.ndarray] = {}  # last per-example target ranks per prefix (0 = not in top k)
         self._eval: dict[str, list[np.ndarray]] = {"topk": [], "target": []}
 
     def set_sampling_popularity(self, popularity: np.ndarray, power: float = 1.0) -> None:
@@ -115,8 +116,10 @@ class RecommenderModule(L.LightningModule):
     def _finish(self, prefix: str) -> dict[str, float]:
         if not self._eval["topk"]:
             return {}
-        m = ranking_metrics(np.concatenate(self._eval["topk"]), np.concatenate(self._eval["target"]), self.k)
+        topk, target = np.concatenate(self._eval["topk"]), np.concatenate(self._eval["target"])
+        m = ranking_metrics(topk, target, self.k)
         self.results[prefix] = m
+        self.ranks[prefix] = target_ranks(topk, target, self.k)
         self._eval = {"topk": [], "target": []}
         k = self.k
         for name in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"):

@@ -64,7 +64,7 @@ from training.calibration import choose_calibration
 from training.config import IntentRunConfig, RecommenderRunConfig, RunConfig, TrainConfig, dump_config
 from training.data import CHANNEL_NAMES, TYPE_NAMES, IntentDataModule, RecommenderDataModule
 from training.intent import IntentModule
-from training.metrics import ranking_metrics, with_f1
+from training.metrics import ranking_metrics, target_ranks, with_f1
 from training.protocols import R1
 from training.provenance import PROVENANCE_FILE, write_provenance
 from training.recommender import EpochClock, RecommenderModule
@@ -74,6 +74,7 @@ from training.warm_start import warm_start_encoder
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.json"
+TEST_RANKS_FILE = "test_ranks.parquet"  # per test example: customer, target rank of ours and each baseline
 CONFIG_FILE = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir runs` shows every run
 RECENT_DAYS = (7, 30, 90)  # recent-popularity windows tried on validation
@@ -259,8 +260,10 @@ def train_recommender(
     if not through_val:  # validation examples are training data when training through validation
         trainer.validate(module, datamodule=dm, verbose=False)
         ranks = distributed.rank_figures(trainer, module.results["val"][f"ndcg@{ev.k}"])
+    test_ranks: dict[str, np.ndarray] = {}
     if evaluate_test:
         trainer.test(module, datamodule=dm, verbose=False)
+        test_ranks["ours"] = module.ranks[S.SPLIT_TEST]
     n_pairs = int((dm.train_tensors[2] > 0).sum())
     metrics: dict[str, Any] = {
         "task": "recommender",
@@ -272,7 +275,7 @@ def train_recommender(
             split: module.results[split] for split in (S.SPLIT_VAL, S.SPLIT_TEST) if split in module.results
         },
         # baselines report test figures too: a run that must not touch test (a tuning trial) has none
-        "baselines": recommender_baselines(dm, ev.k, ev.exclude_seen)
+        "baselines": recommender_baselines(dm, ev.k, ev.exclude_seen, test_ranks)
         if ev.baselines and evaluate_test and distributed.process_rank() == 0
         else {},
         "distributed": ranks,
@@ -285,6 +288,8 @@ def train_recommender(
         "epochs": clock.history,
         "checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())),
     }
+    if test_ranks and distributed.process_rank() == 0:
+        write_test_ranks(run_dir, dm.splits[S.SPLIT_TEST].customer_id, test_ranks)
     spec = RecommenderSpec(
         model_config=net,
         **_sequence_encoding(m.side_features, categories),
@@ -292,6 +297,16 @@ def train_recommender(
         exclude_seen=ev.exclude_seen,
     )
     return _finish(run_dir, cfg, spec, metrics, t0)
+
+
+def write_test_ranks(run_dir: Path, customer_id: np.ndarray, ranks: dict[str, np.ndarray]) -> Path:
+    """``test_ranks.parquet``: each test example's customer and the rank of its target in the top k of ours
+    and of each baseline (0 = not there), the rows a paired comparison across models and seeds resamples."""
+    path = run_dir / TEST_RANKS_FILE
+    columns = {S.CUSTOMER_ID: pa.array(customer_id)}
+    columns.update({name: pa.array(r.astype(np.int16)) for name, r in ranks.items()})
+    pq.write_table(pa.table(columns), path)
+    return path
 
 
 def side_sizes(side_features: Sequence[str], n_categories: int) -> dict[str, int]:
@@ -340,23 +355,30 @@ def _protocol_text(protocol: str, exclude_seen: bool) -> str:
     return f"R2 (global time split, first add-to-cart/order/store purchase in horizon; {seen})"
 
 
-def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool) -> dict[str, Any]:
+def recommender_baselines(
+    dm: RecommenderDataModule, k: int, exclude_seen: bool, test_ranks: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     """Most popular (all time, and the last N days of training), the customer's own items again (only
-    when seen items are allowed) and ItemKNN; every setting of a baseline chosen on validation NDCG@k."""
+    when seen items are allowed) and ItemKNN; every setting of a baseline chosen on validation NDCG@k.
+    ``test_ranks`` (optional) receives each baseline's per-example test ranks (:func:`target_ranks`)."""
     out: dict[str, Any] = {}
+    ranks = {} if test_ranks is None else test_ranks
     # with the seen filter, baselines rank k + S items and history items older than the input window
     # (up to S of them) are dropped afterwards, as for the model (:func:`_rank`)
     kw = k + max(s.older_idx.shape[1] for s in dm.splits.values()) if exclude_seen else k
     pop = MostPopular(kw, exclude_seen).fit(dm.popularity)
-    out["most_popular"] = {
-        s: _rank(pop.recommend, dm, s, k, exclude_seen) for s in (S.SPLIT_VAL, S.SPLIT_TEST)
-    }
+    out["most_popular"] = {S.SPLIT_VAL: _rank(pop.recommend, dm, S.SPLIT_VAL, k, exclude_seen)[0]}
+    out["most_popular"][S.SPLIT_TEST], ranks["most_popular"] = _rank(
+        pop.recommend, dm, S.SPLIT_TEST, k, exclude_seen
+    )
     train = dm.tables.train
     if S.TIMESTAMPS_COL in train.column_names:
         item = dm.vocab.lookup(pc.list_flatten(train.column(S.ITEMS)).to_numpy(zero_copy_only=False))
         ts = pc.list_flatten(train.column(S.TIMESTAMPS_COL)).to_numpy(zero_copy_only=False)
         item, ts = item[item > 0], ts[item > 0].astype(np.int64)
         out["most_popular_recent"] = _best_on_val(
+            ranks,
+            "most_popular_recent",
             dm,
             k,
             exclude_seen,
@@ -365,6 +387,8 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
         )
     if not exclude_seen:  # with the seen filter a customer's own items can never be recommended
         out["repeat_history"] = _best_on_val(
+            ranks,
+            "repeat_history",
             dm,
             k,
             exclude_seen,
@@ -380,6 +404,8 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
     pairs = whole_history_pairs(flat.row, flat.item, dm.vocab.n_items)
     windows = [w for w in KNN_WINDOWS if w is not None or pairs <= KNN_WHOLE_HISTORY_MAX_PAIRS]
     out["item_knn"] = _best_on_val(
+        ranks,
+        "item_knn",
         dm,
         k,
         exclude_seen,
@@ -398,6 +424,8 @@ def recommender_baselines(dm: RecommenderDataModule, k: int, exclude_seen: bool)
 
 
 def _best_on_val(
+    test_ranks: dict[str, np.ndarray],
+    name: str,
     dm: RecommenderDataModule,
     k: int,
     exclude_seen: bool,
@@ -405,13 +433,13 @@ def _best_on_val(
     make: Callable[[dict[str, Any]], Any],
 ) -> dict[str, Any]:
     """The grid point whose fitted baseline (``make(params)``) has the best validation NDCG@k, with its
-    validation and test figures and its parameters."""
+    validation and test figures and its parameters; its per-example test ranks go to ``test_ranks[name]``."""
     best: tuple[float, dict[str, Any]] | None = None
     for params in grid:
         model = make(params)
-        val = _rank(model.recommend, dm, S.SPLIT_VAL, k, exclude_seen)
+        val = _rank(model.recommend, dm, S.SPLIT_VAL, k, exclude_seen)[0]
         if best is None or val[f"ndcg@{k}"] > best[0]:
-            test = _rank(model.recommend, dm, S.SPLIT_TEST, k, exclude_seen)
+            test, test_ranks[name] = _rank(model.recommend, dm, S.SPLIT_TEST, k, exclude_seen)
             best = (val[f"ndcg@{k}"], {S.SPLIT_VAL: val, S.SPLIT_TEST: test, "params": params})
     assert best is not None
     return best[1]
@@ -423,13 +451,14 @@ def _rank(
     split: str,
     k: int,
     exclude_seen: bool,
-) -> dict[str, float]:
-    """Metrics@k of ``recommend``'s lists; with the seen filter, items of the whole history are removed
-    (the lists must be long enough: k + the split's ``older_idx`` width)."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics@k of ``recommend``'s lists and each example's target rank (0 = not in the top k); with the
+    seen filter, items of the whole history are removed (the lists must be long enough: k + the split's
+    ``older_idx`` width)."""
     s = dm.splits[split]
     top = recommend(s.item_idx)
     top = drop_older_seen(top, s.older_idx, k) if exclude_seen else top[:, :k]
-    return ranking_metrics(top, s.target, k)
+    return ranking_metrics(top, s.target, k), target_ranks(top, s.target, k)
 
 
 def train_intent(
