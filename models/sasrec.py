@@ -109,6 +109,60 @@ def _side_table(n: int, d: int) -> nn.Embedding | None:
     return nn.Embedding(n + 1, d, padding_idx=0) if n else None
 
 
+class ItemNeighbours(nn.Module):
+    """Item-to-item neighbours blended into the ranking (an ItemKNN fitted on the training sequences).
+
+    Buffers, so they travel in the checkpoint and the exported graph: ``index`` / ``similarity`` (V+1, N)
+    hold each item's N most similar items and their similarity (row 0 and unused slots: index 0, value 0),
+    ``decay`` the weight ratio of each older input item (the newest weighs 1) and ``weight`` the blend weight
+    (0 until :func:`training.train` chooses it on validation). Scores of a history are
+    Σ_i decay^age(i) · similarity[i, j] over its items i, as :class:`training.baselines.ItemKNN` ranks.
+    """
+
+    index: torch.Tensor
+    similarity: torch.Tensor
+    decay: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self, n_items: int, n_neighbours: int) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.zeros(n_items + 1, n_neighbours, dtype=torch.long))
+        self.register_buffer("similarity", torch.zeros(n_items + 1, n_neighbours))
+        self.register_buffer("decay", torch.tensor(1.0))
+        self.register_buffer("weight", torch.tensor(0.0))
+
+    def set_neighbours(self, index: torch.Tensor, similarity: torch.Tensor, decay: float) -> None:
+        """Install (V+1, ≤N) neighbour indices and similarities (padded with 0 to N columns) and the decay."""
+        self.index.zero_()
+        self.similarity.zero_()
+        n = index.shape[1]
+        self.index[:, :n] = index.to(self.index.dtype)
+        self.similarity[:, :n] = similarity.to(self.similarity.dtype)
+        self.decay.fill_(decay)
+
+    def scores(self, item_idx: torch.Tensor) -> torch.Tensor:
+        """(B, V+1) neighbour scores of left-padded histories ``item_idx`` (B, T)."""
+        B, T = item_idx.shape
+        age = torch.arange(T - 1, -1, -1, device=item_idx.device, dtype=self.decay.dtype)  # (T,) newest = 0
+        w = torch.pow(self.decay, age)[None] * (item_idx != 0).to(self.decay.dtype)  # (B, T)
+        contrib = self.similarity[item_idx] * w[:, :, None]  # (B, T, N)
+        out = torch.zeros(B, self.index.shape[0], dtype=contrib.dtype, device=item_idx.device)
+        return out.scatter_add(1, self.index[item_idx].flatten(1), contrib.flatten(1))  # (B, V+1)
+
+    def blend(self, logits: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """(B, V+1) standardised ``logits`` + weight · standardised neighbour scores; each standardised over
+        the real items of its row (a monotone map: with weight 0 the ranking is the network's own)."""
+        return _standardise(logits) + self.weight * _standardise(self.scores(item_idx).to(logits.dtype))
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """(B, V+1) centred and scaled per row by the mean and spread of columns 1.. (column 0 is padding)."""
+    real = x[:, 1:]
+    mean = real.mean(dim=1, keepdim=True)
+    std = (real - mean).pow(2).mean(dim=1, keepdim=True).sqrt()
+    return (x - mean) / (std + 1e-6)
+
+
 class SASRec(nn.Module):
     item_category: torch.Tensor
 
@@ -128,6 +182,7 @@ class SASRec(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         if cfg.repeat_head:
             self.repeat_gate = nn.Linear(cfg.d_model, 1)  # g(h) = softplus(·): how much this context repeats
+        self.neighbours = ItemNeighbours(cfg.n_items, cfg.knn_neighbours) if cfg.knn_neighbours else None
         self.apply(self._init_weights)
         if cfg.repeat_head:
             # softplus(0.5413) = 1: every occurrence counts once at the start, whatever its age
@@ -262,6 +317,8 @@ class SASRecTopK(nn.Module):
         logits = h @ self.model.item_emb.weight.T  # (B, V+1)
         if self.model.cfg.repeat_head:
             logits = logits + self.model.next_repeat_bonus(item_idx, h)  # (B, V+1)
+        if self.model.neighbours is not None:
+            logits = self.model.neighbours.blend(logits, item_idx)  # (B, V+1)
         seen = torch.zeros_like(logits).scatter(1, item_idx, 1.0) * self.is_item  # (B, V+1)
         blocked = (1.0 - allowed) * self.is_item  # (V+1,)
         # seen (if asked) or blocked items sink by MASK_VALUE; padding sinks twice as far, so it ranks after

@@ -57,8 +57,14 @@ class SASRecConfig:
     # position and the category looked up from its item, not which item it was): far fewer parameters to
     # overfit for classifiers trained on few customers. Needs no output head (the recommender keeps it True).
     item_identity: bool = True
+    # item-neighbour blend: > 0 keeps this many co-occurrence neighbours per item (ItemKNN fitted on the
+    # training sequences); the head ranks by standardised logits + w · standardised neighbour scores, with
+    # w, the neighbours' window and their decay chosen on validation after training (0 = the network alone)
+    knn_neighbours: int = 0
 
     def __post_init__(self) -> None:
+        if self.knn_neighbours < 0:
+            raise ValueError(f"knn_neighbours must be ≥ 0, got {self.knn_neighbours}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_items < 0 or self.max_len < 1:

@@ -57,6 +57,14 @@ class RecommenderModelConfig(SequenceModelConfig):
         "input gains g(h)·log(1 + Σ w[age]) over its occurrences, with the weight per age and the gate "
         "learned; needs eval.exclude_seen false",
     )
+    knn_neighbours: int = Field(
+        0,
+        ge=0,
+        description="> 0: blend the network with item-to-item neighbours (ItemKNN on the training sequences, "
+        "this many neighbours per item): the head ranks by standardised logits + w · standardised neighbour "
+        "scores; w, the co-occurrence window and the recency decay are chosen on validation after training "
+        "(w = 0, the network alone, is a candidate) and ship in the exported graph; 0 = off",
+    )
 
 
 class IntentModelConfig(SequenceModelConfig):
@@ -263,6 +271,11 @@ class RecommenderRunConfig(_Strict):
             raise ValueError(
                 "model.repeat_head scores items the customer already has, but eval.exclude_seen removes them "
                 "from every list: set eval.exclude_seen: false (repeats allowed) or drop the repeat head"
+            )
+        if self.model.knn_neighbours and self.train.fit_on == "train+val":
+            raise ValueError(
+                "model.knn_neighbours chooses its blend weight on validation, but train.fit_on train+val "
+                "trains on the validation split: set model.knn_neighbours: 0 or fit on train"
             )
         return self
 

@@ -78,6 +78,7 @@ TEST_RANKS_FILE = "test_ranks.parquet"  # per test example: customer, target ran
 CONFIG_FILE = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir runs` shows every run
 RECENT_DAYS = (7, 30, 90)  # recent-popularity windows tried on validation
+KNN_NEIGHBOURS = (50, 200)  # ItemKNN baseline: neighbours per item (validated)
 KNN_WINDOWS = (None, 50, 10)  # ItemKNN co-occurrence: whole history, or events this close (validated)
 # Whole-history co-occurrence builds up to Σ distinct² entries (about 40 bytes each at its peak): above
 # this it is left out of the grid, and the metrics say so (Complete Journey: ~5e8 over 2,469 households).
@@ -256,7 +257,11 @@ def train_recommender(
     fit_seconds = time.perf_counter() - t_fit
     best = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     module = RecommenderModule.load_from_checkpoint(best)
-    ranks = None
+    ranks, network, blend = None, None, None
+    if module.model.neighbours is not None:  # not with through_val (the config refuses it)
+        blend = choose_blend(module, trainer, dm, ev.k, ev.exclude_seen)
+        network = _network_alone(module, trainer, dm, evaluate_test)
+        best = str(save_blended(module, Path(best)))
     if not through_val:  # validation examples are training data when training through validation
         trainer.validate(module, datamodule=dm, verbose=False)
         ranks = distributed.rank_figures(trainer, module.results["val"][f"ndcg@{ev.k}"])
@@ -264,6 +269,8 @@ def train_recommender(
     if evaluate_test:
         trainer.test(module, datamodule=dm, verbose=False)
         test_ranks["ours"] = module.ranks[S.SPLIT_TEST]
+        if network is not None:
+            test_ranks["network"] = network.pop("test_ranks")
     n_pairs = int((dm.train_tensors[2] > 0).sum())
     metrics: dict[str, Any] = {
         "task": "recommender",
@@ -278,6 +285,8 @@ def train_recommender(
         "baselines": recommender_baselines(dm, ev.k, ev.exclude_seen, test_ranks)
         if ev.baselines and evaluate_test and distributed.process_rank() == 0
         else {},
+        "network": network,
+        "blend": blend,
         "distributed": ranks,
         "best_epoch": int(torch.load(best, weights_only=False)["epoch"]),
         "epochs_trained": trainer.current_epoch,
@@ -297,6 +306,94 @@ def train_recommender(
         exclude_seen=ev.exclude_seen,
     )
     return _finish(run_dir, cfg, spec, metrics, t0)
+
+
+BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)  # w of model.knn_neighbours, chosen on validation
+BLENDED_CHECKPOINT = "blended.ckpt"  # the best epoch's weights with the chosen neighbours and blend weight
+
+
+def choose_blend(
+    module: RecommenderModule, trainer: L.Trainer, dm: RecommenderDataModule, k: int, exclude_seen: bool
+) -> dict[str, Any]:
+    """Fit the neighbours of ``module``'s blend and choose its weight, all on validation NDCG@k.
+
+    The neighbours' co-occurrence window and recency decay are chosen as the ItemKNN baseline's are, with
+    the configured number of neighbours; then each weight of :data:`BLEND_WEIGHTS` ranks the validation
+    split through the model's own head, and the best one stays in the model (ties: the smaller weight; 0 is
+    the network alone). Returns the record for ``metrics.json``."""
+    neighbours = module.model.neighbours
+    assert neighbours is not None
+    n = module.model.cfg.knn_neighbours
+    knn_grid, fit = _knn_grid(dm, k, exclude_seen)
+    chosen = _best_on_val(
+        {}, "blend", dm, k, exclude_seen, [p | {"neighbours": n} for p in knn_grid], fit, with_test=False
+    )
+    knn = fit(chosen["params"])
+    index, similarity = neighbour_table(knn.sim_, n)
+    neighbours.set_neighbours(
+        torch.from_numpy(index), torch.from_numpy(similarity), chosen["params"]["decay"]
+    )
+    by_weight: dict[float, float] = {}
+    for w in BLEND_WEIGHTS:
+        neighbours.weight.fill_(w)
+        trainer.validate(module, datamodule=dm, verbose=False)
+        by_weight[w] = module.results[S.SPLIT_VAL][f"ndcg@{k}"]
+    weight = max(by_weight, key=lambda w: (by_weight[w], -w))
+    neighbours.weight.fill_(weight)
+    return {
+        "neighbours": n,
+        "window": chosen["params"]["window"],
+        "decay": chosen["params"]["decay"],
+        "weight": weight,
+        f"val_ndcg@{k}_by_weight": {str(w): v for w, v in by_weight.items()},
+        f"item_knn_val_ndcg@{k}": chosen[S.SPLIT_VAL][f"ndcg@{k}"],
+    }
+
+
+def _network_alone(
+    module: RecommenderModule, trainer: L.Trainer, dm: RecommenderDataModule, evaluate_test: bool
+) -> dict[str, Any]:
+    """The blended model's network without the neighbours (weight 0): its validation and (``evaluate_test``)
+    test figures, and its test ranks under ``test_ranks``; the chosen weight is restored."""
+    neighbours = module.model.neighbours
+    assert neighbours is not None
+    weight = float(neighbours.weight)
+    neighbours.weight.fill_(0.0)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    out: dict[str, Any] = {S.SPLIT_VAL: module.results[S.SPLIT_VAL]}
+    if evaluate_test:
+        trainer.test(module, datamodule=dm, verbose=False)
+        out[S.SPLIT_TEST] = module.results[S.SPLIT_TEST]
+        out["test_ranks"] = module.ranks[S.SPLIT_TEST]
+    neighbours.weight.fill_(weight)
+    return out
+
+
+def neighbour_table(sim: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(V+1, n) int64 neighbour indices and float32 similarities of a CSR similarity matrix whose rows keep
+    at most ``n`` entries (:class:`ItemKNN`), padded with index 0 and similarity 0."""
+    sim = sim.tocsr()
+    rows = sim.shape[0]
+    index = np.zeros((rows, n), dtype=np.int64)
+    similarity = np.zeros((rows, n), dtype=np.float32)
+    counts = np.diff(sim.indptr)
+    if counts.max(initial=0) > n:
+        raise ValueError(f"a row holds {counts.max()} neighbours, more than the table's {n}")
+    row = np.repeat(np.arange(rows), counts)
+    slot = np.arange(sim.nnz) - np.repeat(sim.indptr[:-1], counts)
+    index[row, slot] = sim.indices
+    similarity[row, slot] = sim.data
+    return index, similarity
+
+
+def save_blended(module: RecommenderModule, best: Path) -> Path:
+    """Write the best epoch's checkpoint again, beside it, with ``module``'s weights (its chosen neighbours
+    and blend weight); export and warm start read the run's new file."""
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    path = best.parent / BLENDED_CHECKPOINT
+    torch.save(ckpt, path)
+    return path
 
 
 def write_test_ranks(run_dir: Path, customer_id: np.ndarray, ranks: dict[str, np.ndarray]) -> Path:
@@ -395,32 +492,48 @@ def recommender_baselines(
             [{"decay": d} for d in (1.0, 0.9, 0.7)],
             lambda p: RepeatHistory(kw, exclude_seen, **p).fit(dm.popularity),
         )
-    flat = flatten_sequences(dm.tables.train.column(S.ITEMS), dm.vocab)  # whole histories, not windows
-
-    @functools.lru_cache(maxsize=1)  # the grid below varies the window slowest: one matrix alive at a time
-    def counted(window: int | None) -> tuple[Any, np.ndarray]:
-        return cooccurrence(flat.row, flat.item, flat.n_rows, dm.vocab.n_items, window)
-
-    pairs = whole_history_pairs(flat.row, flat.item, dm.vocab.n_items)
-    windows = [w for w in KNN_WINDOWS if w is not None or pairs <= KNN_WHOLE_HISTORY_MAX_PAIRS]
+    grid, fit = _knn_grid(dm, k, exclude_seen)
     out["item_knn"] = _best_on_val(
         ranks,
         "item_knn",
         dm,
         k,
         exclude_seen,
-        [
-            {"neighbours": n, "decay": d, "window": w}
-            for w, n, d in itertools.product(windows, (50, 200), (1.0, 0.7))
-        ],
-        lambda p: ItemKNN(kw, exclude_seen, **p).fit_cooccurrence(*counted(p["window"])),
+        [p | {"neighbours": n} for p in grid for n in KNN_NEIGHBOURS],
+        fit,
     )
-    if None not in windows:
+    if all(p["window"] is not None for p in grid):
+        row, item, _ = _whole_histories(dm)
+        pairs = whole_history_pairs(row, item, dm.vocab.n_items)
         out["item_knn"]["note"] = (
             f"whole-history co-occurrence left out of the grid: {pairs:.3g} history pairs, over the "
             f"memory budget of {KNN_WHOLE_HISTORY_MAX_PAIRS:.3g}"
         )
     return out
+
+
+def _whole_histories(dm: RecommenderDataModule) -> tuple[np.ndarray, np.ndarray, int]:
+    flat = flatten_sequences(dm.tables.train.column(S.ITEMS), dm.vocab)  # whole histories, not windows
+    return flat.row, flat.item, flat.n_rows
+
+
+def _knn_grid(
+    dm: RecommenderDataModule, k: int, exclude_seen: bool
+) -> tuple[list[dict[str, Any]], Callable[[dict[str, Any]], ItemKNN]]:
+    """ItemKNN's validated grid of co-occurrence window (slowest) and decay, and the function that fits one
+    point (its ``neighbours`` added by the caller): lists long enough for the seen filter, co-occurrence
+    counted once per window; whole-history co-occurrence only when it fits the memory budget."""
+    row, item, n_rows = _whole_histories(dm)
+    kw = k + max(s.older_idx.shape[1] for s in dm.splits.values()) if exclude_seen else k
+
+    @functools.lru_cache(maxsize=1)  # the grid varies the window slowest: one matrix alive at a time
+    def counted(window: int | None) -> tuple[Any, np.ndarray]:
+        return cooccurrence(row, item, n_rows, dm.vocab.n_items, window)
+
+    pairs = whole_history_pairs(row, item, dm.vocab.n_items)
+    windows = [w for w in KNN_WINDOWS if w is not None or pairs <= KNN_WHOLE_HISTORY_MAX_PAIRS]
+    grid = [{"window": w, "decay": d} for w, d in itertools.product(windows, (1.0, 0.7))]
+    return grid, lambda p: ItemKNN(kw, exclude_seen, **p).fit_cooccurrence(*counted(p["window"]))
 
 
 def _best_on_val(
@@ -431,6 +544,7 @@ def _best_on_val(
     exclude_seen: bool,
     grid: Sequence[dict[str, Any]],
     make: Callable[[dict[str, Any]], Any],
+    with_test: bool = True,
 ) -> dict[str, Any]:
     """The grid point whose fitted baseline (``make(params)``) has the best validation NDCG@k, with its
     validation and test figures and its parameters; its per-example test ranks go to ``test_ranks[name]``."""
@@ -439,8 +553,11 @@ def _best_on_val(
         model = make(params)
         val = _rank(model.recommend, dm, S.SPLIT_VAL, k, exclude_seen)[0]
         if best is None or val[f"ndcg@{k}"] > best[0]:
-            test, test_ranks[name] = _rank(model.recommend, dm, S.SPLIT_TEST, k, exclude_seen)
-            best = (val[f"ndcg@{k}"], {S.SPLIT_VAL: val, S.SPLIT_TEST: test, "params": params})
+            best = (val[f"ndcg@{k}"], {S.SPLIT_VAL: val, "params": params})
+            if with_test:
+                best[1][S.SPLIT_TEST], test_ranks[name] = _rank(
+                    model.recommend, dm, S.SPLIT_TEST, k, exclude_seen
+                )
     assert best is not None
     return best[1]
 
