@@ -236,6 +236,24 @@ def run_jobs(todo: Sequence[Job], n_parallel: int, say: Callable[[str], None]) -
 _COST_ORDER = ("recbole", OURS, "rectools")
 
 
+def ours_config(
+    config_path: Path, features_dir: Path, threads: int, patience: int, max_epochs: int
+) -> RecommenderRunConfig:
+    """Our run config in the benchmark: ``config_path`` with the bench's data, threads and stopping, and the
+    network alone — the peers have no item-neighbour blend and the table compares equal capacity (the
+    shipped blend is measured by ``o2o evaluate``, docs/benchmarks.md)."""
+    overrides = [
+        f"data.features_dir={json.dumps(str(features_dir))}",
+        f"train.threads={threads}",
+        f"train.patience={patience + 1}",  # Lightning's count: RecBole's stopping_step p stops at check p + 1
+        f"train.max_epochs={max_epochs}",
+        "model.knn_neighbours=0",
+    ]
+    cfg = load_config("recommender", config_path, overrides)
+    assert isinstance(cfg, RecommenderRunConfig)
+    return cfg
+
+
 def run_peer_bench(
     features_dir: Path,
     work: Path,
@@ -258,14 +276,7 @@ def run_peer_bench(
     in ``work`` with the same settings.
     """
     check_parallel(jobs, threads)
-    overrides = [
-        f"data.features_dir={json.dumps(str(features_dir))}",
-        f"train.threads={threads}",
-        f"train.patience={patience + 1}",  # Lightning's count: RecBole's stopping_step p stops at check p + 1
-        f"train.max_epochs={max_epochs}",
-    ]
-    cfg = load_config("recommender", config_path, overrides)
-    assert isinstance(cfg, RecommenderRunConfig)
+    cfg = ours_config(config_path, features_dir, threads, patience, max_epochs)
     r1 = load_tables(features_dir, "R1")
     m, t = cfg.model, cfg.train
     base = {

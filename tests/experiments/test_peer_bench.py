@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from data_prep import schema as S
-from experiments.peer_bench import score_lists, time_to_reach, write_peer_input
+from experiments.peer_bench import DEFAULT_CONFIG, ours_config, score_lists, time_to_reach, write_peer_input
 from training.config import RecommenderRunConfig
 from training.protocols import leave_one_out
 
@@ -53,6 +53,13 @@ def test_score_lists_uses_our_metric_definitions(tmp_path) -> None:  # type: ign
     assert m["mrr@10"] == pytest.approx(0.25)
     # a user the peer left out scores 0, it is not dropped from the average
     assert score_lists(topk[topk.user_id == "u1"], inp, k=10)["hr@10"] == pytest.approx(0.5)
+
+
+def test_ours_in_the_bench_is_the_network_alone_at_the_shipped_capacity(tmp_path: Path) -> None:
+    cfg = ours_config(DEFAULT_CONFIG, tmp_path, threads=1, patience=10, max_epochs=200)
+    assert cfg.model.knn_neighbours == 0  # the peers have no neighbour blend: equal capacity only
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads, cfg.model.max_len) == (64, 2, 2, 50)
+    assert (cfg.train.patience, cfg.train.max_epochs, cfg.data.features_dir) == (11, 200, tmp_path)
 
 
 def test_time_to_reach() -> None:
