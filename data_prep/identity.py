@@ -71,6 +71,10 @@ class Evidence:
     nodes: ir.Table
     pairs: ir.Table
     networks: ir.Table | None = None
+    # the id registry after this run (node, customer_id) and the ids retired by merges (customer_id): the
+    # point-in-time maps take their ids from them (data_prep.registry); None = ids derived from each label
+    registry: ir.Table | None = None
+    retired: ir.Table | None = None
 
 
 def _node(id_type: str, key: ir.StringValue) -> ir.StringValue:
@@ -309,15 +313,20 @@ def resolve_identities(
     return labels, shared
 
 
+def derived_id(label: ir.StringValue, salt: str = "") -> ir.StringValue:
+    """``c`` + 16 hex digits of SHA-256 of a component label (its smallest node), optionally salted: the id
+    of a component the id registry has not seen (:mod:`data_prep.registry`)."""
+    text = label if not salt else label + ibis.literal(salt)
+    return ibis.literal("c") + text.hexdigest("sha256").substr(0, 16)
+
+
 def identity_map(labels: ir.Table) -> ir.Table:
-    """identifier_type, identifier_key, customer_id (``c`` + 16 hex of SHA-256 of the component label)."""
+    """identifier_type, identifier_key, customer_id of ``labels`` (node and either customer_id, the ids the
+    registry assigned, or label, whose :func:`derived_id` is then the id)."""
     parts = labels[NODE].split(":")
+    cid = labels[S.CUSTOMER_ID] if S.CUSTOMER_ID in labels.columns else derived_id(labels[LABEL])
     return labels.select(
-        **{
-            S.IDENTIFIER_TYPE: parts[0],
-            S.IDENTIFIER_KEY: parts[1],
-            S.CUSTOMER_ID: ibis.literal("c") + labels[LABEL].hexdigest("sha256").substr(0, 16),
-        }
+        **{S.IDENTIFIER_TYPE: parts[0], S.IDENTIFIER_KEY: parts[1], S.CUSTOMER_ID: cid}
     ).order_by([S.CUSTOMER_ID, S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY])
 
 

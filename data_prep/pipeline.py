@@ -12,7 +12,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from data_prep import audit, clusters, engine, erasure, pii, segments, sessions
 from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
+from data_prep import registry as reg
 from data_prep import schema as S
 from data_prep.manifest import Manifest
 from data_prep.raw import (
@@ -317,7 +318,9 @@ def build_customers_layer(
         _write(con, idn.device_networks(events), out_dir / S.NETWORKS_FILE, m),
     )
     labels, shared = _resolve(con, evidence)
-    id_map = _write(con, idn.identity_map(labels), out_dir / S.IDENTITY_MAP_FILE, m)
+    ids, m.extra["registry"] = assign_registry_ids(con, labels, out)
+    id_map = _write(con, idn.identity_map(ids), out_dir / S.IDENTITY_MAP_FILE, m)
+    write_registry(con, id_map, out)
     shared = _write(con, shared.order_by(idn.NODE), out_dir / S.SHARED_IDENTIFIERS_FILE, m)
     resolved = idn.attach_customers(events, id_map).order_by([S.TS, S.EVENT_ID])
     resolved = _write(con, resolved, out_dir / S.EVENTS_FILE, m)
@@ -342,7 +345,51 @@ def build_customers_layer(
         (out_dir / S.IDENTITY_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         m.extra["identity_metrics"] = metrics
     m.write(out_dir)
-    return resolved, evidence, metrics
+    return resolved, read_evidence(con, out), metrics  # with the registry: the as-of maps use its ids
+
+
+def assign_registry_ids(
+    con: ibis.BaseBackend, labels: ir.Table, out: Path
+) -> tuple[ir.Table, dict[str, int]]:
+    """(node, customer_id) for the components ``labels``, stable against the registry of ``out`` (the first
+    run: ids derived from the labels), materialized; the changes are appended to the registry's log (see
+    :mod:`data_prep.registry`). Returns the ids and counts for the manifest."""
+    ids_path, log_path = reg.registry_paths(out)
+    previous = reg.as_nodes(engine.read_parquet(con, ids_path)) if ids_path.is_file() else None
+    log = engine.read_parquet(con, log_path) if log_path.is_file() else None
+    retired = None if log is None else log.select(**{S.CUSTOMER_ID: log[S.PREVIOUS_CUSTOMER_ID]}).distinct()
+    assignment = reg.assign_ids(labels, previous, retired)
+    ids = engine.materialize(con, assignment.ids)
+    changes = engine.materialize(con, assignment.changes)
+    n_ids = int(ids[S.CUSTOMER_ID].nunique().execute())
+    n_components = int(labels[idn.LABEL].nunique().execute())
+    if n_ids != n_components:  # a salted new id collided too: astronomically unlikely, never silent
+        raise RuntimeError(f"id registry: {n_components} customers got {n_ids} distinct ids; report this")
+    kept = (
+        0 if previous is None else ids.semi_join(previous, S.CUSTOMER_ID)[S.CUSTOMER_ID].nunique().execute()
+    )
+    counts = {
+        "customers": n_components,
+        "ids_kept": int(kept),
+        "merged_identifiers": int(changes.filter(changes[reg.CHANGE] == reg.MERGE).count().execute()),
+        "split_identifiers": int(changes.filter(changes[reg.CHANGE] == reg.SPLIT).count().execute()),
+    }
+    if counts["merged_identifiers"] or counts["split_identifiers"]:
+        rows = reg.log_rows(changes, datetime.now(UTC))
+        _replace_parquet(con, rows if log is None else ibis.union(log, rows), log_path)
+    return ids, counts
+
+
+def write_registry(con: ibis.BaseBackend, id_map: ir.Table, out: Path) -> None:
+    """The registry of ``out`` becomes this run's identity map (read by the next run and the as-of maps)."""
+    _replace_parquet(con, reg.registry_ids(id_map), reg.registry_paths(out)[0])
+
+
+def _replace_parquet(con: ibis.BaseBackend, expr: ir.Table, path: Path) -> None:
+    """Write ``expr`` next to ``path`` and move it into place: ``expr`` may read ``path`` itself."""
+    tmp = path.with_name(path.name + ".new")
+    engine.write_parquet(con, expr, tmp)
+    tmp.replace(path)
 
 
 def with_singletons(id_map: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
@@ -384,14 +431,25 @@ def read_evidence(con: ibis.BaseBackend, out: Path) -> idn.Evidence:
     """The timed identity evidence that :func:`build_customers_layer` wrote to ``out/03_customers``."""
     folder = out / S.CUSTOMERS_DIR
     files = (S.NODES_FILE, S.PAIRS_FILE, S.NETWORKS_FILE)
-    return idn.Evidence(*(engine.read_parquet(con, folder / f) for f in files))
+    ids_path, log_path = reg.registry_paths(out)
+    registry = reg.as_nodes(engine.read_parquet(con, ids_path)) if ids_path.is_file() else None
+    retired = None
+    if log_path.is_file():
+        log = engine.read_parquet(con, log_path)
+        retired = log.select(**{S.CUSTOMER_ID: log[S.PREVIOUS_CUSTOMER_ID]}).distinct()
+    nodes, pairs, networks = (engine.read_parquet(con, folder / f) for f in files)
+    return idn.Evidence(nodes, pairs, networks, registry, retired)
 
 
 def identity_map_as_of(con: ibis.BaseBackend, evidence: idn.Evidence, cutoff: datetime) -> ir.Table:
     """identifier_type, identifier_key, customer_id as resolved from the evidence before ``cutoff``: the
     customers that the examples of that cutoff are about."""
     labels, _ = _resolve(con, evidence, cutoff=cutoff)
-    return idn.identity_map(labels)
+    if evidence.registry is None:
+        return idn.identity_map(labels)
+    # the registry's ids: one person has one id in every layer; a component that has split by now keeps
+    # its id on its larger part, as in a prep run (nothing is logged: no run's ids changed)
+    return idn.identity_map(reg.assign_ids(labels, evidence.registry, evidence.retired).ids)
 
 
 def events_as_of(

@@ -27,6 +27,7 @@ from data_prep import pii
 from data_prep import schema as S
 
 BATCH_ROWS = 65_536
+CUSTOMER_ID_COLUMNS = (S.CUSTOMER_ID, S.PREVIOUS_CUSTOMER_ID)  # the id registry's log names two customers
 NODE_COLUMNS = ("node", "src", "dst")  # identity-graph tables: "<identifier_type>:<identifier_key>"
 RAW_ENCODING, RAW_ERRORS = "utf-8", "surrogateescape"  # bytes in == bytes out, even invalid ones
 
@@ -55,8 +56,9 @@ class Target:
         """True for the rows of ``batch`` that belong to the target; None when no column can tell."""
         names = set(batch.schema.names)
         terms = []
-        if S.CUSTOMER_ID in names:
-            terms.append(pc.is_in(_text(batch, S.CUSTOMER_ID), self._customers))
+        for col in CUSTOMER_ID_COLUMNS:
+            if col in names:
+                terms.append(pc.is_in(_text(batch, col), self._customers))
         for id_type, col in S.IDENTIFIER_KEY_COLUMNS.items():
             if col in names and id_type in self._by_type:
                 terms.append(pc.is_in(_text(batch, col), self._by_type[id_type]))
@@ -85,7 +87,7 @@ def _text(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
 
 def relevant_columns(schema: pa.Schema) -> list[str]:
     """The columns :meth:`Target.mask` reads (empty: the file cannot hold a person)."""
-    keys = [S.CUSTOMER_ID, *S.IDENTIFIER_KEY_COLUMNS.values(), *NODE_COLUMNS]
+    keys = [*CUSTOMER_ID_COLUMNS, *S.IDENTIFIER_KEY_COLUMNS.values(), *NODE_COLUMNS]
     cols = [c for c in keys if c in schema.names]
     if {S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY} <= set(schema.names):
         cols += [S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY]

@@ -355,6 +355,13 @@ N_IDENTIFIERS = "n_identifiers"
 FIRST_SEEN = "first_seen"
 LAST_SEEN = "last_seen"
 
+# ---------------------------------------------------------------- id registry (kept from run to run)
+REGISTRY_DIR = "registry"  # beside the layers: prep reads it before resolving and rewrites it after
+REGISTRY_IDS_FILE = "customer_ids.parquet"  # identifier_type, identifier_key, customer_id of the last run
+REGISTRY_LOG_FILE = "identity_log.parquet"  # logged_at, change, customer_id, previous_customer_id, node
+PREVIOUS_CUSTOMER_ID = "previous_customer_id"  # the id an identifier had before a merge or split
+LOGGED_AT = "logged_at"
+
 # ---------------------------------------------------------------- features (04_features)
 FEATURES_DIR = "04_features"
 ITEMS_FILE = "items.parquet"  # vocabulary fit on the training window

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -283,6 +284,67 @@ def bench_oracle_gap(
     )
     table.add_row("live examples: oracle / probe ROC-AUC", f"{result['live_oracle_roc_auc']:.4f} / "
                   f"{result['live_probe_roc_auc']:.4f}")  # fmt: skip
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
+
+
+@bench_app.command("id-stability")
+def bench_id_stability(
+    customers: Annotated[int, typer.Option(min=1, help="persons of the synthetic retailer")] = 5000,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    days: Annotated[int, typer.Option(min=208, help="days of the earlier export")] = 240,
+    more_days: Annotated[int, typer.Option(min=1, help="days the later export adds")] = 7,
+    workdir: Annotated[Path, typer.Option(help="folder for the two exports (must not exist)")] = Path(
+        "runs/id_stability"
+    ),
+    out: Annotated[Path, typer.Option(help="JSON result file")] = Path("runs/id_stability.json"),
+) -> None:
+    """Stable customer ids: prep a retailer's export, then the same data folder again with ``more_days`` more
+    days of data; how many customers kept their id, and whether the log holds every change (issue 20)."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from data_prep.generate import RetailerSpec, generate_retailer
+    from data_prep.pipeline import run_prep
+    from data_prep.registry import id_stability, registry_paths
+    from data_prep.synthetic.cut import cut_export
+
+    spec = RetailerSpec(n_customers=customers, seed=seed, n_days=days + more_days)
+    full, data = workdir / "full", workdir / "data"
+    if workdir.exists():
+        console.print(f"[red]{workdir} exists: give a new --workdir[/]")
+        raise typer.Exit(2)
+    with console.status(f"generating {customers:,} persons over {days + more_days} days"):
+        generate_retailer(full, spec)
+    cut = pd.Timestamp(spec.start).to_pydatetime() + timedelta(days=days)
+    dropped = cut_export(full, data, cut)
+    t0 = time.perf_counter()
+    with console.status(f"prep of the export before {cut:%Y-%m-%d}"):
+        run_prep(data, data, consent_default=True)
+    before = pd.read_parquet(data / S.CUSTOMERS_DIR / S.IDENTITY_MAP_FILE)
+    shutil.rmtree(data / S.RAW_DIR)
+    shutil.copytree(full / S.RAW_DIR, data / S.RAW_DIR)
+    with console.status(f"prep again with {more_days} more days"):
+        run_prep(data, data, consent_default=True)
+    after = pd.read_parquet(data / S.CUSTOMERS_DIR / S.IDENTITY_MAP_FILE)
+    log_file = registry_paths(data)[1]
+    result = id_stability(before, after, pd.read_parquet(log_file) if log_file.is_file() else None)
+    result |= {
+        "records_added": dropped,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "commit": _commit(),
+        "machine": _machine(),
+        "command": " ".join(["o2o", "bench", "id-stability", *sys.argv[3:]]),
+    }
+    table = Table(title=f"{customers:,} persons, seed {seed}: {days} days, then {days + more_days}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
     console.print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
