@@ -240,3 +240,42 @@ def test_an_input_it_cannot_clean_stops_the_erasure_and_one_outside_is_named(
     assert (data / "exports" / "orders.csv").read_text() == "id,t,card,total\n"
     assert result.inputs_outside == (elsewhere / "orders.csv",)
     assert (elsewhere / "orders.csv").read_bytes() == files[elsewhere / "orders.csv"]
+
+
+def test_erasure_reaches_the_id_registry_and_its_log(prepared) -> None:  # type: ignore[no-untyped-def]
+    from data_prep.registry import registry_paths
+
+    _, data = prepared
+    email = omni_email(data)
+    ids_file, log_file = registry_paths(data)
+    registry = pd.read_parquet(ids_file)
+    key = pii.pseudonymise(S.ID_EMAIL, email, pii.load_key())
+    person = registry.loc[registry[S.IDENTIFIER_KEY] == key, S.CUSTOMER_ID].iloc[0]
+    others = registry[registry[S.CUSTOMER_ID] != person]
+    nodes = (registry[S.IDENTIFIER_TYPE] + ":" + registry[S.IDENTIFIER_KEY])[
+        registry[S.CUSTOMER_ID] == person
+    ]
+    other_node = others[S.IDENTIFIER_TYPE].iloc[0] + ":" + others[S.IDENTIFIER_KEY].iloc[0]
+    other_id = others[S.CUSTOMER_ID].iloc[0]
+    # a log as earlier runs would have left it: the person's identifiers merged into their id, an identifier
+    # split off from them to someone else, and a change that does not concern them
+    log = pd.DataFrame(
+        {
+            S.LOGGED_AT: pd.Timestamp("2026-09-01", tz="UTC"),
+            "change": ["merge", "split", "merge"],
+            S.CUSTOMER_ID: [person, other_id, other_id],
+            S.PREVIOUS_CUSTOMER_ID: ["c-old-of-person", person, "c-old-of-other"],
+            "node": [nodes.iloc[0], other_node, other_node],
+        }
+    )
+    log.to_parquet(log_file)
+
+    erase_person(data, S.ID_EMAIL, email)
+
+    assert person not in set(pd.read_parquet(ids_file)[S.CUSTOMER_ID])
+    assert not set(nodes) & set(
+        pd.read_parquet(ids_file).pipe(lambda r: r[S.IDENTIFIER_TYPE] + ":" + r[S.IDENTIFIER_KEY])
+    )
+    left = pd.read_parquet(log_file)
+    assert left[S.PREVIOUS_CUSTOMER_ID].tolist() == ["c-old-of-other"]  # only the row about someone else
+    assert person not in set(left[S.CUSTOMER_ID]) | set(left[S.PREVIOUS_CUSTOMER_ID])
