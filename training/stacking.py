@@ -227,18 +227,22 @@ def compose(net_graph: Path, stack: Stack, components: Mapping[str, Path], out: 
         for o in part.opset_import:
             opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
         sources[name] = f"{name}/probability"
+    # the stack in double precision, as apply_stack computes it: a probability at the clip bound (a confident
+    # component) has a logit of ±13.8, and 1 − EPS rounded to float32 would move that logit by 0.013
+    double = TensorProto.DOUBLE
     inits += [
-        helper.make_tensor("stack/lo", TensorProto.FLOAT, [], [EPS]),
-        helper.make_tensor("stack/hi", TensorProto.FLOAT, [], [1 - EPS]),
-        helper.make_tensor("stack/one", TensorProto.FLOAT, [], [1.0]),
-        helper.make_tensor("stack/bias", TensorProto.FLOAT, [], [stack.bias]),
+        helper.make_tensor("stack/lo", double, [], [EPS]),
+        helper.make_tensor("stack/hi", double, [], [1 - EPS]),
+        helper.make_tensor("stack/one", double, [], [1.0]),
+        helper.make_tensor("stack/bias", double, [], [stack.bias]),
     ]
     terms = []
     for name, w in zip(stack.components, stack.weights, strict=True):
         q, t = f"stack/{name}/q", f"stack/{name}"
-        inits.append(helper.make_tensor(f"{t}/w", TensorProto.FLOAT, [], [w]))
+        inits.append(helper.make_tensor(f"{t}/w", double, [], [w]))
         nodes += [
-            helper.make_node("Clip", [sources[name], "stack/lo", "stack/hi"], [q]),
+            helper.make_node("Cast", [sources[name]], [f"{t}/p64"], to=double),
+            helper.make_node("Clip", [f"{t}/p64", "stack/lo", "stack/hi"], [q]),
             helper.make_node("Sub", ["stack/one", q], [f"{t}/1-q"]),
             helper.make_node("Div", [q, f"{t}/1-q"], [f"{t}/odds"]),
             helper.make_node("Log", [f"{t}/odds"], [f"{t}/logit"]),
@@ -247,7 +251,8 @@ def compose(net_graph: Path, stack: Stack, components: Mapping[str, Path], out: 
         terms.append(f"{t}/term")
     nodes += [
         helper.make_node("Sum", [*terms, "stack/bias"], ["stack/z"]),
-        helper.make_node("Sigmoid", ["stack/z"], [out_name]),
+        helper.make_node("Sigmoid", ["stack/z"], ["stack/p64"]),
+        helper.make_node("Cast", ["stack/p64"], [out_name], to=TensorProto.FLOAT),
     ]
     del g.node[:]
     g.node.extend(nodes)

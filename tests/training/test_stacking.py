@@ -109,6 +109,16 @@ def test_composed_graph_outputs_the_stack_and_passes_parity(fitted: dict, tmp_pa
     parts = {NET: net.astype(np.float64)} | {n: run_component(p, x[:4]) for n, p in paths.items()}
     np.testing.assert_allclose(got, apply_stack(stack, parts), atol=1e-5)
     assert not np.allclose(got, net, atol=1e-3)  # the stack is not the network alone
+    # a confident component (probability 1.0 in float32) sits at the clip bound: the graph computes its
+    # logit in double precision as apply_stack does (in float32, 1 − 1e-6 moves that logit by 0.013)
+    sure = x[:4].copy()
+    sure[:, 0] = 1e4
+    feeds["features"] = sure.astype(np.float32)
+    assert (run_component(paths["logistic_regression"], sure) == 1.0).all()
+    (got,) = ort.InferenceSession(str(graph)).run(None, feeds)
+    (net,) = ort.InferenceSession(str(plain)).run(None, feeds)
+    parts = {NET: net.astype(np.float64)} | {n: run_component(p, sure) for n, p in paths.items()}
+    np.testing.assert_allclose(got, apply_stack(stack, parts), atol=1e-6)
 
 
 def test_validation_with_one_class_ships_the_network() -> None:
