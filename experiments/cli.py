@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -23,6 +23,7 @@ from experiments.bench import bench_app
 
 if TYPE_CHECKING:
     from serving.history import HistoryStore
+    from serving.identity import IdentityStore
 
 app = typer.Typer(help="O2O Sequence Lab: unified online/offline customer data → served predictions.")
 
@@ -570,13 +571,16 @@ def serve_command(
     threads: int | None = None,
     history_url: str | None = None,
     instance_dir: Path | None = None,
+    identity_url: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and environment that run the service (run it in REPO_ROOT).
 
     The environment is this process's (``O2O_API_KEYS`` passes through) plus the service's settings;
     ``threads`` None lets the service size ONNX Runtime to its cores ÷ workers; ``history_url`` None leaves
     the customer-history store in memory; ``instance_dir`` is the server's own folder (its Prometheus files;
-    None: the workers make one in the temporary directory, :mod:`serving.metrics`).
+    None: the workers make one in the temporary directory, :mod:`serving.metrics`). Identifier requests
+    resolve with the ``03_customers`` folder beside the snapshot's ``04_features`` (when it is there) and the
+    online identity store ``identity_url`` (None: in memory).
     """
     from serving.metrics import INSTANCE_DIR_ENV
 
@@ -587,6 +591,13 @@ def serve_command(
     env.pop("O2O_HISTORY_URL", None)
     if history_url:
         env["O2O_HISTORY_URL"] = _absolute_sqlite_url(history_url)
+    env.pop("O2O_CUSTOMERS", None)
+    customers = snapshot.resolve().parent.parent / S.CUSTOMERS_DIR
+    if customers.is_dir():
+        env["O2O_CUSTOMERS"] = str(customers)
+    env.pop("O2O_IDENTITY_URL", None)
+    if identity_url:
+        env["O2O_IDENTITY_URL"] = identity_url
     env.pop(INSTANCE_DIR_ENV, None)
     if instance_dir is not None:
         env[INSTANCE_DIR_ENV] = str(instance_dir.resolve())
@@ -626,8 +637,16 @@ def serve(
             "restarts), 'redis://127.0.0.1:6379/0' (shared by replicas); default: in memory, lost on exit",
         ),
     ] = None,
+    identity_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="O2O_IDENTITY_URL",
+            help="online identity store that links identifiers /events sees together: "
+            "'redis://127.0.0.1:6379/0' (shared by replicas); default: in memory, lost on exit",
+        ),
+    ] = None,
 ) -> None:
-    """Run the BentoML HTTP service (/recommend, /intent, /events, /similar-items, /livez, /readyz, /metrics)
+    """Run the BentoML HTTP service (/recommend, /intent, /events, /identify, /similar-items, /livez, /readyz, /metrics)
     until interrupted. Set O2O_API_KEYS (comma-separated) to require an X-API-Key header; unset, the API
     is open. The bundle and the snapshot are checked first (one line and exit 2 when either would not load);
     SIGTERM or Ctrl-C stops the server and all its workers; a worker that cannot load stops it with exit 3."""
@@ -641,7 +660,9 @@ def serve(
         snapshot = _snapshot(features)
         check_inputs(bundle, snapshot)
     with tempfile.TemporaryDirectory(prefix="o2o-serve-") as folder:
-        cmd, env = serve_command(bundle, snapshot, host, port, threads, history_url, Path(folder))
+        cmd, env = serve_command(
+            bundle, snapshot, host, port, threads, history_url, Path(folder), identity_url
+        )
         console.print(f"serving {artifact} on http://{host}:{port}  (Ctrl-C to stop)")
         code = run_server(cmd, env, REPO_ROOT)
     if code != 0:
@@ -791,13 +812,40 @@ def _stores_for_erasure(given: list[str]) -> tuple[list[str], list[str]]:
     return list(urls.values()), warnings
 
 
-def _delete_from_store(store: HistoryStore, customer_ids: list[str], i: int) -> int:
+def _identity_store(url: str, i: int) -> IdentityStore:
+    """An online identity store to erase from, opened (and checked) before anything is erased."""
+    from serving.identity import RedisIdentityStore
+
+    if url.partition("://")[0] not in ("redis", "rediss"):
+        raise ValueError(
+            f"identity store #{i + 1}: only a Redis store can be reached from outside its server (an in-memory "
+            "one forgets the person when its server restarts on the erased data)"
+        )
     try:
-        return store.delete(customer_ids)
-    except Exception as e:  # the files are clean; the journal stays, so the same command finishes the job
+        return RedisIdentityStore(url)
+    except Exception as e:
         raise RuntimeError(
-            f"the data files are erased, but deleting from history store #{i + 1} failed ({type(e).__name__}: "
-            f"{e}): fix the store, then run the same command again to finish the erasure"
+            f"identity store #{i + 1} cannot be opened ({type(e).__name__}); nothing was erased"
+        ) from None
+
+
+def _delete_identities(store: IdentityStore, customer_ids: list[str], i: int) -> int:
+    return _finish_deletion(f"identity store #{i + 1}", lambda: store.delete_customers(customer_ids))
+
+
+def _delete_from_store(store: HistoryStore, customer_ids: list[str], i: int) -> int:
+    return _finish_deletion(f"history store #{i + 1}", lambda: store.delete(customer_ids))
+
+
+def _finish_deletion(store: str, delete: Callable[[], int]) -> int:
+    """``delete()``; a failure says the files are clean and the same command finishes the job (the erasure
+    journal stays). The exception's type is named, not its text: it may hold a store URL with a password."""
+    try:
+        return delete()
+    except Exception as e:
+        raise RuntimeError(
+            f"the data files are erased, but deleting from {store} failed ({type(e).__name__}): fix the "
+            "store, then run the same command again to finish the erasure"
         ) from None
 
 
@@ -819,9 +867,17 @@ def erase(
             "when it carries a password. Each is opened before anything is erased"
         ),
     ] = None,
+    identity_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a service's online identity store ('redis://127.0.0.1:6379/0', repeatable, as `o2o serve "
+            "--identity-url` names it): the person's identifiers and link-log entries leave it"
+        ),
+    ] = None,
 ) -> None:
-    """Erase a person from every file and history store, keep them out of later runs, and flag models built
-    on them (bundle folders and their copies in the BentoML model store). Safe to rerun after a crash."""
+    """Erase a person from every file, history store and identity store, keep them out of later runs, and
+    flag models built on them (bundle folders and their copies in the BentoML model store). Safe to rerun
+    after a crash."""
     from data_prep.erasure import erase_person
     from serving.artifact import registered_bundles
 
@@ -831,10 +887,15 @@ def erase(
             raise ValueError(f"--identifier must be TYPE:VALUE, got {identifier!r}")
         urls, warnings = _stores_for_erasure(history_url or [])
         stores = [stack.enter_context(_existing_history_store(url, i)) for i, url in enumerate(urls)]
+        identities = [_identity_store(url, i) for i, url in enumerate(identity_url or [])]
+        for found in identities:
+            stack.callback(found.close)
         deleted: list[int] = []
+        unlinked: list[int] = []
 
         def clean_stores(customer_ids: list[str]) -> None:
             deleted.extend(_delete_from_store(s, customer_ids, i) for i, s in enumerate(stores))
+            unlinked.extend(_delete_identities(s, customer_ids, i) for i, s in enumerate(identities))
 
         roots = [runs_dir, artifacts, *registered_bundles()]
         result = erase_person(data, id_type, value, roots, before_record=clean_stores)
@@ -848,6 +909,8 @@ def erase(
     )
     for i, n in enumerate(deleted):
         console.print(f"  history store {_store_name(urls, i)}: {n} customer(s) deleted")
+    for i, n in enumerate(unlinked):
+        console.print(f"  identity store #{i + 1}: {n} identifier(s) forgotten")
     for line in warnings:
         console.print(f"  [yellow]warning:[/] {line}")
     for path in result.marked_for_retraining:

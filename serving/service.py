@@ -10,7 +10,11 @@ cores this process may use divided by BentoML's worker count, at least 1);
 ``sqlite:///path.db`` (``sqlite:////abs/path.db``) survives restarts, ``redis://127.0.0.1:6379/0`` is shared
 by replicas; ``O2O_API_KEYS`` — comma-separated API keys required in the ``X-API-Key`` header of every route
 but the probes and /metrics (:mod:`serving.auth`; unset: no check, with a warning at startup);
-``O2O_TRACING=1`` — trace the API routes too (:func:`tracing_config`).
+``O2O_TRACING=1`` — trace the API routes too (:func:`tracing_config`);
+``O2O_CUSTOMERS`` — prep's ``03_customers`` folder, whose identity map and shared identifiers start the identity
+store (:mod:`serving.identity`); ``O2O_IDENTITY_URL`` — that store: unset or ``memory`` in this process,
+``redis://...`` shared by replicas; ``O2O_PII_KEY`` — prep's pseudonymisation key, which identifier requests
+need (``/identify``, and ``identifier`` / ``identifiers`` in place of ``customer_id``).
 
 Every endpoint takes one JSON object whose unknown fields are refused; its values are read strictly (a JSON
 integer where the schema says integer, not ``"5"`` or ``5.0``; ``true``/``false``, not ``1`` or ``"yes"``), so
@@ -44,6 +48,7 @@ from pydantic_core import core_schema
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from data_prep import pii
 from data_prep import schema as S
 from serving.artifact import THREADS_ENV, Bundle, OnnxModel, is_store_tag, load_bundle
 from serving.auth import API_KEY_HEADER, EXEMPT_PATHS, ApiKeyMiddleware, api_keys_from_env
@@ -54,9 +59,11 @@ from serving.history import (
     CustomerHistory,
     HistoryStore,
     NewEvent,
+    empty_history,
     open_history_store,
 )
 from serving.http import install_limits
+from serving.identity import IdentityStore, identifier_node, open_identity_store, service_key
 from serving.lifecycle import report_startup_failure, watch_for_failed_workers
 from serving.logs import (
     ERROR_BODY_SCHEMA,
@@ -79,6 +86,10 @@ SERVICE_NAME = "O2OService"
 BUNDLE_ENV = "O2O_BUNDLE"
 SNAPSHOT_ENV = "O2O_SNAPSHOT"
 HISTORY_URL_ENV = "O2O_HISTORY_URL"
+CUSTOMERS_ENV = (
+    "O2O_CUSTOMERS"  # prep's 03_customers folder: the identity map identifier requests resolve with
+)
+IDENTITY_URL_ENV = "O2O_IDENTITY_URL"  # the online identity store: unset / memory, or redis://...
 TRACING_ENV = "O2O_TRACING"
 # adaptive batching of /recommend and /intent (serving.dispatcher): at most this many requests per batch, and
 # a request still queued after this long is refused with 503 (an overloaded server sheds load)
@@ -90,9 +101,28 @@ BATCH_SIZE = Histogram(  # on /metrics: how many requests each batch served, per
     ["endpoint"],
     buckets=(1, 2, 4, 8, 16, 32, BATCH_MAX_SIZE),
 )
-API_ROUTES = ("/recommend", "/events", "/similar-items", "/intent")  # checked against the service below
+API_ROUTES = (
+    "/recommend",
+    "/events",
+    "/similar-items",
+    "/intent",
+    "/identify",
+)  # checked against the service below
+IDENTIFIER_ROUTES = (
+    "/recommend",
+    "/events",
+    "/intent",
+    "/identify",
+)  # take raw identifiers (need O2O_PII_KEY)
+# "not blank": a character that is white space neither to the JSON Schema (ECMA-262) regex the published
+# schema uses nor to pydantic's (Rust) regex, which also counts U+0085 as white space
+NOT_BLANK = r"[^\s\u0085]"
 MAX_SESSION_ITEMS = 200
 MAX_EVENTS_PER_CALL = 100
+MAX_IDENTIFIERS_PER_CALL = 8
+IdentifierType = Literal["device", "account", "email", "phone", "card"]
+if get_args(IdentifierType) != S.IDENTIFIER_TYPES:
+    raise RuntimeError("serving.service's IdentifierType differs from data_prep.schema's IDENTIFIER_TYPES")
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")]
 ItemId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -147,19 +177,40 @@ class ApiModel(BaseModel):
 REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
 
 
+class Identifier(ApiModel):
+    """A raw identifier the app holds. The service normalises and keyed-hashes it as prep does (phones to
+    E.164, emails trimmed and lower-cased) and never stores or logs the value."""
+
+    model_config = REQUEST_CONFIG
+
+    type: IdentifierType
+    value: str = Field(min_length=1, max_length=256, pattern=NOT_BLANK, description="not blank")
+
+
+def _exactly_one(request: BaseModel, names: Sequence[str], what: str) -> None:
+    given = [n for n in names if getattr(request, n) is not None]
+    if len(given) != 1:
+        quoted = ", ".join(f"'{n}'" for n in names[:-1]) + f" or '{names[-1]}'"
+        raise ValueError(f"give exactly one of {quoted} ({what})")
+
+
+def _one_of(**types: str) -> dict[str, Any]:
+    """JSON-schema ``oneOf``: exactly one of the fields is present and of its JSON type (so not null), the
+    schema's form of :func:`_exactly_one`."""
+    return {"oneOf": [{"required": [n], "properties": {n: {"type": t}}} for n, t in types.items()]}
+
+
 class RecommendRequest(ApiModel):
     model_config = ConfigDict(
-        **REQUEST_CONFIG,
-        # the schema's form of _one_history: exactly one of the two is present and not null
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["customer_id"], "properties": {"customer_id": {"type": "string"}}},
-                {"required": ["items"], "properties": {"items": {"type": "array"}}},
-            ]
-        },
+        **REQUEST_CONFIG, json_schema_extra=_one_of(customer_id="string", identifier="object", items="array")
     )
 
-    customer_id: CustomerId | None = Field(None, description="pseudonymous customer id; give this or 'items'")
+    customer_id: CustomerId | None = Field(
+        None, description="pseudonymous customer id; give this, 'identifier' or 'items'"
+    )
+    identifier: Identifier | None = Field(
+        None, description="any identifier the app holds; an unknown one is an anonymous visitor (cold start)"
+    )
     items: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_SESSION_ITEMS)] | None = Field(
         None, description="an anonymous session's item ids, oldest first; give this or 'customer_id'"
     )
@@ -174,17 +225,37 @@ class RecommendRequest(ApiModel):
 
     @model_validator(mode="after")
     def _one_history(self) -> RecommendRequest:
-        if (self.customer_id is None) == (self.items is None):
-            raise ValueError(
-                "give exactly one of 'customer_id' (known customer) or 'items' (anonymous session)"
-            )
+        _exactly_one(
+            self,
+            ("customer_id", "identifier", "items"),
+            "a known customer, an identifier, or an anonymous session",
+        )
         return self
 
 
 class IntentRequest(ApiModel):
+    model_config = ConfigDict(
+        **REQUEST_CONFIG, json_schema_extra=_one_of(customer_id="string", identifier="object")
+    )
+
+    customer_id: CustomerId | None = Field(None, description="pseudonymous customer id, as in /recommend")
+    identifier: Identifier | None = Field(None, description="or any identifier the app holds")
+
+    @model_validator(mode="after")
+    def _one_customer(self) -> IntentRequest:
+        _exactly_one(self, ("customer_id", "identifier"), "who")
+        return self
+
+
+class IdentifyRequest(ApiModel):
     model_config = REQUEST_CONFIG
 
-    customer_id: CustomerId = Field(description="pseudonymous customer id, as in /recommend")
+    identifier: Identifier
+
+
+class IdentifyResponse(ApiModel):
+    customer_id: str | None = Field(description="the customer the identifier belongs to (null: not known)")
+    found: bool
 
 
 class ScoredItem(ApiModel):
@@ -205,7 +276,7 @@ class RecommendResponse(ApiModel):
 class EventIn(ApiModel):
     model_config = REQUEST_CONFIG
 
-    item_id: ItemId = Field(pattern=r"\S", description="not blank")
+    item_id: ItemId = Field(pattern=NOT_BLANK, description="not blank")
     event_type: ItemEventType
     channel: Channel
     ts: int = Field(
@@ -217,10 +288,24 @@ class EventIn(ApiModel):
 
 
 class EventsRequest(ApiModel):
-    model_config = REQUEST_CONFIG
+    model_config = ConfigDict(
+        **REQUEST_CONFIG, json_schema_extra=_one_of(customer_id="string", identifiers="array")
+    )
 
-    customer_id: CustomerId = Field(description="pseudonymous customer id, as in /recommend")
+    customer_id: CustomerId | None = Field(None, description="pseudonymous customer id, as in /recommend")
+    identifiers: (
+        Annotated[list[Identifier], Field(min_length=1, max_length=MAX_IDENTIFIERS_PER_CALL)] | None
+    ) = Field(
+        None,
+        description="or the identifiers the app holds for whoever did it; several together are linked at "
+        "once (a device with the account that logged in, a card with the phone given at the till)",
+    )
     events: Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS_PER_CALL)]
+
+    @model_validator(mode="after")
+    def _one_customer(self) -> EventsRequest:
+        _exactly_one(self, ("customer_id", "identifiers"), "who")
+        return self
 
 
 class EventsResponse(ApiModel):
@@ -229,6 +314,9 @@ class EventsResponse(ApiModel):
         description=f"events in the customer's stored history now (its newest {MAX_HISTORY_EVENTS} are kept)"
     )
     accepted: int = Field(description="events of this call stored (all of them: a call is all or nothing)")
+    merged: list[str] = Field(
+        [], description="customers this call's identifiers joined into customer_id (their events moved)"
+    )
 
 
 class SimilarItemsRequest(ApiModel):
@@ -479,6 +567,14 @@ class O2OService:
         self.bundle: Bundle = load_bundle(ref, threads)
         url = os.environ.get(HISTORY_URL_ENV) or None
         self.history: HistoryStore = open_history_store(url, Path(_env_path(SNAPSHOT_ENV)))
+        customers = os.environ.get(CUSTOMERS_ENV)
+        folder = Path(customers) if customers else None
+        self.identities: IdentityStore = open_identity_store(
+            os.environ.get(IDENTITY_URL_ENV) or None,
+            None if folder is None else folder / S.IDENTITY_MAP_FILE,
+            None if folder is None else folder / S.SHARED_IDENTIFIERS_FILE,
+        )
+        self._pii_key = service_key()
         self._batchers: dict[str, Batcher[Any, Any]] = {}  # see _batched
         log_event(
             "service_loaded",
@@ -492,6 +588,37 @@ class O2OService:
     @bentoml.on_shutdown
     def close_history(self) -> None:
         self.history.close()
+        self.identities.close()
+
+    def _node(self, identifier: Identifier, field: str) -> str:
+        """The identifier's node (normalised, keyed-hashed); 400 naming ``field`` when the value cannot be
+        one of its type, 503 when the service has no pseudonymisation key."""
+        if self._pii_key is None:
+            raise ApiError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "no_identity_key",
+                f"identifier requests need prep's pseudonymisation key: start the service with {pii.KEY_ENV}",
+            )
+        node = identifier_node(identifier.type, identifier.value, self._pii_key)
+        if node is None:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                "invalid_identifier",
+                f"the value is not a usable {identifier.type} (after normalisation nothing is left)",
+                (f"{field}.value",),
+            )
+        return node
+
+    async def _customer_of(self, identifier: Identifier, field: str) -> str | None:
+        node = self._node(identifier, field)
+        return await anyio.to_thread.run_sync(self.identities.customer_of, node)
+
+    @bentoml.api(route="/identify")
+    async def identify(self, request: IdentifyRequest, /) -> IdentifyResponse:
+        """The customer an identifier belongs to (``found`` false: nobody yet, an anonymous visitor). The
+        value is normalised and keyed-hashed as prep does; it is never stored or logged."""
+        customer_id = await self._customer_of(request.identifier, "identifier")
+        return IdentifyResponse(customer_id=customer_id, found=customer_id is not None)
 
     @bentoml.api(route="/recommend")
     async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
@@ -521,9 +648,15 @@ class O2OService:
                 request.segment,
             )
         else:
-            found = await self._history(request.customer_id)  # type: ignore[arg-type]
-            if found is None:
-                raise _unknown_customer(request.customer_id)  # type: ignore[arg-type]
+            customer_id = request.customer_id
+            if request.identifier is not None:  # an unknown identifier: an anonymous visitor, cold start
+                customer_id = await self._customer_of(request.identifier, "identifier")
+                found = empty_history() if customer_id is None else await self._history(customer_id)
+                found = found or empty_history()
+            else:
+                found = await self._history(cast(str, customer_id))
+                if found is None:
+                    raise _unknown_customer(cast(str, customer_id))
             job = RecommendJob(
                 found.items,
                 found.event_types,
@@ -539,7 +672,7 @@ class O2OService:
             ScoredList, await self._batched("/recommend", self._score_recommendations, job)
         )
         return RecommendResponse(
-            customer_id=request.customer_id,
+            customer_id=customer_id if request.items is None else None,
             items=[ScoredItem(item_id=i, score=s) for i, s in zip(ids, scores, strict=True)],
             source=source,
             bundle_version=self.bundle.version,
@@ -582,11 +715,46 @@ class O2OService:
         /recommend and /intent for that customer read them. An unknown ``customer_id`` is created (a new
         customer: no aggregates, no segment). Aggregates and the RFM segment stay as of the snapshot."""
         new = [_new_event(i, e) for i, e in enumerate(request.events)]
+        customer_id = request.customer_id
+        merged: tuple[str, ...] = ()
+        if request.identifiers is not None:
+            nodes = [self._node(x, f"identifiers.{i}") for i, x in enumerate(request.identifiers)]
+            link = self.identities.link(nodes)
+            if link.customer_id is None:
+                raise ApiError(
+                    HTTPStatus.BAD_REQUEST,
+                    "shared_identifiers",
+                    "every identifier given is shared by several people (a store kiosk, a family phone), so "
+                    "the events belong to nobody: send the account or the loyalty card with them",
+                    ("identifiers",),
+                )
+            customer_id, merged = link.customer_id, link.merged
+            for other in merged:  # what the merged customers did is now the survivor's
+                self._move_history(other, customer_id)
+        assert customer_id is not None
         try:
-            history = self.history.append(request.customer_id, new)
+            history = self.history.append(customer_id, new)
         except ValueError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", str(e)) from None
-        return EventsResponse(customer_id=request.customer_id, n_events=len(history.items), accepted=len(new))
+        return EventsResponse(
+            customer_id=customer_id, n_events=len(history.items), accepted=len(new), merged=list(merged)
+        )
+
+    def _move_history(self, source: str, target: str) -> None:
+        """Append ``source``'s stored events (with their channel and time) to ``target`` and drop it."""
+        found = self.history.get(source)
+        if found is None:
+            return
+        if found.channels is not None and found.timestamps is not None and found.items:
+            moved = [
+                NewEvent(i, t, c, ts)
+                for i, t, c, ts in zip(
+                    found.items, found.event_types, found.channels, found.timestamps, strict=True
+                )
+            ]
+            for start in range(0, len(moved), MAX_HISTORY_EVENTS):
+                self.history.append(target, moved[start : start + MAX_HISTORY_EVENTS])
+        self.history.delete([source])
 
     @bentoml.api(route="/similar-items")
     def similar_items(self, request: SimilarItemsRequest, /) -> SimilarItemsResponse:
@@ -613,13 +781,23 @@ class O2OService:
         requests are scored together (adaptive batching), each getting what it would get alone."""
         if self.bundle.intent is None:
             raise _not_in_bundle("intent model")
-        found = await self._history(request.customer_id)
+        customer_id = request.customer_id
+        if request.identifier is not None:
+            customer_id = await self._customer_of(request.identifier, "identifier")
+            if customer_id is None:
+                raise ApiError(
+                    HTTPStatus.NOT_FOUND,
+                    "unknown_identifier",
+                    "no customer has this identifier yet (an anonymous visitor): /recommend serves it cold",
+                    ("identifier",),
+                )
+        found = await self._history(cast(str, customer_id))
         if found is None:
-            raise _unknown_customer(request.customer_id)
+            raise _unknown_customer(cast(str, customer_id))
         job = IntentJob(found.items, found.event_types, found.channels, found.timestamps, found.features)
         probability = cast(dict[str, float], await self._batched("/intent", self._score_intents, job))
         return IntentResponse(
-            customer_id=request.customer_id,
+            customer_id=cast(str, customer_id),
             probability=probability["intent"],
             churn_risk=probability.get("churn"),
             segment=found.segment,
@@ -658,12 +836,15 @@ BATCHED_ROUTES = ("/recommend", "/intent")  # adaptive batching: may answer 503 
 
 
 def error_statuses(route: str, keys_required: bool) -> list[int]:
-    """The statuses besides 200 that ``route`` may answer: 401 only with API keys, 503 only when batched."""
+    """The statuses besides 200 that ``route`` may answer: 401 only with API keys; 503 when batched (an
+    overloaded queue) or when it takes identifiers (a service started without prep's key)."""
     return [
         status
         for status in ERROR_RESPONSES
         if (status != HTTPStatus.UNAUTHORIZED or keys_required)
-        and (status != HTTPStatus.SERVICE_UNAVAILABLE or route in BATCHED_ROUTES)
+        and (
+            status != HTTPStatus.SERVICE_UNAVAILABLE or route in BATCHED_ROUTES or route in IDENTIFIER_ROUTES
+        )
     ]
 
 

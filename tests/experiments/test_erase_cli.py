@@ -168,3 +168,37 @@ def test_erase_names_an_import_input_outside_the_data_folder(
     assert "not cleaned:" in r.output and "outside the data folder" in " ".join(r.output.split())
     assert "K77" not in (data / S.RAW_DIR / S.RAW_ORDERS_DIR / S.RAW_ORDERS_FILE).read_text()
     assert "K77" in export.read_text()
+
+
+def test_erase_reaches_the_online_identity_store(prepared: Path, redis_db: redis.Redis) -> None:
+    from serving.identity import RedisIdentityStore
+
+    data = prepared
+    email, customer = snapshot_person(data)
+    for key in redis_db.scan_iter(match="o2o:identity:*"):
+        redis_db.delete(key)
+    folder = data / S.CUSTOMERS_DIR
+    store = RedisIdentityStore(REDIS_URL, folder / S.IDENTITY_MAP_FILE, folder / S.SHARED_IDENTIFIERS_FILE)
+    email_node = f"{S.ID_EMAIL}:{pii.pseudonymise(S.ID_EMAIL, email, pii.load_key())}"
+    assert store.customer_of(email_node) == customer
+    store.link([email_node, "device:linked-online"])  # a device the service linked to the person
+    other = next(c for c in pd.read_parquet(folder / S.IDENTITY_MAP_FILE)[S.CUSTOMER_ID] if c != customer)
+    n_before = len(store.link_log())
+
+    r = _erase(email, data, "--identity-url", REDIS_URL)
+
+    assert r.exit_code == 0, r.output
+    assert "identity store #1:" in r.output and "127.0.0.1" not in r.output
+    assert store.customer_of(email_node) is None and store.customer_of("device:linked-online") is None
+    assert len(store.link_log()) == n_before - 1  # the link naming the person is gone
+    assert store._members(other)  # nobody else is touched
+    for key in redis_db.scan_iter(match="o2o:identity:*"):
+        redis_db.delete(key)
+    store.close()
+
+
+def test_erase_refuses_an_identity_store_it_cannot_reach(prepared: Path) -> None:
+    email, _ = snapshot_person(prepared)
+    r = _erase(email, prepared, "--identity-url", "memory")
+    assert r.exit_code != 0 and "only a Redis store" in r.output
+    assert erased_keys().empty  # nothing was erased

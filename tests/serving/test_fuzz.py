@@ -31,7 +31,7 @@ from schemathesis.errors import FailureGroup
 from data_prep import schema as S
 from serving.auth import API_KEY_HEADER
 from serving.history import MAX_EPOCH_SECONDS
-from serving.service import API_KEY_SCHEME, O2OService, error_statuses, openapi_document
+from serving.service import API_KEY_SCHEME, NOT_BLANK, O2OService, error_statuses, openapi_document
 
 pytestmark = pytest.mark.slow
 
@@ -244,19 +244,25 @@ def test_the_published_schema_states_what_the_service_checks(fuzz_server: httpx.
     assert event["event_type"]["enum"] == list(S.ITEM_EVENT_TYPES)
     assert event["channel"]["enum"] == list(S.CHANNELS)
     assert (event["ts"]["minimum"], event["ts"]["maximum"]) == (0, MAX_EPOCH_SECONDS - 1)
-    assert event["item_id"]["pattern"] == r"\S"  # not blank
+    assert event["item_id"]["pattern"] == NOT_BLANK  # not blank, to both regex dialects
     recommend = doc["paths"]["/recommend"]["post"]
     assert recommend["requestBody"]["required"] is True
     body = recommend["requestBody"]["content"]["application/json"]["schema"]
     # optional fields are nullable (OpenAPI 3.0 has no null type), and exactly one of the two histories is sent
     assert body["properties"]["customer_id"]["nullable"] and body["properties"]["items"]["nullable"]
-    assert [branch["required"] for branch in body["oneOf"]] == [["customer_id"], ["items"]]
+    assert [branch["required"] for branch in body["oneOf"]] == [["customer_id"], ["identifier"], ["items"]]
+    assert [b["properties"] for b in body["oneOf"]] == [  # present means not null
+        {"customer_id": {"type": "string"}},
+        {"identifier": {"type": "object"}},
+        {"items": {"type": "array"}},
+    ]
     intent = doc["paths"]["/intent"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert intent["properties"]["churn_risk"]["nullable"] is True
-    for route in ("/recommend", "/intent", "/events", "/similar-items"):
+    for route in ("/recommend", "/intent", "/events", "/similar-items", "/identify"):
         operation = doc["paths"][route]["post"]
         assert set(operation["responses"]) == {"200", *map(str, error_statuses(route, True))}, route
-        assert ("503" in operation["responses"]) == (route in ("/recommend", "/intent")), route  # batched
+        # 503: batched (overloaded), or takes identifiers (no pseudonymisation key)
+        assert ("503" in operation["responses"]) == (route != "/similar-items"), route
         error = operation["responses"]["400"]["content"]["application/json"]["schema"]
         assert error == {"$ref": "#/components/schemas/Error"}
         assert operation["security"] == [{API_KEY_SCHEME: []}]

@@ -306,7 +306,7 @@ def test_appended_events_reach_the_next_recommendation(server: httpx.Client, tin
     later = 2_000_000_000  # 2033: after every snapshot event
     r = server.post("/events", json={"customer_id": customer, "events": [event(top, later)]})
     assert r.status_code == 200, r.text
-    assert r.json() == {"customer_id": customer, "n_events": n_before + 1, "accepted": 1}
+    assert r.json() == {"customer_id": customer, "n_events": n_before + 1, "accepted": 1, "merged": []}
     after = server.post("/recommend", json=query)
     assert after.status_code == 200, after.text
     got = [i["item_id"] for i in after.json()["items"]]
@@ -322,7 +322,7 @@ def test_events_create_a_customer_the_snapshot_did_not_know(server: httpx.Client
     events = [event(i, 1_700_000_000 + n) for n, i in enumerate(items)]
     r = server.post("/events", json={"customer_id": customer, "events": events})
     assert r.status_code == 200, r.text
-    assert r.json() == {"customer_id": customer, "n_events": 3, "accepted": 3}
+    assert r.json() == {"customer_id": customer, "n_events": 3, "accepted": 3, "merged": []}
     r = server.post("/recommend", json={"customer_id": customer, "k": 5, "exclude_seen": True})
     assert r.status_code == 200, r.text
     got = [i["item_id"] for i in r.json()["items"]]
