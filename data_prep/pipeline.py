@@ -312,6 +312,9 @@ def build_customers_layer(
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
     records = [events, profiles]
+    links = reg.registry_paths(out)[0].parent / S.ONLINE_LINKS_FILE
+    if links.is_file():  # identifiers the service linked online (`o2o identity pull`): prep adopts them
+        records.append(engine.read_parquet(con, links))
     evidence = idn.Evidence(
         _write(con, idn.identifier_nodes(records), out_dir / S.NODES_FILE, m),
         _write(con, idn.identifier_pairs(records), out_dir / S.PAIRS_FILE, m),

@@ -25,6 +25,7 @@ Everything here is Ibis, so the same rules run on DuckDB and on Spark.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -177,3 +178,29 @@ def id_stability(before: pd.DataFrame, after: pd.DataFrame, log: pd.DataFrame | 
         "merge_rows": 0 if log is None else int((log[CHANGE] == MERGE).sum()),
         "split_rows": 0 if log is None else int((log[CHANGE] == SPLIT).sum()),
     }
+
+
+def online_link_records(links: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The service's link log (:meth:`serving.identity.IdentityStore.link_log`) as identity records prep
+    reads beside its events and profiles (``registry/online_links.parquet``): one row per link and each of
+    its identifiers after the first, with ``event_id`` ``link:<n>``, ``ts`` (UTC) and the two identifiers in
+    their key columns, so that :func:`data_prep.identity.identifier_pairs` sees them as seen together
+    (merge protection included: a refused link is evidence too). Two identifiers of one type cannot share a
+    row and are left out."""
+    rows: list[dict[str, Any]] = []
+    for n, link in enumerate(links):
+        nodes = [str(x) for x in link.get("nodes", [])]
+        ts = pd.Timestamp(int(link.get("ts", 0)), unit="s", tz="UTC")
+        for other in nodes[1:] or nodes[:1]:
+            first_type, first_key = nodes[0].split(":", 1)
+            other_type, other_key = other.split(":", 1)
+            if other is not nodes[0] and other_type == first_type:
+                continue
+            row: dict[str, Any] = {S.EVENT_ID: f"link:{n}", S.TS: ts}
+            row[S.IDENTIFIER_KEY_COLUMNS[first_type]] = first_key
+            row[S.IDENTIFIER_KEY_COLUMNS[other_type]] = other_key
+            rows.append(row)
+    columns = [S.EVENT_ID, S.TS, *S.IDENTIFIER_KEY_COLUMNS.values()]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame[S.TS] = pd.to_datetime(frame[S.TS], utc=True).astype("datetime64[us, UTC]")
+    return frame.astype({c: "string" for c in columns if c != S.TS})

@@ -359,6 +359,7 @@ LAST_SEEN = "last_seen"
 REGISTRY_DIR = "registry"  # beside the layers: prep reads it before resolving and rewrites it after
 REGISTRY_IDS_FILE = "customer_ids.parquet"  # identifier_type, identifier_key, customer_id of the last run
 REGISTRY_LOG_FILE = "identity_log.parquet"  # logged_at, change, customer_id, previous_customer_id, node
+ONLINE_LINKS_FILE = "online_links.parquet"  # event_id, ts, *_key: identifiers the service saw together
 PREVIOUS_CUSTOMER_ID = "previous_customer_id"  # the id an identifier had before a merge or split
 LOGGED_AT = "logged_at"
 

@@ -722,6 +722,48 @@ def report_campaign(
     _wrote(result.out_dir / CAMPAIGN_MD, *sorted(result.out_dir.glob("*.png")))
 
 
+identity_app = typer.Typer(help="The service's online identity store and prep.")
+app.add_typer(identity_app, name="identity")
+
+
+@identity_app.command("pull")
+def identity_pull(
+    identity_url: Annotated[
+        str,
+        typer.Option(envvar="O2O_IDENTITY_URL", help="the service's identity store: 'redis://host:port/db'"),
+    ],
+    data: Annotated[Path, typer.Option(help="prepared data folder the next prep reads")] = Path(
+        "data/synthetic"
+    ),
+) -> None:
+    """Copy the links the service made online (identifiers seen together on /events) into
+    DATA/registry/online_links.parquet, where the next `o2o prep` adopts them as identity evidence."""
+    import pandas as pd
+
+    from data_prep.registry import online_link_records
+    from serving.identity import RedisIdentityStore
+
+    with user_errors():
+        if identity_url.partition("://")[0] not in ("redis", "rediss"):
+            raise ValueError("only a Redis identity store can be read from outside its server")
+        store = RedisIdentityStore(identity_url)
+        try:
+            fresh = online_link_records(store.link_log())
+        finally:
+            store.close()
+        path = data / S.REGISTRY_DIR / S.ONLINE_LINKS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = pd.read_parquet(path) if path.is_file() else fresh.iloc[:0]
+        # the log is the whole history: rows pulled before come again
+        same = [
+            c for c in fresh.columns if c != S.EVENT_ID
+        ]  # a link's number moves when erasure prunes the log
+        both = pd.concat([known, fresh], ignore_index=True).drop_duplicates(subset=same, ignore_index=True)
+        both.to_parquet(path, index=False)
+    console.print(f"{len(both) - len(known):,} new link record(s), {len(both):,} in all")
+    _wrote(path)
+
+
 runs_app = typer.Typer(help="Training runs side by side: list them, compare them.")
 app.add_typer(runs_app, name="runs")
 

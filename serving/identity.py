@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -106,7 +107,8 @@ class IdentityStore(ABC):
         """These identifiers link nobody from now on (and leave the customer that held them)."""
 
     @abstractmethod
-    def _log_link(self, record: dict[str, object]) -> None: ...
+    def _log_link(self, record: dict[str, object]) -> None:
+        """Append ``record`` (with the time, ``ts`` in epoch seconds) to the link log."""
 
     @abstractmethod
     def link_log(self) -> list[dict[str, object]]:
@@ -157,7 +159,7 @@ class IdentityStore(ABC):
                 # to the customer of its first anchor (who logged in, whose card it was)
                 bridges = [n for n in usable if _node_type(n) not in ANCHOR_TYPES]
                 self._mark_shared(bridges)
-                self._log_link({"nodes": usable, "refused": "conflicting_anchors"})
+                self._log_link({"nodes": usable, "refused": "conflicting_anchors", "ts": int(time.time())})
                 owner = next((owners[n] for n in usable if _node_type(n) in ANCHOR_TYPES and owners[n]), None)
                 return Link(owner, refused="conflicting_anchors", shared=tuple(bridges))
             if customers:
@@ -172,7 +174,13 @@ class IdentityStore(ABC):
             if moving:
                 self._assign(moving, survivor)
             if merged or moving:
-                self._log_link({"nodes": usable, "customer_id": survivor, "merged": list(merged)})
+                record = {
+                    "nodes": usable,
+                    "customer_id": survivor,
+                    "merged": list(merged),
+                    "ts": int(time.time()),
+                }
+                self._log_link(record)
             return Link(survivor, created, merged, sum(owners.get(n) is None for n in usable))
 
 

@@ -14,8 +14,9 @@ from data_prep import schema as S
 from data_prep.generate import RetailerSpec, generate_retailer
 from data_prep.identity import LABEL, NODE
 from data_prep.pipeline import run_prep
-from data_prep.registry import CHANGE, MERGE, SPLIT, assign_ids, registry_paths
+from data_prep.registry import CHANGE, MERGE, SPLIT, assign_ids, online_link_records, registry_paths
 from data_prep.synthetic.cut import cut_export
+from tests.conftest import Prepared, copy_prepared
 
 
 def _labels(*components: list[str]) -> ibis.Table:
@@ -181,3 +182,46 @@ def test_the_same_export_again_changes_no_id_and_the_layers_use_the_registrys_id
     examples = pd.read_parquet(copy / S.FEATURES_DIR / "intent_test.parquet", columns=[S.CUSTOMER_ID])
     known = examples[S.CUSTOMER_ID].isin(set(again[S.CUSTOMER_ID]))
     assert known.mean() > 0.99
+
+
+@pytest.mark.slow
+def test_the_next_prep_adopts_the_links_the_service_made_and_keeps_the_ids(
+    prepared_150: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.identity import InMemoryIdentityStore
+
+    monkeypatch.setenv("O2O_HOME", str(tmp_path / "home"))
+    data = copy_prepared(prepared_150, tmp_path).data
+    folder = data / S.CUSTOMERS_DIR
+    id_map = pd.read_parquet(folder / S.IDENTITY_MAP_FILE)
+    types = id_map.groupby(S.CUSTOMER_ID)[S.IDENTIFIER_TYPE].agg(set)
+    anchors = {S.ID_ACCOUNT, S.ID_CARD}
+    # a customer with a device and no account or card (a browser that never logged in, an email given)
+    lone_device = next(c for c, t in types.items() if S.ID_DEVICE in t and not t & anchors)
+    member = next(c for c, t in types.items() if S.ID_ACCOUNT in t and len(t) >= 3)
+    node_of = id_map.assign(node=id_map[S.IDENTIFIER_TYPE] + ":" + id_map[S.IDENTIFIER_KEY])
+    device = node_of.loc[node_of[S.CUSTOMER_ID] == lone_device, "node"].iloc[0]
+    account = node_of.loc[
+        (node_of[S.CUSTOMER_ID] == member) & (node_of[S.IDENTIFIER_TYPE] == S.ID_ACCOUNT), "node"
+    ].iloc[0]
+    # the service sees the device log into the account
+    store = InMemoryIdentityStore(folder / S.IDENTITY_MAP_FILE, folder / S.SHARED_IDENTIFIERS_FILE)
+    link = store.link([device, account])
+    assert link.customer_id == member and link.merged == (lone_device,)
+    links = registry_paths(data)[0].parent / S.ONLINE_LINKS_FILE
+    online_link_records(store.link_log()).to_parquet(links)  # what `o2o identity pull` writes
+
+    run_prep(data, data)
+
+    after = pd.read_parquet(folder / S.IDENTITY_MAP_FILE)
+    node_after = dict(
+        zip(after[S.IDENTIFIER_TYPE] + ":" + after[S.IDENTIFIER_KEY], after[S.CUSTOMER_ID], strict=True)
+    )
+    assert node_after[device] == node_after[account] == member  # prep agrees with the service, same id
+    log = pd.read_parquet(registry_paths(data)[1])
+    assert log.loc[log[NODE] == device, [CHANGE, S.PREVIOUS_CUSTOMER_ID, S.CUSTOMER_ID]].values.tolist() == [
+        [MERGE, lone_device, member]
+    ]
+    unchanged = set(id_map[S.CUSTOMER_ID]) - {lone_device}
+    assert unchanged <= set(after[S.CUSTOMER_ID])  # nobody else lost their id
+    assert lone_device not in set(after[S.CUSTOMER_ID])  # merged away
