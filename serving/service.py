@@ -741,11 +741,12 @@ class O2OService:
         )
 
     def _move_history(self, source: str, target: str) -> None:
-        """Append ``source``'s stored events (with their channel and time) to ``target`` and drop it."""
+        """Append ``source``'s stored events (with their channel and time) to ``target`` and drop it. A row of
+        an old snapshot without channels and times stays where it is (the next prep merges it)."""
         found = self.history.get(source)
-        if found is None:
+        if found is None or found.channels is None or found.timestamps is None:
             return
-        if found.channels is not None and found.timestamps is not None and found.items:
+        if found.items:
             moved = [
                 NewEvent(i, t, c, ts)
                 for i, t, c, ts in zip(
