@@ -312,7 +312,7 @@ def build_customers_layer(
     out_dir = out / S.CUSTOMERS_DIR
     m = Manifest(S.CUSTOMERS_DIR)
     records = [events, profiles]
-    links = reg.registry_paths(out)[0].parent / S.ONLINE_LINKS_FILE
+    links = reg.online_links_path(out)
     if links.is_file():  # identifiers the service linked online (`o2o identity pull`): prep adopts them
         records.append(engine.read_parquet(con, links))
     evidence = idn.Evidence(
@@ -357,10 +357,8 @@ def assign_registry_ids(
     """(node, customer_id) for the components ``labels``, stable against the registry of ``out`` (the first
     run: ids derived from the labels), materialized; the changes are appended to the registry's log (see
     :mod:`data_prep.registry`). Returns the ids and counts for the manifest."""
-    ids_path, log_path = reg.registry_paths(out)
-    previous = reg.as_nodes(engine.read_parquet(con, ids_path)) if ids_path.is_file() else None
-    log = engine.read_parquet(con, log_path) if log_path.is_file() else None
-    retired = None if log is None else log.select(**{S.CUSTOMER_ID: log[S.PREVIOUS_CUSTOMER_ID]}).distinct()
+    previous, log = _read_registry(con, out)
+    retired = None if log is None else reg.retired_ids(log)
     assignment = reg.assign_ids(labels, previous, retired)
     ids = engine.materialize(con, assignment.ids)
     changes = engine.materialize(con, assignment.changes)
@@ -379,8 +377,15 @@ def assign_registry_ids(
     }
     if counts["merged_identifiers"] or counts["split_identifiers"]:
         rows = reg.log_rows(changes, datetime.now(UTC))
-        _replace_parquet(con, rows if log is None else ibis.union(log, rows), log_path)
+        _replace_parquet(con, rows if log is None else ibis.union(log, rows), reg.registry_paths(out)[1])
     return ids, counts
+
+
+def _read_registry(con: ibis.BaseBackend, out: Path) -> tuple[ir.Table | None, ir.Table | None]:
+    """The registry of ``out`` as (node, customer_id) and its log; None for a file not written yet."""
+    ids_path, log_path = reg.registry_paths(out)
+    previous = reg.as_nodes(engine.read_parquet(con, ids_path)) if ids_path.is_file() else None
+    return previous, engine.read_parquet(con, log_path) if log_path.is_file() else None
 
 
 def write_registry(con: ibis.BaseBackend, id_map: ir.Table, out: Path) -> None:
@@ -434,12 +439,8 @@ def read_evidence(con: ibis.BaseBackend, out: Path) -> idn.Evidence:
     """The timed identity evidence that :func:`build_customers_layer` wrote to ``out/03_customers``."""
     folder = out / S.CUSTOMERS_DIR
     files = (S.NODES_FILE, S.PAIRS_FILE, S.NETWORKS_FILE)
-    ids_path, log_path = reg.registry_paths(out)
-    registry = reg.as_nodes(engine.read_parquet(con, ids_path)) if ids_path.is_file() else None
-    retired = None
-    if log_path.is_file():
-        log = engine.read_parquet(con, log_path)
-        retired = log.select(**{S.CUSTOMER_ID: log[S.PREVIOUS_CUSTOMER_ID]}).distinct()
+    registry, log = _read_registry(con, out)
+    retired = None if log is None else reg.retired_ids(log)
     nodes, pairs, networks = (engine.read_parquet(con, folder / f) for f in files)
     return idn.Evidence(nodes, pairs, networks, registry, retired)
 

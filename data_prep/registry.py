@@ -120,6 +120,16 @@ def assign_ids(labels: ir.Table, previous: ir.Table | None, retired: ir.Table | 
     return Assignment(ids, changes)
 
 
+def online_links_path(out: Path) -> Path:
+    """Where ``o2o identity pull`` writes the service's links and the next prep reads them."""
+    return out / S.REGISTRY_DIR / S.ONLINE_LINKS_FILE
+
+
+def retired_ids(log: ir.Table) -> ir.Table:
+    """(customer_id) every id the log records as given up (merged away or split from): never given again."""
+    return log.select(**{S.CUSTOMER_ID: log[S.PREVIOUS_CUSTOMER_ID]}).distinct()
+
+
 def registry_paths(out: Path) -> tuple[Path, Path]:
     """(customer ids, change log) of the data folder ``out``."""
     folder = out / S.REGISTRY_DIR
@@ -189,16 +199,15 @@ def online_link_records(links: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     row and are left out."""
     rows: list[dict[str, Any]] = []
     for n, link in enumerate(links):
-        nodes = [str(x) for x in link.get("nodes", [])]
+        nodes = [str(x).split(":", 1) for x in link.get("nodes", [])]
+        if not nodes:
+            continue
+        first, *others = nodes
         ts = pd.Timestamp(int(link.get("ts", 0)), unit="s", tz="UTC")
-        for other in nodes[1:] or nodes[:1]:
-            first_type, first_key = nodes[0].split(":", 1)
-            other_type, other_key = other.split(":", 1)
-            if other is not nodes[0] and other_type == first_type:
-                continue
-            row: dict[str, Any] = {S.EVENT_ID: f"link:{n}", S.TS: ts}
-            row[S.IDENTIFIER_KEY_COLUMNS[first_type]] = first_key
-            row[S.IDENTIFIER_KEY_COLUMNS[other_type]] = other_key
+        # a single identifier is a record of its own: the pair below writes one column twice
+        for other in [o for o in others if o[0] != first[0]] if others else [first]:
+            row = {S.EVENT_ID: f"link:{n}", S.TS: ts}
+            row |= {S.IDENTIFIER_KEY_COLUMNS[t]: key for t, key in (first, other)}
             rows.append(row)
     columns = [S.EVENT_ID, S.TS, *S.IDENTIFIER_KEY_COLUMNS.values()]
     frame = pd.DataFrame(rows, columns=columns)

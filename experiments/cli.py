@@ -740,7 +740,7 @@ def identity_pull(
     DATA/registry/online_links.parquet, where the next `o2o prep` adopts them as identity evidence."""
     import pandas as pd
 
-    from data_prep.registry import online_link_records
+    from data_prep.registry import online_link_records, online_links_path
     from serving.identity import RedisIdentityStore
 
     with user_errors():
@@ -751,7 +751,7 @@ def identity_pull(
             fresh = online_link_records(store.link_log())
         finally:
             store.close()
-        path = data / S.REGISTRY_DIR / S.ONLINE_LINKS_FILE
+        path = online_links_path(data)
         path.parent.mkdir(parents=True, exist_ok=True)
         known = pd.read_parquet(path) if path.is_file() else fresh.iloc[:0]
         # the log is the whole history: rows pulled before come again

@@ -14,7 +14,15 @@ from data_prep import schema as S
 from data_prep.generate import RetailerSpec, generate_retailer
 from data_prep.identity import LABEL, NODE
 from data_prep.pipeline import run_prep
-from data_prep.registry import CHANGE, MERGE, SPLIT, assign_ids, online_link_records, registry_paths
+from data_prep.registry import (
+    CHANGE,
+    MERGE,
+    SPLIT,
+    assign_ids,
+    online_link_records,
+    online_links_path,
+    registry_paths,
+)
 from data_prep.synthetic.cut import cut_export
 from tests.conftest import Prepared, copy_prepared
 
@@ -208,7 +216,7 @@ def test_the_next_prep_adopts_the_links_the_service_made_and_keeps_the_ids(
     store = InMemoryIdentityStore(folder / S.IDENTITY_MAP_FILE, folder / S.SHARED_IDENTIFIERS_FILE)
     link = store.link([device, account])
     assert link.customer_id == member and link.merged == (lone_device,)
-    links = registry_paths(data)[0].parent / S.ONLINE_LINKS_FILE
+    links = online_links_path(data)
     online_link_records(store.link_log()).to_parquet(links)  # what `o2o identity pull` writes
 
     run_prep(data, data)
