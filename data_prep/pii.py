@@ -33,11 +33,21 @@ def o2o_home() -> Path:
     return Path(os.environ.get(HOME_ENV, Path.home() / ".o2o"))
 
 
-def load_key() -> bytes:
-    """The pseudonymisation key: ``$O2O_PII_KEY``, else the local key file (created on first use)."""
+def existing_key() -> bytes | None:
+    """The pseudonymisation key if one exists: ``$O2O_PII_KEY``, else the local key file; None when neither
+    does (a service must not make up a key: its hashes would match nothing prep wrote)."""
     env = os.environ.get(KEY_ENV)
     if env:
         return env.encode()
+    path = o2o_home() / "pii.key"
+    return path.read_text().strip().encode() if path.is_file() else None
+
+
+def load_key() -> bytes:
+    """The pseudonymisation key: ``$O2O_PII_KEY``, else the local key file (created on first use)."""
+    found = existing_key()
+    if found is not None:
+        return found
     path = o2o_home() / "pii.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -54,16 +53,6 @@ def identifier_node(identifier_type: str, value: str, key: bytes) -> str | None:
     usable remains (an email without ``@``, a string that cannot be a phone)."""
     hashed = pii.pseudonymise(identifier_type, value, key)
     return None if hashed is None else f"{identifier_type}:{hashed}"
-
-
-def service_key() -> bytes | None:
-    """Prep's pseudonymisation key as the service finds it: ``O2O_PII_KEY``, else an existing key file
-    (``$O2O_HOME/pii.key``). None when neither exists: the service must not make up a key of its own,
-    whose hashes would match nothing prep wrote."""
-    if os.environ.get(pii.KEY_ENV):
-        return pii.load_key()
-    path = pii.o2o_home() / "pii.key"
-    return path.read_text().strip().encode() if path.is_file() else None
 
 
 def new_customer_id(nodes: Iterable[str]) -> str:

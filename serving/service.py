@@ -63,7 +63,7 @@ from serving.history import (
     open_history_store,
 )
 from serving.http import install_limits
-from serving.identity import IdentityStore, identifier_node, open_identity_store, service_key
+from serving.identity import IdentityStore, identifier_node, open_identity_store
 from serving.lifecycle import report_startup_failure, watch_for_failed_workers
 from serving.logs import (
     ERROR_BODY_SCHEMA,
@@ -574,7 +574,7 @@ class O2OService:
             None if folder is None else folder / S.IDENTITY_MAP_FILE,
             None if folder is None else folder / S.SHARED_IDENTIFIERS_FILE,
         )
-        self._pii_key = service_key()
+        self._pii_key = pii.existing_key()
         self._batchers: dict[str, Batcher[Any, Any]] = {}  # see _batched
         log_event(
             "service_loaded",
@@ -651,12 +651,12 @@ class O2OService:
             customer_id = request.customer_id
             if request.identifier is not None:  # an unknown identifier: an anonymous visitor, cold start
                 customer_id = await self._customer_of(request.identifier, "identifier")
-                found = empty_history() if customer_id is None else await self._history(customer_id)
-                found = found or empty_history()
+                found = (await self._history(customer_id) if customer_id else None) or empty_history()
             else:
-                found = await self._history(cast(str, customer_id))
-                if found is None:
+                stored = await self._history(cast(str, customer_id))
+                if stored is None:
                     raise _unknown_customer(cast(str, customer_id))
+                found = stored
             job = RecommendJob(
                 found.items,
                 found.event_types,
@@ -746,15 +746,9 @@ class O2OService:
         found = self.history.get(source)
         if found is None or found.channels is None or found.timestamps is None:
             return
-        if found.items:
-            moved = [
-                NewEvent(i, t, c, ts)
-                for i, t, c, ts in zip(
-                    found.items, found.event_types, found.channels, found.timestamps, strict=True
-                )
-            ]
-            for start in range(0, len(moved), MAX_HISTORY_EVENTS):
-                self.history.append(target, moved[start : start + MAX_HISTORY_EVENTS])
+        if found.items:  # one append: the target keeps its newest MAX_HISTORY_EVENTS, as any append does
+            moved = zip(found.items, found.event_types, found.channels, found.timestamps, strict=True)
+            self.history.append(target, [NewEvent(i, t, c, ts) for i, t, c, ts in moved])
         self.history.delete([source])
 
     @bentoml.api(route="/similar-items")
