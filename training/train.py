@@ -259,8 +259,8 @@ def train_recommender(
     module = RecommenderModule.load_from_checkpoint(best)
     ranks, network, blend = None, None, None
     if module.model.neighbours is not None:  # not with through_val (the config refuses it)
-        blend = choose_blend(module, trainer, dm, ev.k, ev.exclude_seen)
-        network = _network_alone(module, trainer, dm, evaluate_test)
+        blend, network_val = choose_blend(module, trainer, dm, ev.k, ev.exclude_seen)
+        network = _network_alone(module, trainer, dm, evaluate_test, network_val)
         best = str(save_blended(module, Path(best)))
     if not through_val:  # validation examples are training data when training through validation
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -314,13 +314,14 @@ BLENDED_CHECKPOINT = "blended.ckpt"  # the best epoch's weights with the chosen 
 
 def choose_blend(
     module: RecommenderModule, trainer: L.Trainer, dm: RecommenderDataModule, k: int, exclude_seen: bool
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Fit the neighbours of ``module``'s blend and choose its weight, all on validation NDCG@k.
 
     The neighbours' co-occurrence window and recency decay are chosen as the ItemKNN baseline's are, with
     the configured number of neighbours; then each weight of :data:`BLEND_WEIGHTS` ranks the validation
     split through the model's own head, and the best one stays in the model (ties: the smaller weight; 0 is
-    the network alone). Returns the record for ``metrics.json``."""
+    the network alone). Returns the record for ``metrics.json`` and the network's own validation metrics
+    (weight 0)."""
     neighbours = module.model.neighbours
     assert neighbours is not None
     n = module.model.cfg.knn_neighbours
@@ -333,14 +334,15 @@ def choose_blend(
     neighbours.set_neighbours(
         torch.from_numpy(index), torch.from_numpy(similarity), chosen["params"]["decay"]
     )
-    by_weight: dict[float, float] = {}
+    val: dict[float, dict[str, float]] = {}
     for w in BLEND_WEIGHTS:
         neighbours.weight.fill_(w)
         trainer.validate(module, datamodule=dm, verbose=False)
-        by_weight[w] = module.results[S.SPLIT_VAL][f"ndcg@{k}"]
+        val[w] = module.results[S.SPLIT_VAL]
+    by_weight = {w: m[f"ndcg@{k}"] for w, m in val.items()}
     weight = max(by_weight, key=lambda w: (by_weight[w], -w))
     neighbours.weight.fill_(weight)
-    return {
+    record = {
         "neighbours": n,
         "window": chosen["params"]["window"],
         "decay": chosen["params"]["decay"],
@@ -348,24 +350,29 @@ def choose_blend(
         f"val_ndcg@{k}_by_weight": {str(w): v for w, v in by_weight.items()},
         f"item_knn_val_ndcg@{k}": chosen[S.SPLIT_VAL][f"ndcg@{k}"],
     }
+    return record, val[0.0]
 
 
 def _network_alone(
-    module: RecommenderModule, trainer: L.Trainer, dm: RecommenderDataModule, evaluate_test: bool
+    module: RecommenderModule,
+    trainer: L.Trainer,
+    dm: RecommenderDataModule,
+    evaluate_test: bool,
+    val: dict[str, float],
 ) -> dict[str, Any]:
-    """The blended model's network without the neighbours (weight 0): its validation and (``evaluate_test``)
-    test figures, and its test ranks under ``test_ranks``; the chosen weight is restored."""
+    """The blended model's network without the neighbours (weight 0): its validation figures ``val`` (from
+    :func:`choose_blend`), its (``evaluate_test``) test figures, and its test ranks under ``test_ranks``;
+    the chosen weight is restored."""
     neighbours = module.model.neighbours
     assert neighbours is not None
-    weight = float(neighbours.weight)
-    neighbours.weight.fill_(0.0)
-    trainer.validate(module, datamodule=dm, verbose=False)
-    out: dict[str, Any] = {S.SPLIT_VAL: module.results[S.SPLIT_VAL]}
+    out: dict[str, Any] = {S.SPLIT_VAL: val}
     if evaluate_test:
+        weight = float(neighbours.weight)
+        neighbours.weight.fill_(0.0)
         trainer.test(module, datamodule=dm, verbose=False)
         out[S.SPLIT_TEST] = module.results[S.SPLIT_TEST]
         out["test_ranks"] = module.ranks[S.SPLIT_TEST]
-    neighbours.weight.fill_(weight)
+        neighbours.weight.fill_(weight)
     return out
 
 
