@@ -394,6 +394,7 @@ def _consent(v: ir.StringValue) -> ir.BooleanValue:
     )
 
 
+ATTRIBUTE_KEYS = tuple(c for cols in S.ATTRIBUTE_KEY_COLUMNS.values() for c in cols)
 PROFILE_COLUMNS = (
     S.EVENT_ID,
     S.SOURCE,
@@ -402,6 +403,7 @@ PROFILE_COLUMNS = (
     *S.IDENTIFIER_KEY_COLUMNS.values(),
     S.CONSENT_ANALYTICS,
     S.CONSENT_MARKETING,
+    *ATTRIBUTE_KEYS,
     S.REJECT_REASON,
 )
 
@@ -416,6 +418,7 @@ def _profile(
         S.TS: ts,
         S.STORE_ID: ibis.null("string"),
         **_identifier_keys(raw),
+        **{c: raw[c] if c in raw.columns else ibis.null("string") for c in ATTRIBUTE_KEYS},
         **values,
         S.REJECT_REASON: reason,
     }

@@ -12,7 +12,9 @@ import hmac
 import logging
 import os
 import secrets
+import unicodedata
 from collections.abc import Iterable
+from datetime import date, datetime
 from pathlib import Path
 
 import phonenumbers
@@ -109,3 +111,55 @@ def pseudonymise_many(identifier_type: str, values: Iterable[str | None], key: b
     """Vector form of :func:`pseudonymise` (one HMAC per value; the phone region is read once)."""
     region = phone_region()
     return [pseudonymise(identifier_type, v, key, region) for v in values]
+
+
+_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y%m%d", "%Y.%m.%d")
+_EARLIEST_BIRTH_YEAR = 1900
+
+
+def _hmac(kind: str, text: str, key: bytes) -> str:
+    return hmac.new(key, f"{kind}:{text}".encode(), hashlib.sha256).hexdigest()[:KEY_HEX_CHARS]
+
+
+def normalise_name(value: str) -> list[str]:
+    """The name's words: Unicode-normalised (NFKC), case-folded, punctuation dropped (``"O'Brien-Li"`` →
+    ``obrien``, ``li``)."""
+    text = unicodedata.normalize("NFKC", value).casefold().replace("-", " ")
+    return "".join(c for c in text if c.isalnum() or c.isspace()).split()
+
+
+def normalise_birth_date(value: str, today: date | None = None) -> date | None:
+    """The date of ``YYYY-MM-DD`` (or ``/``, ``.``, no separator); None when it is no plausible birth date
+    (unparseable, before 1900 or in the future)."""
+    text = value.strip()
+    for fmt in _DATE_FORMATS:
+        try:
+            d = datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+        return d if d.year >= _EARLIEST_BIRTH_YEAR and d <= (today or date.today()) else None
+    return None
+
+
+def attribute_keys(column: str, value: str | None, key: bytes) -> tuple[str | None, ...]:
+    """Keyed hashes of one profile attribute (``S.ATTRIBUTE_KEY_COLUMNS[column]``, in that order), None
+    where the value gives nothing usable: name → whole name, family name (its last word); birth date →
+    date, year; postcode → the postcode without spaces or dashes, upper-cased."""
+    n_keys = len(S.ATTRIBUTE_KEY_COLUMNS[column])
+    none: tuple[str | None, ...] = (None,) * n_keys
+    if value is None or not value.strip():
+        return none
+    if column == S.PROFILE_NAME:
+        words = normalise_name(value)
+        return (_hmac("name", " ".join(words), key), _hmac("family_name", words[-1], key)) if words else none
+    if column == S.PROFILE_BIRTH_DATE:
+        d = normalise_birth_date(value)
+        return (
+            none
+            if d is None
+            else (_hmac("birth_date", d.isoformat(), key), _hmac("birth_year", str(d.year), key))
+        )
+    if column == S.PROFILE_POSTCODE:
+        code = "".join(c for c in value.upper() if not c.isspace() and c != "-")
+        return (_hmac("postcode", code, key),) if code else none
+    raise ValueError(f"not a profile attribute: {column!r}; expected one of {list(S.ATTRIBUTE_KEY_COLUMNS)}")

@@ -21,8 +21,9 @@ import ibis
 import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from data_prep import audit, clusters, engine, erasure, pii, segments, sessions
+from data_prep import audit, clusters, engine, erasure, matching, pii, segments, sessions
 from data_prep import events as ev
 from data_prep import features as fe
 from data_prep import identity as idn
@@ -87,6 +88,27 @@ def pseudonymise_columns(con: ibis.BaseBackend, t: ir.Table, columns: dict[str, 
     return t
 
 
+def pseudonymise_attributes(con: ibis.BaseBackend, t: ir.Table, key: bytes) -> ir.Table:
+    """Replace each profile attribute column (name, birth date, postcode) by its keyed-hash columns
+    (:func:`pii.attribute_keys`, one computation per distinct raw value)."""
+    raw = t
+    for raw_col, key_cols in S.ATTRIBUTE_KEY_COLUMNS.items():
+        if raw_col not in raw.columns:
+            continue
+        distinct = raw.select(raw_col).filter(raw[raw_col].notnull()).distinct().to_pyarrow()
+        values = distinct.column(0).to_pylist()
+        keys = [pii.attribute_keys(raw_col, v, key) for v in values]
+        mapping = pa.table(
+            {
+                "_raw": pa.array(values, pa.string()),
+                **{c: pa.array([k[i] for k in keys], pa.string()) for i, c in enumerate(key_cols)},
+            }
+        )
+        m = engine.temp_table(con, mapping)
+        t = t.left_join(m, t[raw_col] == m["_raw"]).drop(raw_col, "_raw")
+    return t
+
+
 def _write(con: ibis.BaseBackend, expr: ir.Table, path: Path, manifest: Manifest) -> ir.Table:
     engine.write_parquet(con, expr, path)
     manifest.add_output(path)
@@ -122,7 +144,7 @@ RAW_SOURCES: dict[str, tuple[str, str, FileFormat, tuple[str, ...], tuple[str, .
     # name: (folder, file, format, columns, optional columns: absent from older layouts, read as null)
     "online": (S.RAW_ONLINE_DIR, S.RAW_ONLINE_FILE, "jsonl", S.RAW_ONLINE_COLUMNS, ()),
     "pos": (S.RAW_POS_DIR, S.RAW_POS_FILE, "csv", S.RAW_POS_COLUMNS, S.POS_OPTIONAL_COLUMNS),
-    "crm": (S.RAW_CRM_DIR, S.RAW_CRM_FILE, "csv", S.RAW_CRM_COLUMNS, ()),
+    "crm": (S.RAW_CRM_DIR, S.RAW_CRM_FILE, "csv", S.RAW_CRM_COLUMNS, S.CRM_OPTIONAL_COLUMNS),
     "items": (S.RAW_CATALOG_DIR, S.RAW_ITEMS_FILE, "csv", S.RAW_ITEM_COLUMNS, ()),
     "stores": (S.RAW_CATALOG_DIR, S.RAW_STORES_FILE, "csv", S.RAW_STORE_COLUMNS, ()),
     "accounts": (
@@ -186,6 +208,7 @@ def _unify_and_clean(
         pseudonymise_columns(con, raw_tables[name], columns[name], key)
         for name in ("online", "pos", "crm", "accounts")
     )
+    crm, accounts = (pseudonymise_attributes(con, t, key) for t in (crm, accounts))
 
     parts = [ev.unify_online_events(online, items), ev.unify_pos_lines(pos, items, stores)]
     if "orders" in raw_tables:
@@ -303,9 +326,11 @@ def build_customers_layer(
     out: Path,
     key: bytes,
     consent_default: bool = False,
+    profile_matching: bool = True,
 ) -> tuple[ir.Table, ir.Table, dict[str, Any] | None]:
-    """Write ``03_customers``: timed evidence (identifiers, identifier pairs, device networks), identity map
-    (all records), shared identifiers, events with customer_id, customer table (with consent) and identity
+    """Write ``03_customers``: timed evidence (identifiers, identifier pairs, device networks, and the
+    account-member links of the probabilistic step unless ``profile_matching`` is off), identity map (all
+    records), shared identifiers, events with customer_id, customer table (with consent) and identity
     metrics.
 
     Returns (events, identity evidence, metrics)."""
@@ -315,12 +340,22 @@ def build_customers_layer(
     links = reg.online_links_path(out)
     if links.is_file():  # identifiers the service linked online (`o2o identity pull`): prep adopts them
         records.append(engine.read_parquet(con, links))
-    evidence = idn.Evidence(
+    deterministic = idn.Evidence(
         _write(con, idn.identifier_nodes(records), out_dir / S.NODES_FILE, m),
         _write(con, idn.identifier_pairs(records), out_dir / S.PAIRS_FILE, m),
         _write(con, idn.device_networks(events), out_dir / S.NETWORKS_FILE, m),
     )
-    labels, shared = _resolve(con, evidence)
+    labels, shared = _resolve(con, deterministic)
+    matched = None
+    if profile_matching:
+        matched = _match_profiles(con, profiles, labels, out_dir, m)
+    else:  # a previous run's links are no evidence of this one
+        for name in (S.MATCHED_PAIRS_FILE, S.MATCH_MODEL_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    evidence = deterministic
+    if matched is not None:
+        evidence = _with_matched(deterministic, matched)
+        labels, shared = _resolve(con, evidence)
     ids, m.extra["registry"] = assign_registry_ids(con, labels, out)
     id_map = _write(con, idn.identity_map(ids), out_dir / S.IDENTITY_MAP_FILE, m)
     write_registry(con, id_map, out)
@@ -336,19 +371,63 @@ def build_customers_layer(
     m.extra["consent_default"] = consent_default
     metrics = None
     if (raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE).exists():
-        unprotected_labels, _ = _resolve(con, evidence, max_anchors=None, networks=False)
-        protected_labels, _ = _resolve(con, evidence, networks=False)
-        shared_pd = shared.to_pandas()
+        unprotected_labels, _ = _resolve(con, deterministic, max_anchors=None, networks=False)
+        protected_labels, det_shared = _resolve(con, deterministic, networks=False)
+        networked_labels, _ = _resolve(con, deterministic)
+        det_shared_pd = det_shared.to_pandas()
         steps = {
             "deterministic links": idn.identity_map(unprotected_labels).to_pandas(),
-            "+ merge protection": with_singletons(idn.identity_map(protected_labels).to_pandas(), shared_pd),
-            "+ home-network devices": with_singletons(id_map.to_pandas(), shared_pd),
+            "+ merge protection": with_singletons(
+                idn.identity_map(protected_labels).to_pandas(), det_shared_pd
+            ),
+            "+ home-network devices": with_singletons(
+                idn.identity_map(networked_labels).to_pandas(), det_shared_pd
+            ),
         }
+        if matched is not None:
+            steps["+ probabilistic profiles"] = with_singletons(id_map.to_pandas(), shared.to_pandas())
         metrics = identity_metrics(raw, steps, key)
         (out_dir / S.IDENTITY_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         m.extra["identity_metrics"] = metrics
     m.write(out_dir)
     return resolved, read_evidence(con, out), metrics  # with the registry: the as-of maps use its ids
+
+
+def _match_profiles(
+    con: ibis.BaseBackend, profiles: ir.Table, labels: ir.Table, out_dir: Path, m: Manifest
+) -> ir.Table:
+    """The probabilistic step (:mod:`data_prep.matching`) on the profiles against the deterministic
+    ``labels``: its links written to ``matched_pairs.parquet`` (read back) and its model to
+    ``match_model.json``."""
+    columns = [S.SOURCE, S.TS, S.ACCOUNT_KEY, S.CARD_KEY, *matching.COMPARED]
+    result = matching.match_profiles(profiles.select(*columns).to_pandas(), labels.to_pandas())
+    (out_dir / S.MATCH_MODEL_FILE).write_text(json.dumps(result.model, indent=2))
+    m.extra["profile_matching"] = result.model.get("counts", {})
+    table = pa.Table.from_pandas(result.links, preserve_index=False)
+    table = table.cast(
+        pa.schema(
+            [
+                (idn.SRC, pa.string()),
+                (idn.DST, pa.string()),
+                (idn.PROFILE, pa.bool_()),
+                (S.TS, pa.timestamp("us", tz="UTC")),
+                ("match_probability", pa.float64()),
+                ("match_weight", pa.float64()),
+            ]
+        )
+    )
+    path = out_dir / S.MATCHED_PAIRS_FILE
+    pq.write_table(table, path)  # written as Arrow: both engines read it back with its types
+    m.add_output(path)
+    return engine.read_parquet(con, path)
+
+
+def _with_matched(evidence: idn.Evidence, matched: ir.Table) -> idn.Evidence:
+    """``evidence`` whose pairs include the probabilistic links (timed like any pair)."""
+    cols = (idn.SRC, idn.DST, idn.PROFILE, S.TS)
+    extra = matched.select(*cols).mutate(**{S.TS: matched[S.TS].cast(evidence.pairs.schema()[S.TS])})
+    pairs = ibis.union(evidence.pairs.select(*cols), extra)
+    return idn.Evidence(evidence.nodes, pairs, evidence.networks, evidence.registry, evidence.retired)
 
 
 def assign_registry_ids(
@@ -442,7 +521,9 @@ def read_evidence(con: ibis.BaseBackend, out: Path) -> idn.Evidence:
     registry, log = _read_registry(con, out)
     retired = None if log is None else reg.retired_ids(log)
     nodes, pairs, networks = (engine.read_parquet(con, folder / f) for f in files)
-    return idn.Evidence(nodes, pairs, networks, registry, retired)
+    evidence = idn.Evidence(nodes, pairs, networks, registry, retired)
+    matched = folder / S.MATCHED_PAIRS_FILE
+    return _with_matched(evidence, engine.read_parquet(con, matched)) if matched.is_file() else evidence
 
 
 def identity_map_as_of(con: ibis.BaseBackend, evidence: idn.Evidence, cutoff: datetime) -> ir.Table:
@@ -658,11 +739,13 @@ def run_prep(
     consent_default: bool = False,
     n_train_cutoffs: int = S.N_TRAIN_CUTOFFS,
     test_date: date | None = None,
+    profile_matching: bool = True,
 ) -> PrepResult:
     """Run every prep layer from ``raw/01_raw`` into ``out`` on ``engine_name`` (duckdb | spark).
 
     ``test_date`` sets the test cutoff of the I1 and R2 splits (validation and training cutoffs follow it);
-    by default it is the end of the data less the horizon.
+    by default it is the end of the data less the horizon. ``profile_matching`` runs the probabilistic
+    account-member step (:mod:`data_prep.matching`).
 
     A step that runs out of memory or disk, or fails inside DuckDB, raises :class:`PrepStepError`: one line
     naming the step (the last progress message) and the remedy.
@@ -675,7 +758,15 @@ def run_prep(
 
     try:
         return _run_prep(
-            raw, out, horizon_days, say, engine_name, consent_default, n_train_cutoffs, test_date
+            raw,
+            out,
+            horizon_days,
+            say,
+            engine_name,
+            consent_default,
+            n_train_cutoffs,
+            test_date,
+            profile_matching,
         )
     except Exception as e:
         message = engine.failure_message(steps[0] or "start", e)
@@ -693,13 +784,16 @@ def _run_prep(
     consent_default: bool,
     n_train_cutoffs: int,
     test_date: date | None = None,
+    profile_matching: bool = True,
 ) -> PrepResult:
     key = pii.load_key()
     con = engine.connect(engine_name)
     say("unify + clean + pseudonymise (02_events)")
     events, profiles, ledger = build_events_layer(con, raw, out, key)
     say("resolve identities (03_customers)")
-    resolved, evidence, metrics = build_customers_layer(con, events, profiles, raw, out, key, consent_default)
+    resolved, evidence, metrics = build_customers_layer(
+        con, events, profiles, raw, out, key, consent_default, profile_matching
+    )
     say("features, labels and splits (04_features)")
     splits = build_features_layer(con, resolved, evidence, out, horizon_days, say, n_train_cutoffs, test_date)
     say("data report")

@@ -43,6 +43,12 @@ ACC_CONSENT_ANALYTICS = "consent_analytics"  # CONSENT_YES | CONSENT_NO, as reco
 ACC_CONSENT_MARKETING = "consent_marketing"  # CONSENT_YES | CONSENT_NO
 CONSENT_YES = "y"
 CONSENT_NO = "n"
+# Profile attributes of accounts and CRM members (optional; personal data: prep keeps only keyed hashes of
+# their normalised forms, and uses them only to match profiles that no identifier links; data_prep.matching)
+PROFILE_NAME = "name"  # str | empty, the registered name, given name(s) first and family name last
+PROFILE_BIRTH_DATE = "birth_date"  # str | empty, "YYYY-MM-DD" (also "YYYY/MM/DD", "YYYYMMDD")
+PROFILE_POSTCODE = "postcode"  # str | empty, postcode of the registered (delivery) address
+PROFILE_ATTRIBUTE_COLUMNS = (PROFILE_NAME, PROFILE_BIRTH_DATE, PROFILE_POSTCODE)
 
 # ---------------------------------------------------------------- raw: POS (CSV)
 # 01_raw/pos/pos_lines.csv — one row per till line.
@@ -139,7 +145,9 @@ RAW_CRM_COLUMNS = (
     CRM_SIGNUP_STORE_ID,
     CRM_CONSENT_ANALYTICS,
     CRM_CONSENT_MARKETING,
+    *PROFILE_ATTRIBUTE_COLUMNS,
 )
+CRM_OPTIONAL_COLUMNS = PROFILE_ATTRIBUTE_COLUMNS  # absent from older raw layouts: read as null
 RAW_ACCOUNT_COLUMNS = (
     ACC_ACCOUNT_ID,
     ACC_EMAIL,
@@ -148,6 +156,7 @@ RAW_ACCOUNT_COLUMNS = (
     ACC_CREATED_TS,
     ACC_CONSENT_ANALYTICS,
     ACC_CONSENT_MARKETING,
+    *PROFILE_ATTRIBUTE_COLUMNS,
 )
 RAW_ORDER_COLUMNS = (
     ORD_ORDER_ID,
@@ -162,7 +171,8 @@ RAW_ORDER_COLUMNS = (
     ORD_ZERO_TOTAL,
 )
 ORDER_OPTIONAL_COLUMNS = (ORD_ZERO_TOTAL,)  # absent from older raw layouts: read as null (reject)
-ACCOUNT_OPTIONAL_COLUMNS = (ACC_PHONE, ACC_LOYALTY_CARD)  # absent from older raw layouts: read as null
+# absent from older raw layouts: read as null
+ACCOUNT_OPTIONAL_COLUMNS = (ACC_PHONE, ACC_LOYALTY_CARD, *PROFILE_ATTRIBUTE_COLUMNS)
 RAW_ITEM_COLUMNS = (CAT_ITEM_ID, CAT_CATEGORY, CAT_PRICE)
 RAW_STORE_COLUMNS = (CAT_STORE_ID, CAT_CITY)
 
@@ -309,7 +319,19 @@ IDENTIFIER_KEY_COLUMNS = {
 }
 REFUND_OF = "refund_of"  # returns: the transaction (order_id) of the receipt shown, when recorded
 IP_KEY = "ip_key"  # HMAC of the client IPv4 address (online events); used only to match anonymous devices
-KEY_COLUMNS = {**IDENTIFIER_KEY_COLUMNS, ID_IP: IP_KEY}  # every pseudonymised column, by type
+KEY_COLUMNS = {**IDENTIFIER_KEY_COLUMNS, ID_IP: IP_KEY}  # every pseudonymised identifier column, by type
+# keyed hashes of the profile attributes (profiles only; null where the export has none): the whole name,
+# its family name, the birth date, its year and the postcode (data_prep.pii.attribute_keys)
+NAME_KEY = "name_key"
+FAMILY_NAME_KEY = "family_name_key"
+BIRTH_DATE_KEY = "birth_date_key"
+BIRTH_YEAR_KEY = "birth_year_key"
+POSTCODE_KEY = "postcode_key"
+ATTRIBUTE_KEY_COLUMNS = {
+    PROFILE_NAME: (NAME_KEY, FAMILY_NAME_KEY),
+    PROFILE_BIRTH_DATE: (BIRTH_DATE_KEY, BIRTH_YEAR_KEY),
+    PROFILE_POSTCODE: (POSTCODE_KEY,),
+}
 REJECT_REASON = "reason"
 # rejects.parquet only: the raw file (relative to the data folder) and, for rows that could not be parsed
 # (bad_encoding, malformed_row, malformed_json), the 1-based line of that file
@@ -342,6 +364,10 @@ SHARED_IDENTIFIERS_FILE = "shared_identifiers.parquet"  # node, anchor_type, n_a
 NODES_FILE = "identifier_nodes.parquet"  # node ("<type>:<key>"), ts: when each identifier first appeared
 PAIRS_FILE = "identifier_pairs.parquet"  # src, dst, profile, ts: identifiers first seen on one record
 NETWORKS_FILE = "device_networks.parquet"  # node, ip_key, day, ts: devices' client addresses per day
+# src, dst, profile, ts, match_probability, match_weight: account-card links of the probabilistic step
+# (data_prep.matching), evidence like PAIRS_FILE's; its model, threshold and counts in MATCH_MODEL_FILE
+MATCHED_PAIRS_FILE = "matched_pairs.parquet"
+MATCH_MODEL_FILE = "match_model.json"
 CATALOG_FILE = "catalog.parquet"  # 02_events: item_id, category, price (typed copy of the raw catalogue)
 PROFILES_FILE = "profiles.parquet"  # 02_events: accepted CRM members and online accounts (pseudonymised)
 CONSENT_ANALYTICS = "consent_analytics"  # bool | null: may the customer's data train models

@@ -91,6 +91,13 @@ def generate(
     faults: Annotated[
         bool, typer.Option(help="inject data-quality faults at realistic rates (ground_truth/faults.csv)")
     ] = True,
+    thin_export: Annotated[
+        bool,
+        typer.Option(
+            help="export accounts without the registration phone and the bound loyalty card, as many "
+            "account systems do (only name, birth date and postcode can then join them to CRM members)"
+        ),
+    ] = False,
 ) -> None:
     """Write a seeded synthetic O2O retailer (raw exports + ground truth)."""
     from data_prep.generate import NO_FAULTS, FaultRates, RetailerSpec, generate_retailer
@@ -99,6 +106,8 @@ def generate(
         spec = RetailerSpec(
             n_customers=customers, seed=seed, n_days=days, faults=FaultRates() if faults else NO_FAULTS
         )
+        if thin_export:
+            spec = spec.thin()
     with user_errors(), console.status("generating synthetic retailer"):
         result = generate_retailer(out, spec, progress=_say)
     console.print(
@@ -176,6 +185,13 @@ def prep(
             metavar="<date>",
         ),
     ] = None,
+    profile_matching: Annotated[
+        bool,
+        typer.Option(
+            help="link accounts to loyalty members that no identifier joins by name, birth date and "
+            "postcode (probabilistic, Splink; see docs/data.md)"
+        ),
+    ] = True,
 ) -> None:
     """Unify, clean, pseudonymise, resolve identities and build features/labels/splits (Ibis on DuckDB)."""
     from datetime import date
@@ -198,6 +214,7 @@ def prep(
             consent_default=consent_default == "grant",
             n_train_cutoffs=train_cutoffs,
             test_date=test_day,
+            profile_matching=profile_matching,
         )
     for source, entry in result.ledger["sources"].items():
         console.print(

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep import schema as S
+from data_prep.synthetic import attributes as A
 from data_prep.synthetic import identities as I
 from data_prep.synthetic import text as T
 from data_prep.synthetic.persons import Persons
@@ -38,9 +39,11 @@ def build_records(
     pos: Pos,
     first_login: np.ndarray,
     rng: np.random.Generator,
+    attribute_rng: np.random.Generator,
 ) -> Records:
     """Members and accounts of the chunk. ``first_login`` (P,): ms of each person's first logged-in online
-    event, -1 when none (an account is created minutes before it when the person joins in the window)."""
+    event, -1 when none (an account is created minutes before it when the person joins in the window).
+    The profile attributes (name, birth date, postcode) come from ``attribute_rng`` alone."""
     member = np.flatnonzero(persons.card >= 0)
     holder = np.flatnonzero(persons.account >= 0)
     signup_ms, signup_store = _signup(spec, world, persons, pos, member, rng)
@@ -50,10 +53,23 @@ def build_records(
     )
     members = _render_members(spec, world, persons, member, signup_ms, signup_store, member_consent, rng)
     accounts = _render_accounts(spec, persons, holder, created_ms, holder_consent, rng)
+    attributes = A.draw_attributes(persons, spec.start, attribute_rng)
+    members = _with_columns(
+        members, A.render(attributes, member, A.CRM_STYLE, spec.format_noise, attribute_rng)
+    )
+    accounts = _with_columns(
+        accounts, A.render(attributes, holder, A.ACCOUNT_STYLE, spec.format_noise, attribute_rng)
+    )
     return Records(
         members=members.take(pa.array(np.lexsort((persons.card[member], signup_ms)))),
         accounts=accounts.take(pa.array(np.lexsort((persons.account[holder], created_ms)))),
     )
+
+
+def _with_columns(t: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    for name, values in columns.items():
+        t = t.append_column(name, values)
+    return t
 
 
 def _signup(

@@ -104,7 +104,10 @@ def _simulate_chunk(
     events = build_online_events(spec, world, sessions, persons, rng)
     online = render_online(spec, world, chunk, sessions, persons, events, rng)
     pos = build_pos(spec, world, missions, persons, counters, rng)
-    records = build_records(spec, world, persons, pos, first_login_ms(persons, sessions, events), rng)
+    attribute_rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(2, chunk)))
+    records = build_records(
+        spec, world, persons, pos, first_login_ms(persons, sessions, events), rng, attribute_rng
+    )
     clean = {"online": online, "pos": pos.table, "crm": records.members}
     faulty, faults = inject_faults(spec, world, chunk, clean, pos.returns, rng)
     tables = {**faulty, "accounts": records.accounts}

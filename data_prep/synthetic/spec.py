@@ -5,7 +5,7 @@ Defaults are the realistic retailer every command uses; each knob says what it c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -204,6 +204,10 @@ class RetailerSpec:
         )
         if min(rates) < 0 or self.buy_half_propensity <= 0 or self.promo_lift < 1:
             raise ValueError("rates must be >= 0, buy_half_propensity > 0 and promo_lift >= 1")
+
+    def thin(self) -> RetailerSpec:
+        """The same retailer with a thin account export: no registration phone, no bound card."""
+        return replace(self, account_phone_share=0.0, account_card_share=0.0)
 
     @property
     def n_chunks(self) -> int:
