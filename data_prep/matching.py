@@ -54,8 +54,9 @@ class MatchSettings:
 
     target_precision: float = 0.98
     min_probability: float = 0.5
-    u_pairs: int = 1_000_000
+    u_pairs: int = 3_000_000
     seed: int = 0
+    min_candidates: int = 100  # on each side: fewer cannot estimate the model (nothing is linked)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,9 @@ def choose_threshold(probability: np.ndarray, target_precision: float, min_proba
     p = np.sort(probability[probability >= min_probability])[::-1]
     if not p.size:
         return 1.0
-    ok = np.flatnonzero(np.cumsum(p) / np.arange(1, p.size + 1) >= target_precision)
+    # a threshold keeps every pair of its probability (pairs that agree alike tie): cut between values
+    last_of_value = np.append(p[1:] < p[:-1], True)
+    ok = np.flatnonzero((np.cumsum(p) / np.arange(1, p.size + 1) >= target_precision) & last_of_value)
     return float(p[ok[-1]]) if ok.size else 1.0
 
 
@@ -205,11 +208,16 @@ def match_profiles(
     settings = settings or MatchSettings()
     accounts, members = candidates(profiles, labels)
     counts = {"candidate_accounts": len(accounts), "candidate_members": len(members)}
-    if len(accounts) < 2 or len(members) < 2:  # nothing to learn from (or an export without attributes)
-        return MatchResult(
-            _empty_links(), {"counts": {**counts, "links": 0}, "skipped": "too few candidates"}
-        )
-    scored, model = _score(accounts, members, settings)
+    if min(len(accounts), len(members)) < settings.min_candidates:  # or an export without attributes
+        skipped = f"fewer than {settings.min_candidates} candidate accounts or members to learn from"
+        return MatchResult(_empty_links(), {"counts": {**counts, "links": 0}, "skipped": skipped})
+    from splink.internals.exceptions import EMTrainingException
+
+    try:
+        scored, model = _score(accounts, members, settings)
+    except EMTrainingException:  # no two candidates share a name or a birth date: nothing to learn from
+        skipped = "no candidate pairs share a name or a birth date to learn from"
+        return MatchResult(_empty_links(), {"counts": {**counts, "links": 0}, "skipped": skipped})
     best = one_to_one(scored)
     threshold = choose_threshold(
         best["match_probability"].to_numpy(), settings.target_precision, settings.min_probability
@@ -237,6 +245,7 @@ def match_profiles(
         "counts": {**counts, "scored_pairs": len(scored), "one_to_one": len(best), "links": len(links)},
         "probability_two_random_records_match": model["probability_two_random_records_match"],
         "levels": _parameters(model),
+        "training_warnings": model["training_warnings"],
         "weight_histogram": _histogram(best["match_weight"].to_numpy()),
     }
     return MatchResult(links, report)
@@ -247,6 +256,17 @@ def _histogram(weights: np.ndarray) -> dict[str, list[float]]:
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
+class _Collect(logging.Handler):
+    """Keeps the messages of a logger (Splink's training warnings) for the report."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
 def _score(
     accounts: pd.DataFrame, members: pd.DataFrame, settings: MatchSettings
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -254,7 +274,11 @@ def _score(
     trained model (Splink's JSON)."""
     from splink import DuckDBAPI, Linker, block_on
 
-    logging.getLogger("splink").setLevel(logging.WARNING)
+    splink_log, collected = logging.getLogger("splink"), _Collect()
+    level, propagate = splink_log.level, splink_log.propagate
+    splink_log.setLevel(logging.WARNING)
+    splink_log.addHandler(collected)
+    splink_log.propagate = False  # its warnings go to the model's report, not into prep's output
     con = duckdb.connect()
     con.execute("SET threads = 2")
     try:
@@ -269,8 +293,8 @@ def _score(
         linker = Linker([left, right], _settings(), log_level=None)
         linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_pairs, seed=settings.seed)
         linker.training.estimate_parameters_using_expectation_maximisation(block_on(S.BIRTH_DATE_KEY))
-        # the prior: the share of matches among pairs with one birth date, scaled back to all pairs by the
-        # birth-date comparison's own m and u (Splink derives it from the trained session)
+        # the prior: the share of matches among pairs that share a name, scaled back to all pairs by the
+        # name comparison's own m and u (Splink derives it from the trained session)
         linker.training.estimate_parameters_using_expectation_maximisation(
             block_on(S.NAME_KEY), populate_probability_two_random_records_match_from_trained_values=True
         )
@@ -278,6 +302,10 @@ def _score(
         model = linker.misc.save_model_to_json()
     finally:
         con.close()
+        splink_log.removeHandler(collected)
+        splink_log.setLevel(level)
+        splink_log.propagate = propagate
+    model["training_warnings"] = collected.messages
     flip = scored["source_dataset_l"] != ACCOUNTS  # the account on the left whichever way Splink ordered
     node_l = np.where(flip, scored[f"{NODE}_r"], scored[f"{NODE}_l"])
     node_r = np.where(flip, scored[f"{NODE}_l"], scored[f"{NODE}_r"])

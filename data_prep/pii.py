@@ -145,8 +145,11 @@ def attribute_keys(column: str, value: str | None, key: bytes) -> tuple[str | No
     """Keyed hashes of one profile attribute (``S.ATTRIBUTE_KEY_COLUMNS[column]``, in that order), None
     where the value gives nothing usable: name → whole name, family name (its last word); birth date →
     date, year; postcode → the postcode without spaces or dashes, upper-cased."""
-    n_keys = len(S.ATTRIBUTE_KEY_COLUMNS[column])
-    none: tuple[str | None, ...] = (None,) * n_keys
+    if column not in S.ATTRIBUTE_KEY_COLUMNS:
+        raise ValueError(
+            f"not a profile attribute: {column!r}; expected one of {list(S.ATTRIBUTE_KEY_COLUMNS)}"
+        )
+    none: tuple[str | None, ...] = (None,) * len(S.ATTRIBUTE_KEY_COLUMNS[column])
     if value is None or not value.strip():
         return none
     if column == S.PROFILE_NAME:
@@ -154,12 +157,8 @@ def attribute_keys(column: str, value: str | None, key: bytes) -> tuple[str | No
         return (_hmac("name", " ".join(words), key), _hmac("family_name", words[-1], key)) if words else none
     if column == S.PROFILE_BIRTH_DATE:
         d = normalise_birth_date(value)
-        return (
-            none
-            if d is None
-            else (_hmac("birth_date", d.isoformat(), key), _hmac("birth_year", str(d.year), key))
-        )
-    if column == S.PROFILE_POSTCODE:
-        code = "".join(c for c in value.upper() if not c.isspace() and c != "-")
-        return (_hmac("postcode", code, key),) if code else none
-    raise ValueError(f"not a profile attribute: {column!r}; expected one of {list(S.ATTRIBUTE_KEY_COLUMNS)}")
+        if d is None:
+            return none
+        return _hmac("birth_date", d.isoformat(), key), _hmac("birth_year", str(d.year), key)
+    code = "".join(c for c in value.upper() if not c.isspace() and c != "-")
+    return (_hmac("postcode", code, key),) if code else none

@@ -83,6 +83,74 @@ def plot_identity(metrics: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_match_weights(model: dict[str, Any], path: Path) -> None:
+    """Left: the match weight (log2 m/u) of each comparison level; right: the weights of the best pair of
+    each account, with the threshold."""
+    levels = [r for r in model["levels"] if r["match_weight"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    labels = [f"{r['comparison']}: {r['level']}" for r in levels]
+    weights = [r["match_weight"] for r in levels]
+    axes[0].barh(labels, weights, color=["tab:green" if w > 0 else "tab:red" for w in weights])
+    axes[0].axvline(0, color="black", lw=0.8)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("match weight (bits of evidence)")
+    axes[0].set_title("What each comparison level says")
+    hist = model["weight_histogram"]
+    edges = np.array(hist["edges"])
+    axes[1].bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="tab:blue")
+    p = model["threshold"]
+    if p < 1:
+        threshold_weight = np.log2(p / (1 - p))  # a pair's weight includes the prior: p = 2^w / (1 + 2^w)
+        axes[1].axvline(threshold_weight, color="tab:red", label=f"threshold (p = {p:.3f})")
+        axes[1].legend(fontsize=8)
+    axes[1].set_xlabel("match weight of each account's best member (one to one)")
+    axes[1].set_title("Candidate pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _match_table(model: dict[str, Any]) -> str:
+    rows = ["| comparison | level | m | u | match weight |", "|---|---|---|---|---|"]
+    for r in model["levels"]:
+        w = "—" if r["match_weight"] is None else f"{r['match_weight']:+.2f}"
+        rows.append(
+            f"| {r['comparison']} | {r['level']} | {r['m_probability']:.4f} | {r['u_probability']:.5f} | {w} |"
+        )
+    return "\n".join(rows)
+
+
+def _match_section(model: dict[str, Any], plots: Path) -> list[str]:
+    """The probabilistic step of identity resolution, explained (data_prep.matching)."""
+    c = model["counts"]
+    head = [
+        "### Probabilistic matching of accounts and loyalty members",
+        "",
+        f"{c['candidate_accounts']:,} accounts without a card and {c['candidate_members']:,} members "
+        "without an account were compared on name, birth date and postcode (keyed hashes). ",
+    ]
+    if "levels" not in model:
+        return [*head, f"Nothing was linked: {model.get('skipped', 'no candidates')}.", ""]
+    plot_match_weights(model, plots / "match_weights.png")
+    expected = model["expected_precision"]
+    return [
+        *head,
+        f"{c['links']:,} pairs were linked (match probability ≥ {model['threshold']:.3f}, chosen so that the "
+        f"expected precision of the links is ≥ {model['target_precision']}; expected "
+        f"{'—' if expected is None else f'{expected:.4f}'}). A match weight is log2(m / u): how much "
+        "likelier the level is between one person's two records (m) than between two people's (u); a "
+        "pair's weight is their sum plus the prior "
+        f"(one random pair in {1 / model['probability_two_random_records_match']:,.0f} is a match).",
+        "",
+        _match_table(model),
+        "",
+        f"![match weights]({PLOTS_DIR}/match_weights.png)",
+        "",
+        *[f"- Splink while training: {w}" for w in model.get("training_warnings", [])],
+        "",
+    ]
+
+
 def plot_segments(rfm: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     rfm[S.SEGMENT].value_counts().sort_values().plot.barh(ax=axes[0], color="tab:purple")
@@ -226,6 +294,9 @@ def write_data_report(out: Path) -> Path:
             f"![identity]({PLOTS_DIR}/identity.png)",
             "",
         ]
+    model_path = out / S.CUSTOMERS_DIR / S.MATCH_MODEL_FILE
+    if model_path.exists():
+        sections += _match_section(json.loads(model_path.read_text()), plots)
     sections += [
         "## Customers: RFM segments",
         "",

@@ -56,7 +56,17 @@ def _raw_identifiers(data: Path) -> set[str]:
     online = pd.read_json(data / S.RAW_DIR / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE, lines=True, dtype=str)
     ips = {v for v in online[S.ON_IP].dropna() if len(v) >= 10}  # client addresses are personal data too
     assert ips
-    return values | ips
+    # names and birth dates of accounts and members, as typed and normalised (postcodes are six digits
+    # that any number may contain, so they are left to tests/data_prep/test_matching.py's narrower scan)
+    profiles = [
+        pd.read_csv(data / S.RAW_DIR / S.RAW_ONLINE_DIR / S.RAW_ACCOUNTS_FILE, dtype=str),
+        pd.read_csv(data / S.RAW_DIR / S.RAW_CRM_DIR / S.RAW_CRM_FILE, dtype=str),
+    ]
+    names = {n for p in profiles for n in p[S.PROFILE_NAME].dropna()}
+    names |= {" ".join(pii.normalise_name(n)) for n in names}
+    dates = {d.strip() for p in profiles for d in p[S.PROFILE_BIRTH_DATE].dropna()}
+    assert names and dates
+    return values | ips | {n.strip() for n in names if len(n.strip()) >= 6} | dates
 
 
 def test_no_raw_identifier_outside_raw_layer(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
