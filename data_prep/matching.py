@@ -218,6 +218,9 @@ def match_profiles(
     except EMTrainingException:  # no two candidates share a name or a birth date: nothing to learn from
         skipped = "no candidate pairs share a name or a birth date to learn from"
         return MatchResult(_empty_links(), {"counts": {**counts, "links": 0}, "skipped": skipped})
+    except ValueError as e:  # EM drove a level's m to 0: too few matches to estimate it (small exports)
+        skipped = f"the model could not be estimated on these candidates ({' '.join(str(e).split())[:200]})"
+        return MatchResult(_empty_links(), {"counts": {**counts, "links": 0}, "skipped": skipped})
     best = one_to_one(scored)
     threshold = choose_threshold(
         best["match_probability"].to_numpy(), settings.target_precision, settings.min_probability

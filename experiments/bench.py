@@ -351,6 +351,121 @@ def bench_id_stability(
     console.print(f"wrote {out}")
 
 
+def _identity_run(spec: Any, root: Path, key: bytes) -> dict[str, Any]:
+    """Generate ``spec`` under ``root``, run prep's events and identity layers (nothing after them), and
+    return the identity steps, the matching counts, how many links join one true person, and what would
+    be reached if every account and member of one person that stayed apart were linked."""
+    import pandas as pd
+
+    from data_prep import engine
+    from data_prep import identity as idn
+    from data_prep.generate import generate_retailer
+    from data_prep.pipeline import (
+        build_customers_layer,
+        build_events_layer,
+        truth_identifiers,
+        with_singletons,
+    )
+
+    generate_retailer(root, spec)
+    con = engine.connect(engine.DUCKDB)
+    events, profiles, _ = build_events_layer(con, root, root, key)
+    _, _, metrics = build_customers_layer(con, events, profiles, root, root, key)
+    assert metrics is not None
+    folder = root / S.CUSTOMERS_DIR
+    model = json.loads((folder / S.MATCH_MODEL_FILE).read_text())
+    links = pd.read_parquet(folder / S.MATCHED_PAIRS_FILE)
+    truth = truth_identifiers(root, key)
+    nodes = truth[S.IDENTIFIER_TYPE] + ":" + truth[S.IDENTIFIER_KEY]
+    persons = truth.assign(node=nodes).groupby("node")[S.GT_PERSON_ID].agg(frozenset)
+    right = sum(
+        bool(persons.get(a, frozenset()) & persons.get(b, frozenset()))
+        for a, b in zip(links.src, links.dst, strict=True)
+    )
+    # the ceiling of this step: every account and card of one true person joined, on top of the identifiers
+    id_map = pd.read_parquet(folder / S.IDENTITY_MAP_FILE)
+    key_cols = [S.IDENTIFIER_TYPE, S.IDENTIFIER_KEY]
+    owned = truth.drop_duplicates()
+    owned = owned[owned.groupby(key_cols)[S.GT_PERSON_ID].transform("nunique") == 1]
+    anchors = id_map[id_map[S.IDENTIFIER_TYPE].isin([S.ID_ACCOUNT, S.ID_CARD])].merge(owned, on=key_cols)
+    first = anchors.groupby(S.GT_PERSON_ID)[S.CUSTOMER_ID].transform("min")
+    merge_to = dict(zip(anchors[S.CUSTOMER_ID], first, strict=True))
+    ceiling = with_singletons(
+        id_map.assign(**{S.CUSTOMER_ID: id_map[S.CUSTOMER_ID].map(lambda c: merge_to.get(c, c))}),
+        pd.read_parquet(folder / S.SHARED_IDENTIFIERS_FILE),
+    )
+    steps = {
+        name: {k: round(v, 4) for k, v in m.items() if k.startswith("pairwise_")}
+        for name, m in metrics["steps"].items()
+    }
+    return {
+        "steps": steps,
+        "matching": model.get("counts", {}),
+        "threshold": model.get("threshold"),
+        "expected_link_precision": model.get("expected_precision"),
+        "link_precision": round(right / len(links), 4) if len(links) else None,
+        "recall_if_every_account_and_card_of_one_person_were_linked": round(
+            idn.pairwise_metrics(ceiling, truth)["pairwise_recall"], 4
+        ),
+    }
+
+
+@bench_app.command("identity")
+def bench_identity(
+    customers: Annotated[int, typer.Option(min=100, help="persons of the synthetic retailer")] = 5000,
+    seeds: Annotated[str, typer.Option(help="generator seeds, comma-separated")] = "0,1,2",
+    out: Annotated[Path, typer.Option(help="JSON result file")] = Path("runs/identity.json"),
+) -> None:
+    """Identity resolution by step on the default retailer and its thin-export variant (accounts without
+    registration phone and bound card), seed by seed: pairwise precision / recall after the deterministic
+    links, merge protection, home-network devices and probabilistic profile matching (issue 20)."""
+    from data_prep import pii
+    from data_prep.generate import RetailerSpec
+
+    key = pii.load_key()
+    result: dict[str, Any] = {
+        "commit": _commit(),
+        "machine": _machine(),
+        "command": " ".join(["o2o", "bench", "identity", *sys.argv[3:]]),
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="o2o-identity-") as tmp:
+        for seed in [int(s) for s in seeds.split(",")]:
+            for variant in ("rich", "thin"):
+                spec = RetailerSpec(n_customers=customers, seed=seed)
+                spec = spec.thin() if variant == "thin" else spec
+                with console.status(f"{variant} export, seed {seed}: generate, clean, resolve"):
+                    run = _identity_run(spec, Path(tmp) / f"{variant}-{seed}", key)
+                result["runs"][f"{variant} seed {seed}"] = run
+    for variant in ("rich", "thin"):
+        runs = {k: v for k, v in result["runs"].items() if k.startswith(variant)}
+        table = Table(title=f"{variant} export, {customers:,} persons: pairwise precision / recall by step")
+        table.add_column("step")
+        for name in runs:
+            table.add_column(name.split(" ", 1)[1], justify="right")
+        for step in next(iter(runs.values()))["steps"]:
+            cells = [
+                f"{r['steps'][step]['pairwise_precision']:.4f} / {r['steps'][step]['pairwise_recall']:.4f}"
+                for r in runs.values()
+            ]
+            table.add_row(step, *cells)
+        table.add_row(
+            "links (right by ground truth)",
+            *[f"{r['matching'].get('links', 0)} ({r['link_precision']})" for r in runs.values()],
+        )
+        table.add_row(
+            "recall ceiling of the step",
+            *[
+                f"{r['recall_if_every_account_and_card_of_one_person_were_linked']:.4f}"
+                for r in runs.values()
+            ],
+        )
+        console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
+
+
 @bench_app.command("score")
 def bench_score(
     artifact: Annotated[Path, typer.Option(help="bundle folder from `o2o export`")],
