@@ -284,6 +284,7 @@ def _score(
     splink_log.propagate = False  # its warnings go to the model's report, not into prep's output
     con = duckdb.connect()
     con.execute("SET threads = 2")
+    con.execute("SET enable_progress_bar = false")  # prep shows its own progress
     try:
         db = DuckDBAPI(connection=con)
         cols = [NODE, *COMPARED]
