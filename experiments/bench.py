@@ -60,6 +60,7 @@ class _ChildRun:
     peak_rss_gb: float  # of the child (and its waited-for descendants), from wait4
     tree_peak_rss_gb: float  # the child and all its descendants summed, sampled every 0.2 s
     output: str
+    cpu_seconds: float = 0.0  # user + system time of the child and its waited-for descendants (wait4)
 
 
 def _run_child(cmd: list[str]) -> _ChildRun:
@@ -86,7 +87,8 @@ def _run_child(cmd: list[str]) -> _ChildRun:
         log.seek(0)
         output = log.read()
     peak = usage.ru_maxrss / 1024**2  # Linux: KiB
-    return _ChildRun(proc.returncode, seconds, peak, tree_peak / 1024**3, output)
+    cpu = usage.ru_utime + usage.ru_stime
+    return _ChildRun(proc.returncode, seconds, peak, tree_peak / 1024**3, output, cpu)
 
 
 @bench_app.command("prep")
@@ -98,6 +100,13 @@ def bench_prep(
         Path | None, typer.Option(help="where to generate (default: a temporary folder)")
     ] = None,
     out: Annotated[Path, typer.Option(help="JSON result file")] = Path("runs/bench_prep.json"),
+    floor: Annotated[
+        bool,
+        typer.Option(
+            help="also run the floor (experiments/prep_floor.py, a plain DuckDB script of the least work any "
+            "prep must do) before and after prep, and report prep as a multiple of it"
+        ),
+    ] = False,
 ) -> None:
     """Generate a synthetic retailer, then time `o2o prep` on it in a child process: raw rows/s, peak RSS.
 
@@ -124,11 +133,34 @@ def bench_prep(
         console.print(gen.output[-2000:])
         raise typer.Exit(1)
     cmd = [sys.executable, "-m", "experiments.cli", "prep", "--raw", str(root), "--engine", engine]
+    floor_cmd = [
+        sys.executable,
+        "-m",
+        "experiments.prep_floor",
+        "--raw",
+        str(root),
+        "--out",
+        str(root / "floor"),
+    ]
+    floors: list[_ChildRun] = []
+
+    def run_floor() -> None:
+        with console.status("the floor: a plain DuckDB script on the same raw files (child process)"):
+            run = _run_child(floor_cmd)
+        if run.returncode != 0:
+            console.print(run.output[-2000:])
+            raise typer.Exit(1)
+        floors.append(run)
+
+    if floor:  # floor, prep, floor: the machine's state drifts alike for both
+        run_floor()
     with console.status("prep (child process)"):
         prep = _run_child(cmd)
     if prep.returncode != 0:
         console.print(prep.output[-2000:])
         raise typer.Exit(1)
+    if floor:
+        run_floor()
     prep_s, gen_s = prep.seconds, gen.seconds
     rows = _raw_rows(root / S.EVENTS_DIR / S.MANIFEST_FILE)
     layers = (S.EVENTS_DIR, S.CUSTOMERS_DIR, S.FEATURES_DIR)
@@ -144,12 +176,26 @@ def bench_prep(
         "raw_rows_per_second": round(rows / prep_s),
         "prep_peak_rss_gb": round(prep.peak_rss_gb, 2),
         "prep_tree_peak_rss_gb": round(prep.tree_peak_rss_gb, 2),
+        "prep_cpu_seconds": round(prep.cpu_seconds, 1),
         "duckdb_memory": os.environ.get("O2O_DUCKDB_MEMORY", "default (data_prep/engine.py)"),
         "machine": _machine(),
         "commit": commit,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "command": " ".join(["o2o", "bench", "prep", "--customers", str(customers), "--engine", engine]),
     }
+    if floor:
+        floor_s = sum(f.seconds for f in floors) / len(floors)
+        floor_cpu = sum(f.cpu_seconds for f in floors) / len(floors)
+        result["floor"] = {
+            "runs_seconds": [round(f.seconds, 1) for f in floors],
+            "seconds": round(floor_s, 1),
+            "cpu_seconds": round(floor_cpu, 1),
+            "peak_rss_gb": round(max(f.peak_rss_gb for f in floors), 2),
+            "prep_over_floor_wall": round(prep_s / floor_s, 2),
+            "prep_over_floor_cpu": round(prep.cpu_seconds / floor_cpu, 2),
+        }
+        result["command"] += " --floor"
+        shutil.rmtree(root / "floor", ignore_errors=True)
     table = Table(title="prep benchmark")
     for k, v in result.items():
         table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
