@@ -85,7 +85,9 @@ def candidates(profiles: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFra
         t = pd.DataFrame({NODE: node[keep], S.TS: p.loc[keep, S.TS]})
         for c in COMPARED:
             t[c] = p.loc[keep, c]
-        out.append(t.drop_duplicates(NODE).reset_index(drop=True))
+        # sorted: the seeded sampling of the model sees the same rows in the same order whatever order the
+        # engine (DuckDB, Spark) returned them in, so both get the same links
+        out.append(t.drop_duplicates(NODE).sort_values(NODE, ignore_index=True))
     return out[0], out[1]
 
 
