@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -751,13 +752,15 @@ def run_prep(
     naming the step (the last progress message) and the remedy.
     """
     steps = [""]
+    started: list[tuple[str, float]] = []  # (step, when it began), for the step times
 
     def say(msg: str) -> None:
         steps[0] = msg
+        started.append((msg, time.perf_counter()))
         (progress or (lambda _msg: None))(msg)
 
     try:
-        return _run_prep(
+        result = _run_prep(
             raw,
             out,
             horizon_days,
@@ -773,6 +776,10 @@ def run_prep(
         if message is None:
             raise
         raise PrepStepError(message) from e
+    ends = [t for _, t in started[1:]] + [time.perf_counter()]
+    seconds = {name: round(end - t, 2) for (name, t), end in zip(started, ends, strict=True)}
+    (out / S.PREP_STEPS_FILE).write_text(json.dumps(seconds, indent=2))
+    return result
 
 
 def _run_prep(

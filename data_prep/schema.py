@@ -369,6 +369,7 @@ NETWORKS_FILE = "device_networks.parquet"  # node, ip_key, day, ts: devices' cli
 MATCHED_PAIRS_FILE = "matched_pairs.parquet"
 MATCH_MODEL_FILE = "match_model.json"
 CATALOG_FILE = "catalog.parquet"  # 02_events: item_id, category, price (typed copy of the raw catalogue)
+PREP_STEPS_FILE = "prep_steps.json"  # beside the layers: wall seconds of each step of the last prep run
 PROFILES_FILE = "profiles.parquet"  # 02_events: accepted CRM members and online accounts (pseudonymised)
 CONSENT_ANALYTICS = "consent_analytics"  # bool | null: may the customer's data train models
 CONSENT_MARKETING = "consent_marketing"  # bool | null: may the customer be targeted by campaigns

@@ -173,6 +173,7 @@ def bench_prep(
         "layer_seconds": {
             layer: json.loads((root / layer / S.MANIFEST_FILE).read_text())["seconds"] for layer in layers
         },
+        "step_seconds": json.loads((root / S.PREP_STEPS_FILE).read_text()),
         "raw_rows_per_second": round(rows / prep_s),
         "prep_peak_rss_gb": round(prep.peak_rss_gb, 2),
         "prep_tree_peak_rss_gb": round(prep.tree_peak_rss_gb, 2),
