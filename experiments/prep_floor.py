@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from data_prep import pii
 from data_prep import schema as S
-from data_prep.engine import DEFAULT_DUCKDB_MEMORY, DUCKDB_MEMORY_ENV
+from data_prep.engine import DUCKDB_MEMORY_ENV
 
 ONLINE_TYPES = {
     S.ON_EVENT_ID: "VARCHAR",
@@ -65,7 +65,10 @@ def run_floor(raw: Path, out: Path, key: bytes) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET memory_limit = '{os.environ.get(DUCKDB_MEMORY_ENV, DEFAULT_DUCKDB_MEMORY)}'")
+    # DuckDB's own memory limit (80% of RAM), not prep's 1 GB cap: sequence lists are aggregated in memory
+    # and cannot spill, and the floor is the least work, done the simplest way (its peak RSS is reported)
+    if DUCKDB_MEMORY_ENV in os.environ:
+        con.execute(f"SET memory_limit = '{os.environ[DUCKDB_MEMORY_ENV]}'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET enable_progress_bar = false")
     online_path = raw / S.RAW_DIR / S.RAW_ONLINE_DIR / S.RAW_ONLINE_FILE
