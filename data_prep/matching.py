@@ -31,6 +31,7 @@ the data report.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data_prep import schema as S
+from data_prep.engine import DEFAULT_DUCKDB_MEMORY, DUCKDB_MEMORY_ENV
 
 NODE, LABEL = "node", "label"
 ACCOUNTS, MEMBERS = "accounts", "crm"
@@ -50,11 +52,16 @@ MODEL_FILE = "match_model.json"
 @dataclass(frozen=True)
 class MatchSettings:
     """``target_precision``: expected precision of the accepted links; ``min_probability``: no link below
-    it whatever the estimate; ``u_pairs``: random pairs that estimate u; ``seed``: of that sampling."""
+    it whatever the estimate; ``u_pairs``: random pairs that estimate u; ``em_pairs``: blocked pairs each
+    EM session trains on at most (a deterministic sample); ``keep_probability``: scored pairs below it stay
+    in the engine and never reach Python (at 75,000 candidates a side the blocking gives 11M pairs);
+    ``seed``: of the u sampling; ``min_candidates``: accounts and members it needs on each side."""
 
     target_precision: float = 0.98
     min_probability: float = 0.5
     u_pairs: int = 3_000_000
+    em_pairs: int = 2_000_000
+    keep_probability: float = 0.01
     seed: int = 0
     min_candidates: int = 100  # on each side: fewer cannot estimate the model (nothing is linked)
 
@@ -247,7 +254,8 @@ def match_profiles(
         "min_probability": settings.min_probability,
         "threshold": threshold,
         "expected_precision": float(kept["match_probability"].mean()) if len(kept) else None,
-        "counts": {**counts, "scored_pairs": len(scored), "one_to_one": len(best), "links": len(links)},
+        "counts": {**counts, "pairs_kept": len(scored), "one_to_one": len(best), "links": len(links)},
+        "keep_probability": settings.keep_probability,
         "probability_two_random_records_match": model["probability_two_random_records_match"],
         "levels": _parameters(model),
         "training_warnings": model["training_warnings"],
@@ -287,6 +295,8 @@ def _score(
     con = duckdb.connect()
     con.execute("SET threads = 2")
     con.execute("SET enable_progress_bar = false")  # prep shows its own progress
+    con.execute(f"SET memory_limit = '{os.environ.get(DUCKDB_MEMORY_ENV, DEFAULT_DUCKDB_MEMORY)}'")  # as prep
+    con.execute("SET preserve_insertion_order = false")
     try:
         db = DuckDBAPI(connection=con)
         cols = [NODE, *COMPARED]
@@ -298,13 +308,18 @@ def _score(
         )
         linker = Linker([left, right], _settings(), log_level=None)
         linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_pairs, seed=settings.seed)
-        linker.training.estimate_parameters_using_expectation_maximisation(block_on(S.BIRTH_DATE_KEY))
+        linker.training.estimate_parameters_using_expectation_maximisation(
+            block_on(S.BIRTH_DATE_KEY), max_pairs=settings.em_pairs
+        )
         # the prior: the share of matches among pairs that share a name, scaled back to all pairs by the
         # name comparison's own m and u (Splink derives it from the trained session)
         linker.training.estimate_parameters_using_expectation_maximisation(
-            block_on(S.NAME_KEY), populate_probability_two_random_records_match_from_trained_values=True
+            block_on(S.NAME_KEY),
+            populate_probability_two_random_records_match_from_trained_values=True,
+            max_pairs=settings.em_pairs,
         )
-        scored = linker.inference.predict().as_pandas_dataframe()
+        predicted = linker.inference.predict(threshold_match_probability=settings.keep_probability)
+        scored = predicted.as_pandas_dataframe()
         model = linker.misc.save_model_to_json()
     finally:
         con.close()

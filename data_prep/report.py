@@ -103,7 +103,7 @@ def plot_match_weights(model: dict[str, Any], path: Path) -> None:
         threshold_weight = np.log2(p / (1 - p))  # a pair's weight includes the prior: p = 2^w / (1 + 2^w)
         axes[1].axvline(threshold_weight, color="tab:red", label=f"threshold (p = {p:.3f})")
         axes[1].legend(fontsize=8)
-    axes[1].set_xlabel("match weight of each account's best member (one to one)")
+    axes[1].set_xlabel("match weight of each account's best member (one to one; pairs with p ≥ 0.01)")
     axes[1].set_title("Candidate pairs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
