@@ -103,34 +103,27 @@ def _settings() -> Any:
     import splink.comparison_library as cl
     from splink import SettingsCreator, block_on
 
-    name = cl.CustomComparison(
-        output_column_name="name",
-        comparison_levels=[
-            cll.NullLevel(S.NAME_KEY),
-            cll.ExactMatchLevel(S.NAME_KEY).configure(
-                tf_adjustment_column=S.NAME_KEY, label_for_charts="same name"
-            ),
-            cll.ExactMatchLevel(S.FAMILY_NAME_KEY).configure(label_for_charts="same family name only"),
-            cll.ElseLevel().configure(label_for_charts="different names"),
-        ],
+    def comparison(name: str, levels: list[tuple[str, str]], otherwise: str, tf: bool = False) -> Any:
+        """Missing on the first column (neutral), then an exact level per (column, label) in order, then
+        everything else; ``tf``: the first level counts a common value for less (term frequencies)."""
+        exact = [cll.ExactMatchLevel(column).configure(label_for_charts=label) for column, label in levels]
+        if tf:
+            exact[0] = exact[0].configure(tf_adjustment_column=levels[0][0])
+        null, other = cll.NullLevel(levels[0][0]), cll.ElseLevel().configure(label_for_charts=otherwise)
+        return cl.CustomComparison(output_column_name=name, comparison_levels=[null, *exact, other])
+
+    name = comparison(
+        "name",
+        [(S.NAME_KEY, "same name"), (S.FAMILY_NAME_KEY, "same family name only")],
+        "different names",
+        tf=True,
     )
-    birth = cl.CustomComparison(
-        output_column_name="birth_date",
-        comparison_levels=[
-            cll.NullLevel(S.BIRTH_DATE_KEY),
-            cll.ExactMatchLevel(S.BIRTH_DATE_KEY).configure(label_for_charts="same birth date"),
-            cll.ExactMatchLevel(S.BIRTH_YEAR_KEY).configure(label_for_charts="same birth year only"),
-            cll.ElseLevel().configure(label_for_charts="different birth years"),
-        ],
+    birth = comparison(
+        "birth_date",
+        [(S.BIRTH_DATE_KEY, "same birth date"), (S.BIRTH_YEAR_KEY, "same birth year only")],
+        "different birth years",
     )
-    postcode = cl.CustomComparison(
-        output_column_name="postcode",
-        comparison_levels=[
-            cll.NullLevel(S.POSTCODE_KEY),
-            cll.ExactMatchLevel(S.POSTCODE_KEY).configure(label_for_charts="same postcode"),
-            cll.ElseLevel().configure(label_for_charts="different postcodes"),
-        ],
-    )
+    postcode = comparison("postcode", [(S.POSTCODE_KEY, "same postcode")], "different postcodes")
     return SettingsCreator(
         link_type="link_only",
         unique_id_column_name=NODE,
