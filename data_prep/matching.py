@@ -221,6 +221,8 @@ def match_profiles(
         skipped = "no candidate pairs share a name or a birth date to learn from"
         return MatchResult(_empty_links(), {"counts": {**counts, "links": 0}, "skipped": skipped})
     except ValueError as e:  # EM drove a level's m to 0: too few matches to estimate it (small exports)
+        if "_probability" not in str(e):  # anything else is a fault, not a property of the data
+            raise
         skipped = f"the model could not be estimated on these candidates ({' '.join(str(e).split())[:200]})"
         return MatchResult(_empty_links(), {"counts": {**counts, "links": 0}, "skipped": skipped})
     best = one_to_one(scored)

@@ -252,3 +252,23 @@ def test_probabilistic_step_raises_recall_on_a_thin_export_and_keeps_precision(t
         .size()
     )
     assert per.max() == 1
+
+
+def test_an_em_that_cannot_estimate_a_level_skips_and_any_other_fault_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    profiles, labels, _ = _world(400, seed=6)
+
+    def underflow(*_args: object) -> None:  # what Splink raises when EM drives a level's m to ~0
+        raise ValueError("m_probability value 4e-322 is below the minimum allowed value of 1e-300.")
+
+    monkeypatch.setattr(M, "_score", underflow)
+    result = M.match_profiles(profiles, labels)
+    assert result.links.empty and "could not be estimated" in result.model["skipped"]
+
+    def bug(*_args: object) -> None:
+        raise ValueError("unexpected")
+
+    monkeypatch.setattr(M, "_score", bug)
+    with pytest.raises(ValueError, match="unexpected"):
+        M.match_profiles(profiles, labels)
