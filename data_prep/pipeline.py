@@ -71,21 +71,42 @@ class PrepResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def pseudonymise_columns(con: ibis.BaseBackend, t: ir.Table, columns: dict[str, str], key: bytes) -> ir.Table:
-    """Replace each raw identifier column by its HMAC key column (one HMAC per distinct raw value).
+def _replace_by_keys(
+    con: ibis.BaseBackend,
+    t: ir.Table,
+    raw: ir.Table,
+    raw_col: str,
+    key_cols: tuple[str, ...],
+    keys_of: Callable[[list[str]], list[tuple[str | None, ...]]],
+) -> ir.Table:
+    """``t`` with ``raw_col`` replaced by ``key_cols``, computed by ``keys_of`` once per distinct value of
+    ``raw`` (the raw rows, not through the joins already added).
 
     Each lookup is a session table with a name of its own: the engine resolves tables by name when the query
     runs, so a shared name would let one source's expression read another source's lookup.
     """
-    raw = t  # distinct values from the raw rows, not through the joins already added
+    distinct = raw.select(raw_col).filter(raw[raw_col].notnull()).distinct().to_pyarrow()
+    values = distinct.column(0).to_pylist()
+    keys = keys_of(values)
+    mapping = pa.table(
+        {
+            "_raw": pa.array(values, pa.string()),
+            **{c: pa.array([k[i] for k in keys], pa.string()) for i, c in enumerate(key_cols)},
+        }
+    )
+    m = engine.temp_table(con, mapping)
+    return t.left_join(m, t[raw_col] == m["_raw"]).drop(raw_col, "_raw")
+
+
+def pseudonymise_columns(con: ibis.BaseBackend, t: ir.Table, columns: dict[str, str], key: bytes) -> ir.Table:
+    """Replace each raw identifier column by its HMAC key column (one HMAC per distinct raw value)."""
+    raw = t
     for raw_col, id_type in columns.items():
-        key_col = S.KEY_COLUMNS[id_type]
-        distinct = raw.select(raw_col).filter(raw[raw_col].notnull()).distinct().to_pyarrow()
-        values = distinct.column(0).to_pylist()
-        keys = pii.pseudonymise_many(id_type, values, key)
-        mapping = pa.table({"_raw": pa.array(values, pa.string()), key_col: pa.array(keys, pa.string())})
-        m = engine.temp_table(con, mapping)
-        t = t.left_join(m, t[raw_col] == m["_raw"]).drop(raw_col, "_raw")
+
+        def keys_of(values: list[str], id_type: str = id_type) -> list[tuple[str | None, ...]]:
+            return [(k,) for k in pii.pseudonymise_many(id_type, values, key)]
+
+        t = _replace_by_keys(con, t, raw, raw_col, (S.KEY_COLUMNS[id_type],), keys_of)
     return t
 
 
@@ -94,19 +115,12 @@ def pseudonymise_attributes(con: ibis.BaseBackend, t: ir.Table, key: bytes) -> i
     (:func:`pii.attribute_keys`, one computation per distinct raw value)."""
     raw = t
     for raw_col, key_cols in S.ATTRIBUTE_KEY_COLUMNS.items():
-        if raw_col not in raw.columns:
-            continue
-        distinct = raw.select(raw_col).filter(raw[raw_col].notnull()).distinct().to_pyarrow()
-        values = distinct.column(0).to_pylist()
-        keys = [pii.attribute_keys(raw_col, v, key) for v in values]
-        mapping = pa.table(
-            {
-                "_raw": pa.array(values, pa.string()),
-                **{c: pa.array([k[i] for k in keys], pa.string()) for i, c in enumerate(key_cols)},
-            }
-        )
-        m = engine.temp_table(con, mapping)
-        t = t.left_join(m, t[raw_col] == m["_raw"]).drop(raw_col, "_raw")
+        if raw_col in raw.columns:
+
+            def keys_of(values: list[str], col: str = raw_col) -> list[tuple[str | None, ...]]:
+                return [pii.attribute_keys(col, v, key) for v in values]
+
+            t = _replace_by_keys(con, t, raw, raw_col, key_cols, keys_of)
     return t
 
 
@@ -346,17 +360,14 @@ def build_customers_layer(
         _write(con, idn.identifier_pairs(records), out_dir / S.PAIRS_FILE, m),
         _write(con, idn.device_networks(events), out_dir / S.NETWORKS_FILE, m),
     )
-    labels, shared = _resolve(con, deterministic)
-    matched = None
+    det_labels, det_shared = _resolve(con, deterministic)  # the steps' metrics below reuse them
+    labels, shared, matched = det_labels, det_shared, None
     if profile_matching:
-        matched = _match_profiles(con, profiles, labels, out_dir, m)
+        matched = _match_profiles(con, profiles, det_labels, out_dir, m)
+        labels, shared = _resolve(con, _with_matched(deterministic, matched))
     else:  # a previous run's links are no evidence of this one
         for name in (S.MATCHED_PAIRS_FILE, S.MATCH_MODEL_FILE):
             (out_dir / name).unlink(missing_ok=True)
-    evidence = deterministic
-    if matched is not None:
-        evidence = _with_matched(deterministic, matched)
-        labels, shared = _resolve(con, evidence)
     ids, m.extra["registry"] = assign_registry_ids(con, labels, out)
     id_map = _write(con, idn.identity_map(ids), out_dir / S.IDENTITY_MAP_FILE, m)
     write_registry(con, id_map, out)
@@ -373,8 +384,7 @@ def build_customers_layer(
     metrics = None
     if (raw / S.GROUND_TRUTH_DIR / S.GT_IDENTIFIERS_FILE).exists():
         unprotected_labels, _ = _resolve(con, deterministic, max_anchors=None, networks=False)
-        protected_labels, det_shared = _resolve(con, deterministic, networks=False)
-        networked_labels, _ = _resolve(con, deterministic)
+        protected_labels, _ = _resolve(con, deterministic, networks=False)
         det_shared_pd = det_shared.to_pandas()
         steps = {
             "deterministic links": idn.identity_map(unprotected_labels).to_pandas(),
@@ -382,7 +392,7 @@ def build_customers_layer(
                 idn.identity_map(protected_labels).to_pandas(), det_shared_pd
             ),
             "+ home-network devices": with_singletons(
-                idn.identity_map(networked_labels).to_pandas(), det_shared_pd
+                idn.identity_map(det_labels).to_pandas(), det_shared_pd
             ),
         }
         if matched is not None:
